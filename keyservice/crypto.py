@@ -1,0 +1,97 @@
+"""The key format and secret hashing: pure functions, no Flask, no database.
+
+A key reads ``<prefix>_<id>_<secret><checksum>``. The checksum is the CRC32 of
+everything before it in base62, so a mistyped or truncated key is refused before
+any lookup, and secret scanners can match the format.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+import zlib
+from dataclasses import dataclass
+
+import bcrypt
+
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+ID_LENGTH = 16
+SECRET_LENGTH = 32
+CHECKSUM_LENGTH = 6
+PREFIX_PATTERN = re.compile(r"[a-z0-9]{1,16}")
+# Longest possible key: a 16-character prefix, two separators and the three parts.
+MAX_KEY_LENGTH = 16 + 2 + ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
+_KEY_PATTERN = re.compile(
+    rf"(?P<prefix>[a-z0-9]{{1,16}})_(?P<id>[0-9A-Za-z]{{{ID_LENGTH}}})_"
+    rf"(?P<secret>[0-9A-Za-z]{{{SECRET_LENGTH}}})(?P<checksum>[0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
+)
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    """The parts of a well-formed key whose checksum holds."""
+
+    prefix: str
+    key_id: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A freshly generated key: ``key`` is shown once; only ``secret_hash`` is stored."""
+
+    key: str
+    key_id: str
+    secret_hash: str
+
+
+def _random_base62(length: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(length))
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, digit = divmod(number, 62)
+        digits.append(BASE62[digit])
+    return "".join(reversed(digits))
+
+
+def checksum(body: str) -> str:
+    """Return the 6-character base62 CRC32 of ``body``."""
+    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+
+
+def generate_key(prefix: str, rounds: int) -> NewKey:
+    """Make a new random key with the given prefix and bcrypt its secret."""
+    key_id = _random_base62(ID_LENGTH)
+    secret = _random_base62(SECRET_LENGTH)
+    body = f"{prefix}_{key_id}_{secret}"
+    return NewKey(key=body + checksum(body), key_id=key_id, secret_hash=hash_secret(secret, rounds))
+
+
+def parse_key(key: str, prefix: str) -> ParsedKey | None:
+    """Split ``key`` into its parts, or return None when it is not a key of ours.
+
+    Not ours: the wrong length or alphabet, another prefix, or a checksum that
+    does not match (a typo, a truncation).
+    """
+    if len(key) > MAX_KEY_LENGTH:
+        return None
+    match = _KEY_PATTERN.fullmatch(key)
+    if match is None or match["prefix"] != prefix:
+        return None
+    if not secrets.compare_digest(match["checksum"], checksum(key[:-CHECKSUM_LENGTH])):
+        return None
+    return ParsedKey(prefix=match["prefix"], key_id=match["id"], secret=match["secret"])
+
+
+def hash_secret(secret: str, rounds: int) -> str:
+    """Return the bcrypt hash of ``secret`` at cost ``rounds``."""
+    return bcrypt.hashpw(secret.encode("ascii"), bcrypt.gensalt(rounds)).decode("ascii")
+
+
+def check_secret(secret: str, secret_hash: str) -> bool:
+    """Check ``secret`` against its bcrypt hash (constant time, and slow on purpose)."""
+    return bcrypt.checkpw(secret.encode("ascii"), secret_hash.encode("ascii"))
