@@ -1,0 +1,117 @@
+"""Errors as RFC 9457 problem responses.
+
+    KeyServiceError            any error keyservice answers with a problem body
+    ├── VerificationFailed     a protected view refused its caller (401/400/403/429/503)
+    └── InvalidInput           a request keyservice could not accept (4xx)
+
+Each knows its HTTP status, ``code`` and title. One handler, registered on the
+app rather than a blueprint because ``@require_key`` guards the host's views
+too, turns them into ``application/problem+json``. No body ever echoes a key.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from .verification import Outcome, VerificationResult
+
+REALM = 'Bearer realm="keyservice"'
+
+_OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
+    Outcome.MISSING: (401, "API key missing", "Send the key as 'Authorization: Bearer <key>'."),
+    Outcome.INVALID_REQUEST: (400, "Key sent twice", "Send the key in one place only."),
+    Outcome.MALFORMED: (401, "API key malformed", "The key is not in the expected format."),
+    Outcome.NOT_FOUND: (401, "API key not found", "No key matches the one sent."),
+    Outcome.REVOKED: (401, "API key revoked", "This key has been revoked."),
+    Outcome.EXPIRED: (401, "API key expired", "This key has expired."),
+    Outcome.DISABLED: (401, "API key disabled", "This key is disabled."),
+    Outcome.INSUFFICIENT_SCOPE: (403, "Insufficient scope", "The key lacks a required scope."),
+    Outcome.RATE_LIMITED: (429, "Too many attempts", "Too many failed attempts with this key id."),
+    Outcome.UNAVAILABLE: (503, "Key store unavailable", "Keys cannot be checked right now."),
+}
+
+
+def problem(status: int, code: str, title: str, detail: str) -> Response:
+    """Build an ``application/problem+json`` response."""
+    response = jsonify(
+        type=f"urn:keyservice:problem:{code.lower()}",
+        title=title,
+        status=status,
+        detail=detail,
+        code=code,
+    )
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+class KeyServiceError(Exception):
+    """Base of every error keyservice answers with a problem response."""
+
+    status = 500
+    code = "INTERNAL"
+    title = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def to_response(self) -> Response:
+        """The problem response for this error."""
+        return problem(self.status, self.code, self.title, self.detail)
+
+
+class InvalidInput(KeyServiceError):
+    """Raised for input keyservice cannot accept."""
+
+    status = 400
+    code = "INVALID_INPUT"
+    title = "Invalid input"
+
+
+class VerificationFailed(KeyServiceError):
+    """Raised by ``@require_key`` when the caller's key is refused."""
+
+    def __init__(self, result: VerificationResult) -> None:
+        self.status, self.title, detail = _OUTCOMES[result.code]
+        self.code = result.code.value
+        super().__init__(detail)
+        self.result = result
+
+    def to_response(self) -> Response:
+        """The problem response, with the RFC 6750 and ``Retry-After`` headers."""
+        response = super().to_response()
+        if self.result.code is Outcome.MISSING:
+            response.headers["WWW-Authenticate"] = REALM
+        elif self.status == 401:
+            response.headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token"'
+        elif self.status == 400:
+            response.headers["WWW-Authenticate"] = f'{REALM}, error="invalid_request"'
+        elif self.status == 403:
+            scope = " ".join(self.result.required_scopes)
+            response.headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{scope}"'
+        if self.result.retry_after is not None:
+            response.headers["Retry-After"] = str(self.result.retry_after)
+        return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer keyservice's own errors with problem responses (extension mode)."""
+    app.register_error_handler(KeyServiceError, lambda error: error.to_response())
+
+
+def register_http_problem_handlers(app: Flask) -> None:
+    """Answer every HTTP error of the standalone service with a problem response."""
+
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        code = "HTTP_" + (error.name or "error").upper().replace(" ", "_")
+        return problem(status, code, error.name, error.description or "")
+
+    def unexpected_error(error: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return problem(500, "INTERNAL", "Internal error", "The server failed to answer this request.")
+
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
