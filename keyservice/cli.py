@@ -1,0 +1,194 @@
+"""``flask keys ...``: a thin click layer over :mod:`keyservice.store` and verification.
+
+Wrong input ends with a one-line ``Error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+from pytimeparse import parse as parse_duration
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import store
+from .errors import KeyServiceError
+from .models import ApiKey, utcnow
+from .verification import verify_key
+
+
+class CliError(click.ClickException):
+    """A one-line error for wrong input; exits with 2 like click's usage errors."""
+
+    exit_code = 2
+
+
+class OneLineErrorGroup(AppGroup):
+    """An app group whose usage and input errors print one line, never a usage dump."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise CliError(error.format_message()) from None
+        except KeyServiceError as error:
+            raise CliError(error.detail) from None
+        except SQLAlchemyError:
+            raise click.ClickException(
+                "the database cannot be reached or is not migrated (try 'flask db upgrade')"
+            ) from None
+
+
+class Duration(click.ParamType):
+    """A positive duration such as ``30d``, ``12h``, ``90m`` or ``1h30m``."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        seconds = parse_duration(str(value))
+        if seconds is None or seconds <= 0:
+            self.fail(f"{value!r} is not a positive duration like 30d, 12h or 90m", param, ctx)
+        return timedelta(seconds=seconds)
+
+
+class JsonObject(click.ParamType):
+    """A JSON object given on the command line."""
+
+    name = "json"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return value
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            self.fail("is not valid JSON", param, ctx)
+        if not isinstance(parsed, dict):
+            self.fail("must be a JSON object", param, ctx)
+        return parsed
+
+
+def _session() -> Any:
+    return current_app.extensions["keyservice"].db.session
+
+
+def _status(api_key: ApiKey) -> str:
+    if api_key.revoked_at is not None:
+        return "revoked"
+    if api_key.expires_at is not None and api_key.expires_at <= utcnow():
+        return "expired"
+    return "active" if api_key.enabled else "disabled"
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+keys_cli = OneLineErrorGroup("keys", help="Issue, inspect, revoke and verify API keys.")
+
+
+@keys_cli.command("create")
+@click.option("--name", required=True, help="What the key is for.")
+@click.option("--client-id", "external_client_id", required=True, help="The customer the key belongs to.")
+@click.option("--scope", "scopes", multiple=True, help="A scope the key holds (repeatable).")
+@click.option("--expires-in", type=Duration(), help="Lifetime, e.g. 30d or 12h (default: never expires).")
+@click.option("--meta", type=JsonObject(), help="A JSON object stored with the key.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole key object as JSON.")
+def create_command(name: str, external_client_id: str, scopes: tuple[str, ...],
+                   expires_in: timedelta | None, meta: dict[str, Any] | None, as_json: bool) -> None:
+    """Issue a key and print it. It is shown this once and never again."""
+    settings = current_app.extensions["keyservice"].settings
+    api_key, key = store.create_key(
+        _session(), settings, name=name, external_client_id=external_client_id, scopes=scopes,
+        expires_at=utcnow() + expires_in if expires_in else None, meta=meta, created_by="cli",
+    )
+    _session().commit()
+    if as_json:
+        _echo_json({**store.key_to_dict(api_key), "key": key})
+    else:
+        click.echo(key)
+    click.echo("Store this key now: it will not be shown again.", err=True)
+
+
+@keys_cli.command("list")
+@click.option("--client-id", "external_client_id", help="Only this customer's keys.")
+@click.option("--include-revoked", is_flag=True, help="Include revoked keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_command(external_client_id: str | None, include_revoked: bool, as_json: bool) -> None:
+    """List keys, newest first."""
+    api_keys = store.list_keys(_session(), external_client_id=external_client_id,
+                               include_revoked=include_revoked)
+    if as_json:
+        _echo_json([store.key_to_dict(api_key) for api_key in api_keys])
+        return
+    for api_key in api_keys:
+        click.echo(f"{api_key.id}  {_status(api_key):8}  {api_key.external_client_id}  {api_key.name}"
+                   f"  [{' '.join(api_key.scopes)}]")
+
+
+@keys_cli.command("show")
+@click.argument("key_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_command(key_id: str, as_json: bool) -> None:
+    """Show one key (never its secret)."""
+    api_key = store.get_key(_session(), key_id)
+    shown = store.key_to_dict(api_key)
+    if as_json:
+        _echo_json(shown)
+        return
+    shown["status"] = _status(api_key)
+    for field, value in shown.items():
+        click.echo(f"{field:19}{json.dumps(value) if isinstance(value, (list, dict)) else value}")
+
+
+@keys_cli.command("revoke")
+@click.argument("key_id")
+@click.option("--reason", help="Why, kept for the audit trail.")
+def revoke_command(key_id: str, reason: str | None) -> None:
+    """Revoke a key for good; every worker refuses it within a second."""
+    api_key = store.get_key(_session(), key_id)
+    if not api_key.revoke(reason):
+        click.echo(f"{key_id} was already revoked", err=True)
+        return
+    _session().commit()
+    click.echo(f"revoked {key_id}")
+
+
+def _set_enabled(key_id: str, enabled: bool) -> None:
+    api_key = store.get_key(_session(), key_id)
+    api_key.enabled = enabled
+    _session().commit()
+    click.echo(f"{'enabled' if enabled else 'disabled'} {key_id}")
+
+
+@keys_cli.command("disable")
+@click.argument("key_id")
+def disable_command(key_id: str) -> None:
+    """Stop a key from working until it is enabled again."""
+    _set_enabled(key_id, False)
+
+
+@keys_cli.command("enable")
+@click.argument("key_id")
+def enable_command(key_id: str) -> None:
+    """Let a disabled key work again."""
+    _set_enabled(key_id, True)
+
+
+@keys_cli.command("verify")
+@click.argument("key")
+@click.option("--scope", "scopes", multiple=True, help="A scope the key must hold (repeatable).")
+def verify_command(key: str, scopes: tuple[str, ...]) -> None:
+    """Check a key (or '-' to read it from stdin); print the outcome, exit 0 only if VALID."""
+    if key == "-":
+        key = sys.stdin.readline()
+    result = verify_key(key, scopes)
+    click.echo(result.code.value)
+    click.get_current_context().exit(0 if result.valid else 1)

@@ -1,0 +1,109 @@
+"""Settings: their defaults, where they come from, and how they are checked.
+
+Every setting is a ``KEYSERVICE_*`` key of ``app.config``. The standalone
+service fills them from environment variables of the same names; a host app
+sets them in its own config. A wrong value raises :class:`ConfigError` with a
+one-line message that names the setting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from limits import RateLimitItem, parse
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .crypto import PREFIX_PATTERN
+
+DEFAULTS: dict[str, Any] = {
+    "KEYSERVICE_KEY_PREFIX": "sk",
+    "KEYSERVICE_BCRYPT_ROUNDS": 12,
+    "KEYSERVICE_HEADER": "X-API-Key",
+    "KEYSERVICE_CACHE_TTL": 0.5,
+    "KEYSERVICE_CACHE_SIZE": 10_000,
+    "KEYSERVICE_FAILED_VERIFY_LIMIT": "10/minute",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value keyservice cannot run with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked, typed form of the ``KEYSERVICE_*`` config keys."""
+
+    key_prefix: str
+    bcrypt_rounds: int
+    header: str | None
+    cache_ttl: float
+    cache_size: int
+    failed_verify_limit: RateLimitItem
+
+
+def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
+    raw = config[name]
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number from {low} to {high}, not {raw!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a number from {low} to {high}, not {raw!r}")
+    return value
+
+
+def load_settings(config: Mapping[str, Any]) -> Settings:
+    """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
+    prefix = str(config["KEYSERVICE_KEY_PREFIX"])
+    if not PREFIX_PATTERN.fullmatch(prefix):
+        raise ConfigError(
+            f"KEYSERVICE_KEY_PREFIX must be 1 to 16 lowercase letters or digits, not {prefix!r}"
+        )
+    limit_text = str(config["KEYSERVICE_FAILED_VERIFY_LIMIT"])
+    try:
+        failed_verify_limit = parse(limit_text)
+    except ValueError:
+        raise ConfigError(
+            f"KEYSERVICE_FAILED_VERIFY_LIMIT must read like '10/minute', not {limit_text!r}"
+        ) from None
+    return Settings(
+        key_prefix=prefix,
+        bcrypt_rounds=_number(config, "KEYSERVICE_BCRYPT_ROUNDS", int, 4, 31),
+        header=str(config["KEYSERVICE_HEADER"]).strip() or None,
+        cache_ttl=_number(config, "KEYSERVICE_CACHE_TTL", float, 0, 60),
+        cache_size=_number(config, "KEYSERVICE_CACHE_SIZE", int, 1, 10_000_000),
+        failed_verify_limit=failed_verify_limit,
+    )
+
+
+def config_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Read ``DATABASE_URL`` and the ``KEYSERVICE_*`` variables into config keys.
+
+    An unknown ``KEYSERVICE_*`` name is refused: a typo must not silently
+    leave a default in force.
+    """
+    config: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("KEYSERVICE_"):
+            continue
+        if name not in DEFAULTS:
+            raise ConfigError(f"{name} is not a keyservice setting (known: {', '.join(DEFAULTS)})")
+        config[name] = value
+    if "DATABASE_URL" in environ:
+        config["SQLALCHEMY_DATABASE_URI"] = check_database_url(environ["DATABASE_URL"])
+    load_settings({**DEFAULTS, **config})
+    return config
+
+
+def check_database_url(url: str) -> str:
+    """Return ``url`` if SQLAlchemy can read it as a database URL."""
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL is not a database URL SQLAlchemy can read") from None
+    return url

@@ -1,0 +1,65 @@
+"""The ``KeyService`` Flask extension: one instance, any number of apps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+from flask_sqlalchemy import SQLAlchemy
+
+from .cli import keys_cli
+from .config import DEFAULTS, Settings, load_settings
+from .errors import register_error_handlers
+from .models import Base
+from .verification import Verifier
+
+
+@dataclass(frozen=True)
+class KeyServiceState:
+    """What keyservice keeps per app, in ``app.extensions["keyservice"]``."""
+
+    settings: Settings
+    db: SQLAlchemy
+    verifier: Verifier
+
+
+class KeyService:
+    """API keys for a Flask app: ``@require_key``, ``verify_key`` and ``flask keys``.
+
+    It uses the app's Flask-SQLAlchemy ``db`` (passed in, or the one already
+    registered on the app) and adds its tables to that ``db``'s metadata, so the
+    app's own Flask-Migrate migrations pick them up.
+    """
+
+    def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:
+        self._db = db
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register keyservice on ``app``; its ``db`` must already be initialised."""
+        if "keyservice" in app.extensions:
+            raise RuntimeError(
+                "A 'KeyService' instance has already been registered on this Flask app."
+                " Import and use that instance instead."
+            )
+        db = self._db or app.extensions.get("sqlalchemy")
+        if db is None or app.extensions.get("sqlalchemy") is not db:
+            raise RuntimeError(
+                "KeyService needs Flask-SQLAlchemy on this app: call db.init_app(app)"
+                " before KeyService(app) or keys.init_app(app)."
+            )
+        for name, value in DEFAULTS.items():
+            app.config.setdefault(name, value)
+        settings = load_settings(app.config)
+        for table in Base.metadata.tables.values():
+            if table.name not in db.metadata.tables:
+                table.to_metadata(db.metadata)
+        app.extensions["keyservice"] = KeyServiceState(settings, db, Verifier(settings, db))
+        register_error_handlers(app)
+        app.cli.add_command(keys_cli)
+
+
+def current_state() -> KeyServiceState:
+    """keyservice's state for the current app."""
+    return current_app.extensions["keyservice"]
