@@ -1,0 +1,38 @@
+"""The standalone service's own routes: a health check and the example views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .decorators import require_key
+from .errors import problem
+
+bp = Blueprint("service", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    """200 when the database answers, else a 503 problem."""
+    try:
+        with current_app.extensions["keyservice"].db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return problem(503, "UNAVAILABLE", "Database unavailable", "The database does not answer.")
+    return {"status": "ok"}
+
+
+@bp.post("/protected-with-key")
+@require_key()
+def protected_with_key() -> Any:
+    """The example protected view: any valid key gets in."""
+    return {"protected": True, "external_client_id": g.auth.external_client_id}
+
+
+@bp.post("/unprotected")
+def unprotected() -> Any:
+    """The same view without a key, for comparison (and the benchmark's baseline)."""
+    return {"protected": False}

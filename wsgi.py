@@ -1,0 +1,11 @@
+"""The standalone service for gunicorn: ``gunicorn wsgi:app``."""
+
+import sys
+
+from keyservice import create_app
+from keyservice.config import ConfigError
+
+try:
+    app = create_app()
+except ConfigError as error:
+    sys.exit(f"keyservice: {error}")
