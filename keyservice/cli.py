@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 from pytimeparse import parse as parse_duration
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import store
 from .errors import KeyServiceError
 from .models import ApiKey, utcnow
+from .state import current_state
 from .verification import verify_key
 
 
@@ -76,7 +76,7 @@ class JsonObject(click.ParamType):
 
 
 def _session() -> Any:
-    return current_app.extensions["keyservice"].db.session
+    return current_state().db.session
 
 
 def _status(api_key: ApiKey) -> str:
@@ -104,9 +104,9 @@ keys_cli = OneLineErrorGroup("keys", help="Issue, inspect, revoke and verify API
 def create_command(name: str, external_client_id: str, scopes: tuple[str, ...],
                    expires_in: timedelta | None, meta: dict[str, Any] | None, as_json: bool) -> None:
     """Issue a key and print it. It is shown this once and never again."""
-    settings = current_app.extensions["keyservice"].settings
+    state = current_state()
     api_key, key = store.create_key(
-        _session(), settings, name=name, external_client_id=external_client_id, scopes=scopes,
+        state.db.session, state.settings, name=name, external_client_id=external_client_id, scopes=scopes,
         expires_at=utcnow() + expires_in if expires_in else None, meta=meta, created_by="cli",
     )
     _session().commit()

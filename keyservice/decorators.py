@@ -6,9 +6,10 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Request, current_app, g, request
+from flask import Request, g, request
 
 from .errors import VerificationFailed
+from .state import current_state
 from .verification import Outcome, VerificationResult, verify_key
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -37,7 +38,7 @@ def key_from_request(req: Request, header: str | None) -> str | Outcome:
 
 def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
     """Verify the key of the current request against ``scopes``."""
-    settings = current_app.extensions["keyservice"].settings
+    settings = current_state().settings
     key = key_from_request(request, settings.header)
     if isinstance(key, Outcome):
         return VerificationResult(key)

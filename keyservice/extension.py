@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from .cli import keys_cli
-from .config import DEFAULTS, Settings, load_settings
+from .config import DEFAULTS, load_settings
 from .errors import register_error_handlers
-from .models import Base
+from .models import ApiKey, Base
+from .state import KeyServiceState, current_state
+from .store import create_key
 from .verification import Verifier
-
-
-@dataclass(frozen=True)
-class KeyServiceState:
-    """What keyservice keeps per app, in ``app.extensions["keyservice"]``."""
-
-    settings: Settings
-    db: SQLAlchemy
-    verifier: Verifier
 
 
 class KeyService:
@@ -59,7 +52,12 @@ class KeyService:
         register_error_handlers(app)
         app.cli.add_command(keys_cli)
 
+    @staticmethod
+    def create_key(**fields: Any) -> tuple[ApiKey, str]:
+        """Issue a key for the current app: its row (added to the session, for the
+        caller to commit) and the full key, which is never available again.
 
-def current_state() -> KeyServiceState:
-    """keyservice's state for the current app."""
-    return current_app.extensions["keyservice"]
+        Takes the keyword arguments of :func:`keyservice.store.create_key`.
+        """
+        state = current_state()
+        return create_key(state.db.session, state.settings, **fields)

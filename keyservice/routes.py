@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g
+from flask import Blueprint, g
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .decorators import require_key
 from .errors import problem
+from .state import current_state
 
 bp = Blueprint("service", __name__)
 
@@ -18,7 +19,7 @@ bp = Blueprint("service", __name__)
 def healthz() -> Any:
     """200 when the database answers, else a 503 problem."""
     try:
-        with current_app.extensions["keyservice"].db.engine.connect() as connection:
+        with current_state().db.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError:
         return problem(503, "UNAVAILABLE", "Database unavailable", "The database does not answer.")

@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .crypto import check_secret, parse_key
-from .models import ApiKey, utcnow
+from .models import ApiKey, as_utc, utcnow
 
 
 class Outcome(StrEnum):
@@ -196,8 +196,11 @@ class Verifier:
         if row is None:
             return None
         values = row._asdict()
-        values["scopes"] = tuple(values["scopes"])
-        return KeyRecord(**values)
+        return KeyRecord(**values | {
+            "scopes": tuple(values["scopes"]),
+            "expires_at": as_utc(values["expires_at"]),
+            "revoked_at": as_utc(values["revoked_at"]),
+        })
 
     def _failures_limiter(self) -> MovingWindowRateLimiter:
         # Made on first use, in the worker process: MemoryStorage starts a thread.

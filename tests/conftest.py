@@ -9,10 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from keyservice import create_app
+from keyservice import KeyService, create_app
 from keyservice.app import db
-from keyservice.extension import current_state
-from keyservice.store import create_key
 
 # bcrypt at cost 4 keeps the suite fast; one test checks the default of 12.
 TEST_CONFIG = {"TESTING": True, "KEYSERVICE_BCRYPT_ROUNDS": 4, "KEYSERVICE_CACHE_TTL": 0}
@@ -54,12 +52,11 @@ def issue_key(app: Flask) -> IssueKey:
     def issue(name: str = "test key", external_client_id: str = "acme",
               scopes: tuple[str, ...] = (), **changes: Any) -> tuple[str, str]:
         with app.app_context():
-            state = current_state()
-            api_key, key = create_key(state.db.session, state.settings, name=name,
-                                      external_client_id=external_client_id, scopes=scopes)
+            api_key, key = KeyService.create_key(name=name, external_client_id=external_client_id,
+                                                 scopes=scopes)
             for field, value in changes.items():
                 setattr(api_key, field, value)
-            state.db.session.commit()
+            db.session.commit()
             return api_key.id, key
 
     return issue

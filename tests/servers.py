@@ -1,0 +1,86 @@
+"""Run the real service: migrations, the CLI and gunicorn, as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def service_environment(database_url: str, **settings: str) -> dict[str, str]:
+    """The environment the service runs with: this one, less any KEYSERVICE_* of the caller."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
+    environ.update({"DATABASE_URL": database_url, "KEYSERVICE_BCRYPT_ROUNDS": "4", **settings})
+    return environ
+
+
+def flask_cli(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``flask --app wsgi ARGS`` as a user would."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO, env=environ,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
+    """One HTTP request; error statuses are answers too, not exceptions."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return Response(response.status, response.read(), dict(response.headers))
+    except urllib.error.HTTPError as error:
+        return Response(error.code, error.read(), dict(error.headers))
+
+
+@contextmanager
+def gunicorn(environ: dict[str, str], workers: int = 2) -> Iterator[str]:
+    """Serve ``wsgi:app`` with gunicorn's production settings; yield its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
+         "-b", f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"],
+        cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {process.stdout.read().decode()}")
+            try:
+                if request(base + "/healthz").status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("gunicorn did not answer within 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()

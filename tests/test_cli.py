@@ -1,0 +1,159 @@
+"""flask keys ... through click's runner, and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskCliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+KEY_FORMAT = re.compile(r"sk_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
+
+
+def create(runner: FlaskCliRunner, *extra: str) -> str:
+    result = runner.invoke(args=["keys", "create", "--name", "deploy bot", "--client-id", "acme", *extra])
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_create_prints_the_key_once_and_nothing_else(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "acme"])
+    assert result.exit_code == 0
+    assert KEY_FORMAT.fullmatch(result.stdout.strip())
+    assert "will not be shown again" in result.stderr
+
+
+def test_create_json_gives_the_whole_object_and_the_key(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=[
+        "keys", "create", "--name", "reports", "--client-id", "acme", "--scope", "reports:read",
+        "--scope", "reports:write", "--expires-in", "30d", "--meta", '{"plan": "pro"}', "--json"])
+    assert result.exit_code == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert KEY_FORMAT.fullmatch(created["key"])
+    assert created["key"].split("_")[1] == created["id"]
+    assert created["start"] == f"sk_{created['id']}"
+    assert created["scopes"] == ["reports:read", "reports:write"]
+    assert created["meta"] == {"plan": "pro"}
+    assert created["expires_at"].endswith("Z") and created["revoked_at"] is None
+    assert created["created_by"] == "cli"
+
+
+def test_list_and_show_never_give_the_key_or_its_hash(runner: FlaskCliRunner) -> None:
+    key = create(runner)
+    key_id = key.split("_")[1]
+    outputs = [runner.invoke(args=args).stdout for args in (
+        ["keys", "list"], ["keys", "list", "--json"], ["keys", "show", key_id], ["keys", "show", key_id, "--json"])]
+    assert all(key_id in output for output in outputs)
+    for output in outputs:
+        assert key not in output and key.split("_")[2] not in output and "$2b$" not in output
+    listed = json.loads(outputs[1])
+    assert [item["id"] for item in listed] == [key_id]
+    assert "secret_hash" not in listed[0] and "key" not in listed[0]
+
+
+def test_list_filters_by_client_and_hides_revoked_keys(runner: FlaskCliRunner) -> None:
+    first = create(runner).split("_")[1]
+    other = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "globex"]).stdout.split("_")[1]
+    runner.invoke(args=["keys", "revoke", first])
+
+    def listed(*args: str) -> list[str]:
+        return [item["id"] for item in json.loads(runner.invoke(args=["keys", "list", "--json", *args]).stdout)]
+
+    assert listed() == [other]
+    assert listed("--include-revoked") == [other, first]
+    assert listed("--client-id", "acme", "--include-revoked") == [first]
+
+
+def test_verify_exits_0_for_a_valid_key_and_1_with_the_code_otherwise(runner: FlaskCliRunner) -> None:
+    key = create(runner, "--scope", "reports:read")
+    valid = runner.invoke(args=["keys", "verify", key, "--scope", "reports:read"])
+    assert (valid.exit_code, valid.stdout) == (0, "VALID\n")
+    assert key not in valid.output
+    assert runner.invoke(args=["keys", "verify", "-"], input=key + "\n").stdout == "VALID\n"
+    for args, code in [([key[:-1]], "MALFORMED"), ([key, "--scope", "admin"], "INSUFFICIENT_SCOPE")]:
+        result = runner.invoke(args=["keys", "verify", *args])
+        assert (result.exit_code, result.stdout) == (1, f"{code}\n")
+
+
+def test_revoke_disable_and_enable_change_what_verify_says(runner: FlaskCliRunner) -> None:
+    key = create(runner)
+    key_id = key.split("_")[1]
+
+    def verify() -> str:
+        return runner.invoke(args=["keys", "verify", key]).stdout.strip()
+
+    assert runner.invoke(args=["keys", "disable", key_id]).exit_code == 0
+    assert verify() == "DISABLED"
+    assert runner.invoke(args=["keys", "enable", key_id]).exit_code == 0
+    assert verify() == "VALID"
+    revoked = runner.invoke(args=["keys", "revoke", key_id, "--reason", "laptop stolen"])
+    assert revoked.exit_code == 0
+    assert verify() == "REVOKED"
+    again = runner.invoke(args=["keys", "revoke", key_id])
+    assert again.exit_code == 0 and "already revoked" in again.stderr
+    shown = json.loads(runner.invoke(args=["keys", "show", key_id, "--json"]).stdout)
+    assert shown["revocation_reason"] == "laptop stolen" and shown["revoked_at"].endswith("Z")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["keys", "create", "--client-id", "acme"], "Missing option '--name'"),
+    (["keys", "create", "--name", "n"], "Missing option '--client-id'"),
+    (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "tomorrow"], "--expires-in"),
+    (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "-5d"], "--expires-in"),
+    (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "0s"], "--expires-in"),
+    (["keys", "create", "--name", "n", "--client-id", "c", "--meta", "{oops"], "--meta"),
+    (["keys", "create", "--name", "n", "--client-id", "c", "--meta", "[1]"], "--meta"),
+    (["keys", "create", "--name", "n", "--client-id", "c", "--scope", "Not A Scope"], "scope"),
+    (["keys", "create", "--name", "x" * 201, "--client-id", "c"], "name"),
+    (["keys", "create", "--name", "n", "--client-id", "c", "--meta", json.dumps({"x": "y" * 5000})], "meta"),
+    (["keys", "show", "nosuchkey"], "no key has the id"),
+    (["keys", "revoke", "nosuchkey"], "no key has the id"),
+    (["keys", "disable", "nosuchkey"], "no key has the id"),
+    (["keys", "verify"], "Missing argument 'KEY'"),
+    (["keys", "launch"], "No such command"),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner, args: list[str],
+                                                           message: str) -> None:
+    result = runner.invoke(args=args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
+    environ.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "KEYSERVICE_BCRYPT_ROUNDS": "4", **env})
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO, env=environ,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_the_real_command_line(tmp_path: Path) -> None:
+    assert run_cli(tmp_path, "db", "upgrade").returncode == 0
+    created = run_cli(tmp_path, "keys", "create", "--name", "n", "--client-id", "acme")
+    assert created.returncode == 0 and KEY_FORMAT.fullmatch(created.stdout.strip())
+    bad = run_cli(tmp_path, "keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "soon")
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, value", [
+    ("KEYSERVICE_BCRYPT_ROUNDS", "3"),
+    ("KEYSERVICE_BCRYPT_ROUNDS", "twelve"),
+    ("KEYSERVICE_KEY_PREFIX", "Live_"),
+    ("KEYSERVICE_CACHE_TTL", "nan"),
+    ("KEYSERVICE_FAILED_VERIFY_LIMIT", "lots"),
+    ("KEYSERVICE_BCRYPT_ROUND", "12"),
+    ("DATABASE_URL", "not a url"),
+])
+def test_a_wrong_setting_stops_start_up_with_one_line_naming_it(tmp_path: Path, name: str, value: str) -> None:
+    result = run_cli(tmp_path, "keys", "list", **{name: value})
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("keyservice: ") and name in result.stderr

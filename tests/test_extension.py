@@ -1,0 +1,82 @@
+"""keyservice inside a host app that has its own db and its own migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flask_migrate
+import pytest
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import inspect
+
+from keyservice import KeyService
+
+from .host_app import Team, create_host_app, db, keys
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Flask:
+    """The host app, its schema made by its own, freshly generated migrations."""
+    migrations = tmp_path / "migrations"
+    app = create_host_app(f"sqlite:///{tmp_path / 'host.db'}", migrations)
+    with app.app_context():
+        flask_migrate.init(directory=str(migrations))
+        flask_migrate.migrate(directory=str(migrations), message="initial")
+        flask_migrate.upgrade(directory=str(migrations))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_host_migrations_pick_up_the_keyservice_tables(host: Flask, tmp_path: Path) -> None:
+    generated = "".join(p.read_text() for p in (tmp_path / "migrations" / "versions").glob("*.py"))
+    assert "keyservice_api_keys" in generated and "teams" in generated
+    with host.app_context():
+        assert {"teams", "keyservice_api_keys"} <= set(inspect(db.engine).get_table_names())
+
+
+def test_host_view_gets_the_caller_from_g_auth(host: Flask) -> None:
+    with host.app_context():
+        db.session.add(Team(name="team-7"))
+        api_key, key = keys.create_key(name="ci", external_client_id="team-7", scopes=["reports:*"])
+        db.session.commit()
+        key_id = api_key.id
+    client = host.test_client()
+    response = client.get("/teams/report", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    assert response.get_json() == {"team": "team-7", "key": key_id}
+
+
+def test_host_view_refuses_with_problem_responses(host: Flask) -> None:
+    with host.app_context():
+        _, key = keys.create_key(name="ci", external_client_id="team-7", scopes=["billing:read"])
+        db.session.commit()
+    client = host.test_client()
+    assert client.get("/teams/report").get_json()["code"] == "MISSING"
+    forbidden = client.get("/teams/report", headers={"X-API-Key": key})
+    assert forbidden.status_code == 403
+    assert forbidden.get_json()["code"] == "INSUFFICIENT_SCOPE"
+    # The host's own errors stay the host's: keyservice does not take over its 404 page.
+    assert client.get("/no-such-page").mimetype == "text/html"
+
+
+def test_host_cli_gets_the_keys_commands(host: Flask) -> None:
+    runner = host.test_cli_runner()
+    created = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "team-7"])
+    assert created.exit_code == 0
+    verified = runner.invoke(args=["keys", "verify", created.stdout.strip()])
+    assert (verified.exit_code, verified.stdout.strip()) == (0, "VALID")
+
+
+def test_registering_twice_is_refused(host: Flask) -> None:
+    with pytest.raises(RuntimeError, match="already been registered"):
+        KeyService(host)
+
+
+def test_an_app_without_flask_sqlalchemy_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="db.init_app"):
+        KeyService(Flask(__name__))
+    app = Flask(__name__)
+    with pytest.raises(RuntimeError, match="db.init_app"):
+        KeyService(app, db=SQLAlchemy())

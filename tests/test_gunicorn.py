@@ -1,0 +1,64 @@
+"""End to end over real HTTP against gunicorn with 2 workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .servers import REPO, flask_cli, gunicorn, request, service_environment
+
+
+@pytest.fixture
+def environ(tmp_path: Path) -> dict[str, str]:
+    environ = service_environment(f"sqlite:///{tmp_path / 'keys.db'}")
+    migrated = flask_cli(environ, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    return environ
+
+
+def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[str, str]) -> None:
+    created = flask_cli(environ, "keys", "create", "--name", "e2e", "--client-id", "acme")
+    key = created.stdout.strip()
+    headers = {"Authorization": f"Bearer {key}"}
+    with gunicorn(environ, workers=2) as base:
+        url = base + "/protected-with-key"
+        # Enough requests that both workers have the key cached and bcrypt-checked.
+        warm = [request(url, "POST", headers) for _ in range(40)]
+        assert {response.status for response in warm} == {200}
+        assert json.loads(warm[0].body) == {"protected": True, "external_client_id": "acme"}
+
+        revoked = flask_cli(environ, "keys", "revoke", key.split("_")[1])
+        assert revoked.returncode == 0, revoked.stderr
+        one_second_later = time.monotonic() + 1.0
+        while time.monotonic() < one_second_later:
+            request(url, "POST", headers)
+        after = [request(url, "POST", headers) for _ in range(60)]
+        codes = Counter((r.status, json.loads(r.body)["code"]) for r in after)
+        assert codes == {(401, "REVOKED"): 60}
+        assert all(r.headers["WWW-Authenticate"] == 'Bearer realm="keyservice", error="invalid_token"'
+                   for r in after)
+
+
+def test_the_quickstart_over_http(environ: dict[str, str]) -> None:
+    key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
+    with gunicorn(environ) as base:
+        ok = request(base + "/protected-with-key", "POST", {"Authorization": f"Bearer {key}"})
+        assert (ok.status, json.loads(ok.body)) == (200, {"protected": True, "external_client_id": "acme"})
+        missing = request(base + "/protected-with-key", "POST")
+        assert (missing.status, missing.headers["Content-Type"]) == (401, "application/problem+json")
+        assert request(base + "/healthz").status == 200
+
+
+def test_gunicorn_refuses_a_wrong_setting_in_one_line(environ: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "wsgi:app"],
+        cwd=REPO, env={**environ, "KEYSERVICE_BCRYPT_ROUNDS": "99"}, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("keyservice: KEYSERVICE_BCRYPT_ROUNDS")

@@ -1,0 +1,43 @@
+"""What the database file holds: hashes, never keys or secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+from flask.testing import FlaskCliRunner
+
+from keyservice import KeyService, create_app
+from keyservice.app import db
+
+from .conftest import IssueKey
+
+
+def raw_database(database_path: Path) -> bytes:
+    """The bytes of the SQLite file and its write-ahead log."""
+    return b"".join(path.read_bytes() for path in database_path.parent.glob(database_path.name + "*"))
+
+
+def test_database_file_holds_no_key_and_no_secret(
+    app: Flask, runner: FlaskCliRunner, issue_key: IssueKey, database_path: Path
+) -> None:
+    keys = [issue_key()[1] for _ in range(3)]
+    result = runner.invoke(args=["keys", "create", "--name", "cli", "--client-id", "acme"])
+    assert result.exit_code == 0
+    keys.append(result.stdout.strip())
+    with app.app_context():
+        db.engine.dispose()
+    stored = raw_database(database_path)
+    assert len(stored) > 0
+    for key in keys:
+        secret = key.split("_")[2][:32]
+        assert key.encode() not in stored
+        assert secret.encode() not in stored
+        assert key.split("_")[1].encode() in stored  # the public id is there, so the file was read
+
+
+def test_default_bcrypt_cost_is_12(tmp_path: Path) -> None:
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.db'}"})
+    with app.app_context():
+        api_key, _ = KeyService.create_key(name="n", external_client_id="c")
+    assert api_key.secret_hash.startswith("$2b$12$")

@@ -1,0 +1,111 @@
+"""verify_key from plain Python: the result object, caching, and the wrong-secret budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import flask_migrate
+import pytest
+from flask import Flask
+
+from keyservice import KeyService, Outcome, create_app, verify_key
+from keyservice.app import db
+from keyservice.crypto import checksum
+from keyservice.models import ApiKey, utcnow
+from keyservice.store import get_key
+
+from .conftest import TEST_CONFIG, IssueKey
+
+
+def wrong_secret(key: str, n: int = 0) -> str:
+    """The same prefix and id with another secret, and a checksum that holds."""
+    body = key[:20] + f"{n:032d}"
+    return body + checksum(body)
+
+
+def test_valid_key_gives_the_caller(app: Flask, issue_key: IssueKey) -> None:
+    key_id, key = issue_key(name="billing bot", external_client_id="team-9", scopes=("a:b",),
+                            meta={"plan": "pro"})
+    with app.app_context():
+        result = verify_key(key, ["a:b"])
+    assert result.valid and result.code is Outcome.VALID
+    assert (result.key_id, result.external_client_id, result.name) == (key_id, "team-9", "billing bot")
+    assert result.scopes == ("a:b",) and result.meta == {"plan": "pro"}
+
+
+def test_outcomes_without_a_request(app: Flask, issue_key: IssueKey) -> None:
+    _, key = issue_key(scopes=("a:read",))
+    with app.app_context():
+        assert verify_key(key[:-1]).code is Outcome.MALFORMED
+        assert verify_key(wrong_secret(key)).code is Outcome.NOT_FOUND
+        assert verify_key(key, ["a:write"]).code is Outcome.INSUFFICIENT_SCOPE
+
+
+@pytest.fixture
+def cached_app(tmp_path: Path) -> Flask:
+    """An app with the default cache TTL and a small wrong-secret budget."""
+    app = create_app({**TEST_CONFIG, "KEYSERVICE_CACHE_TTL": 0.5,
+                      "KEYSERVICE_FAILED_VERIFY_LIMIT": "3/minute",
+                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'keys.db'}"})
+    with app.app_context():
+        flask_migrate.upgrade()
+    return app
+
+
+def issue(app: Flask, **fields) -> tuple[str, str]:
+    with app.app_context():
+        api_key, key = KeyService.create_key(name="k", external_client_id="acme", **fields)
+        db.session.commit()
+        return api_key.id, key
+
+
+def change(app: Flask, key_id: str, make_change: Callable[[ApiKey], object]) -> None:
+    with app.app_context():
+        make_change(get_key(db.session, key_id))
+        db.session.commit()
+
+
+@pytest.mark.parametrize("make_change, code", [
+    (lambda api_key: api_key.revoke("leaked"), Outcome.REVOKED),
+    (lambda api_key: setattr(api_key, "enabled", False), Outcome.DISABLED),
+    (lambda api_key: setattr(api_key, "expires_at", utcnow()), Outcome.EXPIRED),
+])
+def test_a_change_reaches_a_warm_cache_within_the_ttl(cached_app: Flask, make_change, code) -> None:
+    key_id, key = issue(cached_app)
+    with cached_app.app_context():
+        assert verify_key(key).valid
+    change(cached_app, key_id, make_change)
+    time.sleep(0.6)
+    with cached_app.app_context():
+        assert verify_key(key).code is code
+
+
+def test_wrong_secrets_are_refused_before_bcrypt_once_the_budget_is_spent(cached_app: Flask) -> None:
+    key_id, key = issue(cached_app)
+    _, other_key = issue(cached_app)
+    with cached_app.app_context():
+        assert verify_key(key).valid
+        codes = [verify_key(wrong_secret(key, n)).code for n in range(6)]
+        assert codes[:3] == [Outcome.NOT_FOUND] * 3
+        assert codes[3:] == [Outcome.RATE_LIMITED] * 3
+        throttled = verify_key(wrong_secret(key, 99))
+        assert 0 < throttled.retry_after <= 60
+        # The real key, already checked by bcrypt in this worker, keeps working,
+        # and other key ids have budgets of their own.
+        assert verify_key(key).valid
+        assert verify_key(other_key).valid
+        assert verify_key(wrong_secret(other_key)).code is Outcome.NOT_FOUND
+
+
+def test_a_rotated_secret_hash_is_checked_again(cached_app: Flask) -> None:
+    key_id, key = issue(cached_app)
+    _, replacement = issue(cached_app)
+    with cached_app.app_context():
+        assert verify_key(key).valid
+        replacement_hash = db.session.get(ApiKey, replacement.split("_")[1]).secret_hash
+    change(cached_app, key_id, lambda api_key: setattr(api_key, "secret_hash", replacement_hash))
+    time.sleep(0.6)
+    with cached_app.app_context():
+        assert verify_key(key).code is Outcome.NOT_FOUND
