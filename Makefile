@@ -1,4 +1,4 @@
-# `make serve` runs the service on SQLite; `make test` runs the whole suite.
+# `make serve` runs the service on SQLite; `make test` type-checks and runs the whole suite.
 # Each sets up what it needs first (a virtualenv with the pinned packages).
 PYTHON ?= python3
 VENV := .venv
@@ -18,6 +18,7 @@ serve: $(INSTALLED)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: $(INSTALLED)
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: $(INSTALLED)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 from flask.cli import AppGroup
-from pytimeparse import parse as parse_duration
+from pytimeparse.timeparse import timeparse as parse_duration
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import store
@@ -44,7 +44,7 @@ class OneLineErrorGroup(AppGroup):
             ) from None
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]
     """A positive duration such as ``30d``, ``12h``, ``90m`` or ``1h30m``."""
 
     name = "duration"
@@ -58,7 +58,7 @@ class Duration(click.ParamType):
         return timedelta(seconds=seconds)
 
 
-class JsonObject(click.ParamType):
+class JsonObject(click.ParamType):  # type: ignore[type-arg]
     """A JSON object given on the command line."""
 
     name = "json"

@@ -15,6 +15,11 @@ from .verification import Outcome, VerificationResult, verify_key
 View = TypeVar("View", bound=Callable[..., Any])
 
 
+def _comma_separated(req: Request, name: str) -> list[str]:
+    # Servers join repeated header lines with commas, which no key contains.
+    return [part for value in req.headers.getlist(name) for part in value.split(",")]
+
+
 def key_from_request(req: Request, header: str | None) -> str | Outcome:
     """The key sent with ``req``, or MISSING / INVALID_REQUEST.
 
@@ -22,13 +27,12 @@ def key_from_request(req: Request, header: str | None) -> str | Outcome:
     or in ``header``; sending it more than once is refused, as RFC 6750 §2 asks.
     """
     sent = []
-    # Servers join repeated header lines with commas, which no key contains.
-    for value in ",".join(req.headers.getlist("Authorization")).split(","):
-        scheme, _, credentials = value.strip().partition(" ")
+    for part in _comma_separated(req, "Authorization"):
+        scheme, _, credentials = part.strip().partition(" ")
         if scheme.lower() == "bearer":
             sent.append(credentials)
     if header:
-        sent.extend(req.headers.getlist(header))
+        sent.extend(_comma_separated(req, header))
     if not sent:
         return Outcome.MISSING
     if len(sent) > 1:

@@ -36,8 +36,8 @@ class KeyService:
                 "A 'KeyService' instance has already been registered on this Flask app."
                 " Import and use that instance instead."
             )
-        db = self._db or app.extensions.get("sqlalchemy")
-        if db is None or app.extensions.get("sqlalchemy") is not db:
+        db = app.extensions.get("sqlalchemy")
+        if not isinstance(db, SQLAlchemy) or self._db not in (None, db):
             raise RuntimeError(
                 "KeyService needs Flask-SQLAlchemy on this app: call db.init_app(app)"
                 " before KeyService(app) or keys.init_app(app)."

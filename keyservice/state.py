@@ -22,4 +22,5 @@ class KeyServiceState:
 
 def current_state() -> KeyServiceState:
     """keyservice's state for the current app."""
-    return current_app.extensions["keyservice"]
+    state: KeyServiceState = current_app.extensions["keyservice"]
+    return state

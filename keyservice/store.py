@@ -13,12 +13,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 
 from .config import Settings
 from .crypto import generate_key
 from .errors import InvalidInput
 from .models import ApiKey, utcnow
+
+AnySession = Session | scoped_session[Any]
 
 SCOPE_PATTERN = re.compile(r"[a-z0-9_.:*-]{1,100}")
 MAX_NAME_LENGTH = 200
@@ -52,7 +54,7 @@ def check_new_key(name: str, external_client_id: str, scopes: list[str], expires
         raise InvalidInput(f"meta must be at most {MAX_META_BYTES} bytes of JSON")
 
 
-def create_key(session: Session, settings: Settings, *, name: str, external_client_id: str,
+def create_key(session: AnySession, settings: Settings, *, name: str, external_client_id: str,
                scopes: Iterable[str] = (), expires_at: datetime | None = None,
                meta: dict[str, Any] | None = None, created_by: str | None = None) -> tuple[ApiKey, str]:
     """Issue a key; return its row and the full key, which is never available again."""
@@ -76,7 +78,7 @@ def create_key(session: Session, settings: Settings, *, name: str, external_clie
     return api_key, new.key
 
 
-def get_key(session: Session, key_id: str) -> ApiKey:
+def get_key(session: AnySession, key_id: str) -> ApiKey:
     """The key with id ``key_id``; raises :class:`KeyNotFound`."""
     api_key = session.get(ApiKey, key_id)
     if api_key is None:
@@ -84,7 +86,7 @@ def get_key(session: Session, key_id: str) -> ApiKey:
     return api_key
 
 
-def list_keys(session: Session, *, external_client_id: str | None = None,
+def list_keys(session: AnySession, *, external_client_id: str | None = None,
               include_revoked: bool = False) -> list[ApiKey]:
     """Keys, newest first, optionally of one client, revoked ones only if asked."""
     query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id)

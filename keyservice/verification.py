@@ -220,4 +220,5 @@ class Verifier:
 
 def verify_key(key: str, scopes: Iterable[str] = ()) -> VerificationResult:
     """Check ``key`` (and ``scopes``) for the current app, as ``@require_key`` does."""
-    return current_app.extensions["keyservice"].verifier.verify(key, scopes)
+    verifier: Verifier = current_app.extensions["keyservice"].verifier
+    return verifier.verify(key, scopes)

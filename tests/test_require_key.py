@@ -127,6 +127,12 @@ def test_two_authorization_headers_are_an_invalid_request(client: FlaskClient, i
     assert_problem(response, 400, "INVALID_REQUEST")
 
 
+def test_two_api_key_headers_are_an_invalid_request(client: FlaskClient, issue_key: IssueKey) -> None:
+    _, key = issue_key()
+    response = client.post(URL, headers=[("X-API-Key", key), ("X-API-Key", key)])
+    assert_problem(response, 400, "INVALID_REQUEST")
+
+
 def test_two_keys_in_one_bearer_value_are_malformed(client: FlaskClient, issue_key: IssueKey) -> None:
     _, key = issue_key()
     _, other = issue_key()
