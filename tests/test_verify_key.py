@@ -109,3 +109,15 @@ def test_a_rotated_secret_hash_is_checked_again(cached_app: Flask) -> None:
     time.sleep(0.6)
     with cached_app.app_context():
         assert verify_key(key).code is Outcome.NOT_FOUND
+
+
+def test_a_throttled_wrong_secret_gets_429_with_retry_after_over_http(cached_app: Flask) -> None:
+    _, key = issue(cached_app)
+    client = cached_app.test_client()
+    statuses = [client.post("/protected-with-key", headers={"X-API-Key": wrong_secret(key, n)})
+                for n in range(4)]
+    assert [r.status_code for r in statuses] == [401, 401, 401, 429]
+    throttled = statuses[-1]
+    assert throttled.mimetype == "application/problem+json"
+    assert throttled.get_json()["code"] == "RATE_LIMITED"
+    assert 0 < int(throttled.headers["Retry-After"]) <= 60
