@@ -26,7 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_HEADER": "X-API-Key",
     "KEYSERVICE_CACHE_TTL": 0.5,
     "KEYSERVICE_CACHE_SIZE": 10_000,
-    "KEYSERVICE_FAILED_VERIFY_LIMIT": "10/minute",
+    "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT": "5/minute",
+    "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "30/minute",
 }
 
 
@@ -43,7 +44,8 @@ class Settings:
     header: str | None
     cache_ttl: float
     cache_size: int
-    failed_verify_limit: RateLimitItem
+    failed_verify_limit_per_client: RateLimitItem
+    failed_verify_limit_per_key: RateLimitItem
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -57,6 +59,14 @@ def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: 
     return value
 
 
+def _rate(config: Mapping[str, Any], name: str) -> RateLimitItem:
+    text = str(config[name])
+    try:
+        return parse(text)
+    except ValueError:
+        raise ConfigError(f"{name} must read like '5/minute', not {text!r}") from None
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
@@ -64,20 +74,14 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         raise ConfigError(
             f"KEYSERVICE_KEY_PREFIX must be 1 to 16 lowercase letters or digits, not {prefix!r}"
         )
-    limit_text = str(config["KEYSERVICE_FAILED_VERIFY_LIMIT"])
-    try:
-        failed_verify_limit = parse(limit_text)
-    except ValueError:
-        raise ConfigError(
-            f"KEYSERVICE_FAILED_VERIFY_LIMIT must read like '10/minute', not {limit_text!r}"
-        ) from None
     return Settings(
         key_prefix=prefix,
         bcrypt_rounds=_number(config, "KEYSERVICE_BCRYPT_ROUNDS", int, 4, 31),
         header=str(config["KEYSERVICE_HEADER"]).strip() or None,
         cache_ttl=_number(config, "KEYSERVICE_CACHE_TTL", float, 0, 60),
         cache_size=_number(config, "KEYSERVICE_CACHE_SIZE", int, 1, 10_000_000),
-        failed_verify_limit=failed_verify_limit,
+        failed_verify_limit_per_client=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT"),
+        failed_verify_limit_per_key=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY"),
     )
 
 

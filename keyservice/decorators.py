@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Request, g, request
+from flask import g, request
 
 from .errors import VerificationFailed
 from .state import current_state
@@ -15,24 +15,25 @@ from .verification import Outcome, VerificationResult, verify_key
 View = TypeVar("View", bound=Callable[..., Any])
 
 
-def _comma_separated(req: Request, name: str) -> list[str]:
-    # Servers join repeated header lines with commas, which no key contains.
-    return [part for value in req.headers.getlist(name) for part in value.split(",")]
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
-def key_from_request(req: Request, header: str | None) -> str | Outcome:
-    """The key sent with ``req``, or MISSING / INVALID_REQUEST.
+def key_from_request(environ: dict[str, Any], header: str | None) -> str | Outcome:
+    """The key sent with a request, or MISSING / INVALID_REQUEST.
 
     The key may come as ``Authorization: Bearer <key>`` (the scheme in any case)
     or in ``header``; sending it more than once is refused, as RFC 6750 §2 asks.
+    Reads the WSGI environ directly: werkzeug's header view scans every header.
     """
-    sent = []
-    for part in _comma_separated(req, "Authorization"):
+    # A server joins repeated header lines with commas, which no key contains.
+    sent: list[str] = []
+    for part in environ.get("HTTP_AUTHORIZATION", "").split(","):
         scheme, _, credentials = part.strip().partition(" ")
         if scheme.lower() == "bearer":
             sent.append(credentials)
-    if header:
-        sent.extend(_comma_separated(req, header))
+    if header and (value := environ.get(_environ_key(header))) is not None:
+        sent.extend(value.split(","))
     if not sent:
         return Outcome.MISSING
     if len(sent) > 1:
@@ -43,10 +44,10 @@ def key_from_request(req: Request, header: str | None) -> str | Outcome:
 def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
     """Verify the key of the current request against ``scopes``."""
     settings = current_state().settings
-    key = key_from_request(request, settings.header)
+    key = key_from_request(request.environ, settings.header)
     if isinstance(key, Outcome):
         return VerificationResult(key)
-    return verify_key(key, scopes)
+    return verify_key(key, scopes, request.remote_addr)
 
 
 def require_key(*scopes: str) -> Callable[[View], View]:

@@ -10,20 +10,22 @@ request. Each worker keeps, per key id, a snapshot of the key's row and an HMAC
    so a revoked, disabled or expired key is refused by every worker within it.
    A database error answers UNAVAILABLE; nothing stale is trusted after that.
 3. A key whose HMAC matches the remembered one skips bcrypt. Any other secret
-   needs bcrypt, but only while the key id's budget of failed checks in this
-   worker (``KEYSERVICE_FAILED_VERIFY_LIMIT``) lasts; past it the attempt is
-   RATE_LIMITED before bcrypt, so a flood of wrong secrets does bounded work.
+   needs bcrypt, but only while this worker's budgets of failed checks last:
+   per key id and client address (``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT``)
+   and per key id from everywhere (``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY``).
+   Past either, the attempt is RATE_LIMITED before bcrypt, so a flood of wrong
+   secrets does bounded work, and the real key, sent from another address,
+   still gets its check.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -102,8 +104,10 @@ class _CachedKey:
     verified_digest: bytes | None = None
 
 
-def missing_scopes(granted: Iterable[str], required: Iterable[str]) -> tuple[str, ...]:
+def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str, ...]:
     """The required scopes that ``granted`` lacks; ``a:*`` grants every ``a:<x>``."""
+    if not required:
+        return ()
     granted = set(granted)
     wildcards = tuple(scope[:-1] for scope in granted if scope.endswith(":*"))
     return tuple(
@@ -122,8 +126,12 @@ class Verifier:
         self._digest_key = os.urandom(32)
         self._failures: MovingWindowRateLimiter | None = None
 
-    def verify(self, key: str, scopes: Iterable[str] = ()) -> VerificationResult:
-        """Check ``key`` and that it holds every scope in ``scopes``."""
+    def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
+        """Check ``key`` and that it holds every scope in ``scopes``.
+
+        ``client`` (the caller's address) keys the failed-check budget, so that
+        one client's wrong secrets do not lock the key out for everyone.
+        """
         key = key.strip()
         parsed = parse_key(key, self._settings.key_prefix)
         if parsed is None:
@@ -136,13 +144,15 @@ class Verifier:
         if cached is None:
             return VerificationResult(Outcome.NOT_FOUND)
         record = cached.record
-        digest = hmac.new(self._digest_key, key.encode(), hashlib.sha256).digest()
+        digest = hmac.digest(self._digest_key, key.encode(), "sha256")
         if cached.verified_digest is None or not hmac.compare_digest(cached.verified_digest, digest):
-            retry_after = self._failure_budget_spent(record.id)
+            budgets = self._failure_budgets(record.id, client)
+            retry_after = self._budget_spent(budgets)
             if retry_after is not None:
                 return VerificationResult(Outcome.RATE_LIMITED, retry_after=retry_after)
             if not check_secret(parsed.secret, record.secret_hash):
-                self._failures_limiter().hit(self._settings.failed_verify_limit, record.id)
+                for limit, identity in budgets:
+                    self._failures_limiter().hit(limit, *identity)
                 return VerificationResult(Outcome.NOT_FOUND)
             cached.verified_digest = digest
         return self._judge(record, tuple(scopes))
@@ -208,17 +218,26 @@ class Verifier:
             self._failures = MovingWindowRateLimiter(MemoryStorage())
         return self._failures
 
-    def _failure_budget_spent(self, key_id: str) -> int | None:
-        """Seconds until the next bcrypt check is allowed for ``key_id``, or None if it is now."""
-        limit: RateLimitItem = self._settings.failed_verify_limit
+    def _failure_budgets(self, key_id: str, client: str | None) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
+        return [
+            (self._settings.failed_verify_limit_per_client, (key_id, client or "")),
+            (self._settings.failed_verify_limit_per_key, (key_id,)),
+        ]
+
+    def _budget_spent(self, budgets: list[tuple[RateLimitItem, tuple[str, ...]]]) -> int | None:
+        """Seconds until a bcrypt check is allowed again, or None if it is now."""
         limiter = self._failures_limiter()
-        if limiter.test(limit, key_id):
-            return None
-        reset_at = limiter.get_window_stats(limit, key_id).reset_time
-        return max(1, math.ceil(reset_at - time.time()))
+        for limit, identity in budgets:
+            if not limiter.test(limit, *identity):
+                reset_at = limiter.get_window_stats(limit, *identity).reset_time
+                return max(1, math.ceil(reset_at - time.time()))
+        return None
 
 
-def verify_key(key: str, scopes: Iterable[str] = ()) -> VerificationResult:
-    """Check ``key`` (and ``scopes``) for the current app, as ``@require_key`` does."""
+def verify_key(key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
+    """Check ``key`` (and ``scopes``) for the current app, as ``@require_key`` does.
+
+    Pass the caller's address as ``client`` where there is one: see :meth:`Verifier.verify`.
+    """
     verifier: Verifier = current_app.extensions["keyservice"].verifier
-    return verifier.verify(key, scopes)
+    return verifier.verify(key, scopes, client)

@@ -45,9 +45,10 @@ def test_outcomes_without_a_request(app: Flask, issue_key: IssueKey) -> None:
 
 @pytest.fixture
 def cached_app(tmp_path: Path) -> Flask:
-    """An app with the default cache TTL and a small wrong-secret budget."""
+    """An app with the default cache TTL and small wrong-secret budgets."""
     app = create_app({**TEST_CONFIG, "KEYSERVICE_CACHE_TTL": 0.5,
-                      "KEYSERVICE_FAILED_VERIFY_LIMIT": "3/minute",
+                      "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT": "3/minute",
+                      "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "5/minute",
                       "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'keys.db'}"})
     with app.app_context():
         flask_migrate.upgrade()
@@ -83,20 +84,35 @@ def test_a_change_reaches_a_warm_cache_within_the_ttl(cached_app: Flask, make_ch
 
 
 def test_wrong_secrets_are_refused_before_bcrypt_once_the_budget_is_spent(cached_app: Flask) -> None:
-    key_id, key = issue(cached_app)
+    _, key = issue(cached_app)
     _, other_key = issue(cached_app)
     with cached_app.app_context():
-        assert verify_key(key).valid
-        codes = [verify_key(wrong_secret(key, n)).code for n in range(6)]
-        assert codes[:3] == [Outcome.NOT_FOUND] * 3
-        assert codes[3:] == [Outcome.RATE_LIMITED] * 3
-        throttled = verify_key(wrong_secret(key, 99))
-        assert 0 < throttled.retry_after <= 60
+        assert verify_key(key, client="10.0.0.1").valid
+        codes = [verify_key(wrong_secret(key, n), client="10.6.6.6").code for n in range(6)]
+        assert codes == [Outcome.NOT_FOUND] * 3 + [Outcome.RATE_LIMITED] * 3
+        assert 0 < verify_key(wrong_secret(key, 99), client="10.6.6.6").retry_after <= 60
         # The real key, already checked by bcrypt in this worker, keeps working,
         # and other key ids have budgets of their own.
-        assert verify_key(key).valid
-        assert verify_key(other_key).valid
-        assert verify_key(wrong_secret(other_key)).code is Outcome.NOT_FOUND
+        assert verify_key(key, client="10.6.6.6").valid
+        assert verify_key(other_key, client="10.6.6.6").valid
+        assert verify_key(wrong_secret(other_key), client="10.6.6.6").code is Outcome.NOT_FOUND
+
+
+def test_one_clients_flood_does_not_lock_out_the_real_key_elsewhere(cached_app: Flask) -> None:
+    _, key = issue(cached_app)
+    with cached_app.app_context():
+        for n in range(5):
+            verify_key(wrong_secret(key, n), client="10.6.6.6")
+        assert verify_key(wrong_secret(key, 5), client="10.6.6.6").code is Outcome.RATE_LIMITED
+        # Never checked in this worker yet, so it needs bcrypt: its own address has budget left.
+        assert verify_key(key, client="10.0.0.1").valid
+
+
+def test_a_flood_from_many_addresses_hits_the_per_key_ceiling(cached_app: Flask) -> None:
+    _, key = issue(cached_app)
+    with cached_app.app_context():
+        codes = [verify_key(wrong_secret(key, n), client=f"10.0.0.{n}").code for n in range(7)]
+    assert codes == [Outcome.NOT_FOUND] * 5 + [Outcome.RATE_LIMITED] * 2
 
 
 def test_a_rotated_secret_hash_is_checked_again(cached_app: Flask) -> None:
@@ -113,11 +129,15 @@ def test_a_rotated_secret_hash_is_checked_again(cached_app: Flask) -> None:
 
 def test_a_throttled_wrong_secret_gets_429_with_retry_after_over_http(cached_app: Flask) -> None:
     _, key = issue(cached_app)
-    client = cached_app.test_client()
-    statuses = [client.post("/protected-with-key", headers={"X-API-Key": wrong_secret(key, n)})
+    attacker = cached_app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "10.6.6.6"
+    statuses = [attacker.post("/protected-with-key", headers={"X-API-Key": wrong_secret(key, n)})
                 for n in range(4)]
     assert [r.status_code for r in statuses] == [401, 401, 401, 429]
     throttled = statuses[-1]
     assert throttled.mimetype == "application/problem+json"
     assert throttled.get_json()["code"] == "RATE_LIMITED"
     assert 0 < int(throttled.headers["Retry-After"]) <= 60
+    customer = cached_app.test_client()
+    customer.environ_base["REMOTE_ADDR"] = "10.0.0.1"
+    assert customer.post("/protected-with-key", headers={"X-API-Key": key}).status_code == 200
