@@ -23,4 +23,4 @@ test: $(INSTALLED)
 
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(BIN)/python bench/protected_route.py
+	$(BIN)/python -m bench.protected_route

@@ -10,7 +10,7 @@ from flask import g, request
 
 from .errors import VerificationFailed
 from .state import current_state
-from .verification import Outcome, VerificationResult, verify_key
+from .verification import Outcome, VerificationResult
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -43,11 +43,12 @@ def key_from_request(environ: dict[str, Any], header: str | None) -> str | Outco
 
 def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
     """Verify the key of the current request against ``scopes``."""
-    settings = current_state().settings
-    key = key_from_request(request.environ, settings.header)
+    state = current_state()
+    environ = request.environ
+    key = key_from_request(environ, state.settings.header)
     if isinstance(key, Outcome):
         return VerificationResult(key)
-    return verify_key(key, scopes, request.remote_addr)
+    return state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"))
 
 
 def require_key(*scopes: str) -> Callable[[View], View]:

@@ -11,7 +11,10 @@ too, turns them into ``application/problem+json``. No body ever echoes a key.
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify
+import functools
+import json
+
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from .verification import Outcome, VerificationResult
@@ -32,18 +35,17 @@ _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
 }
 
 
+@functools.lru_cache(maxsize=256)
+def _problem_body(status: int, code: str, title: str, detail: str) -> str:
+    # Refusals are answered at flood rates and their bodies are few: encode each once.
+    return json.dumps({"type": f"urn:keyservice:problem:{code.lower()}", "title": title,
+                       "status": status, "detail": detail, "code": code})
+
+
 def problem(status: int, code: str, title: str, detail: str) -> Response:
     """Build an ``application/problem+json`` response."""
-    response = jsonify(
-        type=f"urn:keyservice:problem:{code.lower()}",
-        title=title,
-        status=status,
-        detail=detail,
-        code=code,
-    )
-    response.status_code = status
-    response.mimetype = "application/problem+json"
-    return response
+    return Response(_problem_body(status, code, title, detail), status=status,
+                    mimetype="application/problem+json")
 
 
 class KeyServiceError(Exception):

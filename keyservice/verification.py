@@ -1,21 +1,22 @@
 """The verification path: from a presented key to an outcome, in one place.
 
 bcrypt at cost 12 takes about a quarter of a second, so it cannot run on every
-request. Each worker keeps, per key id, a snapshot of the key's row and an HMAC
-(under a random per-process key) of the full key once bcrypt has accepted it:
+request. Each worker remembers the keys bcrypt has accepted, by an HMAC of the
+full key under a random key that lives only in that process's memory:
 
-1. ``parse_key`` refuses anything that is not our format or whose checksum is
-   wrong (MALFORMED) without touching the database.
-2. The row snapshot is re-read when older than ``KEYSERVICE_CACHE_TTL`` (0.5 s),
-   so a revoked, disabled or expired key is refused by every worker within it.
-   A database error answers UNAVAILABLE; nothing stale is trusted after that.
-3. A key whose HMAC matches the remembered one skips bcrypt. Any other secret
-   needs bcrypt, but only while this worker's budgets of failed checks last:
-   per key id and client address (``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT``)
+1. A key whose HMAC is remembered skips parsing and bcrypt. Its copy of the row
+   is re-read when older than ``KEYSERVICE_CACHE_TTL`` (0.5 s), so a revoked,
+   disabled or expired key is refused by every worker within that time. A
+   database error answers UNAVAILABLE and forgets the key.
+2. Any other key is parsed: anything not in our format, or whose checksum is
+   wrong, is MALFORMED without touching the database.
+3. Then it needs bcrypt, but only while this worker's budgets of failed checks
+   last: per key id and client address (``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT``)
    and per key id from everywhere (``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY``).
-   Past either, the attempt is RATE_LIMITED before bcrypt, so a flood of wrong
-   secrets does bounded work, and the real key, sent from another address,
-   still gets its check.
+   Past either, the attempt is RATE_LIMITED before the database and bcrypt, so
+   a flood of wrong secrets does bounded work, and the real key, sent from
+   another address, still gets its check. Only keys bcrypt accepts are
+   remembered, so no flood can evict them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
-from .crypto import check_secret, parse_key
+from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
 from .models import ApiKey, as_utc, utcnow
 
 
@@ -97,11 +98,19 @@ class VerificationResult:
         return self.code is Outcome.VALID
 
 
-@dataclass
-class _CachedKey:
+@dataclass(frozen=True)
+class _VerifiedKey:
+    """A key bcrypt has accepted: its row as of ``loaded_at``, and its VALID result."""
+
     record: KeyRecord
     loaded_at: float
-    verified_digest: bytes | None = None
+    valid: VerificationResult
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> _VerifiedKey:
+        valid = VerificationResult(Outcome.VALID, key_id=record.id, external_client_id=record.external_client_id,
+                                   name=record.name, scopes=record.scopes, meta=record.meta)
+        return cls(record, time.monotonic(), valid)
 
 
 def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str, ...]:
@@ -121,7 +130,7 @@ class Verifier:
     def __init__(self, settings: Settings, db: SQLAlchemy) -> None:
         self._settings = settings
         self._db = db
-        self._cache: LRUCache[str, _CachedKey] = LRUCache(maxsize=settings.cache_size)
+        self._verified: LRUCache[bytes, _VerifiedKey] = LRUCache(maxsize=settings.cache_size)
         self._lock = threading.Lock()
         self._digest_key = os.urandom(32)
         self._failures: MovingWindowRateLimiter | None = None
@@ -133,72 +142,76 @@ class Verifier:
         one client's wrong secrets do not lock the key out for everyone.
         """
         key = key.strip()
-        parsed = parse_key(key, self._settings.key_prefix)
-        if parsed is None:
+        if len(key) > MAX_KEY_LENGTH:
             return VerificationResult(Outcome.MALFORMED)
+        digest = hmac.digest(self._digest_key, key.encode(errors="replace"), "sha256")
         try:
-            cached = self._cached(parsed.key_id)
+            verified = self._remembered(digest)
+            if verified is None:
+                checked = self._check_with_bcrypt(key, client)
+                if isinstance(checked, VerificationResult):
+                    return checked
+                verified = checked
+                with self._lock:
+                    self._verified[digest] = verified
         except SQLAlchemyError:
             current_app.logger.warning("keyservice: database unavailable", exc_info=True)
             return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
-        if cached is None:
+        return self._judge(verified, tuple(scopes))
+
+    def _remembered(self, digest: bytes) -> _VerifiedKey | None:
+        """The remembered key with this digest, its row fresh; None if there is none
+        (or its row is gone or has another secret now)."""
+        with self._lock:
+            verified = self._verified.get(digest)
+        if verified is None or time.monotonic() - verified.loaded_at < self._settings.cache_ttl:
+            return verified
+        try:
+            record = self._load(verified.record.id)
+        except SQLAlchemyError:
+            self._forget(digest)
+            raise
+        if record is None or record.secret_hash != verified.record.secret_hash:
+            self._forget(digest)
+            return None
+        fresh = _VerifiedKey.of(record)
+        with self._lock:
+            self._verified[digest] = fresh
+        return fresh
+
+    def _forget(self, digest: bytes) -> None:
+        with self._lock:
+            self._verified.pop(digest, None)
+
+    def _check_with_bcrypt(self, key: str, client: str | None) -> _VerifiedKey | VerificationResult:
+        parsed = parse_key(key, self._settings.key_prefix)
+        if parsed is None:
+            return VerificationResult(Outcome.MALFORMED)
+        budgets = self._failure_budgets(parsed.key_id, client)
+        retry_after = self._budget_spent(budgets)
+        if retry_after is not None:
+            return VerificationResult(Outcome.RATE_LIMITED, retry_after=retry_after)
+        record = self._load(parsed.key_id)
+        if record is None:
             return VerificationResult(Outcome.NOT_FOUND)
-        record = cached.record
-        digest = hmac.digest(self._digest_key, key.encode(), "sha256")
-        if cached.verified_digest is None or not hmac.compare_digest(cached.verified_digest, digest):
-            budgets = self._failure_budgets(record.id, client)
-            retry_after = self._budget_spent(budgets)
-            if retry_after is not None:
-                return VerificationResult(Outcome.RATE_LIMITED, retry_after=retry_after)
-            if not check_secret(parsed.secret, record.secret_hash):
-                for limit, identity in budgets:
-                    self._failures_limiter().hit(limit, *identity)
-                return VerificationResult(Outcome.NOT_FOUND)
-            cached.verified_digest = digest
-        return self._judge(record, tuple(scopes))
+        if not check_secret(parsed.secret, record.secret_hash):
+            for limit, identity in budgets:
+                self._failures_limiter().hit(limit, *identity)
+            return VerificationResult(Outcome.NOT_FOUND)
+        return _VerifiedKey.of(record)
 
     @staticmethod
-    def _judge(record: KeyRecord, required: tuple[str, ...]) -> VerificationResult:
+    def _judge(verified: _VerifiedKey, required: tuple[str, ...]) -> VerificationResult:
+        record = verified.record
         if record.revoked_at is not None:
             return VerificationResult(Outcome.REVOKED, key_id=record.id)
         if record.expires_at is not None and record.expires_at <= utcnow():
             return VerificationResult(Outcome.EXPIRED, key_id=record.id)
         if not record.enabled:
             return VerificationResult(Outcome.DISABLED, key_id=record.id)
-        code = Outcome.INSUFFICIENT_SCOPE if missing_scopes(record.scopes, required) else Outcome.VALID
-        return VerificationResult(
-            code,
-            key_id=record.id,
-            external_client_id=record.external_client_id,
-            name=record.name,
-            scopes=record.scopes,
-            meta=record.meta,
-            required_scopes=required,
-        )
-
-    def _cached(self, key_id: str) -> _CachedKey | None:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(key_id)
-        if cached is not None and now - cached.loaded_at < self._settings.cache_ttl:
-            return cached
-        try:
-            record = self._load(key_id)
-        except SQLAlchemyError:
-            with self._lock:
-                self._cache.pop(key_id, None)
-            raise
-        if record is None:
-            # Unknown ids are not cached: a flood of them must not evict real keys.
-            with self._lock:
-                self._cache.pop(key_id, None)
-            return None
-        fresh = _CachedKey(record, now)
-        if cached is not None and cached.record.secret_hash == record.secret_hash:
-            fresh.verified_digest = cached.verified_digest
-        with self._lock:
-            self._cache[key_id] = fresh
-        return fresh
+        if missing_scopes(record.scopes, required):
+            return VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=record.id, required_scopes=required)
+        return verified.valid
 
     def _load(self, key_id: str) -> KeyRecord | None:
         with self._db.engine.connect() as connection:
@@ -228,9 +241,9 @@ class Verifier:
         """Seconds until a bcrypt check is allowed again, or None if it is now."""
         limiter = self._failures_limiter()
         for limit, identity in budgets:
-            if not limiter.test(limit, *identity):
-                reset_at = limiter.get_window_stats(limit, *identity).reset_time
-                return max(1, math.ceil(reset_at - time.time()))
+            stats = limiter.get_window_stats(limit, *identity)
+            if stats.remaining <= 0:
+                return max(1, math.ceil(stats.reset_time - time.time()))
         return None
 
 

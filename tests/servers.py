@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def service_environment(database_url: str, **settings: str) -> dict[str, str]:
     """The environment the service runs with: this one, less any KEYSERVICE_* of the caller."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
-    environ.update({"DATABASE_URL": database_url, "KEYSERVICE_BCRYPT_ROUNDS": "4", **settings})
+    environ.update({"DATABASE_URL": database_url, **settings})
     return environ
 
 
@@ -33,7 +33,7 @@ def flask_cli(environ: dict[str, str], *args: str) -> subprocess.CompletedProces
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -54,27 +54,18 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 @contextmanager
-def gunicorn(environ: dict[str, str], workers: int = 2) -> Iterator[str]:
-    """Serve ``wsgi:app`` with gunicorn's production settings; yield its base URL."""
+def gunicorn(environ: dict[str, str], log: Path, workers: int = 2) -> Iterator[str]:
+    """Serve ``wsgi:app`` with gunicorn's production settings, logging to ``log``;
+    yield its base URL, and stop it after."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-         "-b", f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"],
-        cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with log.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
+             "-b", f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"],
+            cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {process.stdout.read().decode()}")
-            try:
-                if request(base + "/healthz").status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("gunicorn did not answer within 30 s")
-            time.sleep(0.1)
+        _wait_until_healthy(base, process, log)
         yield base
     finally:
         process.terminate()
@@ -83,4 +74,17 @@ def gunicorn(environ: dict[str, str], workers: int = 2) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        process.stdout.close()
+
+
+def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited: {log.read_text(errors='replace')}")
+        try:
+            if request(base + "/healthz").status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("gunicorn did not answer /healthz within 30 s")

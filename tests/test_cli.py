@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskCliRunner
 
-REPO = Path(__file__).resolve().parent.parent
+from .servers import flask_cli, service_environment
+
 KEY_FORMAT = re.compile(r"sk_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
 
 
@@ -128,11 +127,9 @@ def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner,
     assert "Traceback" not in result.stderr
 
 
-def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
-    environ.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "KEYSERVICE_BCRYPT_ROUNDS": "4", **env})
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO, env=environ,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+def run_cli(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    environ = service_environment(f"sqlite:///{tmp_path / 'cli.db'}", KEYSERVICE_BCRYPT_ROUNDS="4")
+    return flask_cli({**environ, **settings}, *args)
 
 
 def test_the_real_command_line(tmp_path: Path) -> None:

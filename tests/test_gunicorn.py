@@ -16,17 +16,17 @@ from .servers import REPO, flask_cli, gunicorn, request, service_environment
 
 @pytest.fixture
 def environ(tmp_path: Path) -> dict[str, str]:
-    environ = service_environment(f"sqlite:///{tmp_path / 'keys.db'}")
+    environ = service_environment(f"sqlite:///{tmp_path / 'keys.db'}", KEYSERVICE_BCRYPT_ROUNDS="4")
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     return environ
 
 
-def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[str, str]) -> None:
+def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[str, str], tmp_path: Path) -> None:
     created = flask_cli(environ, "keys", "create", "--name", "e2e", "--client-id", "acme")
     key = created.stdout.strip()
     headers = {"Authorization": f"Bearer {key}"}
-    with gunicorn(environ, workers=2) as base:
+    with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
         url = base + "/protected-with-key"
         # Enough requests that both workers have the key cached and bcrypt-checked.
         warm = [request(url, "POST", headers) for _ in range(40)]
@@ -45,9 +45,9 @@ def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[st
                    for r in after)
 
 
-def test_the_quickstart_over_http(environ: dict[str, str]) -> None:
+def test_the_quickstart_over_http(environ: dict[str, str], tmp_path: Path) -> None:
     key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
-    with gunicorn(environ) as base:
+    with gunicorn(environ, tmp_path / "gunicorn.log") as base:
         ok = request(base + "/protected-with-key", "POST", {"Authorization": f"Bearer {key}"})
         assert (ok.status, json.loads(ok.body)) == (200, {"protected": True, "external_client_id": "acme"})
         missing = request(base + "/protected-with-key", "POST")

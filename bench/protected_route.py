@@ -1,0 +1,352 @@
+"""What ``@require_key`` costs a request, and what a wrong-secret flood costs valid callers.
+
+Run from the repository root (``make bench`` does exactly this)::
+
+    .venv/bin/python -m bench.protected_route
+
+One run builds a throwaway SQLite database in a temp dir, creates a key with the
+real bcrypt cost (every ``KEYSERVICE_*`` variable is dropped from the children's
+environment, so the defaults apply: cost 12, 0.5 s row cache, 10 failed checks
+per key id per minute per worker), starts gunicorn with 2 sync workers and
+drives it with ``wrk``. It prints figures; it asserts nothing.
+
+1. Overhead of a valid key. ``POST /unprotected`` and ``POST /protected-with-key``
+   run the same tiny view; the second also reads, parses and verifies the key.
+   Each worker pays one bcrypt check per key (in the warm-up); after that a
+   valid key costs a header read, a regex and CRC32, an HMAC, a dict lookup
+   and a row re-read every 0.5 s. Goal: protected req/s >= 0.90 x unprotected.
+2. A flood of wrong secrets. A key with the valid key's prefix and id, a
+   different secret and a correct checksum reaches the bcrypt path, the
+   expensive one. Valid traffic runs alone, then beside a second wrk stream
+   with the same connection count: first more valid traffic (the control: the
+   fair share of a saturated server), then the flood twice, once while the
+   failed-check budget is spent (each 401 NOT_FOUND costs a bcrypt check) and
+   once after, when every wrong secret is a cheap 429 RATE_LIMITED. Goal: valid
+   req/s beside the flood >= 0.5 of valid req/s alone.
+
+Only ratios within one run are meaningful: the machine is shared and noisy, and
+wrk competes with the workers for the same cores, so absolute req/s move from
+run to run. That is why the two routes alternate over several rounds and the
+medians are compared.
+
+The key is never printed. It exists only in the temp dir's wrk Lua scripts,
+which go away with the temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keyservice.crypto import BASE62, CHECKSUM_LENGTH, SECRET_LENGTH, checksum
+from tests.servers import REPO, flask_cli, gunicorn, request, service_environment
+
+WORKERS = 2
+OVERHEAD_GOAL = 0.90
+FLOOD_GOAL = 0.5
+UNPROTECTED = "/unprotected"
+PROTECTED = "/protected-with-key"
+
+_UNIT_TO_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+_LATENCY = r"([\d.]+)(us|ms|s|m)\b"
+_ANY_KEY = re.compile(r"[a-z0-9]{1,16}_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
+
+
+def redact(text: str) -> str:
+    """``text`` with anything shaped like a key replaced, so no key reaches the screen."""
+    return _ANY_KEY.sub("<key>", text)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """The figures of one wrk run."""
+
+    requests_per_sec: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return (f"{self.requests_per_sec:9.1f} req/s  p50 {self.p50_ms:7.2f} ms  "
+                f"p99 {self.p99_ms:7.2f} ms  non-2xx {self.non_2xx}/{self.requests}"
+                + (f"  socket errors {self.socket_errors}" if self.socket_errors else ""))
+
+
+def _latency_ms(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s*{percentile}%\s+{_LATENCY}", output, re.MULTILINE)
+    if match is None:
+        raise ValueError(f"no {percentile}% latency line in wrk output")
+    return float(match[1]) * _UNIT_TO_MS[match[2]]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Read the summary ``wrk --latency`` prints (and our Lua ``status`` lines)."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    total = re.search(r"^\s*(\d+) requests in", output, re.MULTILINE)
+    if rps is None or total is None:
+        raise ValueError(f"unexpected wrk output:\n{redact(output)}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    statuses = {int(code): int(count)
+                for code, count in re.findall(r"^status (\d+) (\d+)$", output, re.MULTILINE)}
+    return WrkResult(
+        requests_per_sec=float(rps[1]),
+        p50_ms=_latency_ms(output, "50"),
+        p99_ms=_latency_ms(output, "99"),
+        requests=int(total[1]),
+        non_2xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors=sum(map(int, errors.groups())) if errors else 0,
+        statuses=statuses,
+    )
+
+
+def wrk_command(url: str, lua: Path, *, connections: int, seconds: int) -> list[str]:
+    return ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url]
+
+
+def run_wrk(url: str, lua: Path, *, connections: int, seconds: int) -> WrkResult:
+    """Run one wrk and return its figures."""
+    return run_wrk_together([(url, lua)], connections=connections, seconds=seconds)[0]
+
+
+def run_wrk_together(targets: Sequence[tuple[str, Path]], *, connections: int,
+                     seconds: int) -> list[WrkResult]:
+    """Start one wrk per ``(url, lua)`` at the same moment; return their figures in order."""
+    processes = [
+        subprocess.Popen(wrk_command(url, lua, connections=connections, seconds=seconds),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for url, lua in targets
+    ]
+    try:
+        outputs = [process.communicate(timeout=seconds + 30)[0] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [parse_wrk(output) for output in outputs]
+
+
+# A `response` callback costs wrk some CPU, so only the flood counts statuses.
+_STATUS_COUNTER = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  local totals = {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      totals[status] = (totals[status] or 0) + count
+    end
+  end
+  for status, count in pairs(totals) do io.write(string.format("status %d %d\\n", status, count)) end
+end
+"""
+
+
+def write_lua(path: Path, key: str | None = None, *, count_statuses: bool = False) -> Path:
+    """A wrk script that POSTs, with ``Authorization: Bearer <key>`` if ``key`` is given."""
+    lines = ['wrk.method = "POST"']
+    if key is not None:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {key}"')
+    path.write_text("\n".join(lines) + "\n" + (_STATUS_COUNTER if count_statuses else ""))
+    path.chmod(0o600)
+    return path
+
+
+def wrong_secret_key(key: str) -> str:
+    """The same prefix and id as ``key``, another secret, and a checksum that holds."""
+    body = key[:-(SECRET_LENGTH + CHECKSUM_LENGTH)]
+    secret = key[len(body):-CHECKSUM_LENGTH]
+    while (other := "".join(secrets.choice(BASE62) for _ in range(SECRET_LENGTH))) == secret:
+        pass
+    return body + other + checksum(body + other)
+
+
+def post(url: str, key: str | None = None) -> tuple[int, str, str | None]:
+    """POST once; return the status, the problem ``code`` (if any) and ``Retry-After``."""
+    response = request(url, "POST", {"Authorization": f"Bearer {key}"} if key else {})
+    code = json.loads(response.body).get("code", "") if response.status != 200 else ""
+    return response.status, code, response.headers.get("Retry-After")
+
+
+def flask(env: dict[str, str], *args: str) -> str:
+    """Run ``flask --app wsgi ...`` in the repo; return its stdout."""
+    done = flask_cli(env, *args)
+    if done.returncode != 0:
+        # stderr only: stdout may hold a key.
+        raise RuntimeError(f"flask {args[0]} {args[1]} failed: {redact(done.stderr.strip())}")
+    return done.stdout
+
+
+def version(*command: str) -> str:
+    try:
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return "?"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def verdict(value: float, goal: float) -> str:
+    if value >= goal:
+        return f"goal >= {goal:.2f}: met"
+    return f"goal >= {goal:.2f}: MISSED, {value:.3f} is {goal - value:.3f} short"
+
+
+def measure_overhead(base: str, unprotected: Path, protected: Path, *,
+                     rounds: int, seconds: int, connections: int) -> None:
+    """Alternate the two routes; compare medians."""
+    print(f"\n== 1. overhead of a valid key: {rounds} rounds x (unprotected, protected), "
+          f"{seconds} s each, -c{connections}")
+    runs: dict[str, list[WrkResult]] = {UNPROTECTED: [], PROTECTED: []}
+    for round_number in range(1, rounds + 1):
+        for path, lua in ((UNPROTECTED, unprotected), (PROTECTED, protected)):
+            result = run_wrk(base + path, lua, connections=connections, seconds=seconds)
+            runs[path].append(result)
+            print(f"  round {round_number}  {path:20} {result.line()}")
+            if path == PROTECTED and result.non_2xx:
+                print(f"  !!! WARNING: {result.non_2xx} protected responses were not 2xx: "
+                      "this round's figure is meaningless !!!")
+
+    print(f"\n  {'route (median of ' + str(rounds) + ')':28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    medians: dict[str, float] = {}
+    for path, results in runs.items():
+        medians[path] = statistics.median(r.requests_per_sec for r in results)
+        print(f"  POST {path:23} {medians[path]:9.1f} "
+              f"{statistics.median(r.p50_ms for r in results):8.2f} "
+              f"{statistics.median(r.p99_ms for r in results):8.2f}")
+    ratio = medians[PROTECTED] / medians[UNPROTECTED]
+    per_round = [p.requests_per_sec / u.requests_per_sec
+                 for u, p in zip(runs[UNPROTECTED], runs[PROTECTED])]
+    print(f"  protected / unprotected req/s: {ratio:.2f}  ({verdict(ratio, OVERHEAD_GOAL)})")
+    print(f"  per-round ratios: {', '.join(f'{r:.2f}' for r in per_round)}")
+
+
+def measure_flood(base: str, protected: Path, flood: Path, valid_key: str, wrong_key: str, *,
+                  seconds: int, connections: int) -> None:
+    """Valid traffic alone, then beside a second stream with as many connections.
+
+    The second stream is, in turn: more valid traffic (the control: a saturated
+    server shares itself by connection, so about half is what a flood phase can
+    hope for even if a refusal cost nothing), the wrong-secret flood while the
+    failed-check budget is being spent (one bcrypt check per 401), and the flood
+    again right after, within the same minute, when every wrong secret is
+    answered 429 before bcrypt.
+    """
+    print(f"\n== 2. wrong-secret flood: valid alone, then valid beside a second stream; "
+          f"{seconds} s each, -c{connections} per wrk")
+    status, code, _ = post(base + PROTECTED, wrong_key)
+    print(f"  one wrong-secret request before the flood: {status} {code}")
+    alone = run_wrk(base + PROTECTED, protected, connections=connections, seconds=seconds)
+    print(f"  valid alone              {alone.line()}")
+    if alone.non_2xx:
+        print(f"  !!! WARNING: {alone.non_2xx} valid responses were not 2xx: "
+              "the shares are meaningless !!!")
+
+    phases = (
+        ("control: beside a second valid stream", protected, "second valid stream"),
+        ("flood 1: beside the flood, failed-check budget being spent", flood, "flood (wrong secret)"),
+        ("flood 2: beside the flood, budget already spent", flood, "flood (wrong secret)"),
+    )
+    control_share = 1.0
+    for title, other_lua, other_name in phases:
+        during, other = run_wrk_together([(base + PROTECTED, protected), (base + PROTECTED, other_lua)],
+                                         connections=connections, seconds=seconds)
+        share = during.requests_per_sec / alone.requests_per_sec
+        print(f"  {title}")
+        print(f"    {'valid':22} {during.line()}")
+        print(f"    {other_name:22} {other.line()}")
+        if other.statuses:
+            counts = ", ".join(f"{status}: {n}" for status, n in sorted(other.statuses.items()))
+            print(f"    flood responses by status: {counts}")
+        if other_lua == protected:
+            control_share = share
+            print(f"    valid req/s here / alone: {share:.2f}  (two equal streams: the fair share)")
+        else:
+            print(f"    valid req/s here / alone: {share:.2f}  ({verdict(share, FLOOD_GOAL)}); "
+                  f"{share / control_share:.2f} of the control's")
+        if during.non_2xx:
+            print(f"    !!! WARNING: {during.non_2xx} valid responses were not 2xx: "
+                  "this share is meaningless !!!")
+
+    status, code, retry_after = post(base + PROTECTED, wrong_key)
+    print(f"  one wrong-secret request after the floods: {status} {code} (Retry-After: {retry_after})")
+    status, _, _ = post(base + PROTECTED, valid_key)
+    print(f"  one valid request after the floods: {status}")
+    print("  (401 = NOT_FOUND, one bcrypt check each, until the key id's failed-check budget"
+          " in that worker is spent; then 429 RATE_LIMITED before bcrypt)")
+
+
+def report_server_log(log: Path) -> None:
+    """Say whether gunicorn logged errors (never printing a key)."""
+    text = redact(log.read_text(errors="replace"))
+    problems = [line for line in text.splitlines()
+                if re.search(r"Traceback|\[ERROR\]|\[CRITICAL\]|WORKER TIMEOUT|Exception", line)]
+    print(f"\n== gunicorn log: {len(problems)} error line(s)")
+    for line in problems[:10]:
+        print(f"  {line}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (unprotected, protected)")
+    parser.add_argument("--seconds", type=int, default=4, help="length of each overhead run")
+    parser.add_argument("--connections", type=int, default=8, help="connections of each overhead run")
+    parser.add_argument("--flood-seconds", type=int, default=10, help="length of each flood-phase run")
+    parser.add_argument("--flood-connections", type=int, default=4,
+                        help="connections of each flood-phase wrk")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp:
+        tmp = Path(temp)
+        env = service_environment(f"sqlite:///{tmp / 'bench.db'}")
+        print(f"setting up: SQLite in {tmp}, one key at bcrypt cost 12, gunicorn with {WORKERS} sync workers")
+        flask(env, "db", "upgrade")
+        valid_key = flask(env, "keys", "create", "--name", "bench", "--client-id", "bench").strip()
+        wrong_key = wrong_secret_key(valid_key)
+        unprotected = write_lua(tmp / "unprotected.lua")
+        protected = write_lua(tmp / "protected.lua", valid_key)
+        flood = write_lua(tmp / "flood.lua", wrong_key, count_statuses=True)
+
+        log = tmp / "gunicorn.log"
+        try:
+            with gunicorn(env, log, workers=WORKERS) as base:
+                status, _, _ = post(base + PROTECTED, valid_key)
+                if status != 200:
+                    raise RuntimeError(f"a valid key got {status} on {PROTECTED}")
+                warm = run_wrk(base + PROTECTED, protected, connections=args.connections, seconds=2)
+                print(f"warm-up (2 s, protected): {warm.line()}")
+                measure_overhead(base, unprotected, protected, rounds=args.rounds,
+                                 seconds=args.seconds, connections=args.connections)
+                measure_flood(base, protected, flood, valid_key, wrong_key,
+                              seconds=args.flood_seconds, connections=args.flood_connections)
+        finally:
+            report_server_log(log)
+
+    command = [os.path.relpath(sys.executable, REPO), "-m", "bench.protected_route",
+               *(sys.argv[1:] if argv is None else argv)]
+    print("\n== reproduce")
+    print(f"  cd {REPO} && {shlex.join(command)}   (or: make bench)")
+    print(f"  python {sys.version.split()[0]}, {version(sys.executable, '-m', 'gunicorn', '--version')}, "
+          f"{' '.join(version('wrk', '--version').split()[:2])}, nproc {version('nproc')}, "
+          f"{WORKERS} sync workers, commit {version('git', 'rev-parse', '--short', 'HEAD')}")
+
+
+if __name__ == "__main__":
+    main()
