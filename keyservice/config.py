@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+HEADER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+
+
 class ConfigError(ValueError):
     """A setting has a value keyservice cannot run with."""
 
@@ -41,7 +45,7 @@ class Settings:
 
     key_prefix: str
     bcrypt_rounds: int
-    header: str | None
+    header_environ_key: str | None  # KEYSERVICE_HEADER as a WSGI environ key: X-API-Key -> HTTP_X_API_KEY
     cache_ttl: float
     cache_size: int
     failed_verify_limit_per_client: RateLimitItem
@@ -67,6 +71,15 @@ def _rate(config: Mapping[str, Any], name: str) -> RateLimitItem:
         raise ConfigError(f"{name} must read like '5/minute', not {text!r}") from None
 
 
+def _header_environ_key(config: Mapping[str, Any]) -> str | None:
+    header = str(config["KEYSERVICE_HEADER"]).strip()
+    if not header:
+        return None
+    if not HEADER_PATTERN.fullmatch(header) or header.lower() == "authorization":
+        raise ConfigError(f"KEYSERVICE_HEADER must be a header name like X-API-Key, not {header!r}")
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
@@ -77,7 +90,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
     return Settings(
         key_prefix=prefix,
         bcrypt_rounds=_number(config, "KEYSERVICE_BCRYPT_ROUNDS", int, 4, 31),
-        header=str(config["KEYSERVICE_HEADER"]).strip() or None,
+        header_environ_key=_header_environ_key(config),
         cache_ttl=_number(config, "KEYSERVICE_CACHE_TTL", float, 0, 60),
         cache_size=_number(config, "KEYSERVICE_CACHE_SIZE", int, 1, 10_000_000),
         failed_verify_limit_per_client=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT"),

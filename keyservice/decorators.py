@@ -15,15 +15,12 @@ from .verification import Outcome, VerificationResult
 View = TypeVar("View", bound=Callable[..., Any])
 
 
-def _environ_key(header: str) -> str:
-    return "HTTP_" + header.upper().replace("-", "_")
-
-
-def key_from_request(environ: dict[str, Any], header: str | None) -> str | Outcome:
+def key_from_request(environ: dict[str, Any], header_environ_key: str | None) -> str | Outcome:
     """The key sent with a request, or MISSING / INVALID_REQUEST.
 
     The key may come as ``Authorization: Bearer <key>`` (the scheme in any case)
-    or in ``header``; sending it more than once is refused, as RFC 6750 §2 asks.
+    or in the header ``KEYSERVICE_HEADER`` names (``header_environ_key``: its
+    WSGI environ key); sending it more than once is refused, as RFC 6750 §2 asks.
     Reads the WSGI environ directly: werkzeug's header view scans every header.
     """
     # A server joins repeated header lines with commas, which no key contains.
@@ -32,7 +29,7 @@ def key_from_request(environ: dict[str, Any], header: str | None) -> str | Outco
         scheme, _, credentials = part.strip().partition(" ")
         if scheme.lower() == "bearer":
             sent.append(credentials)
-    if header and (value := environ.get(_environ_key(header))) is not None:
+    if header_environ_key and (value := environ.get(header_environ_key)) is not None:
         sent.extend(value.split(","))
     if not sent:
         return Outcome.MISSING
@@ -45,7 +42,7 @@ def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
     """Verify the key of the current request against ``scopes``."""
     state = current_state()
     environ = request.environ
-    key = key_from_request(environ, state.settings.header)
+    key = key_from_request(environ, state.settings.header_environ_key)
     if isinstance(key, Outcome):
         return VerificationResult(key)
     return state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"))

@@ -145,6 +145,7 @@ def test_the_real_command_line(tmp_path: Path) -> None:
     ("KEYSERVICE_BCRYPT_ROUNDS", "twelve"),
     ("KEYSERVICE_KEY_PREFIX", "Live_"),
     ("KEYSERVICE_CACHE_TTL", "nan"),
+    ("KEYSERVICE_HEADER", "X API Key"),
     ("KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY", "lots"),
     ("KEYSERVICE_BCRYPT_ROUND", "12"),
     ("DATABASE_URL", "not a url"),
