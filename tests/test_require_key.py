@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
+import flask_migrate
 import pytest
 from flask import Flask, g
 from flask.testing import FlaskClient
 from sqlalchemy import event
 
-from keyservice import require_key
+from keyservice import KeyService, create_app, require_key
 from keyservice.app import db
+from keyservice.crypto import checksum
 from keyservice.models import utcnow
 
-from .conftest import IssueKey
+from .conftest import TEST_CONFIG, IssueKey
 
 URL = "/protected-with-key"
 
@@ -167,8 +170,6 @@ def test_tampered_key_is_malformed_without_a_database_query(
 def test_checksum_valid_key_that_does_not_exist_is_not_found(
     client: FlaskClient, issue_key: IssueKey, queries: list[str]
 ) -> None:
-    from keyservice.crypto import checksum
-
     _, key = issue_key()
     queries.clear()
     body = key[:3] + "Z" * 16 + key[19:-6]
@@ -178,8 +179,6 @@ def test_checksum_valid_key_that_does_not_exist_is_not_found(
 
 
 def test_wrong_secret_of_a_real_key_is_not_found(client: FlaskClient, issue_key: IssueKey) -> None:
-    from keyservice.crypto import checksum
-
     _, key = issue_key()
     body = key[:20] + ("a" if key[20] != "a" else "b") + key[21:-6]
     response = client.post(URL, headers=bearer(body + checksum(body)))
@@ -245,3 +244,22 @@ def test_no_error_body_echoes_the_key(client: FlaskClient, issue_key: IssueKey) 
     for headers in (bearer(key), bearer(key[:-1]), {"X-API-Key": key, "Authorization": f"Bearer {key}"}):
         text = client.post(URL, headers=headers).get_data(as_text=True)
         assert key[:-1] not in text and key[3:19] not in text
+
+
+@pytest.mark.parametrize("header, accepted, ignored", [
+    ("X-Customer-Key", "X-Customer-Key", "X-API-Key"),
+    ("", None, "X-API-Key"),
+])
+def test_the_second_header_is_configurable(database_path: Path, header: str, accepted: str | None,
+                                           ignored: str) -> None:
+    app = create_app({**TEST_CONFIG, "KEYSERVICE_HEADER": header,
+                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database_path}"})
+    with app.app_context():
+        flask_migrate.upgrade()
+        _, key = KeyService.create_key(name="n", external_client_id="acme")
+        db.session.commit()
+    client = app.test_client()
+    assert_problem(client.post(URL, headers={ignored: key}), 401, "MISSING")
+    if accepted:
+        assert client.post(URL, headers={accepted: key}).status_code == 200
+    assert client.post(URL, headers=bearer(key)).status_code == 200
