@@ -82,7 +82,11 @@ _RECORD_COLUMNS = [getattr(ApiKey, name) for name in KeyRecord.__dataclass_field
 
 @dataclass(frozen=True)
 class VerificationResult:
-    """The outcome of checking one key; on success it is ``g.auth`` in the view."""
+    """The outcome of checking one key; on success it is ``g.auth`` in the view.
+
+    A worker hands the same VALID result to every request with that key until
+    its row is re-read: treat it, ``meta`` included, as read-only.
+    """
 
     code: Outcome
     key_id: str | None = None
