@@ -1,0 +1,192 @@
+"""What the management API takes and gives, as marshmallow schemas.
+
+They validate every request (a wrong field is a 422 problem naming it) and the
+OpenAPI document at ``/openapi.json`` is generated from them. The CLI loads its
+input through the same schemas, so both front doors apply the same rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+MAX_META_BYTES = 4096
+MAX_SCOPES = 100
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+ROLE_NAME = re.compile(r"[a-z0-9_.:-]{1,100}\Z")
+
+
+def _in_the_future(value: datetime) -> None:
+    if value <= datetime.now(timezone.utc):
+        raise ValidationError("Must be in the future.")
+
+
+def _small_json(value: dict[str, Any]) -> None:
+    if len(json.dumps(value).encode()) > MAX_META_BYTES:
+        raise ValidationError(f"Must be at most {MAX_META_BYTES} bytes of JSON.")
+
+
+def _scope() -> fields.String:
+    return fields.String(validate=validate.Regexp(r"[a-z0-9_.:*-]{1,100}\Z",
+                                                  error="Must be 1 to 100 of a-z 0-9 _ . : * -."))
+
+
+def _scopes(**kwargs: Any) -> fields.List[str]:
+    return fields.List(_scope(), validate=validate.Length(max=MAX_SCOPES), **kwargs)
+
+
+def _role_names(**kwargs: Any) -> fields.List[str]:
+    return fields.List(fields.String(validate=validate.Regexp(ROLE_NAME, error="Must be 1 to 100 of a-z 0-9 _ . : -.")),
+                       validate=validate.Length(max=MAX_SCOPES), **kwargs)
+
+
+def _name(**kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Length(1, 200), **kwargs)
+
+
+def _expires_at(**kwargs: Any) -> fields.AwareDateTime:
+    return fields.AwareDateTime(default_timezone=timezone.utc, allow_none=True, validate=_in_the_future,
+                                **kwargs)
+
+
+def _meta(**kwargs: Any) -> fields.Dict:
+    return fields.Dict(keys=fields.String(), validate=_small_json, **kwargs)
+
+
+def _timestamp(**kwargs: Any) -> fields.DateTime:
+    # Every stored timestamp is UTC: RFC 3339 with a Z.
+    return fields.DateTime(format="%Y-%m-%dT%H:%M:%S.%fZ", **kwargs)
+
+
+# Only JSON true and false: "yes" or 1 is a wrong type, not a boolean.
+def _boolean(**kwargs: Any) -> fields.Boolean:
+    return fields.Boolean(truthy={True}, falsy={False}, **kwargs)
+
+
+class KeyCreateSchema(Schema):
+    name = _name(required=True)
+    external_client_id = _name(required=True)
+    scopes = _scopes(load_default=list)
+    roles = _role_names(load_default=list)
+    meta = _meta(load_default=dict)
+    expires_at = _expires_at(load_default=None)
+
+
+class KeyUpdateSchema(Schema):
+    name = _name()
+    scopes = _scopes()
+    roles = _role_names()
+    meta = _meta()
+    expires_at = _expires_at()
+    enabled = _boolean()
+
+
+class KeySchema(Schema):
+    id = fields.String()
+    start = fields.String()
+    name = fields.String()
+    external_client_id = fields.String()
+    scopes = fields.List(fields.String())
+    roles = fields.List(fields.String())
+    meta = fields.Dict()
+    enabled = fields.Boolean()
+    created_at = _timestamp()
+    created_by = fields.String(allow_none=True)
+    updated_at = _timestamp()
+    expires_at = _timestamp(allow_none=True)
+    revoked_at = _timestamp(allow_none=True)
+    revocation_reason = fields.String(allow_none=True)
+    rotated_from = fields.String(allow_none=True)
+
+
+class KeyCreatedSchema(KeySchema):
+    key = fields.String(metadata={"description": "The full key. It is shown this once and never again."})
+
+
+class KeyListArgsSchema(Schema):
+    external_client_id = fields.String()
+    include_revoked = fields.Boolean(load_default=False)
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 100))
+    cursor = fields.String(validate=validate.Length(max=200))
+
+
+class KeyListSchema(Schema):
+    items = fields.List(fields.Nested(KeySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class RevokeArgsSchema(Schema):
+    reason = fields.String(validate=validate.Length(1, 200))
+
+
+class RotateSchema(Schema):
+    grace_seconds = fields.Integer(strict=True, load_default=0, validate=validate.Range(0, MAX_GRACE_SECONDS))
+
+
+class VerifyRequestSchema(Schema):
+    key = fields.String(required=True, validate=validate.Length(max=1000))
+    scopes = _scopes(load_default=list)
+
+
+class VerifyResponseSchema(Schema):
+    valid = fields.Boolean()
+    code = fields.String()
+    key_id = fields.String(allow_none=True)
+    external_client_id = fields.String(allow_none=True)
+    scopes = fields.List(fields.String())
+    remaining = fields.Integer(allow_none=True)
+    ratelimit = fields.Dict(allow_none=True)
+
+
+class EventSchema(Schema):
+    id = fields.Integer()
+    action = fields.String()
+    actor = fields.String(allow_none=True)
+    at = _timestamp()
+    changes = fields.Dict()
+
+
+class EventListSchema(Schema):
+    items = fields.List(fields.Nested(EventSchema))
+
+
+class RoleInSchema(Schema):
+    scopes = _scopes(required=True)
+
+
+class RoleSchema(Schema):
+    name = fields.String()
+    scopes = fields.List(fields.String())
+    created_at = _timestamp()
+    updated_at = _timestamp()
+
+
+class RoleListSchema(Schema):
+    items = fields.List(fields.Nested(RoleSchema))
+
+
+class ProblemSchema(Schema):
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    code = fields.String()
+    errors = fields.Dict(metadata={"description": "Per-field errors, by where the input came from."})
+
+
+def first_error(error: ValidationError) -> str:
+    """The first of ``error``'s messages as one line: ``field: message``."""
+
+    def walk(messages: Any, path: str) -> str:
+        if isinstance(messages, dict):
+            name, inner = next(iter(messages.items()))
+            return walk(inner, f"{path}.{name}" if path else str(name))
+        if isinstance(messages, list):
+            return walk(messages[0], path)
+        return f"{path}: {messages}" if path else str(messages)
+
+    return walk(error.messages, "")
