@@ -1,4 +1,6 @@
-"""``flask keys ...``: a thin click layer over :mod:`keyservice.store` and verification.
+"""``flask keys ...`` and ``flask roles ...``: a thin click layer over :mod:`keyservice.store`.
+
+Input goes through the same schemas as the HTTP API's.
 
 Wrong input ends with a one-line ``Error: ...`` on stderr and exit code 2.
 """
@@ -13,10 +15,14 @@ from typing import Any
 import click
 from flask.cli import AppGroup
 from pytimeparse.timeparse import timeparse as parse_duration
+from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import store
 from .errors import KeyServiceError
+from .schemas import (
+    ROLE_NAME, KeyCreateSchema, KeySchema, RoleInSchema, RoleSchema, RotateSchema, first_error,
+)
 from .models import ApiKey, utcnow
 from .state import current_state
 from .verification import verify_key
@@ -38,6 +44,8 @@ class OneLineErrorGroup(AppGroup):
             raise CliError(error.format_message()) from None
         except KeyServiceError as error:
             raise CliError(error.detail) from None
+        except ValidationError as error:
+            raise CliError(first_error(error)) from None
         except SQLAlchemyError:
             raise click.ClickException(
                 "the database cannot be reached or is not migrated (try 'flask db upgrade')"
@@ -45,15 +53,18 @@ class OneLineErrorGroup(AppGroup):
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
-    """A positive duration such as ``30d``, ``12h``, ``90m`` or ``1h30m``."""
+    """A positive duration such as ``30d``, ``12h``, ``90m`` or ``1h30m`` (or zero, if allowed)."""
 
     name = "duration"
+
+    def __init__(self, allow_zero: bool = False) -> None:
+        self.allow_zero = allow_zero
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
         if isinstance(value, timedelta):
             return value
         seconds = parse_duration(str(value))
-        if seconds is None or seconds <= 0:
+        if seconds is None or seconds < 0 or (seconds == 0 and not self.allow_zero):
             self.fail(f"{value!r} is not a positive duration like 30d, 12h or 90m", param, ctx)
         return timedelta(seconds=seconds)
 
@@ -91,30 +102,37 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-keys_cli = OneLineErrorGroup("keys", help="Issue, inspect, revoke and verify API keys.")
+def _echo_new_key(api_key: ApiKey, key: str, as_json: bool) -> None:
+    if as_json:
+        _echo_json({**KeySchema().dump(api_key), "key": key})
+    else:
+        click.echo(key)
+    click.echo("Store this key now: it will not be shown again.", err=True)
+
+
+keys_cli = OneLineErrorGroup("keys", help="Issue, inspect, rotate, revoke and verify API keys.")
+roles_cli = OneLineErrorGroup("roles", help="Named sets of scopes that keys can hold.")
 
 
 @keys_cli.command("create")
 @click.option("--name", required=True, help="What the key is for.")
 @click.option("--client-id", "external_client_id", required=True, help="The customer the key belongs to.")
 @click.option("--scope", "scopes", multiple=True, help="A scope the key holds (repeatable).")
+@click.option("--role", "roles", multiple=True, help="A role the key holds (repeatable).")
 @click.option("--expires-in", type=Duration(), help="Lifetime, e.g. 30d or 12h (default: never expires).")
 @click.option("--meta", type=JsonObject(), help="A JSON object stored with the key.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole key object as JSON.")
-def create_command(name: str, external_client_id: str, scopes: tuple[str, ...],
+def create_command(name: str, external_client_id: str, scopes: tuple[str, ...], roles: tuple[str, ...],
                    expires_in: timedelta | None, meta: dict[str, Any] | None, as_json: bool) -> None:
     """Issue a key and print it. It is shown this once and never again."""
+    fields = KeyCreateSchema().load({
+        "name": name, "external_client_id": external_client_id, "scopes": list(scopes), "roles": list(roles),
+        "meta": meta or {}, "expires_at": (utcnow() + expires_in).isoformat() if expires_in else None,
+    })
     state = current_state()
-    api_key, key = store.create_key(
-        state.db.session, state.settings, name=name, external_client_id=external_client_id, scopes=scopes,
-        expires_at=utcnow() + expires_in if expires_in else None, meta=meta, created_by="cli",
-    )
+    api_key, key = store.create_key(state.db.session, state.settings, created_by="cli", **fields)
     _session().commit()
-    if as_json:
-        _echo_json({**store.key_to_dict(api_key), "key": key})
-    else:
-        click.echo(key)
-    click.echo("Store this key now: it will not be shown again.", err=True)
+    _echo_new_key(api_key, key, as_json)
 
 
 @keys_cli.command("list")
@@ -123,10 +141,10 @@ def create_command(name: str, external_client_id: str, scopes: tuple[str, ...],
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(external_client_id: str | None, include_revoked: bool, as_json: bool) -> None:
     """List keys, newest first."""
-    api_keys = store.list_keys(_session(), external_client_id=external_client_id,
-                               include_revoked=include_revoked)
+    api_keys, _ = store.list_keys(_session(), client_ids=[external_client_id] if external_client_id else None,
+                                  include_revoked=include_revoked)
     if as_json:
-        _echo_json([store.key_to_dict(api_key) for api_key in api_keys])
+        _echo_json(KeySchema(many=True).dump(api_keys))
         return
     for api_key in api_keys:
         click.echo(f"{api_key.id}  {_status(api_key):8}  {api_key.external_client_id}  {api_key.name}"
@@ -139,7 +157,7 @@ def list_command(external_client_id: str | None, include_revoked: bool, as_json:
 def show_command(key_id: str, as_json: bool) -> None:
     """Show one key (never its secret)."""
     api_key = store.get_key(_session(), key_id)
-    shown = store.key_to_dict(api_key)
+    shown = KeySchema().dump(api_key)
     if as_json:
         _echo_json(shown)
         return
@@ -153,17 +171,30 @@ def show_command(key_id: str, as_json: bool) -> None:
 @click.option("--reason", help="Why, kept for the audit trail.")
 def revoke_command(key_id: str, reason: str | None) -> None:
     """Revoke a key for good; every worker refuses it within a second."""
-    api_key = store.get_key(_session(), key_id)
-    if not api_key.revoke(reason):
+    if not store.revoke_key(_session(), store.get_key(_session(), key_id), reason, "cli"):
         click.echo(f"{key_id} was already revoked", err=True)
         return
     _session().commit()
     click.echo(f"revoked {key_id}")
 
 
+@keys_cli.command("rotate")
+@click.argument("key_id")
+@click.option("--grace", type=Duration(allow_zero=True), default="0s", show_default=True,
+              help="How long the old key keeps working, e.g. 1h.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole new key object as JSON.")
+def rotate_command(key_id: str, grace: timedelta, as_json: bool) -> None:
+    """Issue a key with the same settings and print it; the old one stops after --grace."""
+    grace_seconds = RotateSchema().load({"grace_seconds": int(grace.total_seconds())})["grace_seconds"]
+    state = current_state()
+    api_key, key = store.rotate_key(state.db.session, state.settings, store.get_key(_session(), key_id),
+                                    grace_seconds, "cli")
+    _session().commit()
+    _echo_new_key(api_key, key, as_json)
+
+
 def _set_enabled(key_id: str, enabled: bool) -> None:
-    api_key = store.get_key(_session(), key_id)
-    api_key.enabled = enabled
+    store.update_key(_session(), store.get_key(_session(), key_id), {"enabled": enabled}, "cli")
     _session().commit()
     click.echo(f"{'enabled' if enabled else 'disabled'} {key_id}")
 
@@ -192,3 +223,36 @@ def verify_command(key: str, scopes: tuple[str, ...]) -> None:
     result = verify_key(key, scopes)
     click.echo(result.code.value)
     click.get_current_context().exit(0 if result.valid else 1)
+
+
+@roles_cli.command("set")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True, help="A scope of the role (repeatable).")
+def role_set_command(name: str, scopes: tuple[str, ...]) -> None:
+    """Create or replace a role; keys holding it follow its scopes within a second."""
+    if not ROLE_NAME.fullmatch(name):
+        raise CliError("a role name is 1 to 100 of a-z 0-9 _ . : -")
+    store.put_role(_session(), name, RoleInSchema().load({"scopes": list(scopes)})["scopes"])
+    _session().commit()
+    click.echo(f"set role {name}")
+
+
+@roles_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def role_list_command(as_json: bool) -> None:
+    """List roles and their scopes."""
+    roles = store.list_roles(_session())
+    if as_json:
+        _echo_json(RoleSchema(many=True).dump(roles))
+        return
+    for role in roles:
+        click.echo(f"{role.name}  [{' '.join(role.scopes)}]")
+
+
+@roles_cli.command("delete")
+@click.argument("name")
+def role_delete_command(name: str) -> None:
+    """Delete a role; keys holding it lose its scopes."""
+    store.delete_role(_session(), name)
+    _session().commit()
+    click.echo(f"deleted role {name}")

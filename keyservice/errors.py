@@ -2,7 +2,10 @@
 
     KeyServiceError            any error keyservice answers with a problem body
     ├── VerificationFailed     a protected view refused its caller (401/400/403/429/503)
-    └── InvalidInput           a request keyservice could not accept (4xx)
+    ├── InvalidInput           input keyservice cannot accept (422), with per-field errors
+    ├── NotFound               no such key or role, or not the caller's to see (404)
+    ├── Forbidden              a scope the caller may not grant (403)
+    └── Conflict               the key's state forbids it, e.g. rotating a revoked key (409)
 
 Each knows its HTTP status, ``code`` and title. One handler, registered on the
 app rather than a blueprint because ``@require_key`` guards the host's views
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
@@ -42,10 +46,12 @@ def _problem_body(status: int, code: str, title: str, detail: str) -> str:
                        "status": status, "detail": detail, "code": code})
 
 
-def problem(status: int, code: str, title: str, detail: str) -> Response:
-    """Build an ``application/problem+json`` response."""
-    return Response(_problem_body(status, code, title, detail), status=status,
-                    mimetype="application/problem+json")
+def problem(status: int, code: str, title: str, detail: str, errors: dict[str, Any] | None = None) -> Response:
+    """Build an ``application/problem+json`` response (``errors``: per-field messages)."""
+    body = _problem_body(status, code, title, detail) if errors is None else json.dumps(
+        {"type": f"urn:keyservice:problem:{code.lower()}", "title": title, "status": status,
+         "detail": detail, "code": code, "errors": errors})
+    return Response(body, status=status, mimetype="application/problem+json")
 
 
 class KeyServiceError(Exception):
@@ -65,11 +71,45 @@ class KeyServiceError(Exception):
 
 
 class InvalidInput(KeyServiceError):
-    """Raised for input keyservice cannot accept."""
+    """Raised for input keyservice cannot accept; ``errors`` maps fields to messages."""
 
-    status = 400
+    status = 422
     code = "INVALID_INPUT"
     title = "Invalid input"
+
+    def __init__(self, detail: str, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.errors = errors
+
+    def to_response(self) -> Response:
+        """The problem response, with the per-field errors."""
+        if self.errors is None:
+            return super().to_response()
+        return problem(self.status, self.code, self.title, self.detail, errors=self.errors)
+
+
+class NotFound(KeyServiceError):
+    """Raised for a key or role that does not exist, or is not the caller's to see."""
+
+    status = 404
+    code = "RESOURCE_NOT_FOUND"
+    title = "Not found"
+
+
+class Forbidden(KeyServiceError):
+    """Raised when the caller may not do this, e.g. grant a scope it does not hold."""
+
+    status = 403
+    code = "FORBIDDEN"
+    title = "Forbidden"
+
+
+class Conflict(KeyServiceError):
+    """Raised when the key's state forbids the change, e.g. rotating a revoked key."""
+
+    status = 409
+    code = "CONFLICT"
+    title = "Conflict"
 
 
 class VerificationFailed(KeyServiceError):

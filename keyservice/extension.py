@@ -7,7 +7,9 @@ from typing import Any
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from .cli import keys_cli
+from .cli import keys_cli, roles_cli
+from .openapi import register_api
+from .principals import PrincipalLoader, principal_from_key
 from .config import DEFAULTS, load_settings
 from .errors import register_error_handlers
 from .models import ApiKey, Base
@@ -21,11 +23,15 @@ class KeyService:
 
     It uses the app's Flask-SQLAlchemy ``db`` (passed in, or the one already
     registered on the app) and adds its tables to that ``db``'s metadata, so the
-    app's own Flask-Migrate migrations pick them up.
+    app's own Flask-Migrate migrations pick them up. The management API is
+    registered under ``/keys`` and ``/roles``; its callers are management keys,
+    or whoever ``principal_loader`` returns (a host app's signed-in user).
     """
 
-    def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None) -> None:
+    def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None,
+                 principal_loader: PrincipalLoader | None = None) -> None:
         self._db = db
+        self._principal_loader = principal_loader or principal_from_key
         if app is not None:
             self.init_app(app)
 
@@ -48,9 +54,12 @@ class KeyService:
         for table in Base.metadata.tables.values():
             if table.name not in db.metadata.tables:
                 table.to_metadata(db.metadata)
-        app.extensions["keyservice"] = KeyServiceState(settings, db, Verifier(settings, db))
+        app.extensions["keyservice"] = KeyServiceState(settings, db, Verifier(settings, db),
+                                                       self._principal_loader)
         register_error_handlers(app)
+        register_api(app)
         app.cli.add_command(keys_cli)
+        app.cli.add_command(roles_cli)
 
     @staticmethod
     def create_key(**fields: Any) -> tuple[ApiKey, str]:

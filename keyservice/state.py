@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from .config import Settings
 from .verification import Verifier
+
+if TYPE_CHECKING:
+    from .principals import Principal
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,7 @@ class KeyServiceState:
     settings: Settings
     db: SQLAlchemy
     verifier: Verifier
+    principal_loader: Callable[[], Principal | None]
 
 
 def current_state() -> KeyServiceState:

@@ -1,66 +1,59 @@
-"""Issuing, finding and changing keys in the database.
+"""Issuing, finding, changing and auditing keys and roles in the database.
 
-These functions add to or read from ``session``; committing is the caller's
-job (the CLI command, the view, or the host app's own code).
+The input here is already checked against :mod:`keyservice.schemas`. These
+functions add to or read from ``session``; committing is the caller's job (the
+view, the CLI command, or the host app's own code). Every change to a key is
+recorded as a :class:`KeyEvent`, and no event ever holds a secret.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, scoped_session
 
 from .config import Settings
 from .crypto import generate_key
-from .errors import InvalidInput
-from .models import ApiKey, utcnow
+from .errors import Conflict, InvalidInput, NotFound
+from .models import ApiKey, KeyEvent, Role, as_utc, utcnow
 
 AnySession = Session | scoped_session[Any]
 
-SCOPE_PATTERN = re.compile(r"[a-z0-9_.:*-]{1,100}")
-MAX_NAME_LENGTH = 200
-MAX_SCOPES = 100
-MAX_META_BYTES = 4096
+# The settings a rotated key carries over from the key it replaces.
+CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at")
 
 
-class KeyNotFound(InvalidInput):
-    """Raised when no key has the given id."""
-
-    status = 404
-    code = "KEY_NOT_FOUND"
-    title = "No such key"
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(timezone.utc) if value is not None else None
 
 
-def check_new_key(name: str, external_client_id: str, scopes: list[str], expires_at: datetime | None,
-                  meta: dict[str, Any]) -> None:
-    """Refuse settings a key cannot have, naming the first wrong one."""
-    if not name or len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"name must be 1 to {MAX_NAME_LENGTH} characters")
-    if not external_client_id or len(external_client_id) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"external_client_id must be 1 to {MAX_NAME_LENGTH} characters")
-    if len(scopes) > MAX_SCOPES:
-        raise InvalidInput(f"a key can hold at most {MAX_SCOPES} scopes")
-    for scope in scopes:
-        if not SCOPE_PATTERN.fullmatch(scope):
-            raise InvalidInput(f"scope {scope!r} must be 1 to 100 of a-z 0-9 _ . : * -")
-    if expires_at is not None and expires_at <= utcnow():
-        raise InvalidInput("expires_at must be in the future")
-    if len(json.dumps(meta).encode()) > MAX_META_BYTES:
-        raise InvalidInput(f"meta must be at most {MAX_META_BYTES} bytes of JSON")
+def _check_roles(session: AnySession, roles: list[str]) -> None:
+    if not roles:
+        return
+    unknown = sorted(set(roles) - set(session.scalars(select(Role.name).where(Role.name.in_(roles)))))
+    if unknown:
+        raise InvalidInput(f"no role is named {unknown[0]!r}", errors={"roles": [f"Unknown role: {name}" for name in unknown]})
+
+
+def record_event(session: AnySession, key_id: str, action: str, actor: str | None,
+                 changes: dict[str, Any] | None = None) -> None:
+    """Add one entry to a key's audit trail."""
+    session.add(KeyEvent(key_id=key_id, action=action, actor=actor, changes=changes or {}))
 
 
 def create_key(session: AnySession, settings: Settings, *, name: str, external_client_id: str,
-               scopes: Iterable[str] = (), expires_at: datetime | None = None,
-               meta: dict[str, Any] | None = None, created_by: str | None = None) -> tuple[ApiKey, str]:
+               scopes: Iterable[str] = (), roles: Iterable[str] = (), expires_at: datetime | None = None,
+               meta: dict[str, Any] | None = None, created_by: str | None = None,
+               rotated_from: str | None = None) -> tuple[ApiKey, str]:
     """Issue a key; return its row and the full key, which is never available again."""
-    scopes = list(dict.fromkeys(scopes))
-    meta = meta or {}
-    check_new_key(name, external_client_id, scopes, expires_at, meta)
+    roles = list(dict.fromkeys(roles))
+    _check_roles(session, roles)
     new = generate_key(settings.key_prefix, settings.bcrypt_rounds)
     api_key = ApiKey(
         id=new.key_id,
@@ -68,53 +61,138 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
         secret_hash=new.secret_hash,
         name=name,
         external_client_id=external_client_id,
-        scopes=scopes,
-        meta=meta,
+        scopes=list(dict.fromkeys(scopes)),
+        roles=roles,
+        meta=meta or {},
         enabled=True,
-        expires_at=expires_at,
+        expires_at=_utc(expires_at),
         created_by=created_by,
+        rotated_from=rotated_from,
     )
     session.add(api_key)
+    session.flush()
+    record_event(session, api_key.id, "created", created_by,
+                 {"rotated_from": rotated_from} if rotated_from else None)
     return api_key, new.key
 
 
 def get_key(session: AnySession, key_id: str) -> ApiKey:
-    """The key with id ``key_id``; raises :class:`KeyNotFound`."""
+    """The key with id ``key_id``; raises :class:`NotFound`."""
     api_key = session.get(ApiKey, key_id)
     if api_key is None:
-        raise KeyNotFound(f"no key has the id {key_id!r}")
+        raise NotFound(f"no key has the id {key_id!r}")
     return api_key
 
 
-def list_keys(session: AnySession, *, external_client_id: str | None = None,
-              include_revoked: bool = False) -> list[ApiKey]:
-    """Keys, newest first, optionally of one client, revoked ones only if asked."""
-    query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id)
-    if external_client_id is not None:
-        query = query.where(ApiKey.external_client_id == external_client_id)
+def _jsonable(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+
+
+def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], actor: str | None) -> None:
+    """Apply ``changes`` (field to new value) and record what really changed."""
+    if "roles" in changes:
+        changes["roles"] = list(dict.fromkeys(changes["roles"]))
+        _check_roles(session, changes["roles"])
+    if "scopes" in changes:
+        changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
+    if "expires_at" in changes:
+        changes["expires_at"] = _utc(changes["expires_at"])
+    changed = {}
+    for field, value in changes.items():
+        old = as_utc(getattr(api_key, field)) if field == "expires_at" else getattr(api_key, field)
+        if old != value:
+            changed[field] = [_jsonable(old), _jsonable(value)]
+            setattr(api_key, field, value)
+    if changed:
+        record_event(session, api_key.id, "updated", actor, changed)
+
+
+def revoke_key(session: AnySession, api_key: ApiKey, reason: str | None, actor: str | None) -> bool:
+    """Revoke the key; False when it already was (revocation is final)."""
+    if not api_key.revoke(reason):
+        return False
+    record_event(session, api_key.id, "revoked", actor, {"reason": reason} if reason else None)
+    return True
+
+
+def rotate_key(session: AnySession, settings: Settings, api_key: ApiKey, grace_seconds: int,
+               actor: str | None) -> tuple[ApiKey, str]:
+    """Issue a key with ``api_key``'s settings; the old one expires ``grace_seconds`` from now."""
+    now = utcnow()
+    expires_at = as_utc(api_key.expires_at)
+    if api_key.revoked_at is not None or (expires_at is not None and expires_at <= now):
+        raise Conflict("a revoked or expired key cannot be rotated")
+    new_key, key = create_key(session, settings, created_by=actor, rotated_from=api_key.id,
+                              **{field: getattr(api_key, field) for field in CARRIED_OVER})
+    grace_ends = now + timedelta(seconds=grace_seconds)
+    if expires_at is None or grace_ends < expires_at:
+        api_key.expires_at = grace_ends
+    record_event(session, api_key.id, "rotated", actor,
+                 {"rotated_to": new_key.id, "grace_seconds": grace_seconds,
+                  "expires_at": _jsonable(as_utc(api_key.expires_at))})
+    return new_key, key
+
+
+def key_events(session: AnySession, key_id: str) -> list[KeyEvent]:
+    """A key's audit trail, oldest first."""
+    return list(session.scalars(select(KeyEvent).where(KeyEvent.key_id == key_id).order_by(KeyEvent.id)))
+
+
+def _encode_cursor(api_key: ApiKey) -> str:
+    position = json.dumps([as_utc(api_key.created_at).isoformat(), api_key.id])  # type: ignore[union-attr]
+    return base64.urlsafe_b64encode(position.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, key_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created_at), str(key_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidInput("cursor is not one this API gave out",
+                           errors={"query": {"cursor": ["Not a cursor this API gave out."]}}) from None
+
+
+def list_keys(session: AnySession, *, client_ids: Iterable[str] | None = None, include_revoked: bool = False,
+              limit: int | None = None, cursor: str | None = None) -> tuple[list[ApiKey], str | None]:
+    """Keys newest first, of ``client_ids`` (None: all), from ``cursor`` on;
+    return them and the cursor of the next page (None on the last)."""
+    query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+    if client_ids is not None:
+        query = query.where(ApiKey.external_client_id.in_(list(client_ids)))
     if not include_revoked:
         query = query.where(ApiKey.revoked_at.is_(None))
-    return list(session.scalars(query))
+    if cursor is not None:
+        created_at, key_id = _decode_cursor(cursor)
+        query = query.where(or_(ApiKey.created_at < created_at,
+                                and_(ApiKey.created_at == created_at, ApiKey.id < key_id)))
+    if limit is None:
+        return list(session.scalars(query)), None
+    page = list(session.scalars(query.limit(limit + 1)))
+    return page[:limit], _encode_cursor(page[limit - 1]) if len(page) > limit else None
 
 
-def key_to_dict(api_key: ApiKey) -> dict[str, Any]:
-    """The API form of a key: its public fields, timestamps in RFC 3339 UTC."""
+def scopes_of_roles(session: AnySession, roles: Iterable[str]) -> list[str]:
+    """The scopes the named roles hold now (unknown names hold none)."""
+    return [scope for role_scopes in session.scalars(select(Role.scopes).where(Role.name.in_(list(roles))))
+            for scope in role_scopes]
 
-    def timestamp(value: datetime | None) -> str | None:
-        return value.isoformat().replace("+00:00", "Z") if value else None
 
-    return {
-        "id": api_key.id,
-        "start": api_key.start,
-        "name": api_key.name,
-        "external_client_id": api_key.external_client_id,
-        "scopes": list(api_key.scopes),
-        "meta": api_key.meta,
-        "enabled": api_key.enabled,
-        "created_at": timestamp(api_key.created_at),
-        "created_by": api_key.created_by,
-        "updated_at": timestamp(api_key.updated_at),
-        "expires_at": timestamp(api_key.expires_at),
-        "revoked_at": timestamp(api_key.revoked_at),
-        "revocation_reason": api_key.revocation_reason,
-    }
+def put_role(session: AnySession, name: str, scopes: list[str]) -> Role:
+    """Create or replace the role ``name``; keys holding it follow its new scopes."""
+    role = session.get(Role, name) or Role(name=name)
+    role.scopes = list(dict.fromkeys(scopes))
+    session.add(role)
+    return role
+
+
+def list_roles(session: AnySession) -> list[Role]:
+    """Every role, by name."""
+    return list(session.scalars(select(Role).order_by(Role.name)))
+
+
+def delete_role(session: AnySession, name: str) -> None:
+    """Delete a role; keys that held it lose its scopes."""
+    role = session.get(Role, name)
+    if role is None:
+        raise NotFound(f"no role is named {name!r}")
+    session.delete(role)

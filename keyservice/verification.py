@@ -43,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
-from .models import ApiKey, as_utc, utcnow
+from .models import ApiKey, Role, as_utc, utcnow
 
 
 class Outcome(StrEnum):
@@ -70,7 +70,8 @@ class KeyRecord:
     secret_hash: str
     name: str
     external_client_id: str
-    scopes: tuple[str, ...]
+    scopes: tuple[str, ...]  # effective: its own and its roles' current scopes
+    roles: tuple[str, ...]
     meta: dict[str, Any]
     enabled: bool
     expires_at: datetime | None
@@ -93,6 +94,7 @@ class VerificationResult:
     external_client_id: str | None = None
     name: str | None = None
     scopes: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
     required_scopes: tuple[str, ...] = ()
     retry_after: int | None = None
@@ -113,7 +115,7 @@ class _VerifiedKey:
     @classmethod
     def of(cls, record: KeyRecord) -> _VerifiedKey:
         valid = VerificationResult(Outcome.VALID, key_id=record.id, external_client_id=record.external_client_id,
-                                   name=record.name, scopes=record.scopes, meta=record.meta)
+                                   name=record.name, scopes=record.scopes, roles=record.roles, meta=record.meta)
         return cls(record, time.monotonic(), valid)
 
 
@@ -220,11 +222,16 @@ class Verifier:
     def _load(self, key_id: str) -> KeyRecord | None:
         with self._db.engine.connect() as connection:
             row = connection.execute(select(*_RECORD_COLUMNS).where(ApiKey.id == key_id)).one_or_none()
-        if row is None:
-            return None
-        values = row._asdict()
+            if row is None:
+                return None
+            values = row._asdict()
+            scopes = list(values["scopes"])
+            if values["roles"]:
+                for role_scopes in connection.scalars(select(Role.scopes).where(Role.name.in_(values["roles"]))):
+                    scopes.extend(role_scopes)
         return KeyRecord(**values | {
-            "scopes": tuple(values["scopes"]),
+            "scopes": tuple(dict.fromkeys(scopes)),
+            "roles": tuple(values["roles"]),
             "expires_at": as_utc(values["expires_at"]),
             "revoked_at": as_utc(values["revoked_at"]),
         })

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import flask_migrate
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
@@ -39,5 +40,6 @@ def test_database_file_holds_no_key_and_no_secret(
 def test_default_bcrypt_cost_is_12(tmp_path: Path) -> None:
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.db'}"})
     with app.app_context():
+        flask_migrate.upgrade()
         api_key, _ = KeyService.create_key(name="n", external_client_id="c")
     assert api_key.secret_hash.startswith("$2b$12$")

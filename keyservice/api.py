@@ -1,0 +1,235 @@
+"""The management HTTP API: the ``keys`` and ``roles`` blueprints.
+
+Every route names the scope it needs (:func:`requires`); tenancy is applied in
+:func:`_managed_key`, so a key of another client answers 404 as if it did not
+exist. Bodies are checked by :mod:`keyservice.schemas` and capped at 64 KiB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Response, g, request
+from flask_smorest import Blueprint
+from werkzeug.exceptions import HTTPException
+
+from .errors import Forbidden, InvalidInput, NotFound, problem
+from .models import ApiKey
+from .principals import Principal, requires
+from .schemas import (
+    EventListSchema, KeyCreatedSchema, KeyCreateSchema, KeyListArgsSchema, KeyListSchema, KeySchema,
+    KeyUpdateSchema, ProblemSchema, RevokeArgsSchema, RoleInSchema, RoleListSchema, RoleSchema,
+    ROLE_NAME, RotateSchema, VerifyRequestSchema, VerifyResponseSchema,
+)
+from .state import current_state
+from .store import (
+    create_key, delete_role, get_key, key_events, list_keys, list_roles, put_role, revoke_key, rotate_key,
+    scopes_of_roles, update_key,
+)
+from .verification import Outcome
+
+MAX_BODY_BYTES = 64 * 1024
+View = TypeVar("View", bound=Callable[..., Any])
+
+keys_blueprint = Blueprint("keys", __name__, url_prefix="/keys",
+                           description="Issue, list, change, rotate, revoke and verify API keys.")
+roles_blueprint = Blueprint("roles", __name__, url_prefix="/roles",
+                            description="Named sets of scopes that keys can hold (keys:admin).")
+
+
+def _problems(blueprint: Blueprint, *statuses: int) -> Callable[[View], View]:
+    """Document the problem responses a route can give, besides the auth ones."""
+
+    def decorator(view: View) -> View:
+        for status in (400, 401, 403, 429, 503, *statuses):
+            view = blueprint.alt_response(status, schema=ProblemSchema,
+                                          content_type="application/problem+json")(view)
+        return view
+
+    return decorator
+
+
+def _cap_body() -> None:
+    request.max_content_length = MAX_BODY_BYTES
+
+
+def _http_problem(error: HTTPException) -> Response:
+    status = error.code or 500
+    messages = getattr(error, "data", {}).get("messages")
+    if status == 422 and messages:
+        return problem(422, "INVALID_INPUT", "Invalid input", "Some fields are not valid.", errors=messages)
+    code = "HTTP_" + (error.name or "error").upper().replace(" ", "_")
+    return problem(status, code, error.name, error.description or "", errors=messages)
+
+
+for _blueprint in (keys_blueprint, roles_blueprint):
+    _blueprint.before_request(_cap_body)
+    _blueprint.register_error_handler(HTTPException, _http_problem)
+
+
+def _principal() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
+def _managed_key(key_id: str) -> ApiKey:
+    """The key, if the principal manages its client; otherwise 404 as if it did not exist."""
+    api_key = get_key(current_state().db.session, key_id)
+    if not _principal().manages(api_key.external_client_id):
+        raise NotFound(f"no key has the id {key_id!r}")
+    return api_key
+
+
+def _with_key(api_key: ApiKey, key: str) -> dict[str, Any]:
+    """What create and rotate answer: the key's fields and, this once, the key."""
+    return {name: getattr(api_key, name) for name in KeySchema().fields} | {"key": key}
+
+
+def _check_grantable(scopes: list[str], roles: list[str]) -> None:
+    role_scopes = scopes_of_roles(current_state().db.session, roles)
+    ungrantable = _principal().ungrantable([*scopes, *role_scopes])
+    if ungrantable:
+        raise Forbidden(f"You cannot grant a scope you do not hold: {ungrantable[0]}.")
+
+
+@keys_blueprint.route("", methods=["POST"])
+@requires("keys:write")
+@keys_blueprint.arguments(KeyCreateSchema)
+@keys_blueprint.response(201, KeyCreatedSchema)
+@_problems(keys_blueprint, 404, 413, 422)
+def create(fields: dict[str, Any]) -> dict[str, Any]:
+    """Issue a key. The response holds the full key, this once."""
+    if not _principal().manages(fields["external_client_id"]):
+        raise Forbidden("You cannot create keys for that client.")
+    _check_grantable(fields["scopes"], fields["roles"])
+    state = current_state()
+    api_key, key = create_key(state.db.session, state.settings, created_by=_principal().id, **fields)
+    state.db.session.commit()
+    return _with_key(api_key, key)
+
+
+@keys_blueprint.route("", methods=["GET"])
+@requires("keys:read")
+@keys_blueprint.arguments(KeyListArgsSchema, location="query")
+@keys_blueprint.response(200, KeyListSchema)
+@_problems(keys_blueprint, 422)
+def list_(args: dict[str, Any]) -> dict[str, Any]:
+    """List keys, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
+    principal = _principal()
+    client_ids: set[str] | frozenset[str] | None = principal.client_ids
+    if "external_client_id" in args:
+        client_ids = {args["external_client_id"]} if principal.manages(args["external_client_id"]) else set()
+    items, next_cursor = list_keys(current_state().db.session, client_ids=client_ids,
+                                   include_revoked=args["include_revoked"], limit=args["limit"],
+                                   cursor=args.get("cursor"))
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@keys_blueprint.route("/<key_id>", methods=["GET"])
+@requires("keys:read")
+@keys_blueprint.response(200, KeySchema)
+@_problems(keys_blueprint, 404)
+def show(key_id: str) -> ApiKey:
+    """One key (never its secret)."""
+    return _managed_key(key_id)
+
+
+@keys_blueprint.route("/<key_id>", methods=["PATCH"])
+@requires("keys:write")
+@keys_blueprint.arguments(KeyUpdateSchema)
+@keys_blueprint.response(200, KeySchema)
+@_problems(keys_blueprint, 404, 413, 422)
+def update(changes: dict[str, Any], key_id: str) -> ApiKey:
+    """Change a key's name, scopes, roles, meta, expiry or whether it is enabled."""
+    api_key = _managed_key(key_id)
+    _check_grantable(changes.get("scopes", []), changes.get("roles", []))
+    update_key(current_state().db.session, api_key, changes, _principal().id)
+    current_state().db.session.commit()
+    return api_key
+
+
+@keys_blueprint.route("/<key_id>", methods=["DELETE"])
+@requires("keys:write")
+@keys_blueprint.arguments(RevokeArgsSchema, location="query")
+@keys_blueprint.response(204)
+@_problems(keys_blueprint, 404, 422)
+def revoke(args: dict[str, Any], key_id: str) -> None:
+    """Revoke a key for good (it is kept for the audit trail)."""
+    revoke_key(current_state().db.session, _managed_key(key_id), args.get("reason"), _principal().id)
+    current_state().db.session.commit()
+
+
+@keys_blueprint.route("/<key_id>/rotate", methods=["POST"])
+@requires("keys:write")
+@keys_blueprint.arguments(RotateSchema, required=False)
+@keys_blueprint.response(201, KeyCreatedSchema)
+@_problems(keys_blueprint, 404, 409, 413, 422)
+def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
+    """Issue a key with the same settings; the old one stops working after ``grace_seconds``."""
+    state = current_state()
+    new_key, key = rotate_key(state.db.session, state.settings, _managed_key(key_id),
+                              args.get("grace_seconds", 0), _principal().id)
+    state.db.session.commit()
+    return _with_key(new_key, key)
+
+
+@keys_blueprint.route("/<key_id>/events", methods=["GET"])
+@requires("keys:read")
+@keys_blueprint.response(200, EventListSchema)
+@_problems(keys_blueprint, 404)
+def events(key_id: str) -> dict[str, Any]:
+    """Who created, changed, rotated or revoked the key, and when (oldest first)."""
+    return {"items": key_events(current_state().db.session, _managed_key(key_id).id)}
+
+
+@keys_blueprint.route("/verify", methods=["POST"])
+@requires("keys:verify")
+@keys_blueprint.arguments(VerifyRequestSchema)
+@keys_blueprint.response(200, VerifyResponseSchema)
+@_problems(keys_blueprint, 404, 413, 422)
+def verify(body: dict[str, Any]) -> dict[str, Any]:
+    """Check a key as ``@require_key`` would; a verification counts as a use."""
+    state = current_state()
+    result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
+    if result.key_id is not None:
+        client = result.external_client_id or get_key(state.db.session, result.key_id).external_client_id
+        if not _principal().manages(client):
+            raise NotFound("no such key")
+    return {"valid": result.valid, "code": result.code.value, "key_id": result.key_id,
+            "external_client_id": result.external_client_id, "scopes": list(result.scopes),
+            "remaining": None, "ratelimit": None}
+
+
+@roles_blueprint.route("", methods=["GET"])
+@requires("keys:admin")
+@roles_blueprint.response(200, RoleListSchema)
+@_problems(roles_blueprint)
+def roles() -> dict[str, Any]:
+    """Every role and its scopes."""
+    return {"items": list_roles(current_state().db.session)}
+
+
+@roles_blueprint.route("/<name>", methods=["PUT"])
+@requires("keys:admin")
+@roles_blueprint.arguments(RoleInSchema)
+@roles_blueprint.response(200, RoleSchema)
+@_problems(roles_blueprint, 413, 422)
+def set_role(body: dict[str, Any], name: str) -> Any:
+    """Create or replace a role; keys holding it follow its scopes within a second."""
+    if not ROLE_NAME.fullmatch(name):
+        raise InvalidInput("a role name is 1 to 100 of a-z 0-9 _ . : -",
+                           errors={"path": {"name": ["Must be 1 to 100 of a-z 0-9 _ . : -."]}})
+    role = put_role(current_state().db.session, name, body["scopes"])
+    current_state().db.session.commit()
+    return role
+
+
+@roles_blueprint.route("/<name>", methods=["DELETE"])
+@requires("keys:admin")
+@roles_blueprint.response(204)
+@_problems(roles_blueprint, 404)
+def remove_role(name: str) -> None:
+    """Delete a role; keys holding it lose its scopes."""
+    delete_role(current_state().db.session, name)
+    current_state().db.session.commit()

@@ -1,0 +1,33 @@
+"""The management API on an app, with its OpenAPI document at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+from .api import keys_blueprint, roles_blueprint
+
+OPENAPI_SETTINGS = {
+    "KEYSERVICE_OPENAPI_URL_PREFIX": "/",
+    "KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json",
+}
+
+
+class _ManagementApi(Api):  # type: ignore[misc]
+    def _register_error_handlers(self) -> None:
+        # flask-smorest would answer every HTTP error of the whole app; keyservice
+        # leaves the host's errors alone and answers its own blueprints' errors.
+        pass
+
+
+def register_api(app: Flask) -> None:
+    """Register the ``keys`` and ``roles`` blueprints and the generated OpenAPI document."""
+    for name, value in OPENAPI_SETTINGS.items():
+        app.config.setdefault(name, value)
+    api = _ManagementApi(app, config_prefix="KEYSERVICE_", spec_kwargs={
+        "title": "keyservice", "version": "1", "openapi_version": "3.0.3",
+        "security": [{"bearer": []}],
+    })
+    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    api.register_blueprint(keys_blueprint)
+    api.register_blueprint(roles_blueprint)

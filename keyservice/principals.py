@@ -1,0 +1,86 @@
+"""Who calls the management API, and what they may do there.
+
+A principal is a management key (an API key holding ``keys:*`` scopes) or,
+in a host app, whoever its ``principal_loader`` says is signed in. Tenancy:
+``keys:read``/``keys:write``/``keys:verify`` act on the principal's own clients
+only; ``keys:admin`` acts on every client. A principal cannot grant a scope it
+does not hold itself, unless it holds ``keys:admin``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import g
+
+from .decorators import verify_request
+from .errors import VerificationFailed
+from .state import current_state
+from .verification import Outcome, VerificationResult, missing_scopes
+
+View = TypeVar("View", bound=Callable[..., Any])
+ADMIN = "keys:admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of the management API.
+
+    ``client_ids`` are the clients whose keys it manages; None means every
+    client, and goes with ``keys:admin``.
+    """
+
+    id: str
+    scopes: tuple[str, ...]
+    client_ids: frozenset[str] | None
+
+    @property
+    def is_admin(self) -> bool:
+        return not missing_scopes(self.scopes, [ADMIN])
+
+    def holds(self, scope: str) -> bool:
+        """Whether it may use a route that needs ``scope`` (``keys:admin`` may use all)."""
+        return self.is_admin or not missing_scopes(self.scopes, [scope])
+
+    def manages(self, external_client_id: str) -> bool:
+        """Whether keys of this client are its to see and change."""
+        return self.client_ids is None or external_client_id in self.client_ids
+
+    def ungrantable(self, scopes: Iterable[str]) -> tuple[str, ...]:
+        """The scopes it may not put on a key: those it does not hold itself."""
+        return () if self.is_admin else missing_scopes(self.scopes, tuple(scopes))
+
+
+PrincipalLoader = Callable[[], "Principal | None"]
+
+
+def principal_from_key() -> Principal | None:
+    """The default loader: the management key the request carries."""
+    result = verify_request()
+    if not result.valid:
+        raise VerificationFailed(result)
+    admin = not missing_scopes(result.scopes, [ADMIN])
+    client_ids = None if admin else frozenset([result.external_client_id or ""])
+    return Principal(id=f"key:{result.key_id}", scopes=result.scopes, client_ids=client_ids)
+
+
+def requires(scope: str) -> Callable[[View], View]:
+    """Let the view run only for a principal holding ``scope``; it is then ``g.principal``."""
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            principal = current_state().principal_loader()
+            if principal is None:
+                raise VerificationFailed(VerificationResult(Outcome.MISSING))
+            if not principal.holds(scope):
+                raise VerificationFailed(VerificationResult(Outcome.INSUFFICIENT_SCOPE, required_scopes=(scope,)))
+            g.principal = principal
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorator
