@@ -97,7 +97,7 @@ def _check_grantable(scopes: list[str], roles: list[str]) -> None:
 @requires("keys:write")
 @keys_blueprint.arguments(KeyCreateSchema)
 @keys_blueprint.response(201, KeyCreatedSchema)
-@_problems(keys_blueprint, 404, 413, 422)
+@_problems(keys_blueprint, 413, 422)
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Issue a key. The response holds the full key, this once."""
     if not _principal().manages(fields["external_client_id"]):
