@@ -14,6 +14,7 @@ from flask import Response, g, request
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException
 
+from .crypto import parse_key
 from .errors import Forbidden, InvalidInput, NotFound, problem
 from .models import ApiKey
 from .principals import Principal, requires
@@ -168,8 +169,10 @@ def revoke(args: dict[str, Any], key_id: str) -> None:
 def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """Issue a key with the same settings; the old one stops working after ``grace_seconds``."""
     state = current_state()
-    new_key, key = rotate_key(state.db.session, state.settings, _managed_key(key_id),
-                              args.get("grace_seconds", 0), _principal().id)
+    api_key = _managed_key(key_id)
+    _check_grantable(api_key.scopes, api_key.roles)  # the new key is a fresh grant of them
+    new_key, key = rotate_key(state.db.session, state.settings, api_key, args.get("grace_seconds", 0),
+                              _principal().id)
     state.db.session.commit()
     return _with_key(new_key, key)
 
@@ -191,11 +194,13 @@ def events(key_id: str) -> dict[str, Any]:
 def verify(body: dict[str, Any]) -> dict[str, Any]:
     """Check a key as ``@require_key`` would; a verification counts as a use."""
     state = current_state()
-    result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
-    if result.key_id is not None:
-        client = result.external_client_id or get_key(state.db.session, result.key_id).external_client_id
-        if not _principal().manages(client):
+    # Tenancy first: checking another client's key must not count as a use of it.
+    parsed = parse_key(body["key"].strip(), state.settings.key_prefix)
+    if parsed is not None:
+        api_key = state.db.session.get(ApiKey, parsed.key_id)
+        if api_key is not None and not _principal().manages(api_key.external_client_id):
             raise NotFound("no such key")
+    result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
     return {"valid": result.valid, "code": result.code.value, "key_id": result.key_id,
             "external_client_id": result.external_client_id, "scopes": list(result.scopes),
             "remaining": None, "ratelimit": None}

@@ -26,7 +26,7 @@ from .models import ApiKey, KeyEvent, Role, as_utc, utcnow
 AnySession = Session | scoped_session[Any]
 
 # The settings a rotated key carries over from the key it replaces.
-CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at")
+CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at", "enabled")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -49,7 +49,7 @@ def record_event(session: AnySession, key_id: str, action: str, actor: str | Non
 
 def create_key(session: AnySession, settings: Settings, *, name: str, external_client_id: str,
                scopes: Iterable[str] = (), roles: Iterable[str] = (), expires_at: datetime | None = None,
-               meta: dict[str, Any] | None = None, created_by: str | None = None,
+               meta: dict[str, Any] | None = None, enabled: bool = True, created_by: str | None = None,
                rotated_from: str | None = None) -> tuple[ApiKey, str]:
     """Issue a key; return its row and the full key, which is never available again."""
     roles = list(dict.fromkeys(roles))
@@ -64,7 +64,7 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
         scopes=list(dict.fromkeys(scopes)),
         roles=roles,
         meta=meta or {},
-        enabled=True,
+        enabled=enabled,
         expires_at=_utc(expires_at),
         created_by=created_by,
         rotated_from=rotated_from,
