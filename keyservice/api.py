@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from flask import Response, g, request
 from flask_smorest import Blueprint
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from .crypto import parse_key
 from .errors import Forbidden, InvalidInput, NotFound, problem
@@ -51,8 +51,11 @@ def _problems(blueprint: Blueprint, *statuses: int) -> Callable[[View], View]:
     return decorator
 
 
-def _cap_body() -> None:
+def _check_body() -> None:
     request.max_content_length = MAX_BODY_BYTES
+    # A body the schemas would not read (a form, plain text) must not pass as "no changes".
+    if request.content_length and not request.is_json:
+        raise UnsupportedMediaType("Send the body as application/json.")
 
 
 def _http_problem(error: HTTPException) -> Response:
@@ -65,7 +68,7 @@ def _http_problem(error: HTTPException) -> Response:
 
 
 for _blueprint in (keys_blueprint, roles_blueprint):
-    _blueprint.before_request(_cap_body)
+    _blueprint.before_request(_check_body)
     _blueprint.register_error_handler(HTTPException, _http_problem)
 
 
@@ -98,7 +101,7 @@ def _check_grantable(scopes: list[str], roles: list[str]) -> None:
 @requires("keys:write")
 @keys_blueprint.arguments(KeyCreateSchema)
 @keys_blueprint.response(201, KeyCreatedSchema)
-@_problems(keys_blueprint, 413, 422)
+@_problems(keys_blueprint, 413, 415, 422)
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Issue a key. The response holds the full key, this once."""
     if not _principal().manages(fields["external_client_id"]):
@@ -140,7 +143,7 @@ def show(key_id: str) -> ApiKey:
 @requires("keys:write")
 @keys_blueprint.arguments(KeyUpdateSchema)
 @keys_blueprint.response(200, KeySchema)
-@_problems(keys_blueprint, 404, 413, 422)
+@_problems(keys_blueprint, 404, 413, 415, 422)
 def update(changes: dict[str, Any], key_id: str) -> ApiKey:
     """Change a key's name, scopes, roles, meta, expiry or whether it is enabled."""
     api_key = _managed_key(key_id)
@@ -165,7 +168,7 @@ def revoke(args: dict[str, Any], key_id: str) -> None:
 @requires("keys:write")
 @keys_blueprint.arguments(RotateSchema, required=False)
 @keys_blueprint.response(201, KeyCreatedSchema)
-@_problems(keys_blueprint, 404, 409, 413, 422)
+@_problems(keys_blueprint, 404, 409, 413, 415, 422)
 def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """Issue a key with the same settings; the old one stops working after ``grace_seconds``."""
     state = current_state()
@@ -190,7 +193,7 @@ def events(key_id: str) -> dict[str, Any]:
 @requires("keys:verify")
 @keys_blueprint.arguments(VerifyRequestSchema)
 @keys_blueprint.response(200, VerifyResponseSchema)
-@_problems(keys_blueprint, 404, 413, 422)
+@_problems(keys_blueprint, 404, 413, 415, 422)
 def verify(body: dict[str, Any]) -> dict[str, Any]:
     """Check a key as ``@require_key`` would; a verification counts as a use."""
     state = current_state()
@@ -219,7 +222,7 @@ def roles() -> dict[str, Any]:
 @requires("keys:admin")
 @roles_blueprint.arguments(RoleInSchema)
 @roles_blueprint.response(200, RoleSchema)
-@_problems(roles_blueprint, 413, 422)
+@_problems(roles_blueprint, 413, 415, 422)
 def set_role(body: dict[str, Any], name: str) -> Any:
     """Create or replace a role; keys holding it follow its scopes within a second."""
     if not ROLE_NAME.fullmatch(name):

@@ -62,9 +62,13 @@ def _timestamp(**kwargs: Any) -> fields.DateTime:
     return fields.DateTime(format="%Y-%m-%dT%H:%M:%S.%fZ", **kwargs)
 
 
-# Only JSON true and false: "yes" or 1 is a wrong type, not a boolean.
-def _boolean(**kwargs: Any) -> fields.Boolean:
-    return fields.Boolean(truthy={True}, falsy={False}, **kwargs)
+class StrictBoolean(fields.Boolean):
+    """Only JSON true and false: "yes" or 1 is a wrong type, not a boolean."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 class KeyCreateSchema(Schema):
@@ -82,7 +86,7 @@ class KeyUpdateSchema(Schema):
     roles = _role_names()
     meta = _meta()
     expires_at = _expires_at()
-    enabled = _boolean()
+    enabled = StrictBoolean()
 
 
 class KeySchema(Schema):

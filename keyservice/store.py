@@ -38,7 +38,7 @@ def _check_roles(session: AnySession, roles: list[str]) -> None:
         return
     unknown = sorted(set(roles) - set(session.scalars(select(Role.name).where(Role.name.in_(roles)))))
     if unknown:
-        raise InvalidInput(f"no role is named {unknown[0]!r}", errors={"roles": [f"Unknown role: {name}" for name in unknown]})
+        raise InvalidInput(f"no role is named {unknown[0]!r}", errors={"json": {"roles": [f"Unknown role: {name}" for name in unknown]}})
 
 
 def record_event(session: AnySession, key_id: str, action: str, actor: str | None,
