@@ -14,6 +14,9 @@ OPENAPI_SETTINGS = {
 
 
 class _ManagementApi(Api):  # type: ignore[misc]
+    # Each route documents its own problem responses; no catch-all "default" of another shape.
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
     def _register_error_handlers(self) -> None:
         # flask-smorest would answer every HTTP error of the whole app; keyservice
         # leaves the host's errors alone and answers its own blueprints' errors.

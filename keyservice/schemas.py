@@ -32,7 +32,8 @@ def _small_json(value: dict[str, Any]) -> None:
 
 def _scope() -> fields.String:
     return fields.String(validate=validate.Regexp(r"[a-z0-9_.:*-]{1,100}\Z",
-                                                  error="Must be 1 to 100 of a-z 0-9 _ . : * -."))
+                                                  error="Must be 1 to 100 of a-z 0-9 _ . : * -."),
+                         metadata={"pattern": "^[a-z0-9_.:*-]{1,100}$"})
 
 
 def _scopes(**kwargs: Any) -> fields.List[str]:
@@ -40,7 +41,8 @@ def _scopes(**kwargs: Any) -> fields.List[str]:
 
 
 def _role_names(**kwargs: Any) -> fields.List[str]:
-    return fields.List(fields.String(validate=validate.Regexp(ROLE_NAME, error="Must be 1 to 100 of a-z 0-9 _ . : -.")),
+    return fields.List(fields.String(validate=validate.Regexp(ROLE_NAME, error="Must be 1 to 100 of a-z 0-9 _ . : -."),
+                                     metadata={"pattern": "^[a-z0-9_.:-]{1,100}$"}),
                        validate=validate.Length(max=MAX_SCOPES), **kwargs)
 
 
@@ -57,9 +59,11 @@ def _meta(**kwargs: Any) -> fields.Dict:
     return fields.Dict(keys=fields.String(), validate=_small_json, **kwargs)
 
 
-def _timestamp(**kwargs: Any) -> fields.DateTime:
-    # Every stored timestamp is UTC: RFC 3339 with a Z.
-    return fields.DateTime(format="%Y-%m-%dT%H:%M:%S.%fZ", **kwargs)
+class UtcTimestamp(fields.DateTime):
+    """Every stored timestamp is UTC: written as RFC 3339 with a Z."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class StrictBoolean(fields.Boolean):
@@ -98,11 +102,11 @@ class KeySchema(Schema):
     roles = fields.List(fields.String())
     meta = fields.Dict()
     enabled = fields.Boolean()
-    created_at = _timestamp()
+    created_at = UtcTimestamp()
     created_by = fields.String(allow_none=True)
-    updated_at = _timestamp()
-    expires_at = _timestamp(allow_none=True)
-    revoked_at = _timestamp(allow_none=True)
+    updated_at = UtcTimestamp()
+    expires_at = UtcTimestamp(allow_none=True)
+    revoked_at = UtcTimestamp(allow_none=True)
     revocation_reason = fields.String(allow_none=True)
     rotated_from = fields.String(allow_none=True)
 
@@ -150,7 +154,7 @@ class EventSchema(Schema):
     id = fields.Integer()
     action = fields.String()
     actor = fields.String(allow_none=True)
-    at = _timestamp()
+    at = UtcTimestamp()
     changes = fields.Dict()
 
 
@@ -165,8 +169,8 @@ class RoleInSchema(Schema):
 class RoleSchema(Schema):
     name = fields.String()
     scopes = fields.List(fields.String())
-    created_at = _timestamp()
-    updated_at = _timestamp()
+    created_at = UtcTimestamp()
+    updated_at = UtcTimestamp()
 
 
 class RoleListSchema(Schema):
