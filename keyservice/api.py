@@ -7,6 +7,7 @@ exist. Bodies are checked by :mod:`keyservice.schemas` and capped at 64 KiB.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -206,7 +207,10 @@ def verify(body: dict[str, Any]) -> dict[str, Any]:
     result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
     return {"valid": result.valid, "code": result.code.value, "key_id": result.key_id,
             "external_client_id": result.external_client_id, "scopes": list(result.scopes),
-            "remaining": None, "ratelimit": None}
+            "remaining": result.remaining,
+            "ratelimit": None if result.ratelimit is None else {
+                "limit": result.ratelimit.limit, "remaining": result.ratelimit.remaining,
+                "reset": math.ceil(result.ratelimit.reset_at)}}
 
 
 @roles_blueprint.route("", methods=["GET"])

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse
 from sqlalchemy.engine import make_url
@@ -29,7 +30,13 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_CACHE_SIZE": 10_000,
     "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT": "5/minute",
     "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "30/minute",
+    "KEYSERVICE_RATELIMIT_STORAGE_URL": "",
+    "KEYSERVICE_RATELIMIT_FAIL_OPEN": False,
 }
+
+# `limits` storages with a moving window; the default ("") is the app's own database.
+RATELIMIT_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "memory")
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 HEADER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
@@ -50,6 +57,8 @@ class Settings:
     cache_size: int
     failed_verify_limit_per_client: RateLimitItem
     failed_verify_limit_per_key: RateLimitItem
+    ratelimit_storage_url: str  # "": the app's database
+    ratelimit_fail_open: bool
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -80,6 +89,24 @@ def _header_environ_key(config: Mapping[str, Any]) -> str | None:
     return "HTTP_" + header.upper().replace("-", "_")
 
 
+def _ratelimit_storage_url(config: Mapping[str, Any]) -> str:
+    url = str(config["KEYSERVICE_RATELIMIT_STORAGE_URL"]).strip()
+    if url and urlsplit(url).scheme not in RATELIMIT_SCHEMES:
+        raise ConfigError(
+            f"KEYSERVICE_RATELIMIT_STORAGE_URL must be empty (the database) or a {'/'.join(RATELIMIT_SCHEMES)} URL"
+        )
+    return url
+
+
+def _boolean(config: Mapping[str, Any], name: str) -> bool:
+    value = config[name]
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() not in BOOLEANS:
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    return BOOLEANS[str(value).strip().lower()]
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
@@ -95,6 +122,8 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         cache_size=_number(config, "KEYSERVICE_CACHE_SIZE", int, 1, 10_000_000),
         failed_verify_limit_per_client=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT"),
         failed_verify_limit_per_key=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY"),
+        ratelimit_storage_url=_ratelimit_storage_url(config),
+        ratelimit_fail_open=_boolean(config, "KEYSERVICE_RATELIMIT_FAIL_OPEN"),
     )
 
 

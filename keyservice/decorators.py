@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import g, request
+from flask import Response, after_this_request, g, request
 
 from .errors import VerificationFailed
 from .state import current_state
@@ -62,6 +62,14 @@ def require_key(*scopes: str) -> Callable[[View], View]:
             if not result.valid:
                 raise VerificationFailed(result)
             g.auth = result
+            if result.ratelimit is not None:
+                headers = result.ratelimit.headers()
+
+                @after_this_request
+                def add_ratelimit_headers(response: Response) -> Response:
+                    response.headers.update(headers)
+                    return response
+
             return view(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]

@@ -34,7 +34,8 @@ _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
     Outcome.EXPIRED: (401, "API key expired", "This key has expired."),
     Outcome.DISABLED: (401, "API key disabled", "This key is disabled."),
     Outcome.INSUFFICIENT_SCOPE: (403, "Insufficient scope", "The key lacks a required scope."),
-    Outcome.RATE_LIMITED: (429, "Too many attempts", "Too many failed attempts with this key id."),
+    Outcome.RATE_LIMITED: (429, "Rate limited", "Too many requests with this key; see Retry-After."),
+    Outcome.USAGE_EXCEEDED: (429, "Usage exceeded", "This key has no uses left."),
     Outcome.UNAVAILABLE: (503, "Key store unavailable", "Keys cannot be checked right now."),
 }
 
@@ -135,6 +136,8 @@ class VerificationFailed(KeyServiceError):
             response.headers["WWW-Authenticate"] = f'{REALM}, error="insufficient_scope", scope="{scope}"'
         if self.result.retry_after is not None:
             response.headers["Retry-After"] = str(self.result.retry_after)
+        if self.result.ratelimit is not None:
+            response.headers.update(self.result.ratelimit.headers())
         return response
 
 

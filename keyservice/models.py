@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, event
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -60,6 +60,29 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revocation_reason: Mapped[str | None] = mapped_column(String(200))
     rotated_from: Mapped[str | None] = mapped_column(String(16))
+    # Uses left (None: unlimited), taken one at a time by an atomic UPDATE; a
+    # refill puts it back to refill_amount at each day's or month's start (UTC).
+    remaining: Mapped[int | None]
+    refill_amount: Mapped[int | None]
+    refill_interval: Mapped[str | None] = mapped_column(String(10))
+    refilled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # At most ratelimit_limit requests in any ratelimit_period seconds (a moving window).
+    ratelimit_limit: Mapped[int | None]
+    ratelimit_period: Mapped[int | None]
+
+    @property
+    def refill(self) -> dict[str, Any] | None:
+        """The API form of the refill settings."""
+        if self.refill_amount is None:
+            return None
+        return {"amount": self.refill_amount, "interval": self.refill_interval}
+
+    @property
+    def ratelimit(self) -> dict[str, int] | None:
+        """The API form of the rate limit."""
+        if self.ratelimit_limit is None or self.ratelimit_period is None:
+            return None
+        return {"limit": self.ratelimit_limit, "period": self.ratelimit_period}
 
     def revoke(self, reason: str | None = None) -> bool:
         """Revoke the key; return False when it already was (revocation is final)."""
@@ -94,8 +117,20 @@ class KeyEvent(Base):
     changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class RateLimitHit(Base):
+    """One request counted against a rate limit: the embedded moving-window storage."""
+
+    __tablename__ = "keyservice_ratelimit_hits"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(250))
+    at: Mapped[float]
+
+    __table_args__ = (Index("ix_keyservice_ratelimit_hits_key_at", "key", "at"),)
+
+
 TIMESTAMPS = {
-    ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at"),
+    ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at"),
     Role: ("created_at", "updated_at"),
     KeyEvent: ("at",),
 }
@@ -109,6 +144,6 @@ def _timestamps_are_utc(row: Base, *_: Any) -> None:
             set_committed_value(row, name, as_utc(row.__dict__[name]))
 
 
-for _model in TIMESTAMPS:
+for _model in TIMESTAMPS:  # RateLimitHit keeps epoch seconds, as `limits` does
     event.listen(_model, "load", _timestamps_are_utc)
     event.listen(_model, "refresh", _timestamps_are_utc)

@@ -21,6 +21,7 @@ full key under a random key that lives only in that process's memory:
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import math
 import os
@@ -38,12 +39,14 @@ from flask_sqlalchemy import SQLAlchemy
 from limits import RateLimitItem
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
-from sqlalchemy import select
+from limits.errors import StorageError
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
 from .models import ApiKey, Role, as_utc, utcnow
+from .ratelimit import RateLimiter, RateLimitState
 
 
 class Outcome(StrEnum):
@@ -59,6 +62,7 @@ class Outcome(StrEnum):
     DISABLED = "DISABLED"
     INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
     RATE_LIMITED = "RATE_LIMITED"
+    USAGE_EXCEEDED = "USAGE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
 
 
@@ -76,6 +80,11 @@ class KeyRecord:
     enabled: bool
     expires_at: datetime | None
     revoked_at: datetime | None
+    remaining: int | None
+    refill_amount: int | None
+    refill_interval: str | None
+    ratelimit_limit: int | None
+    ratelimit_period: int | None
 
 
 _RECORD_COLUMNS = [getattr(ApiKey, name) for name in KeyRecord.__dataclass_fields__]
@@ -96,6 +105,8 @@ class VerificationResult:
     scopes: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
+    remaining: int | None = None
+    ratelimit: RateLimitState | None = None
     required_scopes: tuple[str, ...] = ()
     retry_after: int | None = None
 
@@ -119,6 +130,12 @@ class _VerifiedKey:
         return cls(record, time.monotonic(), valid)
 
 
+def refill_boundary(now: datetime, interval: str) -> datetime:
+    """The start (UTC) of the day or month ``now`` is in: a refill is due once past it."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if interval == "daily" else day.replace(day=1)
+
+
 def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str, ...]:
     """The required scopes that ``granted`` lacks; ``a:*`` grants every ``a:<x>``."""
     if not required:
@@ -136,6 +153,7 @@ class Verifier:
     def __init__(self, settings: Settings, db: SQLAlchemy) -> None:
         self._settings = settings
         self._db = db
+        self._ratelimiter = RateLimiter(settings.ratelimit_storage_url, db)
         self._verified: LRUCache[bytes, _VerifiedKey] = LRUCache(maxsize=settings.cache_size)
         self._lock = threading.Lock()
         self._digest_key = os.urandom(32)
@@ -160,10 +178,57 @@ class Verifier:
                 verified = checked
                 with self._lock:
                     self._verified[digest] = verified
+            result = self._judge(verified, tuple(scopes))
+            if result.valid and (verified.record.ratelimit_limit or verified.record.remaining is not None):
+                result = self._limit(verified.record, result)
         except SQLAlchemyError:
             current_app.logger.warning("keyservice: database unavailable", exc_info=True)
             return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
-        return self._judge(verified, tuple(scopes))
+        return result
+
+    def _limit(self, record: KeyRecord, valid: VerificationResult) -> VerificationResult:
+        """Count the request against the key's rate limit, then take one of its remaining uses."""
+        ratelimit = None
+        if record.ratelimit_limit and record.ratelimit_period:
+            try:
+                ratelimit = self._ratelimiter.hit(record.id, record.ratelimit_limit, record.ratelimit_period)
+            except StorageError:
+                if not self._settings.ratelimit_fail_open:
+                    current_app.logger.warning("keyservice: rate-limit storage unavailable", exc_info=True)
+                    return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
+                current_app.logger.warning("keyservice: rate-limit storage unavailable; letting the request"
+                                           " through (KEYSERVICE_RATELIMIT_FAIL_OPEN)", exc_info=True)
+            if ratelimit is not None and not ratelimit.allowed:
+                return VerificationResult(Outcome.RATE_LIMITED, key_id=record.id, ratelimit=ratelimit,
+                                          retry_after=ratelimit.reset_in)
+        remaining = None
+        if record.remaining is not None:
+            taken, remaining = self._take_one_use(record)
+            if not taken:
+                return VerificationResult(Outcome.USAGE_EXCEEDED, key_id=record.id, remaining=0, ratelimit=ratelimit)
+        return dataclasses.replace(valid, remaining=remaining, ratelimit=ratelimit)
+
+    def _take_one_use(self, record: KeyRecord) -> tuple[bool, int | None]:
+        """Atomically take one use: whether one was left, and how many are left after it
+        (None if the key has become unlimited). A due refill comes first, once per interval."""
+        with self._db.engine.begin() as connection:
+            if record.refill_interval is not None:
+                now = utcnow()
+                connection.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == record.id, ApiKey.refill_amount.is_not(None),
+                           or_(ApiKey.refilled_at.is_(None),
+                               ApiKey.refilled_at < refill_boundary(now, record.refill_interval)))
+                    .values(remaining=ApiKey.refill_amount, refilled_at=now, updated_at=ApiKey.updated_at)
+                )
+            row = connection.execute(
+                update(ApiKey)
+                .where(ApiKey.id == record.id, or_(ApiKey.remaining.is_(None), ApiKey.remaining > 0))
+                # updated_at is for changes of settings, not for uses: keep it as it is.
+                .values(remaining=ApiKey.remaining - 1, updated_at=ApiKey.updated_at)
+                .returning(ApiKey.remaining)
+            ).one_or_none()
+        return (False, 0) if row is None else (True, row.remaining)
 
     def _remembered(self, digest: bytes) -> _VerifiedKey | None:
         """The remembered key with this digest, its row fresh; None if there is none

@@ -1,0 +1,125 @@
+"""Per-key rate limits: the `limits` moving window over a storage every worker shares.
+
+By default the window lives in the app's own database (:class:`SQLStorage`), so
+it is exact across all gunicorn workers of a machine; ``KEYSERVICE_RATELIMIT_STORAGE_URL``
+(``redis://...``) moves it to Redis for many machines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from flask_sqlalchemy import SQLAlchemy
+from limits import RateLimitItemPerSecond
+from limits.storage import MovingWindowSupport, Storage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .models import RateLimitHit
+
+
+class SQLStorage(Storage, MovingWindowSupport):
+    """A `limits` moving-window storage in the app's database, one row per counted request.
+
+    Each hit runs in one transaction that first takes the key's write lock (SQLite's
+    database lock, a PostgreSQL advisory lock), so concurrent workers count exactly.
+    """
+
+    STORAGE_SCHEME = ["keyservice+sql"]  # made in code from the app's db, never from a URL
+
+    def __init__(self, db: SQLAlchemy) -> None:
+        super().__init__(wrap_exceptions=True)
+        self._db = db
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return SQLAlchemyError
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        now = time.time()
+        with self._db.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+            # On SQLite this write is what takes the lock, before the count below.
+            connection.execute(delete(RateLimitHit).where(RateLimitHit.key == key, RateLimitHit.at <= now - expiry))
+            count = connection.scalar(select(func.count()).where(RateLimitHit.key == key)) or 0
+            if count + amount > limit:
+                return False
+            connection.execute(insert(RateLimitHit), [{"key": key, "at": now}] * amount)
+        return True
+
+    def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        now = time.time()
+        with self._db.engine.connect() as connection:
+            oldest, count = connection.execute(
+                select(func.min(RateLimitHit.at), func.count())
+                .where(RateLimitHit.key == key, RateLimitHit.at > now - expiry)
+            ).one()
+        return (oldest if count else now), count
+
+    def check(self) -> bool:
+        with self._db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+
+    def reset(self) -> int:
+        with self._db.engine.begin() as connection:
+            return connection.execute(delete(RateLimitHit)).rowcount
+
+    def clear(self, key: str) -> None:
+        with self._db.engine.begin() as connection:
+            connection.execute(delete(RateLimitHit).where(RateLimitHit.key == key))
+
+    # The fixed-window calls: keyservice uses only the moving window.
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        raise NotImplementedError("SQLStorage supports the moving window only")
+
+    def get(self, key: str) -> int:
+        raise NotImplementedError("SQLStorage supports the moving window only")
+
+    def get_expiry(self, key: str) -> float:
+        raise NotImplementedError("SQLStorage supports the moving window only")
+
+
+@dataclass(frozen=True)
+class RateLimitState:
+    """Where a key stands against its rate limit after a request."""
+
+    allowed: bool
+    limit: int
+    period: int
+    remaining: int
+    reset_at: float
+
+    @property
+    def reset_in(self) -> int:
+        """Whole seconds until the window has room again (at least 1)."""
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        """The IETF draft's ``RateLimit``/``RateLimit-Policy`` and the common ``X-RateLimit-*`` trio."""
+        return {
+            "RateLimit-Policy": f'"default";q={self.limit};w={self.period}',
+            "RateLimit": f'"default";r={self.remaining};t={self.reset_in}',
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
+        }
+
+
+class RateLimiter:
+    """Counts a key's requests against its ``limit`` per ``period`` seconds."""
+
+    def __init__(self, storage_url: str, db: SQLAlchemy) -> None:
+        storage = SQLStorage(db) if not storage_url else storage_from_string(storage_url, wrap_exceptions=True)
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    def hit(self, key_id: str, limit: int, period: int) -> RateLimitState:
+        """Count one request; raises ``limits.errors.StorageError`` when the storage fails."""
+        item = RateLimitItemPerSecond(limit, period)
+        allowed = self._limiter.hit(item, "key", key_id)
+        stats = self._limiter.get_window_stats(item, "key", key_id)
+        return RateLimitState(allowed, limit, period, max(0, stats.remaining), stats.reset_time)
