@@ -69,6 +69,21 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
         return timedelta(seconds=seconds)
 
 
+class RateLimitOption(click.ParamType):  # type: ignore[type-arg]
+    """``LIMIT/PERIOD``, e.g. ``100/60s`` or ``5000/1h``: at most LIMIT requests in any PERIOD."""
+
+    name = "limit/period"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, int]:
+        if isinstance(value, dict):
+            return value
+        limit, _, period = str(value).partition("/")
+        seconds = parse_duration(period) if period else None
+        if not limit.isdigit() or seconds is None or seconds != int(seconds):
+            self.fail(f"{value!r} is not like 100/60s (requests per period)", param, ctx)
+        return {"limit": int(limit), "period": int(seconds)}
+
+
 class JsonObject(click.ParamType):  # type: ignore[type-arg]
     """A JSON object given on the command line."""
 
@@ -121,13 +136,17 @@ roles_cli = OneLineErrorGroup("roles", help="Named sets of scopes that keys can 
 @click.option("--role", "roles", multiple=True, help="A role the key holds (repeatable).")
 @click.option("--expires-in", type=Duration(), help="Lifetime, e.g. 30d or 12h (default: never expires).")
 @click.option("--meta", type=JsonObject(), help="A JSON object stored with the key.")
+@click.option("--remaining", type=int, help="How many uses the key has (default: unlimited).")
+@click.option("--ratelimit", type=RateLimitOption(), help="At most this many requests per period, e.g. 100/60s.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole key object as JSON.")
 def create_command(name: str, external_client_id: str, scopes: tuple[str, ...], roles: tuple[str, ...],
-                   expires_in: timedelta | None, meta: dict[str, Any] | None, as_json: bool) -> None:
+                   expires_in: timedelta | None, meta: dict[str, Any] | None, remaining: int | None,
+                   ratelimit: dict[str, int] | None, as_json: bool) -> None:
     """Issue a key and print it. It is shown this once and never again."""
     fields = KeyCreateSchema().load({
         "name": name, "external_client_id": external_client_id, "scopes": list(scopes), "roles": list(roles),
         "meta": meta or {}, "expires_at": (utcnow() + expires_in).isoformat() if expires_in else None,
+        "remaining": remaining, "ratelimit": ratelimit,
     })
     state = current_state()
     api_key, key = store.create_key(state.db.session, state.settings, created_by="cli", **fields)

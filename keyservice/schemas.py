@@ -75,6 +75,29 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class RefillSchema(Schema):
+    amount = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1_000_000_000))
+    interval = fields.String(required=True, validate=validate.OneOf(["daily", "monthly"]))
+
+
+class RateLimitSchema(Schema):
+    limit = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1_000_000))
+    period = fields.Integer(strict=True, required=True, validate=validate.Range(1, 31 * 24 * 3600),
+                            metadata={"description": "The window, in seconds."})
+
+
+def _remaining(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(strict=True, allow_none=True, validate=validate.Range(0, 1_000_000_000), **kwargs)
+
+
+def _refill(**kwargs: Any) -> fields.Nested:
+    return fields.Nested(RefillSchema, allow_none=True, **kwargs)
+
+
+def _ratelimit(**kwargs: Any) -> fields.Nested:
+    return fields.Nested(RateLimitSchema, allow_none=True, **kwargs)
+
+
 class KeyCreateSchema(Schema):
     name = _name(required=True)
     external_client_id = _name(required=True)
@@ -82,6 +105,9 @@ class KeyCreateSchema(Schema):
     roles = _role_names(load_default=list)
     meta = _meta(load_default=dict)
     expires_at = _expires_at(load_default=None)
+    remaining = _remaining(load_default=None)
+    refill = _refill(load_default=None)
+    ratelimit = _ratelimit(load_default=None)
 
 
 class KeyUpdateSchema(Schema):
@@ -91,6 +117,9 @@ class KeyUpdateSchema(Schema):
     meta = _meta()
     expires_at = _expires_at()
     enabled = StrictBoolean()
+    remaining = _remaining()
+    refill = _refill()
+    ratelimit = _ratelimit()
 
 
 class KeySchema(Schema):
@@ -109,6 +138,9 @@ class KeySchema(Schema):
     revoked_at = UtcTimestamp(allow_none=True)
     revocation_reason = fields.String(allow_none=True)
     rotated_from = fields.String(allow_none=True)
+    remaining = fields.Integer(allow_none=True)
+    refill = fields.Nested(RefillSchema, allow_none=True)
+    ratelimit = fields.Nested(RateLimitSchema, allow_none=True)
 
 
 class KeyCreatedSchema(KeySchema):
@@ -140,6 +172,12 @@ class VerifyRequestSchema(Schema):
     scopes = _scopes(load_default=list)
 
 
+class RateLimitStateSchema(Schema):
+    limit = fields.Integer()
+    remaining = fields.Integer()
+    reset = fields.Integer(metadata={"description": "When the window has room again, in Unix seconds."})
+
+
 class VerifyResponseSchema(Schema):
     valid = fields.Boolean()
     code = fields.String()
@@ -147,7 +185,7 @@ class VerifyResponseSchema(Schema):
     external_client_id = fields.String(allow_none=True)
     scopes = fields.List(fields.String())
     remaining = fields.Integer(allow_none=True)
-    ratelimit = fields.Dict(allow_none=True)
+    ratelimit = fields.Nested(RateLimitStateSchema, allow_none=True)
 
 
 class EventSchema(Schema):

@@ -26,7 +26,21 @@ from .models import ApiKey, KeyEvent, Role, as_utc, utcnow
 AnySession = Session | scoped_session[Any]
 
 # The settings a rotated key carries over from the key it replaces.
-CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at", "enabled")
+CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at", "enabled", "remaining",
+                "refill", "ratelimit")
+
+
+def _limit_columns(fields: dict[str, Any]) -> dict[str, Any]:
+    """The API's ``refill`` and ``ratelimit`` objects (None: off) as the key's columns."""
+    columns: dict[str, Any] = {}
+    if "refill" in fields:
+        refill = fields["refill"] or {}
+        columns.update(refill_amount=refill.get("amount"), refill_interval=refill.get("interval"),
+                       refilled_at=utcnow() if refill else None)
+    if "ratelimit" in fields:
+        ratelimit = fields["ratelimit"] or {}
+        columns.update(ratelimit_limit=ratelimit.get("limit"), ratelimit_period=ratelimit.get("period"))
+    return columns
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -49,8 +63,9 @@ def record_event(session: AnySession, key_id: str, action: str, actor: str | Non
 
 def create_key(session: AnySession, settings: Settings, *, name: str, external_client_id: str,
                scopes: Iterable[str] = (), roles: Iterable[str] = (), expires_at: datetime | None = None,
-               meta: dict[str, Any] | None = None, enabled: bool = True, created_by: str | None = None,
-               rotated_from: str | None = None) -> tuple[ApiKey, str]:
+               meta: dict[str, Any] | None = None, enabled: bool = True, remaining: int | None = None,
+               refill: dict[str, Any] | None = None, ratelimit: dict[str, int] | None = None,
+               created_by: str | None = None, rotated_from: str | None = None) -> tuple[ApiKey, str]:
     """Issue a key; return its row and the full key, which is never available again."""
     roles = list(dict.fromkeys(roles))
     _check_roles(session, roles)
@@ -66,8 +81,10 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
         meta=meta or {},
         enabled=enabled,
         expires_at=_utc(expires_at),
+        remaining=remaining,
         created_by=created_by,
         rotated_from=rotated_from,
+        **_limit_columns({"refill": refill, "ratelimit": ratelimit}),
     )
     session.add(api_key)
     session.flush()
@@ -97,9 +114,15 @@ def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], ac
         changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
     if "expires_at" in changes:
         changes["expires_at"] = _utc(changes["expires_at"])
+    columns = {name: value for name, value in changes.items() if name not in ("refill", "ratelimit")}
+    if "refill" in changes and changes["refill"] != api_key.refill:  # an unchanged refill keeps its clock
+        columns |= _limit_columns({"refill": changes["refill"]})
+    if "ratelimit" in changes:
+        columns |= _limit_columns({"ratelimit": changes["ratelimit"]})
     changed = {}
-    for field, value in changes.items():
-        old = as_utc(getattr(api_key, field)) if field == "expires_at" else getattr(api_key, field)
+    for field, value in columns.items():
+        old = getattr(api_key, field)
+        old = as_utc(old) if isinstance(old, datetime) else old
         if old != value:
             changed[field] = [_jsonable(old), _jsonable(value)]
             setattr(api_key, field, value)
