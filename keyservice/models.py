@@ -118,12 +118,17 @@ class KeyEvent(Base):
 
 
 class RateLimitHit(Base):
-    """One request counted against a rate limit: the embedded moving-window storage."""
+    """One request counted against a rate limit: the embedded moving-window storage.
+
+    ``seq`` numbers a key's hits without gaps, so the hits in a window are counted
+    from its first and last rows instead of by scanning them all.
+    """
 
     __tablename__ = "keyservice_ratelimit_hits"
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     key: Mapped[str] = mapped_column(String(250))
+    seq: Mapped[int]
     at: Mapped[float]
 
     __table_args__ = (Index("ix_keyservice_ratelimit_hits_key_at", "key", "at"),)

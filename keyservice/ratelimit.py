@@ -15,10 +15,23 @@ from flask_sqlalchemy import SQLAlchemy
 from limits import RateLimitItemPerSecond
 from limits.storage import MovingWindowSupport, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .models import RateLimitHit
+from .rawsql import raw_transaction
+
+
+# SQLite has one lock, for the whole database; PostgreSQL gets one per key.
+_LOCK = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "SELECT pg_advisory_xact_lock(hashtext(:key))"}
+_FORGET_EXPIRED = f"DELETE FROM {RateLimitHit.__tablename__} WHERE key = :key AND at <= :cutoff"
+# A key's first hit (seq, at) and last seq, by the (key, at) index: O(log n), not a scan.
+_WINDOW = (
+    f"SELECT (SELECT seq FROM {RateLimitHit.__tablename__} WHERE key = :key AND at > :cutoff ORDER BY at, seq LIMIT 1),"
+    f" (SELECT at FROM {RateLimitHit.__tablename__} WHERE key = :key AND at > :cutoff ORDER BY at, seq LIMIT 1),"
+    f" (SELECT seq FROM {RateLimitHit.__tablename__} WHERE key = :key ORDER BY at DESC, seq DESC LIMIT 1)"
+)
+_INSERT = f"INSERT INTO {RateLimitHit.__tablename__} (key, seq, at) VALUES (:key, :seq, :at)"
 
 
 class SQLStorage(Storage, MovingWindowSupport):
@@ -39,26 +52,30 @@ class SQLStorage(Storage, MovingWindowSupport):
         return SQLAlchemyError
 
     def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        now = time.time()
-        with self._db.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
-            # On SQLite this write is what takes the lock, before the count below.
-            connection.execute(delete(RateLimitHit).where(RateLimitHit.key == key, RateLimitHit.at <= now - expiry))
-            count = connection.scalar(select(func.count()).where(RateLimitHit.key == key)) or 0
+        with raw_transaction(self._db.engine) as transaction:
+            # The key's lock first, and the time only once it is held, so hits are
+            # stored in the order they were counted.
+            transaction.execute(_LOCK[self._db.engine.dialect.name], {"key": key})
+            now = time.time()
+            window = {"key": key, "cutoff": now - expiry}
+            transaction.execute(_FORGET_EXPIRED, window)
+            first_seq, _, last_seq = transaction.execute(_WINDOW, window).fetchone()
+            count = 0 if first_seq is None else last_seq - first_seq + 1
             if count + amount > limit:
                 return False
-            connection.execute(insert(RateLimitHit), [{"key": key, "at": now}] * amount)
+            start = 1 if last_seq is None else last_seq + 1
+            for n in range(amount):
+                transaction.execute(_INSERT, {"key": key, "seq": start + n, "at": now})
         return True
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         now = time.time()
-        with self._db.engine.connect() as connection:
-            oldest, count = connection.execute(
-                select(func.min(RateLimitHit.at), func.count())
-                .where(RateLimitHit.key == key, RateLimitHit.at > now - expiry)
-            ).one()
-        return (oldest if count else now), count
+        with raw_transaction(self._db.engine, writes=False) as transaction:
+            first_seq, first_at, last_seq = transaction.execute(
+                _WINDOW, {"key": key, "cutoff": now - expiry}).fetchone()
+        if first_seq is None:
+            return now, 0
+        return first_at, last_seq - first_seq + 1
 
     def check(self) -> bool:
         with self._db.engine.connect() as connection:

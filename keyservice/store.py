@@ -147,6 +147,7 @@ def rotate_key(session: AnySession, settings: Settings, api_key: ApiKey, grace_s
         raise Conflict("a revoked or expired key cannot be rotated")
     new_key, key = create_key(session, settings, created_by=actor, rotated_from=api_key.id,
                               **{field: getattr(api_key, field) for field in CARRIED_OVER})
+    new_key.refilled_at = api_key.refilled_at  # a refill that is due stays due
     grace_ends = now + timedelta(seconds=grace_seconds)
     if expires_at is None or grace_ends < expires_at:
         api_key.expires_at = grace_ends

@@ -22,12 +22,13 @@ full key under a random key that lives only in that process's memory:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -40,13 +41,14 @@ from limits import RateLimitItem
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
-from sqlalchemy import or_, select, update
+from sqlalchemy import DateTime, Dialect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
 from .models import ApiKey, Role, as_utc, utcnow
 from .ratelimit import RateLimiter, RateLimitState
+from .rawsql import raw_transaction
 
 
 class Outcome(StrEnum):
@@ -88,6 +90,15 @@ class KeyRecord:
 
 
 _RECORD_COLUMNS = [getattr(ApiKey, name) for name in KeyRecord.__dataclass_fields__]
+# updated_at is for changes of settings, not for uses: these leave it as it is.
+_TAKE_ONE_USE = (
+    f"UPDATE {ApiKey.__tablename__} SET remaining = remaining - 1"
+    " WHERE id = :key_id AND (remaining IS NULL OR remaining > 0) RETURNING remaining"
+)
+_REFILL = (
+    f"UPDATE {ApiKey.__tablename__} SET remaining = refill_amount, refilled_at = :now"
+    " WHERE id = :key_id AND refill_amount IS NOT NULL AND (refilled_at IS NULL OR refilled_at < :boundary)"
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,12 @@ class _VerifiedKey:
         valid = VerificationResult(Outcome.VALID, key_id=record.id, external_client_id=record.external_client_id,
                                    name=record.name, scopes=record.scopes, roles=record.roles, meta=record.meta)
         return cls(record, time.monotonic(), valid)
+
+
+@functools.lru_cache(maxsize=4)
+def _timestamp_binder(dialect: Dialect) -> Callable[[datetime], Any]:
+    """How the dialect stores a timestamp column's value (SQLite: a string of its own format)."""
+    return DateTime(timezone=True).bind_processor(dialect) or (lambda value: value)
 
 
 def refill_boundary(now: datetime, interval: str) -> datetime:
@@ -192,12 +209,14 @@ class Verifier:
         if record.ratelimit_limit and record.ratelimit_period:
             try:
                 ratelimit = self._ratelimiter.hit(record.id, record.ratelimit_limit, record.ratelimit_period)
-            except StorageError:
+            except StorageError as error:
+                # The error's type only: its text can hold the storage URL, and a password with it.
+                reason = type(error.__cause__ or error).__name__
                 if not self._settings.ratelimit_fail_open:
-                    current_app.logger.warning("keyservice: rate-limit storage unavailable", exc_info=True)
+                    current_app.logger.warning("keyservice: rate-limit storage unavailable (%s)", reason)
                     return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
-                current_app.logger.warning("keyservice: rate-limit storage unavailable; letting the request"
-                                           " through (KEYSERVICE_RATELIMIT_FAIL_OPEN)", exc_info=True)
+                current_app.logger.warning("keyservice: rate-limit storage unavailable (%s); letting the"
+                                           " request through (KEYSERVICE_RATELIMIT_FAIL_OPEN)", reason)
             if ratelimit is not None and not ratelimit.allowed:
                 return VerificationResult(Outcome.RATE_LIMITED, key_id=record.id, ratelimit=ratelimit,
                                           retry_after=ratelimit.reset_in)
@@ -211,24 +230,14 @@ class Verifier:
     def _take_one_use(self, record: KeyRecord) -> tuple[bool, int | None]:
         """Atomically take one use: whether one was left, and how many are left after it
         (None if the key has become unlimited). A due refill comes first, once per interval."""
-        with self._db.engine.begin() as connection:
+        with raw_transaction(self._db.engine) as transaction:
             if record.refill_interval is not None:
                 now = utcnow()
-                connection.execute(
-                    update(ApiKey)
-                    .where(ApiKey.id == record.id, ApiKey.refill_amount.is_not(None),
-                           or_(ApiKey.refilled_at.is_(None),
-                               ApiKey.refilled_at < refill_boundary(now, record.refill_interval)))
-                    .values(remaining=ApiKey.refill_amount, refilled_at=now, updated_at=ApiKey.updated_at)
-                )
-            row = connection.execute(
-                update(ApiKey)
-                .where(ApiKey.id == record.id, or_(ApiKey.remaining.is_(None), ApiKey.remaining > 0))
-                # updated_at is for changes of settings, not for uses: keep it as it is.
-                .values(remaining=ApiKey.remaining - 1, updated_at=ApiKey.updated_at)
-                .returning(ApiKey.remaining)
-            ).one_or_none()
-        return (False, 0) if row is None else (True, row.remaining)
+                as_column = _timestamp_binder(self._db.engine.dialect)
+                transaction.execute(_REFILL, {"key_id": record.id, "now": as_column(now),
+                                              "boundary": as_column(refill_boundary(now, record.refill_interval))})
+            row = transaction.execute(_TAKE_ONE_USE, {"key_id": record.id}).fetchone()
+        return (False, 0) if row is None else (True, row[0])
 
     def _remembered(self, digest: bytes) -> _VerifiedKey | None:
         """The remembered key with this digest, its row fresh; None if there is none

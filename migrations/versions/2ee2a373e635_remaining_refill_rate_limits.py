@@ -21,6 +21,7 @@ def upgrade():
     op.create_table('keyservice_ratelimit_hits',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('key', sa.String(length=250), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('at', sa.Double(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_keyservice_ratelimit_hits'))
     )

@@ -1,0 +1,102 @@
+"""SQL on the request path, run on the DBAPI connection itself.
+
+SQLAlchemy's statement machinery costs about 40 µs per statement; the rate-limit
+hit and the use of a ``remaining`` key run a few statements on every request, so
+they skip it. Statements are written with ``:name`` parameters (sqlite3's own
+style) and rewritten once for drivers that want ``%(name)s`` (psycopg).
+
+SQLite lets one connection write at a time, and a connection that finds the
+database locked sleeps (1 ms, then longer) before it tries again: with every
+worker writing on every request, those sleeps would cost more than the writes.
+So on SQLite the workers of a machine queue for these transactions on a file
+lock beside the database, which the kernel hands over the moment it is free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+
+@functools.lru_cache(maxsize=64)
+def _for_driver(sql: str, paramstyle: str) -> str:
+    # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
+    return re.sub(r":(\w+)", r"%(\1)s", sql) if paramstyle in ("pyformat", "format") else sql
+
+
+class RawTransaction:
+    """One transaction on a pooled DBAPI connection."""
+
+    def __init__(self, connection: Any, paramstyle: str) -> None:
+        self._cursor = connection.cursor()
+        self._paramstyle = paramstyle
+
+    def execute(self, sql: str, params: dict[str, Any]) -> Any:
+        """Run ``sql``; return the cursor (for ``fetchone`` and ``rowcount``)."""
+        self._cursor.execute(_for_driver(sql, self._paramstyle), params)
+        return self._cursor
+
+
+_lock_files: dict[tuple[int, str], int] = {}
+
+
+def _lock_file(engine: Engine) -> int | None:
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    # One descriptor per process: a lock taken through a descriptor inherited over fork is shared.
+    key = (os.getpid(), database)
+    if key not in _lock_files:
+        try:
+            _lock_files[key] = os.open(f"{database}.writers", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return None  # the queue only saves time: SQLite's own locking still holds
+    return _lock_files[key]
+
+
+@contextmanager
+def _sqlite_writer_queue(engine: Engine) -> Iterator[None]:
+    lock_file = _lock_file(engine)
+    if lock_file is None:
+        yield
+        return
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+@contextmanager
+def raw_transaction(engine: Engine, writes: bool = True) -> Iterator[RawTransaction]:
+    """A transaction on a pooled DBAPI connection: committed at the end, rolled back on error.
+    One that ``writes`` queues with the other writers on SQLite.
+
+    Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
+    """
+    driver_error = engine.dialect.loaded_dbapi.Error
+    try:
+        connection = engine.raw_connection()
+    except driver_error as error:
+        raise DBAPIError.instance(None, None, error, driver_error) from error
+    try:
+        with _sqlite_writer_queue(engine) if writes else contextlib.nullcontext():
+            yield RawTransaction(connection, engine.dialect.paramstyle)
+            connection.commit()
+    except driver_error as error:
+        connection.rollback()
+        raise DBAPIError.instance(None, None, error, driver_error) from error
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.close()
