@@ -146,7 +146,7 @@ def show(key_id: str) -> ApiKey:
 @keys_blueprint.response(200, KeySchema)
 @_problems(keys_blueprint, 404, 413, 415, 422)
 def update(changes: dict[str, Any], key_id: str) -> ApiKey:
-    """Change a key's name, scopes, roles, meta, expiry or whether it is enabled."""
+    """Change a key's name, scopes, roles, meta, expiry, whether it is enabled, and its limits."""
     api_key = _managed_key(key_id)
     _check_grantable(changes.get("scopes", []), changes.get("roles", []))
     update_key(current_state().db.session, api_key, changes, _principal().id)

@@ -29,7 +29,8 @@ _FORGET_EXPIRED = f"DELETE FROM {RateLimitHit.__tablename__} WHERE key = :key AN
 _WINDOW = (
     f"SELECT (SELECT seq FROM {RateLimitHit.__tablename__} WHERE key = :key AND at > :cutoff ORDER BY at, seq LIMIT 1),"
     f" (SELECT at FROM {RateLimitHit.__tablename__} WHERE key = :key AND at > :cutoff ORDER BY at, seq LIMIT 1),"
-    f" (SELECT seq FROM {RateLimitHit.__tablename__} WHERE key = :key ORDER BY at DESC, seq DESC LIMIT 1)"
+    f" (SELECT seq FROM {RateLimitHit.__tablename__} WHERE key = :key ORDER BY at DESC, seq DESC LIMIT 1),"
+    f" (SELECT at FROM {RateLimitHit.__tablename__} WHERE key = :key ORDER BY at DESC, seq DESC LIMIT 1)"
 )
 _INSERT = f"INSERT INTO {RateLimitHit.__tablename__} (key, seq, at) VALUES (:key, :seq, :at)"
 
@@ -59,19 +60,22 @@ class SQLStorage(Storage, MovingWindowSupport):
             now = time.time()
             window = {"key": key, "cutoff": now - expiry}
             transaction.execute(_FORGET_EXPIRED, window)
-            first_seq, _, last_seq = transaction.execute(_WINDOW, window).fetchone()
+            first_seq, _, last_seq, last_at = transaction.execute(_WINDOW, window).fetchone()
             count = 0 if first_seq is None else last_seq - first_seq + 1
             if count + amount > limit:
                 return False
             start = 1 if last_seq is None else last_seq + 1
+            # Never stamp a hit before the last one, even if the wall clock stepped
+            # back: the count relies on time order and seq order being the same.
+            at = now if last_at is None else max(now, last_at)
             for n in range(amount):
-                transaction.execute(_INSERT, {"key": key, "seq": start + n, "at": now})
+                transaction.execute(_INSERT, {"key": key, "seq": start + n, "at": at})
         return True
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         now = time.time()
         with raw_transaction(self._db.engine, writes=False) as transaction:
-            first_seq, first_at, last_seq = transaction.execute(
+            first_seq, first_at, last_seq, _ = transaction.execute(
                 _WINDOW, {"key": key, "cutoff": now - expiry}).fetchone()
         if first_seq is None:
             return now, 0

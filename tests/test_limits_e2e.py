@@ -1,0 +1,227 @@
+"""Quotas and rate limits end to end: real HTTP, gunicorn with 2 workers, many clients at once.
+
+Every test runs twice: with the rate-limit counters in the app's own database
+(``KEYSERVICE_RATELIMIT_STORAGE_URL`` unset) and in Redis.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .redis_server import redis_server
+from .servers import Response, flask_cli, gunicorn, service_environment
+from .servers import request as send
+
+LIMIT, PERIOD = 20, 10  # the rate limit of the tests' keys: 20 per 10 s
+# How late, at most, a client may see the limit refill: its polling interval and a request's latency.
+REFILL_SLACK = 1.0
+RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                     "X-RateLimit-Reset")
+
+
+@dataclass(frozen=True)
+class Service:
+    """A running service: its base URL and the environment its CLI runs with."""
+
+    base: str
+    environ: dict[str, str]
+
+    @property
+    def protected(self) -> str:
+        return self.base + "/protected-with-key"
+
+    def create_key(self, *options: str) -> tuple[str, str]:
+        """Create a key with the CLI; return (its id, the full key)."""
+        created = flask_cli(self.environ, "keys", "create", "--name", "e2e", "--client-id", "acme", *options)
+        assert created.returncode == 0, created.stderr
+        [key] = created.stdout.splitlines()
+        return key.split("_")[1], key
+
+    def show(self, key_id: str) -> dict[str, object]:
+        shown = flask_cli(self.environ, "keys", "show", key_id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        shown_key: dict[str, object] = json.loads(shown.stdout)
+        return shown_key
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with redis_server(tmp_path_factory.mktemp("redis") / "redis.log") as url:
+        yield url
+
+
+@pytest.fixture(params=["database", "redis"])
+def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
+    """gunicorn with 2 workers on a fresh SQLite database, rate limits counted in ``request.param``."""
+    settings = {"KEYSERVICE_BCRYPT_ROUNDS": "4"}
+    if request.param == "redis":
+        settings["KEYSERVICE_RATELIMIT_STORAGE_URL"] = request.getfixturevalue("redis_url")
+    environ = service_environment(f"sqlite:///{tmp_path / 'keys.db'}", **settings)
+    migrated = flask_cli(environ, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
+        yield Service(base, environ)
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A response, when the client sent its request and when it had the answer (``time.monotonic()``).
+
+    The server counted the request somewhere between the two.
+    """
+
+    sent: float
+    received: float
+    response: Response
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def outcome(response: Response) -> tuple[int, str | None]:
+    """(status, problem code); the code is None for a success."""
+    if response.status == 200:
+        return 200, None
+    return response.status, json.loads(response.body)["code"]
+
+
+def header(response: Response, name: str) -> str | None:
+    return next((value for key, value in response.headers.items() if key.lower() == name.lower()), None)
+
+
+def all_at_once(url: str, headers: dict[str, str], count: int) -> list[Response]:
+    """POST ``url`` from ``count`` threads released together."""
+    barrier = threading.Barrier(count)
+
+    def one(_: int) -> Response:
+        barrier.wait(timeout=30)
+        return send(url, "POST", headers)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def hammer(url: str, headers: dict[str, str], threads: int, seconds: float) -> list[Timed]:
+    """POST ``url`` from ``threads`` threads, each one request after another, for ``seconds``;
+    every response in the order the client had them."""
+    barrier = threading.Barrier(threads)
+
+    def loop(_: int) -> list[Timed]:
+        barrier.wait(timeout=30)
+        deadline = time.monotonic() + seconds
+        answers = []
+        while (sent := time.monotonic()) < deadline:
+            response = send(url, "POST", headers)
+            answers.append(Timed(sent, time.monotonic(), response))
+        return answers
+
+    with ThreadPoolExecutor(threads) as pool:
+        chunks = list(pool.map(loop, range(threads)))
+    return sorted((timed for chunk in chunks for timed in chunk), key=lambda timed: timed.received)
+
+
+def check_ratelimit_headers(response: Response) -> int:
+    """Check the IETF draft's and the X-RateLimit-* headers of a 20-per-10-s key; return the remaining."""
+    missing = [name for name in RATELIMIT_HEADERS if header(response, name) is None]
+    assert not missing, f"{response.status} lacks {missing}: {response.headers}"
+    assert header(response, "RateLimit-Policy") == f'"default";q={LIMIT};w={PERIOD}'
+    assert header(response, "X-RateLimit-Limit") == str(LIMIT)
+    remaining = int(header(response, "X-RateLimit-Remaining") or "")
+    assert 0 <= remaining < LIMIT
+    draft = re.fullmatch(r'"default";r=(\d+);t=(\d+)', header(response, "RateLimit") or "")
+    assert draft is not None, header(response, "RateLimit")
+    assert int(draft[1]) == remaining
+    assert 1 <= int(draft[2]) <= PERIOD
+    reset = int(header(response, "X-RateLimit-Reset") or "")  # epoch seconds, as GitHub's
+    assert time.time() - 1 <= reset <= time.time() + PERIOD + 1
+    return remaining
+
+
+def most_in_one_window(successes: list[Timed]) -> tuple[int, float]:
+    """The most successes the server can only have counted within one window of PERIOD s, and the
+    time of the first of them.
+
+    Success k was counted between its ``sent`` and its ``received``: so those sent at or after
+    ``a`` and received before ``a + PERIOD`` all fell in [a, a + PERIOD). Taking ``a`` from each
+    success's ``sent`` finds every such set, with no assumption about latency.
+    """
+    most, start = 0, 0.0
+    for anchor in successes:
+        inside = sum(1 for timed in successes
+                     if timed.sent >= anchor.sent and timed.received < anchor.sent + PERIOD)
+        if inside > most:
+            most, start = inside, anchor.sent
+    return most, start
+
+
+def test_remaining_uses_let_exactly_that_many_through_however_many_come_at_once(service: Service) -> None:
+    key_id, key = service.create_key("--remaining", "10")
+
+    # No warm-up: it would spend uses. Both workers see the key for the first time here.
+    responses = all_at_once(service.protected, bearer(key), 64)
+
+    assert Counter(outcome(response) for response in responses) == {
+        (200, None): 10, (429, "USAGE_EXCEEDED"): 54}
+    assert service.show(key_id)["remaining"] == 0
+
+
+def test_a_rate_limited_key_lets_exactly_its_limit_through_a_flood(service: Service) -> None:
+    _, key = service.create_key("--ratelimit", f"{LIMIT}/{PERIOD}s")
+
+    answers = hammer(service.protected, bearer(key), threads=32, seconds=5)
+
+    successes = [timed for timed in answers if timed.response.status == 200]
+    refused = [timed for timed in answers if timed.response.status != 200]
+    assert len(successes) == LIMIT, Counter(outcome(timed.response) for timed in answers)
+    assert refused, "the flood never went past the limit"
+    assert Counter(outcome(timed.response) for timed in refused) == {(429, "RATE_LIMITED"): len(refused)}
+    # The window runs from the first request counted (all 20 are in it: the run is shorter than
+    # the window), which happened between the earliest send and the earliest answer of a success.
+    window_from = min(timed.sent for timed in successes), min(timed.received for timed in successes)
+    for timed in refused:
+        retry_after = int(header(timed.response, "Retry-After") or "")
+        earliest = math.ceil(window_from[0] + PERIOD - timed.received)
+        latest = math.ceil(window_from[1] + PERIOD - timed.sent)
+        assert max(1, earliest) <= retry_after <= min(PERIOD, latest), (timed, window_from)
+        assert check_ratelimit_headers(timed.response) == 0
+    # Remaining counts down: the k-th success counted leaves at most 20 - k, whenever the
+    # server read it after counting (others may have been counted in between), and the last leaves 0.
+    remainings = sorted((check_ratelimit_headers(timed.response) for timed in successes), reverse=True)
+    assert all(left <= LIMIT - 1 - k for k, left in enumerate(remainings)), remainings
+    assert remainings[-1] == 0
+
+
+def test_the_window_slides_no_ten_seconds_let_more_than_the_limit_through(service: Service) -> None:
+    _, key = service.create_key("--ratelimit", f"{LIMIT}/{PERIOD}s")
+
+    answers = hammer(service.protected, bearer(key), threads=8, seconds=23)
+
+    assert {outcome(timed.response) for timed in answers} <= {(200, None), (429, "RATE_LIMITED")}
+    successes = [timed for timed in answers if timed.response.status == 200]
+    first, end = successes[0].received, answers[-1].received
+    most, since = most_in_one_window(successes)
+    assert most <= LIMIT, f"{most} successes within {PERIOD} s from {since - first:+.3f} s: " + ", ".join(
+        f"{timed.sent - first:.3f}..{timed.received - first:.3f}" for timed in successes)
+    # And the limit refills: once the first window is over, every span of a window (and a little
+    # slack for latency) lets some through.
+    received = [timed.received for timed in successes]
+    start = first + PERIOD
+    assert end - start > PERIOD + REFILL_SLACK, "the run was too short to see the window slide"
+    for step in range(math.floor((end - start - PERIOD - REFILL_SLACK) * 10) + 1):
+        span_start = start + step / 10
+        span_end = span_start + PERIOD + REFILL_SLACK
+        assert bisect.bisect_right(received, span_end) > bisect.bisect_left(received, span_start), (
+            f"no success from {span_start - first:.1f} s to {span_end - first:.1f} s")
