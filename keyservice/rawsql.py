@@ -19,6 +19,7 @@ import fcntl
 import functools
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -76,27 +77,40 @@ def _sqlite_writer_queue(engine: Engine) -> Iterator[None]:
         fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+_held = threading.local()
+
+
+def _connection(engine: Engine) -> Any:
+    """This thread's DBAPI connection for ``engine``, checked out of the pool once and kept:
+    checking one out and back in for every request costs more than the statements."""
+    held: dict[int, Any] = _held.__dict__.setdefault("connections", {})
+    if id(engine) not in held or held[id(engine)][0] != os.getpid():
+        held[id(engine)] = (os.getpid(), engine.raw_connection())
+    return held[id(engine)][1]
+
+
+def _drop_connection(engine: Engine) -> None:
+    pid, connection = _held.__dict__.get("connections", {}).pop(id(engine), (None, None))
+    if connection is not None and pid == os.getpid():
+        connection.invalidate()  # after an error it may be broken: the pool makes a new one
+
+
 @contextmanager
 def raw_transaction(engine: Engine, writes: bool = True) -> Iterator[RawTransaction]:
-    """A transaction on a pooled DBAPI connection: committed at the end, rolled back on error.
-    One that ``writes`` queues with the other writers on SQLite.
+    """A transaction on this thread's DBAPI connection: committed at the end, rolled back on
+    error. One that ``writes`` queues with the other writers on SQLite.
 
     Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     """
     driver_error = engine.dialect.loaded_dbapi.Error
     try:
-        connection = engine.raw_connection()
-    except driver_error as error:
-        raise DBAPIError.instance(None, None, error, driver_error) from error
-    try:
+        connection = _connection(engine)
         with _sqlite_writer_queue(engine) if writes else contextlib.nullcontext():
             yield RawTransaction(connection, engine.dialect.paramstyle)
             connection.commit()
     except driver_error as error:
-        connection.rollback()
+        _drop_connection(engine)
         raise DBAPIError.instance(None, None, error, driver_error) from error
     except BaseException:
-        connection.rollback()
+        _drop_connection(engine)
         raise
-    finally:
-        connection.close()
