@@ -29,7 +29,6 @@ from .store import (
     create_key, delete_role, get_key, key_events, list_keys, list_roles, put_role, revoke_key, rotate_key,
     scopes_of_roles, update_key,
 )
-from .verification import Outcome
 
 MAX_BODY_BYTES = 64 * 1024
 View = TypeVar("View", bound=Callable[..., Any])

@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import flask_migrate
 import pytest
-from flask import Flask
+from flask import Flask, g
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from keyservice import KeyService, create_app
+from keyservice import KeyService, create_app, require_key
 from keyservice.app import db
 
 # bcrypt at cost 4 keeps the suite fast; one test checks the default of 12.
@@ -21,14 +22,35 @@ def database_path(tmp_path: Path) -> Path:
     return tmp_path / "keys.db"
 
 
-@pytest.fixture
-def app(database_path: Path) -> Iterator[Flask]:
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database_path}"})
+@contextmanager
+def migrated_app(database: Path, **config: Any) -> Iterator[Flask]:
+    """An app (test settings and ``config``) on a migrated SQLite database; its engine disposed after."""
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}", **config})
     with app.app_context():
         flask_migrate.upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(database_path: Path) -> Iterator[Flask]:
+    with migrated_app(database_path) as app:
+        yield app
+
+
+@pytest.fixture
+def usage_app(app: Flask) -> Flask:
+    """The app with a view that answers ``g.auth.remaining`` (registered before its first request)."""
+
+    @app.post("/usage")
+    @require_key()
+    def usage() -> dict[str, Any]:
+        return {"remaining": g.auth.remaining}
+
+    return app
 
 
 @pytest.fixture

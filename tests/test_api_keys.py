@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import flask_migrate
 import pytest
 from flask import Flask, g
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from keyservice import KeyService, create_app, require_key
+from keyservice import KeyService, require_key
 from keyservice.app import db
 
-from .conftest import TEST_CONFIG
+from .conftest import migrated_app
 
 ADMIN = ("keys:admin",)
 READ_WRITE = ("keys:read", "keys:write")
@@ -127,13 +126,8 @@ def api(app: Flask, client: FlaskClient) -> Api:
 @pytest.fixture(scope="module")
 def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One app for the tests that change nothing (refusals and invalid input): it keeps the file fast."""
-    database = tmp_path_factory.mktemp("shared") / "keys.db"
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}"})
-    with app.app_context():
-        flask_migrate.upgrade()
-    yield Api(app, app.test_client())
-    with app.app_context():
-        db.engine.dispose()
+    with migrated_app(tmp_path_factory.mktemp("shared") / "keys.db") as app:
+        yield Api(app, app.test_client())
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import flask_migrate
 import pytest
 import time_machine
-from flask import Flask, g
+from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from werkzeug.test import TestResponse
 
@@ -30,7 +30,7 @@ from keyservice.app import db
 from keyservice.config import ConfigError
 from keyservice.models import ApiKey
 
-from .conftest import TEST_CONFIG
+from .conftest import TEST_CONFIG, migrated_app
 
 RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining",
                      "X-RateLimit-Reset")
@@ -112,18 +112,6 @@ def verify(client: FlaskClient, verifier: str, key: str) -> dict[str, Any]:
     assert response.status_code == 200, describe(response)
     body: dict[str, Any] = response.get_json()
     return body
-
-
-@pytest.fixture
-def usage_app(app: Flask) -> Flask:
-    """The app with a view that answers ``g.auth.remaining`` (registered before its first request)."""
-
-    @app.post("/usage")
-    @require_key()
-    def usage() -> dict[str, Any]:
-        return {"remaining": g.auth.remaining}
-
-    return app
 
 
 def uses_left(client: FlaskClient, key: str) -> int | None:
@@ -392,13 +380,8 @@ def test_rotation_carries_the_limits_over(app: Flask, client: FlaskClient) -> No
 @pytest.fixture(scope="module")
 def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """One app for the 422 cases, which change nothing."""
-    database = tmp_path_factory.mktemp("limits") / "keys.db"
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}"})
-    with app.app_context():
-        flask_migrate.upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    with migrated_app(tmp_path_factory.mktemp("limits") / "keys.db") as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -464,20 +447,12 @@ MakeApp = Callable[..., Flask]
 @pytest.fixture
 def make_app(tmp_path: Path) -> Iterator[MakeApp]:
     """Build apps like the ``app`` fixture, with extra config; each on its own database."""
-    apps: list[Flask] = []
+    with ExitStack() as apps:
 
-    def make(**config: Any) -> Flask:
-        database = tmp_path / f"keys{len(apps)}.db"
-        app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}", **config})
-        with app.app_context():
-            flask_migrate.upgrade()
-        apps.append(app)
-        return app
+        def make(**config: Any) -> Flask:
+            return apps.enter_context(migrated_app(tmp_path / f"keys{id(config)}.db", **config))
 
-    yield make
-    for app in apps:
-        with app.app_context():
-            db.engine.dispose()
+        yield make
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import time_machine
-from flask import Flask, g
+from flask import Flask
 from flask.testing import FlaskClient
 
-from keyservice import KeyService, require_key
+from keyservice import KeyService
 from keyservice.app import db
 
 UTC = timezone.utc
@@ -43,18 +43,6 @@ def daily(amount: int) -> dict[str, Any]:
 
 def monthly(amount: int) -> dict[str, Any]:
     return {"amount": amount, "interval": "monthly"}
-
-
-@pytest.fixture
-def usage_app(app: Flask) -> Flask:
-    """The app with a view that answers ``g.auth.remaining`` (registered before its first request)."""
-
-    @app.post("/usage")
-    @require_key()
-    def usage() -> dict[str, Any]:
-        return {"remaining": g.auth.remaining}
-
-    return app
 
 
 @pytest.fixture
