@@ -55,6 +55,12 @@ def _check_roles(session: AnySession, roles: list[str]) -> None:
         raise InvalidInput(f"no role is named {unknown[0]!r}", errors={"json": {"roles": [f"Unknown role: {name}" for name in unknown]}})
 
 
+def _check_refill(api_key: ApiKey) -> None:
+    if api_key.refill_amount is not None and api_key.remaining is None:
+        raise InvalidInput("a refill needs remaining: it is the count a refill restores",
+                           errors={"json": {"remaining": ["Required with refill."]}})
+
+
 def record_event(session: AnySession, key_id: str, action: str, actor: str | None,
                  changes: dict[str, Any] | None = None) -> None:
     """Add one entry to a key's audit trail."""
@@ -86,6 +92,7 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
         rotated_from=rotated_from,
         **_limit_columns({"refill": refill, "ratelimit": ratelimit}),
     )
+    _check_refill(api_key)
     session.add(api_key)
     session.flush()
     record_event(session, api_key.id, "created", created_by,
@@ -126,6 +133,7 @@ def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], ac
         if old != value:
             changed[field] = [_jsonable(old), _jsonable(value)]
             setattr(api_key, field, value)
+    _check_refill(api_key)
     if changed:
         record_event(session, api_key.id, "updated", actor, changed)
 

@@ -607,3 +607,16 @@ def test_cli_bad_limits_are_one_line_and_exit_2(app: Flask, runner: FlaskCliRunn
     assert "Traceback" not in result.output
     with app.app_context():
         assert db.session.query(ApiKey).count() == 0
+
+
+def test_a_refill_needs_remaining(client: FlaskClient, app: Flask) -> None:
+    admin = issue(app, "keys:admin")[1]
+    refill = {"amount": 5, "interval": "daily"}
+    response = client.post("/keys", headers=bearer(admin),
+                           json={"name": "n", "external_client_id": "acme", "refill": refill})
+    assert_problem(response, 422, "INVALID_INPUT")
+    assert response.get_json()["errors"] == {"json": {"remaining": ["Required with refill."]}}
+    key_id = create(client, admin, remaining=3, refill=refill)["id"]
+    response = client.patch(f"/keys/{key_id}", headers=bearer(admin), json={"remaining": None})
+    assert_problem(response, 422, "INVALID_INPUT")
+    assert show(client, admin, key_id)["remaining"] == 3
