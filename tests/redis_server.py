@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import free_port
+from .servers import free_port, stop
 
 
 def redis_server_binary() -> str:
@@ -43,13 +43,13 @@ def redis_server(log: Path) -> Iterator[str]:
                 stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
         if _answers_ping(port, process):
             break
-        _stop(process)
+        stop(process)
     else:
         raise RuntimeError(f"redis-server did not start: {log.read_text(errors='replace')}")
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(process)
+        stop(process)
 
 
 def _answers_ping(port: int, process: subprocess.Popen[bytes], within: float = 10.0) -> bool:
@@ -64,12 +64,3 @@ def _answers_ping(port: int, process: subprocess.Popen[bytes], within: float = 1
             pass
         time.sleep(0.05)
     return False
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
