@@ -11,12 +11,12 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Response, g, request
+from flask import g, request
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from .crypto import parse_key
-from .errors import Forbidden, InvalidInput, NotFound, problem
+from .errors import Forbidden, InvalidInput, NotFound, http_problem
 from .models import ApiKey
 from .principals import Principal, requires
 from .schemas import (
@@ -58,18 +58,9 @@ def _check_body() -> None:
         raise UnsupportedMediaType("Send the body as application/json.")
 
 
-def _http_problem(error: HTTPException) -> Response:
-    status = error.code or 500
-    messages = getattr(error, "data", {}).get("messages")
-    if status == 422 and messages:
-        return problem(422, "INVALID_INPUT", "Invalid input", "Some fields are not valid.", errors=messages)
-    code = "HTTP_" + (error.name or "error").upper().replace(" ", "_")
-    return problem(status, code, error.name, error.description or "", errors=messages)
-
-
 for _blueprint in (keys_blueprint, roles_blueprint):
     _blueprint.before_request(_check_body)
-    _blueprint.register_error_handler(HTTPException, _http_problem)
+    _blueprint.register_error_handler(HTTPException, http_problem)
 
 
 def _principal() -> Principal:

@@ -40,18 +40,21 @@ _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
 }
 
 
+def _problem_document(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
+    return {"type": f"urn:keyservice:problem:{code.lower()}", "title": title, "status": status,
+            "detail": detail, "code": code}
+
+
 @functools.lru_cache(maxsize=256)
 def _problem_body(status: int, code: str, title: str, detail: str) -> str:
     # Refusals are answered at flood rates and their bodies are few: encode each once.
-    return json.dumps({"type": f"urn:keyservice:problem:{code.lower()}", "title": title,
-                       "status": status, "detail": detail, "code": code})
+    return json.dumps(_problem_document(status, code, title, detail))
 
 
 def problem(status: int, code: str, title: str, detail: str, errors: dict[str, Any] | None = None) -> Response:
     """Build an ``application/problem+json`` response (``errors``: per-field messages)."""
-    body = _problem_body(status, code, title, detail) if errors is None else json.dumps(
-        {"type": f"urn:keyservice:problem:{code.lower()}", "title": title, "status": status,
-         "detail": detail, "code": code, "errors": errors})
+    body = (_problem_body(status, code, title, detail) if errors is None
+            else json.dumps(_problem_document(status, code, title, detail) | {"errors": errors}))
     return Response(body, status=status, mimetype="application/problem+json")
 
 
@@ -146,17 +149,21 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(KeyServiceError, lambda error: error.to_response())
 
 
+def http_problem(error: HTTPException) -> Response:
+    """The problem response for an HTTP error; a 422 from request parsing names its fields."""
+    messages = getattr(error, "data", {}).get("messages")
+    if error.code == 422 and messages:
+        return InvalidInput("Some fields are not valid.", errors=messages).to_response()
+    code = "HTTP_" + (error.name or "error").upper().replace(" ", "_")
+    return problem(error.code or 500, code, error.name, error.description or "", errors=messages)
+
+
 def register_http_problem_handlers(app: Flask) -> None:
     """Answer every HTTP error of the standalone service with a problem response."""
-
-    def http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        code = "HTTP_" + (error.name or "error").upper().replace(" ", "_")
-        return problem(status, code, error.name, error.description or "")
 
     def unexpected_error(error: Exception) -> Response:
         app.logger.exception("unhandled error")
         return problem(500, "INTERNAL", "Internal error", "The server failed to answer this request.")
 
-    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(HTTPException, http_problem)
     app.register_error_handler(Exception, unexpected_error)
