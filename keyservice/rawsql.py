@@ -14,7 +14,6 @@ lock beside the database, which the kernel hands over the moment it is free.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import functools
 import os
@@ -22,32 +21,40 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 
 @functools.lru_cache(maxsize=64)
-def _for_driver(sql: str, paramstyle: str) -> str:
-    # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
-    return re.sub(r":(\w+)", r"%(\1)s", sql) if paramstyle in ("pyformat", "format") else sql
+def _for_driver(sql: str) -> str:
+    return re.sub(r":(\w+)", r"%(\1)s", sql)
 
 
 class RawTransaction:
-    """One transaction on a pooled DBAPI connection."""
+    """This thread's DBAPI connection to one engine, checked out of the pool once
+    and kept (checking one out and back in for every request costs more than the
+    statements), and what a transaction on it needs."""
 
-    def __init__(self, connection: Any, paramstyle: str) -> None:
-        self._cursor = connection.cursor()
-        self._paramstyle = paramstyle
+    def __init__(self, engine: Engine) -> None:
+        self.pid = os.getpid()
+        self.engine = engine  # held, so that no other engine can take its id() meanwhile
+        self.pooled = engine.raw_connection()
+        # The driver's own connection: every call through the pool's proxy costs a lookup.
+        self.connection = cast(Any, self.pooled.dbapi_connection)
+        self._cursor = self.connection.cursor()
+        # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
+        self._rewrite = engine.dialect.paramstyle in ("pyformat", "format")
+        self.lock_file = _lock_file(engine)
 
     def execute(self, sql: str, params: dict[str, Any]) -> Any:
         """Run ``sql``; return the cursor (for ``fetchone`` and ``rowcount``)."""
-        self._cursor.execute(_for_driver(sql, self._paramstyle), params)
+        self._cursor.execute(_for_driver(sql) if self._rewrite else sql, params)
         return self._cursor
 
 
-_lock_files: dict[tuple[int, str], int] = {}
+_lock_files: dict[tuple[int, str], int | None] = {}
 
 
 def _lock_file(engine: Engine) -> int | None:
@@ -60,39 +67,25 @@ def _lock_file(engine: Engine) -> int | None:
         try:
             _lock_files[key] = os.open(f"{database}.writers", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
-            return None  # the queue only saves time: SQLite's own locking still holds
+            _lock_files[key] = None  # the queue only saves time: SQLite's own locking still holds
     return _lock_files[key]
-
-
-@contextmanager
-def _sqlite_writer_queue(engine: Engine) -> Iterator[None]:
-    lock_file = _lock_file(engine)
-    if lock_file is None:
-        yield
-        return
-    fcntl.flock(lock_file, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 _held = threading.local()
 
 
-def _connection(engine: Engine) -> Any:
-    """This thread's DBAPI connection for ``engine``, checked out of the pool once and kept:
-    checking one out and back in for every request costs more than the statements."""
-    held: dict[int, Any] = _held.__dict__.setdefault("connections", {})
-    if id(engine) not in held or held[id(engine)][0] != os.getpid():
-        held[id(engine)] = (os.getpid(), engine.raw_connection())
-    return held[id(engine)][1]
+def _transaction(engine: Engine) -> RawTransaction:
+    held: dict[int, RawTransaction] = _held.__dict__.setdefault("transactions", {})
+    transaction = held.get(id(engine))
+    if transaction is None or transaction.pid != os.getpid():
+        transaction = held[id(engine)] = RawTransaction(engine)
+    return transaction
 
 
-def _drop_connection(engine: Engine) -> None:
-    pid, connection = _held.__dict__.get("connections", {}).pop(id(engine), (None, None))
-    if connection is not None and pid == os.getpid():
-        connection.invalidate()  # after an error it may be broken: the pool makes a new one
+def _drop(engine: Engine) -> None:
+    transaction = _held.__dict__.get("transactions", {}).pop(id(engine), None)
+    if transaction is not None and transaction.pid == os.getpid():
+        transaction.pooled.invalidate()  # after an error it may be broken: the pool makes a new one
 
 
 @contextmanager
@@ -103,14 +96,20 @@ def raw_transaction(engine: Engine, writes: bool = True) -> Iterator[RawTransact
     Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     """
     driver_error = engine.dialect.loaded_dbapi.Error
+    lock_file = None
     try:
-        connection = _connection(engine)
-        with _sqlite_writer_queue(engine) if writes else contextlib.nullcontext():
-            yield RawTransaction(connection, engine.dialect.paramstyle)
-            connection.commit()
+        transaction = _transaction(engine)
+        if writes and transaction.lock_file is not None:
+            lock_file = transaction.lock_file
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield transaction
+        transaction.connection.commit()
     except driver_error as error:
-        _drop_connection(engine)
+        _drop(engine)
         raise DBAPIError.instance(None, None, error, driver_error) from error
     except BaseException:
-        _drop_connection(engine)
+        _drop(engine)
         raise
+    finally:
+        if lock_file is not None:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
