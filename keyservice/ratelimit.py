@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from flask_sqlalchemy import SQLAlchemy
 from limits import RateLimitItemPerSecond
@@ -25,14 +26,20 @@ from .rawsql import raw_transaction
 
 # SQLite has one lock, for the whole database; PostgreSQL gets one per key.
 _LOCK = {"sqlite": "BEGIN IMMEDIATE", "postgresql": "SELECT pg_advisory_xact_lock(hashtext(:key))"}
-_FORGET_EXPIRED = f"DELETE FROM {RateLimitHit.__tablename__} WHERE key = :key AND at <= :cutoff"
-# A key's first hit (seq, at) and last seq, by the (key, at) index: O(log n), not a scan.
+# A key's newest hit and its oldest within the window, (seq, at) each: two seeks in
+# the (key, at, seq) index, O(log n), not a scan; no row at all for a key without hits.
 _WINDOW = (
-    f"SELECT (SELECT seq FROM {RateLimitHit.__tablename__} WHERE key = :key AND at > :cutoff ORDER BY at, seq LIMIT 1),"
-    f" (SELECT at FROM {RateLimitHit.__tablename__} WHERE key = :key AND at > :cutoff ORDER BY at, seq LIMIT 1),"
-    f" (SELECT seq FROM {RateLimitHit.__tablename__} WHERE key = :key ORDER BY at DESC, seq DESC LIMIT 1),"
-    f" (SELECT at FROM {RateLimitHit.__tablename__} WHERE key = :key ORDER BY at DESC, seq DESC LIMIT 1)"
+    f"SELECT oldest.seq, oldest.at, newest.seq, newest.at"
+    f" FROM (SELECT seq, at FROM {RateLimitHit.__tablename__} WHERE key = :key"
+    f" ORDER BY at DESC, seq DESC LIMIT 1) AS newest"
+    f" LEFT JOIN (SELECT seq, at FROM {RateLimitHit.__tablename__} WHERE key = :key AND at > :cutoff"
+    f" ORDER BY at, seq LIMIT 1) AS oldest ON 1 = 1"
 )
+_EMPTY_WINDOW: tuple[Any, ...] = (None, None, None, None)
+# Expired hits only cost space, not correctness (windows count from `at`), so they are
+# forgotten every so many hits rather than on each.
+_FORGET_EVERY = 64
+_FORGET_EXPIRED = f"DELETE FROM {RateLimitHit.__tablename__} WHERE key = :key AND at <= :cutoff"
 _INSERT = f"INSERT INTO {RateLimitHit.__tablename__} (key, seq, at) VALUES (:key, :seq, :at)"
 
 
@@ -63,8 +70,7 @@ class SQLStorage(Storage, MovingWindowSupport):
             transaction.execute(_LOCK[self._db.engine.dialect.name], {"key": key})
             now = time.time()
             window = {"key": key, "cutoff": now - expiry}
-            transaction.execute(_FORGET_EXPIRED, window)
-            first_seq, first_at, last_seq, last_at = transaction.execute(_WINDOW, window).fetchone()
+            first_seq, first_at, last_seq, last_at = transaction.execute(_WINDOW, window).fetchone() or _EMPTY_WINDOW
             count = 0 if first_seq is None else last_seq - first_seq + 1
             if count + amount > limit:
                 self._last_window.value = (key, first_at, count)
@@ -73,8 +79,10 @@ class SQLStorage(Storage, MovingWindowSupport):
             # Never stamp a hit before the last one, even if the wall clock stepped
             # back: the count relies on time order and seq order being the same.
             at = now if last_at is None else max(now, last_at)
-            for n in range(amount):
-                transaction.execute(_INSERT, {"key": key, "seq": start + n, "at": at})
+            for seq in range(start, start + amount):
+                transaction.execute(_INSERT, {"key": key, "seq": seq, "at": at})
+                if seq % _FORGET_EVERY == 0:
+                    transaction.execute(_FORGET_EXPIRED, window)
         self._last_window.value = (key, at if first_at is None else first_at, count + amount)
         return True
 
@@ -86,7 +94,7 @@ class SQLStorage(Storage, MovingWindowSupport):
         now = time.time()
         with raw_transaction(self._db.engine, writes=False) as transaction:
             first_seq, first_at, last_seq, _ = transaction.execute(
-                _WINDOW, {"key": key, "cutoff": now - expiry}).fetchone()
+                _WINDOW, {"key": key, "cutoff": now - expiry}).fetchone() or _EMPTY_WINDOW
         if first_seq is None:
             return now, 0
         return first_at, last_seq - first_seq + 1

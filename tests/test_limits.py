@@ -23,12 +23,13 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from keyservice import KeyService, create_app, require_key
 from keyservice.app import db
 from keyservice.config import ConfigError
-from keyservice.models import ApiKey
+from keyservice.models import ApiKey, RateLimitHit
 
 from .conftest import TEST_CONFIG, migrated_app
 
@@ -147,6 +148,21 @@ def test_the_moving_window_lets_requests_through_again_after_the_period(app: Fla
         response = protected(client, key)
         assert response.status_code == 200, describe(response)
         assert_ratelimit_headers(response, 1, 60, 0)
+
+
+def test_expired_hits_are_forgotten_and_the_window_still_counts_exactly(app: Flask,
+                                                                       client: FlaskClient) -> None:
+    _, key = issue(app, ratelimit={"limit": 70, "period": 60})
+    start = time.time()
+    for window in range(2):
+        with time_machine.travel(start + 61 * window, tick=False):
+            for _ in range(70):
+                assert protected(client, key).status_code == 200
+            assert_problem(protected(client, key), 429, "RATE_LIMITED")
+    with app.app_context():
+        stored = db.session.scalar(select(func.count()).select_from(RateLimitHit))
+    # The second window's 70 hits; the first's were forgotten on the way (every 64th hit).
+    assert stored == 70
 
 
 def test_a_key_without_a_rate_limit_gets_no_rate_limit_headers(app: Flask, client: FlaskClient) -> None:
