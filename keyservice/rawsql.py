@@ -18,7 +18,6 @@ import fcntl
 import functools
 import os
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -33,20 +32,11 @@ def _for_driver(sql: str) -> str:
 
 
 class RawTransaction:
-    """This thread's DBAPI connection to one engine, checked out of the pool once
-    and kept (checking one out and back in for every request costs more than the
-    statements), and what a transaction on it needs."""
+    """One transaction on a DBAPI connection of the engine's pool."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.pid = os.getpid()
-        self.engine = engine  # held, so that no other engine can take its id() meanwhile
-        self.pooled = engine.raw_connection()
-        # The driver's own connection: every call through the pool's proxy costs a lookup.
-        self.connection = cast(Any, self.pooled.dbapi_connection)
-        self._cursor = self.connection.cursor()
-        # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
-        self._rewrite = engine.dialect.paramstyle in ("pyformat", "format")
-        self.lock_file = _lock_file(engine)
+    def __init__(self, connection: Any, rewrite: bool) -> None:
+        self._cursor = connection.cursor()
+        self._rewrite = rewrite
 
     def execute(self, sql: str, params: dict[str, Any]) -> Any:
         """Run ``sql``; return the cursor (for ``fetchone`` and ``rowcount``)."""
@@ -71,45 +61,36 @@ def _lock_file(engine: Engine) -> int | None:
     return _lock_files[key]
 
 
-_held = threading.local()
-
-
-def _transaction(engine: Engine) -> RawTransaction:
-    held: dict[int, RawTransaction] = _held.__dict__.setdefault("transactions", {})
-    transaction = held.get(id(engine))
-    if transaction is None or transaction.pid != os.getpid():
-        transaction = held[id(engine)] = RawTransaction(engine)
-    return transaction
-
-
-def _drop(engine: Engine) -> None:
-    transaction = _held.__dict__.get("transactions", {}).pop(id(engine), None)
-    if transaction is not None and transaction.pid == os.getpid():
-        transaction.pooled.invalidate()  # after an error it may be broken: the pool makes a new one
-
-
 @contextmanager
 def raw_transaction(engine: Engine, writes: bool = True) -> Iterator[RawTransaction]:
-    """A transaction on this thread's DBAPI connection: committed at the end, rolled back on
+    """A transaction on a DBAPI connection of the pool: committed at the end, rolled back on
     error. One that ``writes`` queues with the other writers on SQLite.
 
     Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     """
     driver_error = engine.dialect.loaded_dbapi.Error
-    lock_file = None
+    lock_file = _lock_file(engine) if writes else None
+    pooled = None
     try:
-        transaction = _transaction(engine)
-        if writes and transaction.lock_file is not None:
-            lock_file = transaction.lock_file
+        pooled = engine.raw_connection()
+        # The driver's own connection: every call through the pool's proxy costs a lookup.
+        connection = cast(Any, pooled.dbapi_connection)
+        if lock_file is not None:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield transaction
-        transaction.connection.commit()
+        try:
+            # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
+            yield RawTransaction(connection, engine.dialect.paramstyle in ("pyformat", "format"))
+            connection.commit()
+        finally:
+            if lock_file is not None:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
     except driver_error as error:
-        _drop(engine)
+        if pooled is not None:
+            pooled.invalidate()  # it may be broken: closed, not pooled again
         raise DBAPIError.instance(None, None, error, driver_error) from error
     except BaseException:
-        _drop(engine)
+        if pooled is not None:
+            pooled.invalidate()
         raise
-    finally:
-        if lock_file is not None:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    else:
+        pooled.close()  # back to the pool
