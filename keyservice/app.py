@@ -33,6 +33,18 @@ def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
+# A sync worker serves one request at a time: one pooled connection for the ORM and one
+# kept for the request path's writes (rawsql.py), a little overflow for the CLI's
+# threads. A server that is down must fail a request fast (503), not hang it.
+POSTGRESQL_ENGINE_OPTIONS = {
+    "pool_size": 2,
+    "max_overflow": 4,
+    "pool_timeout": 5,
+    "pool_recycle": 1800,
+    "connect_args": {"connect_timeout": 3},
+}
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the keyservice app from the environment (or ``test_config``)."""
     app = Flask(__name__, instance_relative_config=True)
@@ -41,6 +53,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config_from_environment())
     if test_config is not None:
         app.config.update(test_config)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
+        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", POSTGRESQL_ENGINE_OPTIONS)
 
     db.init_app(app)
     with app.app_context():

@@ -147,9 +147,16 @@ def config_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str
 
 
 def check_database_url(url: str) -> str:
-    """Return ``url`` if SQLAlchemy can read it as a database URL."""
+    """Return ``url`` as SQLAlchemy should use it: SQLite, or PostgreSQL through psycopg 3
+    (``postgresql://`` and ``postgres://`` name no driver, and SQLAlchemy's default is psycopg2)."""
     try:
-        make_url(url)
+        parsed = make_url(url)
     except ArgumentError:
         raise ConfigError("DATABASE_URL is not a database URL SQLAlchemy can read") from None
-    return url
+    if parsed.get_backend_name() == "postgres":
+        parsed = parsed.set(drivername="postgresql")
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+    return parsed.render_as_string(hide_password=False)
