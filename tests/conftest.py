@@ -1,5 +1,14 @@
+"""Fixtures: apps on a migrated database, SQLite and PostgreSQL alike, and the servers they need.
+
+Every test that takes ``app`` (or ``database_url``) runs twice: on SQLite and on
+PostgreSQL. The PostgreSQL server and a Redis server start once per run (see
+``services.py``); each PostgreSQL test gets a database of its own, copied from
+a template migrated once.
+"""
+
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -7,25 +16,96 @@ from typing import Any
 
 import flask_migrate
 import pytest
+import sqlalchemy
 from flask import Flask, g
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from keyservice import KeyService, create_app, require_key
 from keyservice.app import db
 
+from .services import PostgresServer, postgres_server, redis_server
+
 # bcrypt at cost 4 keeps the suite fast; one test checks the default of 12.
 TEST_CONFIG = {"TESTING": True, "KEYSERVICE_BCRYPT_ROUNDS": 4, "KEYSERVICE_CACHE_TTL": 0}
+DATABASES = ("sqlite", "postgresql")
+TEMPLATE = "keyservice_template"
 
 
-@pytest.fixture
-def database_path(tmp_path: Path) -> Path:
-    return tmp_path / "keys.db"
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the whole run."""
+    with redis_server(tmp_path_factory.mktemp("redis") / "redis.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run, with a migrated template database."""
+    with postgres_server() as server:
+        administer(server, f'CREATE DATABASE "{TEMPLATE}"')
+        with migrated_app(server.url(TEMPLATE)):
+            pass
+        yield server
+
+
+def administer(server: PostgresServer, statement: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE) outside a transaction."""
+    engine = sqlalchemy.create_engine(server.url(), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(statement))
+    engine.dispose()
+
+
+_numbers = itertools.count()
 
 
 @contextmanager
-def migrated_app(database: Path, **config: Any) -> Iterator[Flask]:
-    """An app (test settings and ``config``) on a migrated SQLite database; its engine disposed after."""
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database}", **config})
+def postgres_database(server: PostgresServer, migrated: bool = True) -> Iterator[str]:
+    """A new database on ``server``, migrated or empty: yield its URL, drop it after."""
+    name = f"test_{next(_numbers)}"
+    administer(server, f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{TEMPLATE}"' if migrated else ""))
+    try:
+        yield server.url(name)
+    finally:
+        administer(server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def database_for(kind: str, request: pytest.FixtureRequest, folder: Path, migrated: bool = True) -> Iterator[str]:
+    """The URL of a new database of ``kind``: PostgreSQL's already ``migrated`` (or empty),
+    SQLite's a file in ``folder`` that the first migration makes."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'keys.db'}"
+    else:
+        with postgres_database(request.getfixturevalue("postgres"), migrated) as url:
+            yield url
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each kind in turn."""
+    with database_for(request.param, request, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=DATABASES)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new database of each kind in turn, with no tables."""
+    with database_for(request.param, request, tmp_path, migrated=False) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of each kind in turn, shared by a module's tests that change nothing."""
+    with database_for(request.param, request, tmp_path_factory.mktemp("shared")) as url:
+        yield url
+
+
+@contextmanager
+def migrated_app(database_url: str, **config: Any) -> Iterator[Flask]:
+    """An app (test settings and ``config``) on a migrated database; its engine disposed after."""
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url, **config})
     with app.app_context():
         flask_migrate.upgrade()
     try:
@@ -36,8 +116,8 @@ def migrated_app(database: Path, **config: Any) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def app(database_path: Path) -> Iterator[Flask]:
-    with migrated_app(database_path) as app:
+def app(database_url: str) -> Iterator[Flask]:
+    with migrated_app(database_url) as app:
         yield app
 
 

@@ -124,9 +124,9 @@ def api(app: Flask, client: FlaskClient) -> Api:
 
 
 @pytest.fixture(scope="module")
-def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def shared_api(module_database_url: str) -> Iterator[Api]:
     """One app for the tests that change nothing (refusals and invalid input): it keeps the file fast."""
-    with migrated_app(tmp_path_factory.mktemp("shared") / "keys.db") as app:
+    with migrated_app(module_database_url) as app:
         yield Api(app, app.test_client())
 
 

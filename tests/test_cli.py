@@ -127,16 +127,16 @@ def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner,
     assert "Traceback" not in result.stderr
 
 
-def run_cli(tmp_path: Path, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    environ = service_environment(f"sqlite:///{tmp_path / 'cli.db'}", KEYSERVICE_BCRYPT_ROUNDS="4")
+def run_cli(database_url: str, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4")
     return flask_cli({**environ, **settings}, *args)
 
 
-def test_the_real_command_line(tmp_path: Path) -> None:
-    assert run_cli(tmp_path, "db", "upgrade").returncode == 0
-    created = run_cli(tmp_path, "keys", "create", "--name", "n", "--client-id", "acme")
+def test_the_real_command_line(database_url: str) -> None:
+    assert run_cli(database_url, "db", "upgrade").returncode == 0
+    created = run_cli(database_url, "keys", "create", "--name", "n", "--client-id", "acme")
     assert created.returncode == 0 and KEY_FORMAT.fullmatch(created.stdout.strip())
-    bad = run_cli(tmp_path, "keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "soon")
+    bad = run_cli(database_url, "keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "soon")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
 
 
@@ -149,9 +149,10 @@ def test_the_real_command_line(tmp_path: Path) -> None:
     ("KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY", "lots"),
     ("KEYSERVICE_BCRYPT_ROUND", "12"),
     ("DATABASE_URL", "not a url"),
+    ("DATABASE_URL", "mysql://db.example/keys"),
 ])
 def test_a_wrong_setting_stops_start_up_with_one_line_naming_it(tmp_path: Path, name: str, value: str) -> None:
-    result = run_cli(tmp_path, "keys", "list", **{name: value})
+    result = run_cli(f"sqlite:///{tmp_path / 'cli.db'}", "keys", "list", **{name: value})
     assert result.returncode == 1
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("keyservice: ") and name in result.stderr

@@ -1,4 +1,7 @@
-"""When the database cannot be reached: 503, never a pass, and recovery on its own."""
+"""When the SQLite database cannot be reached: 503, never a pass, and recovery on its own.
+
+PostgreSQL stopped under traffic is in ``test_scale_out.py``.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ from .conftest import IssueKey
 def database_path(tmp_path: Path) -> Path:
     (tmp_path / "volume").mkdir()
     return tmp_path / "volume" / "keys.db"
+
+
+@pytest.fixture
+def database_url(database_path: Path) -> str:
+    return f"sqlite:///{database_path}"
 
 
 def test_protected_routes_answer_503_while_the_database_is_gone_then_recover(

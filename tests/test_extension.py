@@ -16,10 +16,10 @@ from .host_app import Team, create_host_app, db, keys
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Flask:
+def host(tmp_path: Path, empty_database_url: str) -> Flask:
     """The host app, its schema made by its own, freshly generated migrations."""
     migrations = tmp_path / "migrations"
-    app = create_host_app(f"sqlite:///{tmp_path / 'host.db'}", migrations)
+    app = create_host_app(empty_database_url, migrations)
     with app.app_context():
         flask_migrate.init(directory=str(migrations))
         flask_migrate.migrate(directory=str(migrations), message="initial")

@@ -20,10 +20,10 @@ BOB = "bob@b.example"  # team-b
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Iterator[Flask]:
+def host(tmp_path: Path, empty_database_url: str) -> Iterator[Flask]:
     """The host app with two users, its schema made by its own, freshly generated migrations."""
     migrations = tmp_path / "migrations"
-    app = create_host_app(f"sqlite:///{tmp_path / 'host.db'}", migrations)
+    app = create_host_app(empty_database_url, migrations)
     app.secret_key = "test session secret"
     with app.app_context():
         flask_migrate.init(directory=str(migrations))

@@ -15,8 +15,8 @@ from .servers import REPO, flask_cli, gunicorn, request, service_environment
 
 
 @pytest.fixture
-def environ(tmp_path: Path) -> dict[str, str]:
-    environ = service_environment(f"sqlite:///{tmp_path / 'keys.db'}", KEYSERVICE_BCRYPT_ROUNDS="4")
+def environ(database_url: str) -> dict[str, str]:
+    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4")
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     return environ

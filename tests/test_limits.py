@@ -1,8 +1,9 @@
 """Usage limits (``remaining``) and per-key rate limits (``ratelimit``).
 
 Through the example protected view and a view that shows ``g.auth.remaining``,
-``POST /keys/verify``, the management API, the configuration and the CLI, on a
-real SQLite database. Refills over time are in ``test_refill.py``.
+``POST /keys/verify``, the management API, the configuration and the CLI, on
+SQLite and PostgreSQL, with the rate-limit counters in the database and in
+Redis. Refills over time are in ``test_refill.py``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,21 @@ RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-Ra
                      "X-RateLimit-Reset")
 RATELIMIT_FIELD = re.compile(r'"default";r=(\d+);t=(\d+)')
 MANAGEMENT = ("keys:read", "keys:write", "keys:verify")
+
+
+# --- the app: each database, with the rate-limit counters in it and in Redis -----------------------
+
+@pytest.fixture(params=["embedded", "redis"])
+def app(request: pytest.FixtureRequest, database_url: str) -> Iterator[Flask]:
+    """The conftest's app, its rate limits counted in the app's database or in Redis."""
+    storage = {} if request.param == "embedded" else {
+        "KEYSERVICE_RATELIMIT_STORAGE_URL": request.getfixturevalue("redis_url")}
+    with migrated_app(database_url, **storage) as app:
+        yield app
+
+
+# For the tests that move the clock: Redis keeps its own time, which time_machine cannot move.
+embedded_only = pytest.mark.parametrize("app", ["embedded"], indirect=True)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -139,6 +155,7 @@ def test_a_rate_limited_key_gets_its_limit_then_429_with_the_headers(app: Flask,
     assert key not in refused.get_data(as_text=True)
 
 
+@embedded_only
 def test_the_moving_window_lets_requests_through_again_after_the_period(app: Flask,
                                                                         client: FlaskClient) -> None:
     _, key = issue(app, ratelimit={"limit": 1, "period": 60})
@@ -150,6 +167,7 @@ def test_the_moving_window_lets_requests_through_again_after_the_period(app: Fla
         assert_ratelimit_headers(response, 1, 60, 0)
 
 
+@embedded_only
 def test_expired_hits_are_forgotten_and_the_window_still_counts_exactly(app: Flask,
                                                                        client: FlaskClient) -> None:
     _, key = issue(app, ratelimit={"limit": 70, "period": 60})
@@ -204,6 +222,7 @@ def test_remaining_zero_is_exceeded_from_the_start(app: Flask, client: FlaskClie
     assert_problem(protected(client, key), 429, "USAGE_EXCEEDED")
 
 
+@embedded_only
 def test_a_rate_limited_request_does_not_spend_a_use(usage_app: Flask, client: FlaskClient) -> None:
     key_id, key = issue(usage_app, remaining=5, ratelimit={"limit": 1, "period": 60})
     assert uses_left(client, key) == 4
@@ -394,9 +413,9 @@ def test_rotation_carries_the_limits_over(app: Flask, client: FlaskClient) -> No
 
 
 @pytest.fixture(scope="module")
-def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+def shared_app(module_database_url: str) -> Iterator[Flask]:
     """One app for the 422 cases, which change nothing."""
-    with migrated_app(tmp_path_factory.mktemp("limits") / "keys.db") as app:
+    with migrated_app(module_database_url) as app:
         yield app
 
 
@@ -461,12 +480,12 @@ MakeApp = Callable[..., Flask]
 
 
 @pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[MakeApp]:
-    """Build apps like the ``app`` fixture, with extra config; each on its own database."""
+def make_app(database_url: str) -> Iterator[MakeApp]:
+    """Build apps like the ``app`` fixture, with extra config (one per test: they share its database)."""
     with ExitStack() as apps:
 
         def make(**config: Any) -> Flask:
-            return apps.enter_context(migrated_app(tmp_path / f"keys{id(config)}.db", **config))
+            return apps.enter_context(migrated_app(database_url, **config))
 
         yield make
 

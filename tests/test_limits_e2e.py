@@ -1,7 +1,8 @@
 """Quotas and rate limits end to end: real HTTP, gunicorn with 2 workers, many clients at once.
 
-Every test runs twice: with the rate-limit counters in the app's own database
-(``KEYSERVICE_RATELIMIT_STORAGE_URL`` unset) and in Redis.
+Every test runs four times: on SQLite and on PostgreSQL, each with the rate-limit
+counters in the app's own database (``KEYSERVICE_RATELIMIT_STORAGE_URL`` unset)
+and in Redis.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from .redis_server import redis_server
 from .servers import Response, flask_cli, gunicorn, service_environment
 from .servers import request as send
 
@@ -56,19 +56,13 @@ class Service:
         return shown_key
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(tmp_path_factory.mktemp("redis") / "redis.log") as url:
-        yield url
-
-
 @pytest.fixture(params=["database", "redis"])
-def service(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Service]:
-    """gunicorn with 2 workers on a fresh SQLite database, rate limits counted in ``request.param``."""
+def service(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> Iterator[Service]:
+    """gunicorn with 2 workers on a fresh database, rate limits counted in ``request.param``."""
     settings = {"KEYSERVICE_BCRYPT_ROUNDS": "4"}
     if request.param == "redis":
         settings["KEYSERVICE_RATELIMIT_STORAGE_URL"] = request.getfixturevalue("redis_url")
-    environ = service_environment(f"sqlite:///{tmp_path / 'keys.db'}", **settings)
+    environ = service_environment(database_url, **settings)
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic.autogenerate import compare_metadata
+from flask import Flask
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
@@ -14,24 +13,27 @@ from keyservice.app import db
 from .conftest import TEST_CONFIG
 
 
-def test_db_upgrade_on_an_empty_database_creates_the_schema(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'empty.db'}"
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": url})
-    result = app.test_cli_runner().invoke(args=["db", "upgrade"])
-    assert result.exit_code == 0, result.output
-    engine = create_engine(url)
+def test_db_upgrade_on_an_empty_database_creates_the_schema(empty_database_url: str) -> None:
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": empty_database_url})
     try:
-        tables = set(inspect(engine).get_table_names())
+        result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+        assert result.exit_code == 0, result.output
+        engine = create_engine(empty_database_url)
+        try:
+            tables = set(inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+        assert {"alembic_version", "keyservice_api_keys", "keyservice_ratelimit_hits"} <= tables
+        runner = app.test_cli_runner()
+        created = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "c"])
+        assert created.exit_code == 0
+        assert runner.invoke(args=["keys", "verify", created.stdout.strip()]).exit_code == 0
     finally:
-        engine.dispose()
-    assert {"alembic_version", "keyservice_api_keys"} <= tables
-    runner = app.test_cli_runner()
-    created = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "c"])
-    assert created.exit_code == 0
-    assert runner.invoke(args=["keys", "verify", created.stdout.strip()]).exit_code == 0
+        with app.app_context():
+            db.engine.dispose()
 
 
-def test_models_and_migrations_agree(app) -> None:
+def test_models_and_migrations_agree(app: Flask) -> None:
     with app.app_context(), db.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), db.metadata)
     assert differences == []

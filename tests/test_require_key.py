@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import flask_migrate
 import pytest
 from flask import Flask, g
 from flask.testing import FlaskClient
 from sqlalchemy import event
 
-from keyservice import KeyService, create_app, require_key
+from keyservice import KeyService, require_key
 from keyservice.app import db
 from keyservice.crypto import checksum
 from keyservice.models import utcnow
 
-from .conftest import TEST_CONFIG, IssueKey
+from .conftest import IssueKey, migrated_app
 
 URL = "/protected-with-key"
 
@@ -250,16 +248,14 @@ def test_no_error_body_echoes_the_key(client: FlaskClient, issue_key: IssueKey) 
     ("X-Customer-Key", "X-Customer-Key", "X-API-Key"),
     ("", None, "X-API-Key"),
 ])
-def test_the_second_header_is_configurable(database_path: Path, header: str, accepted: str | None,
+def test_the_second_header_is_configurable(database_url: str, header: str, accepted: str | None,
                                            ignored: str) -> None:
-    app = create_app({**TEST_CONFIG, "KEYSERVICE_HEADER": header,
-                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{database_path}"})
-    with app.app_context():
-        flask_migrate.upgrade()
-        _, key = KeyService.create_key(name="n", external_client_id="acme")
-        db.session.commit()
-    client = app.test_client()
-    assert_problem(client.post(URL, headers={ignored: key}), 401, "MISSING")
-    if accepted:
-        assert client.post(URL, headers={accepted: key}).status_code == 200
-    assert client.post(URL, headers=bearer(key)).status_code == 200
+    with migrated_app(database_url, KEYSERVICE_HEADER=header) as app:
+        with app.app_context():
+            _, key = KeyService.create_key(name="n", external_client_id="acme")
+            db.session.commit()
+        client = app.test_client()
+        assert_problem(client.post(URL, headers={ignored: key}), 401, "MISSING")
+        if accepted:
+            assert client.post(URL, headers={accepted: key}).status_code == 200
+        assert client.post(URL, headers=bearer(key)).status_code == 200

@@ -1,26 +1,35 @@
-"""What the database file holds: hashes, never keys or secrets."""
+"""What the database holds: hashes, never keys or secrets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import flask_migrate
+import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
 
 from keyservice import KeyService, create_app
 from keyservice.app import db
+from sqlalchemy.engine import make_url
 
 from .conftest import IssueKey
+from .services import PostgresServer
 
 
-def raw_database(database_path: Path) -> bytes:
-    """The bytes of the SQLite file and its write-ahead log."""
-    return b"".join(path.read_bytes() for path in database_path.parent.glob(database_path.name + "*"))
+def raw_database(url: str, request: pytest.FixtureRequest) -> bytes:
+    """The bytes of the SQLite file and its write-ahead log, or a dump of the PostgreSQL database."""
+    database = make_url(url).database
+    assert database
+    if url.startswith("sqlite"):
+        path = Path(database)
+        return b"".join(file.read_bytes() for file in path.parent.glob(path.name + "*"))
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.dump(database)
 
 
-def test_database_file_holds_no_key_and_no_secret(
-    app: Flask, runner: FlaskCliRunner, issue_key: IssueKey, database_path: Path
+def test_the_database_holds_no_key_and_no_secret(
+    app: Flask, runner: FlaskCliRunner, issue_key: IssueKey, database_url: str, request: pytest.FixtureRequest
 ) -> None:
     keys = [issue_key()[1] for _ in range(3)]
     result = runner.invoke(args=["keys", "create", "--name", "cli", "--client-id", "acme"])
@@ -28,7 +37,7 @@ def test_database_file_holds_no_key_and_no_secret(
     keys.append(result.stdout.strip())
     with app.app_context():
         db.engine.dispose()
-    stored = raw_database(database_path)
+    stored = raw_database(database_url, request)
     assert len(stored) > 0
     for key in keys:
         secret = key.split("_")[2][:32]
