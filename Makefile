@@ -17,11 +17,17 @@ serve: $(INSTALLED)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-# Redis for the rate-limit tests against Redis: installed when missing and we may
-# (root); the tests start their own server. Without it they skip, except in CI.
+# The tests start their own PostgreSQL and Redis on 127.0.0.1 (tests/services.py) and
+# stop them after; their binaries are installed here when missing and we may (root).
+# Without them those tests skip, except in CI, where they fail.
 test: $(INSTALLED)
-	command -v redis-server >/dev/null || [ "$$(id -u)" != 0 ] || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 	$(BIN)/mypy
 	$(BIN)/pytest
 

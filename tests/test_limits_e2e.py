@@ -11,18 +11,16 @@ import bisect
 import json
 import math
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from .load import Timed, all_at_once, bearer, hammer, header, outcome
 from .servers import Response, flask_cli, gunicorn, service_environment
-from .servers import request as send
 
 LIMIT, PERIOD = 20, 10  # the rate limit of the tests' keys: 20 per 10 s
 # How late, at most, a client may see the limit refill: its polling interval and a request's latency.
@@ -67,64 +65,6 @@ def service(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -
     assert migrated.returncode == 0, migrated.stderr
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
         yield Service(base, environ)
-
-
-@dataclass(frozen=True)
-class Timed:
-    """A response, when the client sent its request and when it had the answer (``time.monotonic()``).
-
-    The server counted the request somewhere between the two.
-    """
-
-    sent: float
-    received: float
-    response: Response
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def outcome(response: Response) -> tuple[int, str | None]:
-    """(status, problem code); the code is None for a success."""
-    if response.status == 200:
-        return 200, None
-    return response.status, json.loads(response.body)["code"]
-
-
-def header(response: Response, name: str) -> str | None:
-    return next((value for key, value in response.headers.items() if key.lower() == name.lower()), None)
-
-
-def all_at_once(url: str, headers: dict[str, str], count: int) -> list[Response]:
-    """POST ``url`` from ``count`` threads released together."""
-    barrier = threading.Barrier(count)
-
-    def one(_: int) -> Response:
-        barrier.wait(timeout=30)
-        return send(url, "POST", headers)
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(one, range(count)))
-
-
-def hammer(url: str, headers: dict[str, str], threads: int, seconds: float) -> list[Timed]:
-    """POST ``url`` from ``threads`` threads, each one request after another, for ``seconds``;
-    every response in the order the client had them."""
-    barrier = threading.Barrier(threads)
-
-    def loop(_: int) -> list[Timed]:
-        barrier.wait(timeout=30)
-        deadline = time.monotonic() + seconds
-        answers = []
-        while (sent := time.monotonic()) < deadline:
-            response = send(url, "POST", headers)
-            answers.append(Timed(sent, time.monotonic(), response))
-        return answers
-
-    with ThreadPoolExecutor(threads) as pool:
-        chunks = list(pool.map(loop, range(threads)))
-    return sorted((timed for chunk in chunks for timed in chunk), key=lambda timed: timed.received)
 
 
 def check_ratelimit_headers(response: Response) -> int:
