@@ -54,14 +54,14 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 @contextmanager
-def gunicorn(environ: dict[str, str], log: Path, workers: int = 2) -> Iterator[str]:
-    """Serve ``wsgi:app`` with gunicorn's production settings, logging to ``log``;
-    yield its base URL, and stop it after."""
+def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: bool = False) -> Iterator[str]:
+    """Serve ``wsgi:app`` with gunicorn's production settings, logging to ``log`` (with the
+    access log only if ``access_log``); yield its base URL, and stop it after."""
     port = free_port()
     with log.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-             "-b", f"127.0.0.1:{port}", "--access-logfile", "/dev/null", "wsgi:app"],
+             "-b", f"127.0.0.1:{port}", "--access-logfile", "-" if access_log else "/dev/null", "wsgi:app"],
             cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

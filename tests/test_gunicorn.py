@@ -55,6 +55,23 @@ def test_the_quickstart_over_http(environ: dict[str, str], tmp_path: Path) -> No
         assert request(base + "/healthz").status == 200
 
 
+def test_the_access_log_never_holds_a_key(environ: dict[str, str], tmp_path: Path) -> None:
+    key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
+    secret = key.split("_")[2]
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(environ, log, access_log=True) as base:
+        sent = [
+            request(base + "/protected-with-key", "POST", {"Authorization": f"Bearer {key}"}),
+            request(base + "/protected-with-key", "POST", {"X-API-Key": key}),
+            request(base + f"/protected-with-key?api_key={key}", "POST"),  # a key where it does not belong
+            request(base + "/protected-with-key", "POST", {"Authorization": f"Bearer {key[:-1]}x"}),
+        ]
+    assert [response.status for response in sent] == [200, 200, 401, 401]
+    logged = log.read_text()
+    assert logged.count('"POST /protected-with-key HTTP/1.1"') == 4, logged
+    assert secret not in logged and key[:-6] not in logged
+
+
 def test_gunicorn_refuses_a_wrong_setting_in_one_line(environ: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "wsgi:app"],
