@@ -214,23 +214,25 @@ def verdict(value: float, goal: float) -> str:
 
 @dataclass(frozen=True)
 class Variant:
-    """One way of calling the app: a label, a route, and the wrk script (the key) it uses."""
+    """One way of calling a server: a label, a URL, and the wrk script (the key) it uses."""
 
     label: str
-    path: str
+    url: str
     lua: Path
-    goal: float  # its req/s against the baseline's (the first variant's own is not used)
+    goal: float | None  # for its req/s against the first variant's (the baseline's); None: no goal
 
 
-def measure_overhead(base: str, variants: Sequence[Variant], *,
-                     rounds: int, seconds: int, connections: int) -> None:
+def measure_overhead(variants: Sequence[Variant], *, rounds: int, seconds: int, connections: int,
+                     title: str = "1. overhead") -> None:
     """Alternate the variants round by round; compare each one's median to the baseline's."""
-    print(f"\n== 1. overhead: {rounds} rounds x ({', '.join(v.label for v in variants)}), "
+    print(f"\n== {title}: {rounds} rounds x ({', '.join(v.label for v in variants)}), "
           f"{seconds} s each, -c{connections}")
     runs: dict[str, list[WrkResult]] = {variant.label: [] for variant in variants}
+    for variant in variants:  # each worker checks each key with bcrypt once, before any round
+        run_wrk(variant.url, variant.lua, connections=connections, seconds=1)
     for round_number in range(1, rounds + 1):
         for variant in variants:
-            result = run_wrk(base + variant.path, variant.lua, connections=connections, seconds=seconds)
+            result = run_wrk(variant.url, variant.lua, connections=connections, seconds=seconds)
             runs[variant.label].append(result)
             print(f"  round {round_number}  {variant.label:24} {result.line()}")
             if result.non_2xx:
@@ -247,8 +249,32 @@ def measure_overhead(base: str, variants: Sequence[Variant], *,
     for variant in variants[1:]:
         ratio = medians[variant.label] / medians[baseline]
         per_round = [v.requests_per_sec / u.requests_per_sec for u, v in zip(runs[baseline], runs[variant.label])]
-        print(f"  {variant.label} / {baseline} req/s: {ratio:.2f}  ({verdict(ratio, variant.goal)});"
+        goal = "no goal" if variant.goal is None else verdict(ratio, variant.goal)
+        print(f"  {variant.label} / {baseline} req/s: {ratio:.2f}  ({goal});"
               f" per round {', '.join(f'{r:.2f}' for r in per_round)}")
+
+
+def create_keys(env: dict[str, str]) -> tuple[str, str, str]:
+    """Create a plain key, one with a rate limit and one with ``remaining``, each far above
+    what wrk can send (what is measured is their bookkeeping); return them."""
+    def create(name: str, *options: str) -> str:
+        return flask(env, "keys", "create", "--name", name, "--client-id", "bench", *options).strip()
+
+    return (create("bench"), create("bench rate limit", "--ratelimit", "1000000/10s"),
+            create("bench remaining", "--remaining", "1000000000"))
+
+
+def overhead_variants(base: str, tmp: Path, valid_key: str, ratelimited_key: str, remaining_key: str, *,
+                      overhead_goal: float = OVERHEAD_GOAL, limits_goal: float | None = LIMITS_GOAL) -> list[Variant]:
+    """The unprotected route (the baseline) and the protected one with each of three keys."""
+    return [
+        Variant("unprotected", base + UNPROTECTED, write_lua(tmp / "unprotected.lua"), 1.0),
+        Variant("valid key", base + PROTECTED, write_lua(tmp / "protected.lua", valid_key), overhead_goal),
+        Variant("key with a rate limit", base + PROTECTED, write_lua(tmp / "ratelimited.lua", ratelimited_key),
+                limits_goal),
+        Variant("key with remaining", base + PROTECTED, write_lua(tmp / "remaining.lua", remaining_key),
+                limits_goal),
+    ]
 
 
 def measure_flood(base: str, protected: Path, flood: Path, valid_key: str, wrong_key: str, *,
@@ -316,6 +342,16 @@ def report_server_log(log: Path) -> None:
         print(f"  {line}")
 
 
+def print_reproduce(module: str, args: list[str]) -> None:
+    """How to run this again, and on what."""
+    command = [os.path.relpath(sys.executable, REPO), "-m", module, *args]
+    print("\n== reproduce")
+    print(f"  cd {REPO} && {shlex.join(command)}   (or: make bench)")
+    print(f"  python {sys.version.split()[0]}, {version(sys.executable, '-m', 'gunicorn', '--version')}, "
+          f"{' '.join(version('wrk', '--version').split()[:2])}, nproc {version('nproc')}, "
+          f"{WORKERS} sync workers, commit {version('git', 'rev-parse', '--short', 'HEAD')}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (unprotected, protected)")
@@ -331,21 +367,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         env = service_environment(f"sqlite:///{tmp / 'bench.db'}")
         print(f"setting up: SQLite in {tmp}, one key at bcrypt cost 12, gunicorn with {WORKERS} sync workers")
         flask(env, "db", "upgrade")
-        valid_key = flask(env, "keys", "create", "--name", "bench", "--client-id", "bench").strip()
+        valid_key, ratelimited_key, remaining_key = create_keys(env)
         wrong_key = wrong_secret_key(valid_key)
-        # Limits far above what wrk can send: what is measured is their bookkeeping.
-        ratelimited_key = flask(env, "keys", "create", "--name", "bench rate limit", "--client-id", "bench",
-                                "--ratelimit", "1000000/10s").strip()
-        remaining_key = flask(env, "keys", "create", "--name", "bench remaining", "--client-id", "bench",
-                              "--remaining", "1000000000").strip()
-        unprotected = write_lua(tmp / "unprotected.lua")
         protected = write_lua(tmp / "protected.lua", valid_key)
-        variants = [
-            Variant("unprotected", UNPROTECTED, unprotected, 1.0),
-            Variant("valid key", PROTECTED, protected, OVERHEAD_GOAL),
-            Variant("key with a rate limit", PROTECTED, write_lua(tmp / "ratelimited.lua", ratelimited_key), LIMITS_GOAL),
-            Variant("key with remaining", PROTECTED, write_lua(tmp / "remaining.lua", remaining_key), LIMITS_GOAL),
-        ]
         flood = write_lua(tmp / "flood.lua", wrong_key, count_statuses=True)
 
         log = tmp / "gunicorn.log"
@@ -356,20 +380,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                     raise RuntimeError(f"a valid key got {status} on {PROTECTED}")
                 warm = run_wrk(base + PROTECTED, protected, connections=args.connections, seconds=2)
                 print(f"warm-up (2 s, protected): {warm.line()}")
-                measure_overhead(base, variants, rounds=args.rounds,
-                                 seconds=args.seconds, connections=args.connections)
+                variants = overhead_variants(base, tmp, valid_key, ratelimited_key, remaining_key)
+                measure_overhead(variants, rounds=args.rounds, seconds=args.seconds, connections=args.connections)
                 measure_flood(base, protected, flood, valid_key, wrong_key,
                               seconds=args.flood_seconds, connections=args.flood_connections)
         finally:
             report_server_log(log)
 
-    command = [os.path.relpath(sys.executable, REPO), "-m", "bench.protected_route",
-               *(sys.argv[1:] if argv is None else argv)]
-    print("\n== reproduce")
-    print(f"  cd {REPO} && {shlex.join(command)}   (or: make bench)")
-    print(f"  python {sys.version.split()[0]}, {version(sys.executable, '-m', 'gunicorn', '--version')}, "
-          f"{' '.join(version('wrk', '--version').split()[:2])}, nproc {version('nproc')}, "
-          f"{WORKERS} sync workers, commit {version('git', 'rev-parse', '--short', 'HEAD')}")
+    print_reproduce("bench.protected_route", sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":
