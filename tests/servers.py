@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -28,6 +29,27 @@ def flask_cli(environ: dict[str, str], *args: str) -> subprocess.CompletedProces
     """Run ``flask --app wsgi ARGS`` as a user would."""
     return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+
+
+@dataclass(frozen=True)
+class KeysCli:
+    """``flask keys ...`` on a service's database, as an operator would type it."""
+
+    environ: dict[str, str]
+
+    def create_key(self, *options: str) -> tuple[str, str]:
+        """Create a key of client ``acme``; return (its id, the full key)."""
+        created = flask_cli(self.environ, "keys", "create", "--name", "test", "--client-id", "acme", *options)
+        assert created.returncode == 0, created.stderr
+        [key] = created.stdout.splitlines()
+        return key.split("_")[1], key
+
+    def show(self, key_id: str) -> dict[str, object]:
+        """The key as ``keys show --json`` prints it."""
+        shown = flask_cli(self.environ, "keys", "show", key_id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        key: dict[str, object] = json.loads(shown.stdout)
+        return key
 
 
 def free_port() -> int:

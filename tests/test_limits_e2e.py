@@ -8,7 +8,6 @@ and in Redis.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import re
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from .load import Timed, all_at_once, bearer, hammer, header, outcome
-from .servers import Response, flask_cli, gunicorn, service_environment
+from .servers import KeysCli, Response, flask_cli, gunicorn, service_environment
 
 LIMIT, PERIOD = 20, 10  # the rate limit of the tests' keys: 20 per 10 s
 # How late, at most, a client may see the limit refill: its polling interval and a request's latency.
@@ -30,28 +29,14 @@ RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-Ra
 
 
 @dataclass(frozen=True)
-class Service:
-    """A running service: its base URL and the environment its CLI runs with."""
+class Service(KeysCli):
+    """A running service: the CLI on its database, and its base URL."""
 
     base: str
-    environ: dict[str, str]
 
     @property
     def protected(self) -> str:
         return self.base + "/protected-with-key"
-
-    def create_key(self, *options: str) -> tuple[str, str]:
-        """Create a key with the CLI; return (its id, the full key)."""
-        created = flask_cli(self.environ, "keys", "create", "--name", "e2e", "--client-id", "acme", *options)
-        assert created.returncode == 0, created.stderr
-        [key] = created.stdout.splitlines()
-        return key.split("_")[1], key
-
-    def show(self, key_id: str) -> dict[str, object]:
-        shown = flask_cli(self.environ, "keys", "show", key_id, "--json")
-        assert shown.returncode == 0, shown.stderr
-        shown_key: dict[str, object] = json.loads(shown.stdout)
-        return shown_key
 
 
 @pytest.fixture(params=["database", "redis"])
@@ -64,7 +49,7 @@ def service(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
-        yield Service(base, environ)
+        yield Service(environ, base)
 
 
 def check_ratelimit_headers(response: Response) -> int:

@@ -4,7 +4,6 @@ under traffic. Real servers, real HTTP; nothing here runs on SQLite.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
@@ -17,34 +16,20 @@ import pytest
 
 from .conftest import administer, postgres_database
 from .load import Timed, all_at_once, bearer, hammer, outcome
-from .servers import flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer, postgres_server
 
 LIMIT, PERIOD = 20, 10
 
 
 @dataclass(frozen=True)
-class Fleet:
-    """Instances of the service on one database and one Redis, and the CLI's environment."""
+class Fleet(KeysCli):
+    """Instances of the service on one database and one Redis, and the CLI on that database."""
 
     bases: list[str]
-    environ: dict[str, str]
 
     def protected(self, instance: int) -> str:
         return self.bases[instance] + "/protected-with-key"
-
-    def create_key(self, *options: str) -> tuple[str, str]:
-        """Create a key of client ``acme`` with the CLI; return (its id, the full key)."""
-        created = flask_cli(self.environ, "keys", "create", "--name", "fleet", "--client-id", "acme", *options)
-        assert created.returncode == 0, created.stderr
-        key = created.stdout.strip()
-        return key.split("_")[1], key
-
-    def show(self, key_id: str) -> dict[str, object]:
-        shown = flask_cli(self.environ, "keys", "show", key_id, "--json")
-        assert shown.returncode == 0, shown.stderr
-        result: dict[str, object] = json.loads(shown.stdout)
-        return result
 
 
 def start_fleet(stack: ExitStack, database_url: str, redis_url: str, folder: Path, instances: int) -> Fleet:
@@ -55,7 +40,7 @@ def start_fleet(stack: ExitStack, database_url: str, redis_url: str, folder: Pat
     assert migrated.returncode == 0, migrated.stderr
     bases = [stack.enter_context(gunicorn(environ, folder / f"gunicorn-{n}.log", workers=2))
              for n in range(instances)]
-    return Fleet(bases, environ)
+    return Fleet(environ, bases)
 
 
 @pytest.fixture
