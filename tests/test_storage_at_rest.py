@@ -46,9 +46,11 @@ def test_the_database_holds_no_key_and_no_secret(
         assert key.split("_")[1].encode() in stored  # the public id is there, so the file was read
 
 
-def test_default_bcrypt_cost_is_12(tmp_path: Path) -> None:
-    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'k.db'}"})
+def test_default_bcrypt_cost_is_12(database_url: str) -> None:
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})  # no test settings: the defaults
     with app.app_context():
         flask_migrate.upgrade()
         api_key, _ = KeyService.create_key(name="n", external_client_id="c")
+    with app.app_context():
+        db.engine.dispose()
     assert api_key.secret_hash.startswith("$2b$12$")

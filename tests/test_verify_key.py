@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
-import flask_migrate
 import pytest
 from flask import Flask
 
-from keyservice import KeyService, Outcome, create_app, verify_key
+from keyservice import KeyService, Outcome, verify_key
 from keyservice.app import db
 from keyservice.crypto import checksum
 from keyservice.models import ApiKey, utcnow
 from keyservice.store import get_key
 
-from .conftest import TEST_CONFIG, IssueKey
+from .conftest import IssueKey, migrated_app
 
 
 def wrong_secret(key: str, n: int = 0) -> str:
@@ -44,15 +42,11 @@ def test_outcomes_without_a_request(app: Flask, issue_key: IssueKey) -> None:
 
 
 @pytest.fixture
-def cached_app(tmp_path: Path) -> Flask:
+def cached_app(database_url: str) -> Iterator[Flask]:
     """An app with the default cache TTL and small wrong-secret budgets."""
-    app = create_app({**TEST_CONFIG, "KEYSERVICE_CACHE_TTL": 0.5,
-                      "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT": "3/minute",
-                      "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "5/minute",
-                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'keys.db'}"})
-    with app.app_context():
-        flask_migrate.upgrade()
-    return app
+    with migrated_app(database_url, KEYSERVICE_CACHE_TTL=0.5, KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute",
+                      KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="5/minute") as app:
+        yield app
 
 
 def issue(app: Flask, **fields) -> tuple[str, str]:
