@@ -22,12 +22,12 @@ from .principals import Principal, requires
 from .schemas import (
     EventListSchema, KeyCreatedSchema, KeyCreateSchema, KeyListArgsSchema, KeyListSchema, KeySchema,
     KeyUpdateSchema, ProblemSchema, RevokeArgsSchema, RoleInSchema, RoleListSchema, RoleSchema,
-    ROLE_NAME, RotateSchema, VerifyRequestSchema, VerifyResponseSchema,
+    ROLE_NAME, RotateSchema, UsageArgsSchema, UsageSchema, VerifyRequestSchema, VerifyResponseSchema,
 )
 from .state import current_state
 from .store import (
-    create_key, delete_role, get_key, key_events, list_keys, list_roles, put_role, revoke_key, rotate_key,
-    scopes_of_roles, update_key,
+    create_key, delete_role, get_key, key_events, key_usage, list_keys, list_roles, put_role, revoke_key,
+    rotate_key, scopes_of_roles, update_key,
 )
 
 MAX_BODY_BYTES = 64 * 1024
@@ -178,6 +178,17 @@ def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
 def events(key_id: str) -> dict[str, Any]:
     """Who created, changed, rotated or revoked the key, and when (oldest first)."""
     return {"items": key_events(current_state().db.session, _managed_key(key_id).id)}
+
+
+@keys_blueprint.route("/<key_id>/usage", methods=["GET"])
+@requires("keys:read")
+@keys_blueprint.arguments(UsageArgsSchema, location="query")
+@keys_blueprint.response(200, UsageSchema)
+@_problems(keys_blueprint, 404, 422)
+def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
+    """The key's verifications by outcome code, per hour or per UTC day. Counts reach the
+    database every KEYSERVICE_USAGE_FLUSH_INTERVAL seconds (10 by default)."""
+    return key_usage(current_state().db.session, _managed_key(key_id).id, **args)
 
 
 @keys_blueprint.route("/verify", methods=["POST"])

@@ -21,7 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import store
 from .errors import KeyServiceError
 from .schemas import (
-    ROLE_NAME, KeyCreateSchema, KeySchema, RoleInSchema, RoleSchema, RotateSchema, first_error,
+    ROLE_NAME, KeyCreateSchema, KeySchema, RoleInSchema, RoleSchema, RotateSchema, UsageArgsSchema, UsageSchema,
+    first_error,
 )
 from .models import ApiKey, utcnow
 from .state import current_state
@@ -183,6 +184,25 @@ def show_command(key_id: str, as_json: bool) -> None:
     shown["status"] = _status(api_key)
     for field, value in shown.items():
         click.echo(f"{field:19}{json.dumps(value) if isinstance(value, (list, dict)) else value}")
+
+
+@keys_cli.command("usage")
+@click.argument("key_id")
+@click.option("--granularity", type=click.Choice(["hour", "day"]), default="hour", show_default=True)
+@click.option("--since", help="From (ISO 8601; default: 24 hours before --until by hour, 30 days by day).")
+@click.option("--until", help="Until (ISO 8601; default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def usage_command(key_id: str, granularity: str, since: str | None, until: str | None, as_json: bool) -> None:
+    """A key's verifications by outcome code, per hour or per UTC day (as of the last usage flush)."""
+    args = UsageArgsSchema().load({"granularity": granularity, **({"since": since} if since else {}),
+                                   **({"until": until} if until else {})})
+    usage = UsageSchema().dump(store.key_usage(_session(), store.get_key(_session(), key_id).id, **args))
+    if as_json:
+        _echo_json(usage)
+        return
+    for period in usage["items"]:
+        counts = " ".join(f"{code}={count}" for code, count in sorted(period["counts"].items()))
+        click.echo(f"{period['start']}  total={period['total']}  {counts}")
 
 
 @keys_cli.command("revoke")

@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "30/minute",
     "KEYSERVICE_RATELIMIT_STORAGE_URL": "",
     "KEYSERVICE_RATELIMIT_FAIL_OPEN": False,
+    "KEYSERVICE_USAGE_FLUSH_INTERVAL": 10.0,
+    "KEYSERVICE_LOG_FORMAT": "json",
 }
 
 # `limits` storages with a moving window; the default ("") is the app's own database.
@@ -59,6 +61,8 @@ class Settings:
     failed_verify_limit_per_key: RateLimitItem
     ratelimit_storage_url: str  # "": the app's database
     ratelimit_fail_open: bool
+    usage_flush_interval: float
+    log_format: str  # "json" or "text"
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -107,6 +111,13 @@ def _boolean(config: Mapping[str, Any], name: str) -> bool:
     return BOOLEANS[str(value).strip().lower()]
 
 
+def _choice(config: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
+    value = str(config[name]).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be {' or '.join(choices)}, not {config[name]!r}")
+    return value
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
@@ -124,6 +135,8 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         failed_verify_limit_per_key=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY"),
         ratelimit_storage_url=_ratelimit_storage_url(config),
         ratelimit_fail_open=_boolean(config, "KEYSERVICE_RATELIMIT_FAIL_OPEN"),
+        usage_flush_interval=_number(config, "KEYSERVICE_USAGE_FLUSH_INTERVAL", float, 0.1, 3600),
+        log_format=_choice(config, "KEYSERVICE_LOG_FORMAT", ("json", "text")),
     )
 
 

@@ -69,6 +69,8 @@ class ApiKey(Base):
     # At most ratelimit_limit requests in any ratelimit_period seconds (a moving window).
     ratelimit_limit: Mapped[int | None]
     ratelimit_period: Mapped[int | None]
+    # The last valid use, written by the usage flush (usage.py), not by each request.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def refill(self) -> dict[str, Any] | None:
@@ -117,6 +119,17 @@ class KeyEvent(Base):
     changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class KeyUsage(Base):
+    """How many verifications of a key ended with one outcome within one UTC hour."""
+
+    __tablename__ = "keyservice_key_usage"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey(ApiKey.id), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int]
+
+
 class RateLimitHit(Base):
     """One request counted against a rate limit: the embedded moving-window storage.
 
@@ -136,7 +149,8 @@ class RateLimitHit(Base):
 
 
 TIMESTAMPS = {
-    ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at"),
+    ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at", "last_used_at"),
+    KeyUsage: ("hour",),
     Role: ("created_at", "updated_at"),
     KeyEvent: ("at",),
 }

@@ -12,12 +12,13 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 MAX_META_BYTES = 4096
 MAX_SCOPES = 100
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 ROLE_NAME = re.compile(r"[a-z0-9_.:-]{1,100}\Z")
+USAGE_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _in_the_future(value: datetime) -> None:
@@ -138,6 +139,8 @@ class KeySchema(Schema):
     revoked_at = UtcTimestamp(allow_none=True)
     revocation_reason = fields.String(allow_none=True)
     rotated_from = fields.String(allow_none=True)
+    last_used_at = UtcTimestamp(allow_none=True, metadata={
+        "description": "The last valid use, as of the usage flush (KEYSERVICE_USAGE_FLUSH_INTERVAL)."})
     remaining = fields.Integer(allow_none=True)
     refill = fields.Nested(RefillSchema, allow_none=True)
     ratelimit = fields.Nested(RateLimitSchema, allow_none=True)
@@ -198,6 +201,37 @@ class EventSchema(Schema):
 
 class EventListSchema(Schema):
     items = fields.List(fields.Nested(EventSchema))
+
+
+def _usage_bound(description: str) -> fields.AwareDateTime:
+    return fields.AwareDateTime(default_timezone=timezone.utc, validate=validate.Range(min=USAGE_EPOCH),
+                                metadata={"description": description})
+
+
+class UsageArgsSchema(Schema):
+    granularity = fields.String(load_default="hour", validate=validate.OneOf(["hour", "day"]))
+    since = _usage_bound("From (default: 24 hours before `until` by hour, 30 days by day).")
+    until = _usage_bound("Until (default: now).")
+
+    @validates_schema
+    def _since_before_until(self, data: dict[str, Any], **_: Any) -> None:
+        if "since" in data and "until" in data and data["since"] >= data["until"]:
+            raise ValidationError("Must be before until.", "since")
+
+
+class UsagePeriodSchema(Schema):
+    start = UtcTimestamp(metadata={"description": "The hour's or the UTC day's start."})
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(),
+                         metadata={"description": "Verifications by outcome code."})
+    total = fields.Integer()
+
+
+class UsageSchema(Schema):
+    key_id = fields.String()
+    granularity = fields.String()
+    since = UtcTimestamp()
+    until = UtcTimestamp()
+    items = fields.List(fields.Nested(UsagePeriodSchema), metadata={"description": "Periods with any use, oldest first."})
 
 
 class RoleInSchema(Schema):

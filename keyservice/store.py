@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, scoped_session
@@ -21,7 +22,8 @@ from sqlalchemy.orm import Session, scoped_session
 from .config import Settings
 from .crypto import generate_key
 from .errors import Conflict, InvalidInput, NotFound
-from .models import ApiKey, KeyEvent, Role, as_utc, utcnow
+from .models import ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
+from .usage import hour_of
 
 AnySession = Session | scoped_session[Any]
 
@@ -168,6 +170,24 @@ def rotate_key(session: AnySession, settings: Settings, api_key: ApiKey, grace_s
 def key_events(session: AnySession, key_id: str) -> list[KeyEvent]:
     """A key's audit trail, oldest first."""
     return list(session.scalars(select(KeyEvent).where(KeyEvent.key_id == key_id).order_by(KeyEvent.id)))
+
+
+def key_usage(session: AnySession, key_id: str, granularity: str, since: datetime | None = None,
+              until: datetime | None = None) -> dict[str, Any]:
+    """A key's verifications by outcome code, per hour or per UTC day, from ``since`` to ``until``
+    (by default the last 24 hours, or 30 days); periods without any are left out."""
+    until = until or utcnow()
+    since = since or until - (timedelta(hours=24) if granularity == "hour" else timedelta(days=30))
+    rows = session.scalars(select(KeyUsage).where(
+        KeyUsage.key_id == key_id, KeyUsage.hour >= hour_of(since), KeyUsage.hour < until).order_by(KeyUsage.hour))
+    periods: dict[datetime, Counter[str]] = {}
+    for row in rows:
+        hour = cast(datetime, as_utc(row.hour))
+        start = hour if granularity == "hour" else hour.replace(hour=0)
+        periods.setdefault(start, Counter())[row.outcome] += row.count
+    return {"key_id": key_id, "granularity": granularity, "since": since, "until": until,
+            "items": [{"start": start, "counts": dict(counts), "total": counts.total()}
+                      for start, counts in periods.items()]}
 
 
 def _encode_cursor(api_key: ApiKey) -> str:

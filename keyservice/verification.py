@@ -47,8 +47,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from .config import Settings
 from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
 from .models import ApiKey, Role, as_utc, utcnow
+from . import metrics
 from .ratelimit import RateLimiter, RateLimitState
 from .rawsql import raw_transaction
+from .usage import UsageRecorder
 
 
 class Outcome(StrEnum):
@@ -175,13 +177,23 @@ class Verifier:
         self._lock = threading.Lock()
         self._digest_key = os.urandom(32)
         self._failures: MovingWindowRateLimiter | None = None
+        self._usage = UsageRecorder(settings.usage_flush_interval)
 
     def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
-        """Check ``key`` and that it holds every scope in ``scopes``.
+        """Check ``key`` and that it holds every scope in ``scopes``; count it in the
+        metrics and, if it names a key that exists, in that key's usage.
 
         ``client`` (the caller's address) keys the failed-check budget, so that
         one client's wrong secrets do not lock the key out for everyone.
         """
+        started = time.perf_counter()
+        result = self._verify(key, scopes, client)
+        metrics.observe(result.code, result.key_id is not None, time.perf_counter() - started)
+        if result.key_id is not None and result.code is not Outcome.UNAVAILABLE:
+            self._usage.record(self._db.engine, result.key_id, result.code, result.valid)
+        return result
+
+    def _verify(self, key: str, scopes: Iterable[str], client: str | None) -> VerificationResult:
         key = key.strip()
         if len(key) > MAX_KEY_LENGTH:
             return VerificationResult(Outcome.MALFORMED)
@@ -259,6 +271,10 @@ class Verifier:
             self._verified[digest] = fresh
         return fresh
 
+    def flush_usage(self) -> None:
+        """Write the usage this process has counted to the database now."""
+        self._usage.flush()
+
     def _forget(self, digest: bytes) -> None:
         with self._lock:
             self._verified.pop(digest, None)
@@ -277,7 +293,8 @@ class Verifier:
         if not check_secret(parsed.secret, record.secret_hash):
             for limit, identity in budgets:
                 self._failures_limiter().hit(limit, *identity)
-            return VerificationResult(Outcome.NOT_FOUND)
+            # The id is the key's (its usage counts the attempt); the response never shows it.
+            return VerificationResult(Outcome.NOT_FOUND, key_id=record.id)
         return _VerifiedKey.of(record)
 
     @staticmethod

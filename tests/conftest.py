@@ -22,6 +22,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from keyservice import KeyService, create_app, require_key
 from keyservice.app import db
+from keyservice.state import current_state
 
 from .services import PostgresServer, postgres_server, redis_server
 
@@ -112,6 +113,7 @@ def migrated_app(database_url: str, **config: Any) -> Iterator[Flask]:
         yield app
     finally:
         with app.app_context():
+            current_state().verifier.flush_usage()  # while its database is still there
             db.engine.dispose()
 
 

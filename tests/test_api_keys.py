@@ -34,7 +34,7 @@ FUTURE = "2099-01-01T00:00:00Z"
 # The fields of a key object so far; last_used_at, remaining, refill and ratelimit
 # come with usage tracking and limits.
 KEY_FIELDS = {"id", "start", "name", "external_client_id", "scopes", "roles", "meta", "enabled", "created_at",
-              "created_by", "updated_at", "expires_at", "revoked_at", "revocation_reason", "rotated_from"}
+              "created_by", "updated_at", "expires_at", "revoked_at", "revocation_reason", "rotated_from", "last_used_at"}
 
 
 def secret_of(key: str) -> str:
@@ -173,7 +173,7 @@ def assert_key_object(body: dict[str, Any]) -> None:
     assert KEY_FIELDS <= set(body)
     assert re.fullmatch(r"[0-9A-Za-z]{16}", body["id"])
     assert body["start"] == f"sk_{body['id']}"
-    for name in ("created_at", "updated_at", "expires_at", "revoked_at"):
+    for name in ("created_at", "updated_at", "expires_at", "revoked_at", "last_used_at"):
         assert body[name] is None or TIMESTAMP.match(body[name]), (name, body[name])
     assert isinstance(body["scopes"], list) and isinstance(body["roles"], list)
     assert isinstance(body["meta"], dict) and isinstance(body["enabled"], bool)
@@ -200,6 +200,7 @@ ROUTES = [
     Route("DELETE", "/keys/{id}", "keys:write"),
     Route("POST", "/keys/{id}/rotate", "keys:write", {}),
     Route("GET", "/keys/{id}/events", "keys:read"),
+    Route("GET", "/keys/{id}/usage", "keys:read"),
     Route("POST", "/keys/verify", "keys:verify", {"key": "sk_nope"}),
     Route("PUT", "/roles/reader", "keys:admin", {"scopes": ["reports:read"]}),
     Route("GET", "/roles", "keys:admin"),

@@ -1,0 +1,111 @@
+"""Usage per key: verifications counted per outcome and UTC hour, and each key's last use.
+
+Writing a row on every request would cost what the database write of a limit
+costs (see docs/benchmarks.md), so each worker counts in memory and a thread of
+its own adds the counts to the database every ``KEYSERVICE_USAGE_FLUSH_INTERVAL``
+seconds (and when the worker exits cleanly): one transaction of upserts, and
+``last_used_at`` moved forward. A worker that is killed loses what it counted
+since its last flush, at most one interval's worth; a flush that fails (the
+database is down) keeps its counts for the next one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections import Counter
+from datetime import datetime
+from typing import Any, Callable
+
+from sqlalchemy import Engine, event, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from .models import ApiKey, KeyUsage, utcnow
+
+logger = logging.getLogger("keyservice.usage")
+
+_INSERT: dict[str, Callable[..., Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def hour_of(moment: datetime) -> datetime:
+    """The start of the UTC hour ``moment`` is in."""
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+class UsageRecorder:
+    """Counts one process's verifications in memory and adds them to the database in the background."""
+
+    def __init__(self, flush_interval: float) -> None:
+        self._interval = flush_interval
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, datetime, str]] = Counter()
+        self._last_used: dict[str, datetime] = {}
+        self._engine: Engine | None = None
+        self._flusher_pid: int | None = None
+        self._stop = threading.Event()
+
+    def record(self, engine: Engine, key_id: str, outcome: str, valid: bool) -> None:
+        """Count one verification of ``key_id`` (a key that exists) that ended in ``outcome``."""
+        now = utcnow()
+        with self._lock:
+            self._counts[(key_id, hour_of(now), outcome)] += 1
+            if valid:
+                self._last_used[key_id] = now
+            if self._flusher_pid != os.getpid():  # first use in this process (a forked worker)
+                self._start(engine)
+
+    def _start(self, engine: Engine) -> None:
+        self._engine = engine
+        self._flusher_pid = os.getpid()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, args=(self._stop,), name="keyservice-usage-flush", daemon=True).start()
+        atexit.register(self.flush)
+        if not event.contains(engine, "engine_disposed", self._pause):
+            event.listen(engine, "engine_disposed", self._pause)
+
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self._interval):
+            self.flush()
+
+    def _pause(self, engine: Engine) -> None:
+        # A disposed engine may be about to go away (an app torn down): no more flushes
+        # through it until the next count starts them again. What is counted stays counted.
+        with self._lock:
+            self._stop.set()
+            atexit.unregister(self.flush)
+            self._flusher_pid = None
+
+    def flush(self) -> None:
+        """Add what this process counted to the database now; keep it for later if that fails."""
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            last_used, self._last_used = self._last_used, {}
+        if not counts or self._engine is None:
+            return
+        try:
+            self._write(self._engine, counts, last_used)
+        except SQLAlchemyError:
+            logger.warning("keyservice: usage not saved yet, the database is unavailable; will retry")
+            with self._lock:
+                self._counts.update(counts)
+                for key_id, moment in last_used.items():
+                    self._last_used[key_id] = max(moment, self._last_used.get(key_id, moment))
+
+    @staticmethod
+    def _write(engine: Engine, counts: Counter[tuple[str, datetime, str]], last_used: dict[str, datetime]) -> None:
+        insert = _INSERT[engine.dialect.name]
+        rows = [{"key_id": key_id, "hour": hour, "outcome": outcome, "count": count}
+                for (key_id, hour, outcome), count in counts.items()]
+        with engine.begin() as connection:
+            statement = insert(KeyUsage)
+            connection.execute(statement.on_conflict_do_update(
+                index_elements=["key_id", "hour", "outcome"],
+                set_={"count": KeyUsage.count + statement.excluded.count}), rows)
+            for key_id, moment in last_used.items():
+                connection.execute(update(ApiKey).where(
+                    ApiKey.id == key_id, (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < moment)
+                ).values(last_used_at=moment, updated_at=ApiKey.updated_at))  # a use is not a change
+
