@@ -3,9 +3,12 @@
 Flags on the command line (``-b``, ``-w``) override these.
 """
 
+import glob
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
@@ -19,11 +22,34 @@ accesslog = "-"
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 
 
+# Prometheus' multiprocess mode (keyservice/metrics.py): every worker writes its metrics to
+# files in this folder, /metrics adds them up. Set here, before any worker imports the app;
+# a folder of our own is removed at exit.
+OWN_METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if OWN_METRICS_FOLDER:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keyservice-metrics-")
+
+
 def on_starting(server):
-    """Refuse to start, in one line, when a setting is wrong."""
+    """Start the metrics from zero; refuse to start, in one line, when a setting is wrong."""
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    for left_over in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(left_over)
     from keyservice.config import ConfigError, config_from_environment
 
     try:
         config_from_environment()
     except ConfigError as error:
         sys.exit(f"keyservice: {error}")
+
+
+def child_exit(server, worker):
+    """A worker that is gone leaves its counters to the total, and its live values out of it."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if OWN_METRICS_FOLDER:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

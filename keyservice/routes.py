@@ -1,4 +1,4 @@
-"""The standalone service's own routes: a health check and the example views."""
+"""The standalone service's own routes: a health check, metrics and the example views."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .decorators import require_key
 from .errors import problem
+from .metrics import exposition
 from .state import current_state
 
 bp = Blueprint("service", __name__)
@@ -24,6 +25,13 @@ def healthz() -> Any:
     except SQLAlchemyError:
         return problem(503, "UNAVAILABLE", "Database unavailable", "The database does not answer.")
     return {"status": "ok"}
+
+
+@bp.get("/metrics")
+def metrics() -> Any:
+    """Prometheus metrics, every worker's (see metrics.py)."""
+    body, content_type = exposition()
+    return body, 200, {"Content-Type": content_type}
 
 
 @bp.post("/protected-with-key")
