@@ -16,6 +16,7 @@ from . import routes
 from .config import config_from_environment
 from .errors import register_http_problem_handlers
 from .extension import KeyService
+from .requestlog import register_request_log
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -63,5 +64,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(MIGRATIONS))
     keyservice.init_app(app)
     register_http_problem_handlers(app)
+    register_request_log(app)
     app.register_blueprint(routes.bp)
     return app

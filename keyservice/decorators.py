@@ -43,9 +43,10 @@ def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
     state = current_state()
     environ = request.environ
     key = key_from_request(environ, state.settings.header_environ_key)
-    if isinstance(key, Outcome):
-        return VerificationResult(key)
-    return state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"))
+    result = VerificationResult(key) if isinstance(key, Outcome) else state.verifier.verify(
+        key, scopes, environ.get("REMOTE_ADDR"))
+    g.verification = result  # for the request's log line
+    return result
 
 
 def require_key(*scopes: str) -> Callable[[View], View]:
