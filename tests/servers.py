@@ -65,9 +65,14 @@ class Response:
     headers: dict[str, str]
 
 
-def request(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> Response:
-    """One HTTP request; error statuses are answers too, not exceptions."""
-    req = urllib.request.Request(url, method=method, headers=headers or {})
+def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,
+            body: dict[str, object] | None = None) -> Response:
+    """One HTTP request (``body`` sent as JSON); error statuses are answers too, not exceptions."""
+    headers = dict(headers or {})
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, method=method, headers=headers,
+                                 data=None if body is None else json.dumps(body).encode())
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
             return Response(response.status, response.read(), dict(response.headers))

@@ -1,0 +1,140 @@
+"""Usage, /metrics and logs through gunicorn with 2 workers, on both databases."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from .load import bearer
+from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
+from .services import PostgresServer
+from .test_usage import wrong_secret
+
+KNOWN = {"VALID": 7, "NOT_FOUND": 3, "REVOKED": 2}
+
+
+@dataclass(frozen=True)
+class Served(KeysCli):
+    """gunicorn on a fresh database, its whole log (access log and JSON lines) in ``log``."""
+
+    base: str
+    log: Path
+    database_url: str
+
+    def post(self, path: str, key: str | None = None, **headers: str) -> Response:
+        return request(self.base + path, "POST", {**(bearer(key) if key else {}), **headers})
+
+    def call(self, method: str, path: str, key: str, body: dict[str, object] | None = None) -> Response:
+        return request(self.base + path, method, bearer(key), body)
+
+    def json_lines(self) -> list[dict[str, object]]:
+        """The app's log lines (gunicorn's own and the access log are not JSON)."""
+        lines = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+
+@pytest.fixture
+def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
+    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="0.5",
+                                  KEYSERVICE_LOG_FORMAT="json")
+    migrated = flask_cli(environ, "db", "upgrade")
+    assert migrated.returncode == 0, migrated.stderr
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(environ, log, workers=2, access_log=True) as base:
+        yield Served(environ, base, log, database_url)
+
+
+def metric_samples(served: Served, name: str) -> dict[str, float]:
+    """``name``'s samples in ``/metrics``, by their ``outcome`` label."""
+    text = request(served.base + "/metrics").body.decode()
+    return {labels: float(value) for labels, value in re.findall(rf'^{name}{{outcome="(\w+)"}} (\S+)$', text, re.MULTILINE)}
+
+
+def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served) -> None:
+    key_id, key = served.create_key()
+    _, reader = served.create_key("--scope", "keys:read")
+    statuses = [served.post("/protected-with-key", key).status for _ in range(KNOWN["VALID"])]
+    statuses += [served.post("/protected-with-key", wrong_secret(key)).status for _ in range(KNOWN["NOT_FOUND"])]
+    assert flask_cli(served.environ, "keys", "revoke", key_id).returncode == 0
+    time.sleep(1)  # every worker re-reads the row within KEYSERVICE_CACHE_TTL
+    statuses += [served.post("/protected-with-key", key).status for _ in range(KNOWN["REVOKED"])]
+    assert statuses == [200] * 7 + [401] * 5
+
+    # /metrics first: the reader key's own verifications would count too.
+    counted = {code: value for code, value in metric_samples(served, "keyservice_verifications_total").items() if value}
+    assert counted == KNOWN
+
+    deadline = time.monotonic() + 10
+    while True:  # the counts reach the database at each worker's next flush (0.5 s here)
+        usage = json.loads(served.call("GET", f"/keys/{key_id}/usage", reader).body)
+        counts = Counter()
+        for period in usage["items"]:
+            counts.update(period["counts"])
+        if counts == KNOWN or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counts == KNOWN
+    assert served.show(key_id)["last_used_at"] is not None
+
+    lines = [line for line in served.json_lines() if line.get("logger") == "keyservice.request"
+             and line.get("path") == "/protected-with-key"]
+    assert Counter(line["code"] for line in lines) == KNOWN
+    assert {line["key_id"] for line in lines} == {key_id}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", str(line["request_id"])) and float(str(line["latency_ms"])) > 0
+               for line in lines)
+
+
+def everything_stored(served: Served, request: pytest.FixtureRequest) -> bytes:
+    """The SQLite files (and WAL), or a dump of the PostgreSQL database."""
+    database = make_url(served.database_url).database
+    assert database
+    if served.database_url.startswith("sqlite"):
+        path = Path(database)
+        return b"".join(file.read_bytes() for file in path.parent.glob(path.name + "*"))
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.dump(database)
+
+
+def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pytest.FixtureRequest) -> None:
+    keys: list[str] = []
+    key_id, key = served.create_key("--remaining", "100", "--ratelimit", "100/60s")
+    _, admin = served.create_key("--scope", "keys:admin")
+    keys += [key, admin]
+    created = served.call("POST", "/keys", admin, {"name": "http", "external_client_id": "acme"})
+    assert created.status == 201
+    http_key = json.loads(created.body)["key"]
+    keys.append(http_key)
+    for used in (key, http_key):
+        assert served.post("/protected-with-key", used).status == 200
+        assert served.post(f"/protected-with-key?api_key={used}").status == 401
+        assert served.post("/protected-with-key", wrong_secret(used)).status == 401
+        assert served.post("/protected-with-key", **{"X-API-Key": used}).status == 200
+    assert served.call("POST", "/keys/verify", admin, {"key": http_key}).status == 200
+    rotated = served.call("POST", f"/keys/{key_id}/rotate", admin, {"grace_seconds": 60})
+    assert rotated.status == 201
+    keys.append(json.loads(rotated.body)["key"])
+    cli_rotated = flask_cli(served.environ, "keys", "rotate", json.loads(created.body)["id"])
+    assert cli_rotated.returncode == 0
+    keys.append(cli_rotated.stdout.strip())
+    assert served.call("DELETE", f"/keys/{key_id}", admin).status == 204
+    assert served.post("/protected-with-key", key).status == 401
+    time.sleep(1.5)  # the usage flush
+
+    logged = served.log.read_text()
+    assert served.json_lines(), "no JSON log line was written"
+    stored = everything_stored(served, request)
+    for each in keys:
+        secret = each.split("_")[2][:32]
+        assert each not in logged and secret not in logged
+        assert each.encode() not in stored and secret.encode() not in stored

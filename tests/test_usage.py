@@ -1,0 +1,229 @@
+"""Usage per key (``GET /keys/<id>/usage``, ``flask keys usage``), ``last_used_at``, ``/metrics``
+and the request log line, in process on both databases. Through gunicorn: ``test_observability.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import time_machine
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from keyservice.app import db
+from keyservice.models import ApiKey
+from keyservice.state import current_state
+
+from .conftest import IssueKey
+
+PROTECTED = "/protected-with-key"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wrong_secret(key: str) -> str:
+    """The same id and a checksum that holds, another secret: NOT_FOUND after bcrypt."""
+    from keyservice.crypto import CHECKSUM_LENGTH, SECRET_LENGTH, checksum
+
+    body = key[:-(SECRET_LENGTH + CHECKSUM_LENGTH)]
+    other = ("a" if key[len(body)] != "a" else "b") * SECRET_LENGTH
+    return body + other + checksum(body + other)
+
+
+def parse(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def flush(app: Flask) -> None:
+    with app.app_context():
+        current_state().verifier.flush_usage()
+
+
+def usage(client: FlaskClient, admin: str, key_id: str, **query: str) -> dict[str, Any]:
+    response = client.get(f"/keys/{key_id}/usage", query_string=query, headers=bearer(admin))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+@pytest.fixture
+def admin(issue_key: IssueKey) -> str:
+    return issue_key(name="ops", external_client_id="acme", scopes=("keys:read", "keys:write"))[1]
+
+
+def send_known_traffic(app: Flask, client: FlaskClient, key_id: str, key: str) -> None:
+    """4 VALID, 2 NOT_FOUND (wrong secret), 1 INSUFFICIENT_SCOPE, then revoked: 3 REVOKED."""
+    for _ in range(4):
+        assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+    for _ in range(2):
+        assert client.post(PROTECTED, headers=bearer(wrong_secret(key))).get_json()["code"] == "NOT_FOUND"
+    with app.app_context():
+        assert current_state().verifier.verify(key, ["billing:write"]).code == "INSUFFICIENT_SCOPE"
+        db.session.get(ApiKey, key_id).revoke()  # type: ignore[union-attr]
+        db.session.commit()
+    for _ in range(3):
+        assert client.post(PROTECTED, headers=bearer(key)).get_json()["code"] == "REVOKED"
+
+
+def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, client: FlaskClient,
+                                                                  issue_key: IssueKey, admin: str) -> None:
+    key_id, key = issue_key()
+    send_known_traffic(app, client, key_id, key)
+    assert usage(client, admin, key_id)["items"] == []  # nothing before the flush
+    flush(app)
+
+    by_hour = usage(client, admin, key_id)
+    assert by_hour["key_id"] == key_id and by_hour["granularity"] == "hour"
+    [hour] = by_hour["items"]
+    assert hour["counts"] == {"VALID": 4, "NOT_FOUND": 2, "INSUFFICIENT_SCOPE": 1, "REVOKED": 3}
+    assert hour["total"] == 10
+    assert parse(hour["start"]) == datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    [day] = usage(client, admin, key_id, granularity="day")["items"]
+    assert day["counts"] == hour["counts"] and parse(day["start"]) == parse(hour["start"]).replace(hour=0)
+
+
+def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient, issue_key: IssueKey,
+                                                admin: str) -> None:
+    key_id, key = issue_key()
+    start = datetime(2030, 1, 1, 9, 30, tzinfo=timezone.utc)
+    for hours_later, requests in ((0, 2), (0, 3), (1, 4)):
+        with time_machine.travel(start + timedelta(hours=hours_later), tick=False):
+            for _ in range(requests):
+                assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+            flush(app)
+    query = {"since": "2030-01-01T00:00:00Z", "until": "2030-01-02T00:00:00Z"}
+    assert [(parse(item["start"]), item["total"]) for item in usage(client, admin, key_id, **query)["items"]] == [
+        (start.replace(minute=0), 5), (start.replace(hour=10, minute=0), 4)]
+    by_day = usage(client, admin, key_id, granularity="day", **query)["items"]
+    assert [(parse(item["start"]), item["total"]) for item in by_day] == [(start.replace(hour=0, minute=0), 9)]
+    later = usage(client, admin, key_id, since="2030-01-01T10:00:00Z", until="2030-01-01T11:00:00Z")
+    assert [item["total"] for item in later["items"]] == [4]
+
+
+def test_a_refused_request_without_a_known_key_counts_for_no_key(app: Flask, client: FlaskClient,
+                                                                 issue_key: IssueKey, admin: str) -> None:
+    key_id, key = issue_key()
+    client.post(PROTECTED, headers=bearer(key[:-1]))  # MALFORMED: no key is named
+    client.post(PROTECTED)  # MISSING
+    flush(app)
+    assert usage(client, admin, key_id)["items"] == []
+
+
+def test_last_used_at_follows_valid_uses_without_touching_updated_at(app: Flask, client: FlaskClient,
+                                                                     issue_key: IssueKey, admin: str) -> None:
+    key_id, key = issue_key()
+    shown = client.get(f"/keys/{key_id}", headers=bearer(admin)).get_json()
+    assert shown["last_used_at"] is None
+    client.post(PROTECTED, headers=bearer(key))
+    client.post(PROTECTED, headers=bearer(wrong_secret(key)))
+    flush(app)
+    after = client.get(f"/keys/{key_id}", headers=bearer(admin)).get_json()
+    used = parse(after["last_used_at"])
+    assert abs((datetime.now(timezone.utc) - used).total_seconds()) < 5
+    assert after["updated_at"] == shown["updated_at"]
+
+
+@pytest.mark.parametrize("query, field", [
+    ({"granularity": "week"}, "granularity"),
+    ({"since": "yesterday"}, "since"),
+    ({"since": "0038-05-05T18:32:36Z"}, "since"),
+    ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "since"),
+])
+def test_bad_usage_queries_are_422_naming_the_field(client: FlaskClient, issue_key: IssueKey, admin: str,
+                                                    query: dict[str, str], field: str) -> None:
+    key_id, _ = issue_key()
+    response = client.get(f"/keys/{key_id}/usage", query_string=query, headers=bearer(admin))
+    assert response.status_code == 422
+    assert field in response.get_json()["errors"]["query"]
+
+
+def test_another_clients_key_usage_is_not_found(client: FlaskClient, issue_key: IssueKey, admin: str) -> None:
+    other_id, _ = issue_key(external_client_id="globex")
+    assert client.get(f"/keys/{other_id}/usage", headers=bearer(admin)).status_code == 404
+
+
+def test_cli_usage(app: Flask, client: FlaskClient, runner: FlaskCliRunner, issue_key: IssueKey) -> None:
+    key_id, key = issue_key()
+    for _ in range(2):
+        client.post(PROTECTED, headers=bearer(key))
+    flush(app)
+    text = runner.invoke(args=["keys", "usage", key_id])
+    assert text.exit_code == 0 and re.fullmatch(r"\S+:00:00\.0+Z  total=2  VALID=2\n", text.output), text.output
+    as_json = json.loads(runner.invoke(args=["keys", "usage", key_id, "--granularity", "day", "--json"]).output)
+    assert [item["counts"] for item in as_json["items"]] == [{"VALID": 2}]
+    bad = runner.invoke(args=["keys", "usage", key_id, "--since", "soon"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+
+
+# --- /metrics ----------------------------------------------------------------------------------------
+
+def metric(client: FlaskClient, name: str, **labels: str) -> float:
+    """A sample's value in ``/metrics`` (0 if it is not there yet)."""
+    text = client.get("/metrics").get_data(as_text=True)
+    selector = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+    match = re.search(rf"^{re.escape(name + selector)} (\S+)$", text, re.MULTILINE)
+    return float(match[1]) if match else 0.0
+
+
+def test_metrics_count_verifications_by_outcome_latency_and_refusals(app: Flask, client: FlaskClient,
+                                                                     issue_key: IssueKey) -> None:
+    # The counters live in this process and every test's app adds to them: compare differences.
+    before = {code: metric(client, "keyservice_verifications_total", outcome=code)
+              for code in ("VALID", "NOT_FOUND", "REVOKED", "INSUFFICIENT_SCOPE")}
+    latency_before = metric(client, "keyservice_verification_seconds_count")
+    key_id, key = issue_key()
+    send_known_traffic(app, client, key_id, key)
+    after = {code: metric(client, "keyservice_verifications_total", outcome=code) - before[code] for code in before}
+    assert after == {"VALID": 4, "NOT_FOUND": 2, "REVOKED": 3, "INSUFFICIENT_SCOPE": 1}
+    assert metric(client, "keyservice_verification_seconds_count") - latency_before == 10
+    response = client.get("/metrics")
+    assert response.mimetype == "text/plain" and key not in response.get_data(as_text=True)
+
+
+def test_metrics_count_limit_refusals(app: Flask, client: FlaskClient, issue_key: IssueKey) -> None:
+    before = metric(client, "keyservice_limit_refusals_total", limit="usage")
+    _, key = issue_key(remaining=1)
+    client.post(PROTECTED, headers=bearer(key))
+    assert client.post(PROTECTED, headers=bearer(key)).get_json()["code"] == "USAGE_EXCEEDED"
+    assert metric(client, "keyservice_limit_refusals_total", limit="usage") - before == 1
+
+
+# --- the request log line ----------------------------------------------------------------------------
+
+def request_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "keyservice.request"]
+
+
+def test_each_request_logs_one_line_with_its_id_key_id_outcome_and_latency(
+        client: FlaskClient, issue_key: IssueKey, caplog: pytest.LogCaptureFixture) -> None:
+    key_id, key = issue_key()
+    caplog.set_level(logging.INFO, logger="keyservice.request")
+    ok = client.post(PROTECTED + "?api_key=" + key, headers={**bearer(key), "X-Request-ID": "req-42"})
+    refused = client.post(PROTECTED, headers=bearer(wrong_secret(key)))
+    client.post("/unprotected")
+    first, second, third = request_lines(caplog)
+    assert (first.request_id, first.key_id, first.code, first.status, first.path) == (  # type: ignore[attr-defined]
+        "req-42", key_id, "VALID", 200, PROTECTED)
+    assert ok.headers["X-Request-ID"] == "req-42"
+    assert (second.key_id, second.code, second.status) == (key_id, "NOT_FOUND", 401)  # type: ignore[attr-defined]
+    assert re.fullmatch(r"[0-9a-f]{32}", second.request_id)  # type: ignore[attr-defined]
+    assert refused.headers["X-Request-ID"] == second.request_id  # type: ignore[attr-defined]
+    assert (third.key_id, third.code, third.status) == (None, None, 200)  # type: ignore[attr-defined]
+    assert all(record.latency_ms >= 0 for record in (first, second, third))  # type: ignore[attr-defined]
+    assert key not in caplog.text and key.split("_")[2] not in caplog.text
+
+
+def test_a_request_id_that_is_not_a_plain_token_is_replaced(client: FlaskClient,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="keyservice.request")
+    response = client.post("/unprotected", headers={"X-Request-ID": "a b\tc" + "x" * 100})
+    [line] = request_lines(caplog)
+    assert re.fullmatch(r"[0-9a-f]{32}", line.request_id)  # type: ignore[attr-defined]
+    assert response.headers["X-Request-ID"] == line.request_id  # type: ignore[attr-defined]
