@@ -10,6 +10,7 @@ that variable (the dev server, tests, a host app) they live in this process.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -25,10 +26,16 @@ _STORAGE_ERRORS = Counter("keyservice_storage_errors", "Verifications answered U
 
 
 
+_by_outcome: dict[str, Any] = {}  # labels() takes a lock and checks its arguments: once per code
+
+
 def observe(code: str, of_a_key: bool, seconds: float) -> None:
     """Count one verification that took ``seconds`` and ended in ``code`` (an outcome code);
     ``of_a_key``: it was judged on a key's row (a refusal then is the key's own limit)."""
-    _VERIFICATIONS.labels(code).inc()
+    counter = _by_outcome.get(code)
+    if counter is None:
+        counter = _by_outcome[code] = _VERIFICATIONS.labels(code)
+    counter.inc()
     _LATENCY.observe(seconds)
     if code == "RATE_LIMITED":
         _LIMIT_REFUSALS.labels("rate_limit" if of_a_key else "failed_checks").inc()

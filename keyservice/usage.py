@@ -15,15 +15,17 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
+from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Engine, event, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from .models import ApiKey, KeyUsage, utcnow
+from .models import ApiKey, KeyUsage
 
 logger = logging.getLogger("keyservice.usage")
 
@@ -38,24 +40,28 @@ def hour_of(moment: datetime) -> datetime:
 class UsageRecorder:
     """Counts one process's verifications in memory and adds them to the database in the background."""
 
-    def __init__(self, flush_interval: float) -> None:
+    def __init__(self, db: SQLAlchemy, flush_interval: float) -> None:
+        self._db = db
         self._interval = flush_interval
         self._lock = threading.Lock()
-        self._counts: Counter[tuple[str, datetime, str]] = Counter()
-        self._last_used: dict[str, datetime] = {}
+        # Kept cheap on the request path: hours as whole hours since the epoch, times as
+        # epoch seconds; made datetimes at the flush.
+        self._counts: Counter[tuple[str, int, str]] = Counter()
+        self._last_used: dict[str, float] = {}
         self._engine: Engine | None = None
         self._flusher_pid: int | None = None
         self._stop = threading.Event()
 
-    def record(self, engine: Engine, key_id: str, outcome: str, valid: bool) -> None:
-        """Count one verification of ``key_id`` (a key that exists) that ended in ``outcome``."""
-        now = utcnow()
+    def record(self, key_id: str, outcome: str, valid: bool) -> None:
+        """Count one verification of ``key_id`` (a key that exists) that ended in ``outcome``
+        (in an app context: the first one in a process starts its flushes, on the app's engine)."""
+        now = time.time()
         with self._lock:
-            self._counts[(key_id, hour_of(now), outcome)] += 1
+            self._counts[(key_id, int(now // 3600), outcome)] += 1
             if valid:
                 self._last_used[key_id] = now
             if self._flusher_pid != os.getpid():  # first use in this process (a forked worker)
-                self._start(engine)
+                self._start(self._db.engine)
 
     def _start(self, engine: Engine) -> None:
         self._engine = engine
@@ -95,16 +101,17 @@ class UsageRecorder:
                     self._last_used[key_id] = max(moment, self._last_used.get(key_id, moment))
 
     @staticmethod
-    def _write(engine: Engine, counts: Counter[tuple[str, datetime, str]], last_used: dict[str, datetime]) -> None:
+    def _write(engine: Engine, counts: Counter[tuple[str, int, str]], last_used: dict[str, float]) -> None:
         insert = _INSERT[engine.dialect.name]
-        rows = [{"key_id": key_id, "hour": hour, "outcome": outcome, "count": count}
-                for (key_id, hour, outcome), count in counts.items()]
+        rows = [{"key_id": key_id, "hour": datetime.fromtimestamp(hour * 3600, timezone.utc), "outcome": outcome,
+                 "count": count} for (key_id, hour, outcome), count in counts.items()]
         with engine.begin() as connection:
             statement = insert(KeyUsage)
             connection.execute(statement.on_conflict_do_update(
                 index_elements=["key_id", "hour", "outcome"],
                 set_={"count": KeyUsage.count + statement.excluded.count}), rows)
-            for key_id, moment in last_used.items():
+            for key_id, seconds in last_used.items():
+                moment = datetime.fromtimestamp(seconds, timezone.utc)
                 connection.execute(update(ApiKey).where(
                     ApiKey.id == key_id, (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < moment)
                 ).values(last_used_at=moment, updated_at=ApiKey.updated_at))  # a use is not a change

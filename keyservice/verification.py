@@ -177,7 +177,7 @@ class Verifier:
         self._lock = threading.Lock()
         self._digest_key = os.urandom(32)
         self._failures: MovingWindowRateLimiter | None = None
-        self._usage = UsageRecorder(settings.usage_flush_interval)
+        self._usage = UsageRecorder(db, settings.usage_flush_interval)
 
     def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
         """Check ``key`` and that it holds every scope in ``scopes``; count it in the
@@ -190,7 +190,7 @@ class Verifier:
         result = self._verify(key, scopes, client)
         metrics.observe(result.code, result.key_id is not None, time.perf_counter() - started)
         if result.key_id is not None and result.code is not Outcome.UNAVAILABLE:
-            self._usage.record(self._db.engine, result.key_id, result.code, result.valid)
+            self._usage.record(result.key_id, result.code, result.valid)
         return result
 
     def _verify(self, key: str, scopes: Iterable[str], client: str | None) -> VerificationResult:
