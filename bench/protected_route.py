@@ -13,8 +13,9 @@ drives it with ``wrk``. It prints figures; it asserts nothing.
 
 1. Overhead. ``POST /unprotected`` against ``POST /protected-with-key``, the same
    tiny view, with three keys: a plain valid key (it costs a header read, an
-   HMAC, a dict lookup and a row re-read every 0.5 s; each worker pays bcrypt
-   once, in the warm-up; goal: >= 0.90 x unprotected), a key with a rate limit
+   HMAC, a dict lookup and a row re-read every 0.5 s, and its count in the
+   usage and the metrics; each worker pays bcrypt once, in the warm-up; goal:
+   >= 0.85 x unprotected with usage counting and metrics on), a key with a rate limit
    far above the load and a key with a large ``remaining`` (each request also
    writes its hit or its use to the database; goal: >= 0.75).
 2. A flood of wrong secrets. A key with the valid key's prefix and id, a
@@ -55,7 +56,7 @@ from keyservice.crypto import BASE62, CHECKSUM_LENGTH, SECRET_LENGTH, checksum
 from tests.servers import REPO, flask_cli, gunicorn, request, service_environment
 
 WORKERS = 2
-OVERHEAD_GOAL = 0.90
+OVERHEAD_GOAL = 0.85  # with usage counting and metrics on; 0.90 before them
 LIMITS_GOAL = 0.75
 FLOOD_GOAL = 0.5
 UNPROTECTED = "/unprotected"
