@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from .load import bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
-from .services import PostgresServer
+from .test_storage_at_rest import raw_database
 from .test_usage import wrong_secret
 
 KNOWN = {"VALID": 7, "NOT_FOUND": 3, "REVOKED": 2}
@@ -95,17 +94,6 @@ def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served
                for line in lines)
 
 
-def everything_stored(served: Served, request: pytest.FixtureRequest) -> bytes:
-    """The SQLite files (and WAL), or a dump of the PostgreSQL database."""
-    database = make_url(served.database_url).database
-    assert database
-    if served.database_url.startswith("sqlite"):
-        path = Path(database)
-        return b"".join(file.read_bytes() for file in path.parent.glob(path.name + "*"))
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return server.dump(database)
-
-
 def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pytest.FixtureRequest) -> None:
     keys: list[str] = []
     key_id, key = served.create_key("--remaining", "100", "--ratelimit", "100/60s")
@@ -133,7 +121,7 @@ def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pyt
 
     logged = served.log.read_text()
     assert served.json_lines(), "no JSON log line was written"
-    stored = everything_stored(served, request)
+    stored = raw_database(served.database_url, request)
     for each in keys:
         secret = each.split("_")[2][:32]
         assert each not in logged and secret not in logged
