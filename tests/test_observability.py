@@ -126,3 +126,18 @@ def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pyt
         secret = each.split("_")[2][:32]
         assert each not in logged and secret not in logged
         assert each.encode() not in stored and secret.encode() not in stored
+
+
+def test_a_worker_that_stops_writes_what_it_counted(database_url: str, tmp_path: Path) -> None:
+    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="3600")
+    assert flask_cli(environ, "db", "upgrade").returncode == 0
+    cli = KeysCli(environ)
+    key_id, key = cli.create_key()
+    with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
+        for _ in range(5):
+            assert request(base + "/protected-with-key", "POST", bearer(key)).status == 200
+    # No flush came in the hour; the workers wrote their counts as gunicorn stopped them.
+    shown = flask_cli(environ, "keys", "usage", key_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert [period["counts"] for period in json.loads(shown.stdout)["items"]] == [{"VALID": 5}]
+    assert cli.show(key_id)["last_used_at"] is not None
