@@ -115,4 +115,3 @@ class UsageRecorder:
                 connection.execute(update(ApiKey).where(
                     ApiKey.id == key_id, (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < moment)
                 ).values(last_used_at=moment, updated_at=ApiKey.updated_at))  # a use is not a change
-

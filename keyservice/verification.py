@@ -293,7 +293,8 @@ class Verifier:
         if not check_secret(parsed.secret, record.secret_hash):
             for limit, identity in budgets:
                 self._failures_limiter().hit(limit, *identity)
-            # The id is the key's (its usage counts the attempt); the response never shows it.
+            # The id is the key's, so its usage counts the attempt. No problem body shows it;
+            # POST /keys/verify does, to a caller who manages that key anyway.
             return VerificationResult(Outcome.NOT_FOUND, key_id=record.id)
         return _VerifiedKey.of(record)
 
