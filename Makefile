@@ -18,11 +18,13 @@ serve: $(INSTALLED)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 # The tests start their own PostgreSQL and Redis on 127.0.0.1 (tests/services.py) and
-# stop them after; their binaries are installed here when missing and we may (root).
-# Without them those tests skip, except in CI, where they fail.
+# stop them after, and drive Debian's Chromium for the dashboard; those are installed
+# here when missing and we may (root). Without them those tests skip, except in CI,
+# where they fail.
 test: $(INSTALLED)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
 		echo "installing$$missing"; \

@@ -11,6 +11,7 @@ from .cli import keys_cli, roles_cli
 from .openapi import register_api
 from .principals import PrincipalLoader, principal_from_key
 from .config import DEFAULTS, load_settings
+from .dashboard import dashboard
 from .errors import register_error_handlers
 from .models import ApiKey, Base
 from .state import KeyServiceState, current_state
@@ -58,6 +59,7 @@ class KeyService:
                                                        self._principal_loader)
         register_error_handlers(app)
         register_api(app)
+        app.register_blueprint(dashboard)
         app.cli.add_command(keys_cli)
         app.cli.add_command(roles_cli)
 

@@ -1,0 +1,229 @@
+// The dashboard: the same management API a script calls, with the management key kept
+// in this tab's sessionStorage (never a cookie or a URL). No library: the DOM API is enough.
+"use strict";
+
+const STORAGE = "keyservice.managementKey";
+const $ = (id) => document.getElementById(id);
+let cursor = null;
+
+function managementKey() { return sessionStorage.getItem(STORAGE); }
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: { "Authorization": `Bearer ${managementKey()}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+class ApiError extends Error {
+  constructor(status, problem) {
+    super(describe(status, problem || {}));
+    this.status = status;
+  }
+}
+
+function describe(status, problem) {
+  if (status === 401) return `Your management key was refused (${problem.code || "unauthorized"}): sign in again with a valid key.`;
+  if (status === 403) return "Your management key lacks the scope this needs (keys:write to create, rotate or revoke).";
+  if (status === 404) return "That key does not exist, or belongs to another client.";
+  if (status === 422 && problem.errors) {
+    const fields = Object.values(problem.errors).flatMap((location) =>
+      Object.entries(location).map(([field, messages]) => `${field}: ${[].concat(messages).join(" ")}`));
+    return `Please check: ${fields.join("; ")}`;
+  }
+  return problem.detail || `The request failed (${status}).`;
+}
+
+function showError(error) {
+  $("error").textContent = error.message;
+  $("error").hidden = false;
+  if (error.status === 401) signOut(false);
+}
+
+function clearError() { $("error").hidden = true; $("error").textContent = ""; }
+
+function status(key) {
+  if (key.revoked_at) return "revoked";
+  if (key.expires_at && new Date(key.expires_at) <= new Date()) return "expired";
+  return key.enabled ? "active" : "disabled";
+}
+
+const COLUMNS = ["Name", "Id", "Client", "Status", "Last used"];
+
+function cell(text, label) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  td.dataset.label = label;  // shown before the value where the table is laid out as cards
+  return td;
+}
+
+function button(label, title, onClick) {
+  const b = document.createElement("button");
+  b.type = "button"; b.textContent = label; b.title = title; b.addEventListener("click", onClick);
+  return b;
+}
+
+function row(key) {
+  const tr = document.createElement("tr");
+  tr.dataset.name = key.name.toLowerCase();
+  tr.dataset.id = key.id;
+  const when = key.last_used_at ? new Date(key.last_used_at).toLocaleString() : "never";
+  [key.name, key.id, key.external_client_id, status(key), when].forEach((text, n) => tr.append(cell(text, COLUMNS[n])));
+  const actions = document.createElement("td");
+  actions.append(button("Usage", `Usage of ${key.name}`, () => showUsage(key)));
+  if (!key.revoked_at) {
+    actions.append(button("Rotate", `Rotate ${key.name}`, () => rotate(key)));
+    actions.append(button("Revoke", `Revoke ${key.name}`, () => revoke(key)));
+  }
+  tr.append(actions);
+  return tr;
+}
+
+async function loadKeys(more = false) {
+  clearError();
+  const params = new URLSearchParams({ limit: "50" });
+  const client = $("client-filter").value.trim();
+  if (client) params.set("external_client_id", client);
+  if ($("include-revoked").checked) params.set("include_revoked", "true");
+  if (more && cursor) params.set("cursor", cursor);
+  try {
+    const page = await api("GET", `/keys?${params}`);
+    const body = $("keys").tBodies[0];
+    if (!more) body.replaceChildren();
+    page.items.forEach((key) => body.append(row(key)));
+    cursor = page.next_cursor;
+    $("more").hidden = !cursor;
+    applySearch();
+  } catch (error) { showError(error); }
+}
+
+function applySearch() {
+  const wanted = $("search").value.trim().toLowerCase();
+  let shown = 0;
+  for (const tr of $("keys").tBodies[0].rows) {
+    tr.hidden = wanted !== "" && !tr.dataset.name.includes(wanted);
+    if (!tr.hidden) shown += 1;
+  }
+  $("empty").hidden = shown > 0;
+}
+
+function showNewKey(key) {
+  $("new-key-value").textContent = key;
+  $("new-key").hidden = false;
+  $("copy-key").focus();
+}
+
+async function create(event) {
+  event.preventDefault();
+  clearError();
+  const scopes = $("create-scopes").value.split(/[\s,]+/).filter(Boolean);
+  try {
+    const created = await api("POST", "/keys", {
+      name: $("create-name").value, external_client_id: $("create-client").value, scopes });
+    $("create").reset();
+    showNewKey(created.key);
+    await loadKeys();
+  } catch (error) { showError(error); }
+}
+
+async function rotate(key) {
+  if (!confirm(`Rotate "${key.name}"? The old key stops working at once.`)) return;
+  clearError();
+  try {
+    const rotated = await api("POST", `/keys/${encodeURIComponent(key.id)}/rotate`, {});
+    showNewKey(rotated.key);
+    await loadKeys();
+  } catch (error) { showError(error); }
+}
+
+async function revoke(key) {
+  if (!confirm(`Revoke "${key.name}"? Every request with it is refused within a second. This cannot be undone.`)) return;
+  clearError();
+  try {
+    await api("DELETE", `/keys/${encodeURIComponent(key.id)}`);
+    await loadKeys();
+  } catch (error) { showError(error); }
+}
+
+async function showUsage(key) {
+  clearError();
+  const since = new Date(Date.now() - 7 * 24 * 3600 * 1000).toISOString();
+  try {
+    const usage = await api("GET", `/keys/${encodeURIComponent(key.id)}/usage?granularity=day&since=${encodeURIComponent(since)}`);
+    $("usage-title").textContent = `Usage of ${key.name}, last 7 days`;
+    $("usage-chart").replaceChildren(chart(usage.items));
+    $("usage").hidden = false;
+  } catch (error) { showError(error); }
+}
+
+function chart(items) {
+  // One bar a day, as tall as its verifications; each bar's label says the counts.
+  const days = [];
+  for (let n = 6; n >= 0; n -= 1) {
+    const day = new Date(Date.now() - n * 24 * 3600 * 1000).toISOString().slice(0, 10);
+    const item = items.find((i) => i.start.slice(0, 10) === day);
+    days.push({ day, total: item ? item.total : 0, counts: item ? item.counts : {} });
+  }
+  const most = Math.max(1, ...days.map((d) => d.total));
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 700 240");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", days.map((d) => `${d.day}: ${d.total}`).join(", "));
+  days.forEach((d, i) => {
+    const height = Math.round((d.total / most) * 180);
+    const bar = document.createElementNS(svg.namespaceURI, "rect");
+    Object.entries({ x: i * 100 + 20, y: 200 - height, width: 60, height, class: "bar" })
+      .forEach(([name, value]) => bar.setAttribute(name, value));
+    const title = document.createElementNS(svg.namespaceURI, "title");
+    title.textContent = `${d.day}: ${Object.entries(d.counts).map(([c, n]) => `${c} ${n}`).join(", ") || "none"}`;
+    bar.append(title);
+    const label = document.createElementNS(svg.namespaceURI, "text");
+    Object.entries({ x: i * 100 + 50, y: 225, "text-anchor": "middle" }).forEach(([n, v]) => label.setAttribute(n, v));
+    label.textContent = `${d.day.slice(5)} (${d.total})`;
+    svg.append(bar, label);
+  });
+  return svg;
+}
+
+function signOut(clear = true) {
+  sessionStorage.removeItem(STORAGE);
+  $("keys").tBodies[0].replaceChildren();
+  $("new-key").hidden = true;
+  $("usage").hidden = true;
+  $("signed-in").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  if (clear) clearError();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  sessionStorage.setItem(STORAGE, $("management-key").value.trim());
+  $("management-key").value = "";
+  await start();
+}
+
+async function start() {
+  if (!managementKey()) return;
+  $("sign-in").hidden = true;
+  $("signed-in").hidden = false;
+  $("sign-out").hidden = false;
+  await loadKeys();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut());
+  $("create").addEventListener("submit", create);
+  $("search").addEventListener("input", applySearch);
+  $("client-filter").addEventListener("change", () => loadKeys());
+  $("include-revoked").addEventListener("change", () => loadKeys());
+  $("more").addEventListener("click", () => loadKeys(true));
+  $("copy-key").addEventListener("click", () => navigator.clipboard.writeText($("new-key-value").textContent));
+  $("dismiss-key").addEventListener("click", () => { $("new-key").hidden = true; $("new-key-value").textContent = ""; });
+  start();
+});
