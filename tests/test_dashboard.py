@@ -96,13 +96,16 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(browser: Browser, ser
     assert outcome(refused) == (401, "REVOKED")
 
 
-def test_without_signing_in_the_page_shows_no_key_data(browser: Browser, service: tuple[str, KeysCli]) -> None:
+def test_without_signing_in_the_page_shows_no_key_data(browser: Browser, service: tuple[str, KeysCli],
+                                                       database_url: str) -> None:
     base, cli = service
     cli.create_key()
     page = page_at(browser, base)
     assert page.locator("#signed-in").is_hidden()
     assert page.locator("#keys tbody tr").count() == 0
     assert "acme" not in page.content()
+    if database_url.startswith("sqlite"):
+        page.screenshot(path=SCREENSHOTS / "dashboard-sign-in.png")
 
 
 def test_a_clients_management_key_sees_only_that_clients_keys(browser: Browser, service: tuple[str, KeysCli],
@@ -142,3 +145,11 @@ def test_api_errors_are_shown_in_words(browser: Browser, service: tuple[str, Key
     page.get_by_label("Client id", exact=True).fill("acme")
     page.get_by_role("button", name="Create").click()
     page.get_by_text("lacks the scope").wait_for()
+    _, writer = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, writer)
+    page.get_by_label("Name", exact=True).fill("x")
+    page.get_by_label("Client id", exact=True).fill("acme")
+    page.get_by_label("Scopes").fill("Not A Scope!")
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text("Please check: scopes").wait_for()
