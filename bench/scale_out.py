@@ -58,10 +58,7 @@ FROM generate_series(1, :count) AS n
 
 def create_database(server: PostgresServer, name: str) -> str:
     """A new, empty database on ``server``; its URL."""
-    engine = sqlalchemy.create_engine(server.url(), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
+    server.administer(f'CREATE DATABASE "{name}"')
     return server.url(name)
 
 

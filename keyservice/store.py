@@ -23,7 +23,6 @@ from .config import Settings
 from .crypto import generate_key
 from .errors import Conflict, InvalidInput, NotFound
 from .models import ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
-from .usage import hour_of
 
 AnySession = Session | scoped_session[Any]
 
@@ -178,8 +177,9 @@ def key_usage(session: AnySession, key_id: str, granularity: str, since: datetim
     (by default the last 24 hours, or 30 days); periods without any are left out."""
     until = until or utcnow()
     since = since or until - (timedelta(hours=24) if granularity == "hour" else timedelta(days=30))
+    first_hour = since.replace(minute=0, second=0, microsecond=0)
     rows = session.scalars(select(KeyUsage).where(
-        KeyUsage.key_id == key_id, KeyUsage.hour >= hour_of(since), KeyUsage.hour < until).order_by(KeyUsage.hour))
+        KeyUsage.key_id == key_id, KeyUsage.hour >= first_hour, KeyUsage.hour < until).order_by(KeyUsage.hour))
     periods: dict[datetime, Counter[str]] = {}
     for row in rows:
         hour = cast(datetime, as_utc(row.hour))

@@ -32,11 +32,6 @@ logger = logging.getLogger("keyservice.usage")
 _INSERT: dict[str, Callable[..., Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
-def hour_of(moment: datetime) -> datetime:
-    """The start of the UTC hour ``moment`` is in."""
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
 class UsageRecorder:
     """Counts one process's verifications in memory and adds them to the database in the background."""
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import flask_migrate
 import pytest
-import sqlalchemy
 from flask import Flask, g
 from flask.testing import FlaskClient, FlaskCliRunner
 
@@ -43,18 +42,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the whole run, with a migrated template database."""
     with postgres_server() as server:
-        administer(server, f'CREATE DATABASE "{TEMPLATE}"')
+        server.administer(f'CREATE DATABASE "{TEMPLATE}"')
         with migrated_app(server.url(TEMPLATE)):
             pass
         yield server
-
-
-def administer(server: PostgresServer, statement: str) -> None:
-    """Run one statement (CREATE/DROP DATABASE) outside a transaction."""
-    engine = sqlalchemy.create_engine(server.url(), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(statement))
-    engine.dispose()
 
 
 _numbers = itertools.count()
@@ -64,11 +55,11 @@ _numbers = itertools.count()
 def postgres_database(server: PostgresServer, migrated: bool = True) -> Iterator[str]:
     """A new database on ``server``, migrated or empty: yield its URL, drop it after."""
     name = f"test_{next(_numbers)}"
-    administer(server, f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{TEMPLATE}"' if migrated else ""))
+    server.administer(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{TEMPLATE}"' if migrated else ""))
     try:
         yield server.url(name)
     finally:
-        administer(server, f'DROP DATABASE "{name}" WITH (FORCE)')
+        server.administer(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from .servers import free_port, stop
 
@@ -130,6 +131,13 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         """The SQLAlchemy URL of ``database`` on this server."""
         return f"postgresql+psycopg://{self.USER}@127.0.0.1:{self.port}/{database}"
+
+    def administer(self, statement: str) -> None:
+        """Run one statement (CREATE or DROP DATABASE) outside a transaction."""
+        engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(statement))
+        engine.dispose()
 
     def dump(self, database: str) -> bytes:
         """Everything ``database`` holds, as ``pg_dump`` writes it."""

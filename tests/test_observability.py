@@ -15,7 +15,7 @@ import pytest
 from .load import bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .test_storage_at_rest import raw_database
-from .test_usage import wrong_secret
+from .test_verify_key import wrong_secret
 
 KNOWN = {"VALID": 7, "NOT_FOUND": 3, "REVOKED": 2}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import administer, postgres_database
+from .conftest import postgres_database
 from .load import Timed, all_at_once, bearer, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer, postgres_server
@@ -131,7 +131,7 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 def test_postgresql_stopped_under_traffic_means_503_only_then_recovery_and_nothing_lost(
         own_postgres: PostgresServer, redis_url: str, tmp_path: Path) -> None:
-    administer(own_postgres, 'CREATE DATABASE "outage"')
+    own_postgres.administer('CREATE DATABASE "outage"')
     with ExitStack() as stack:
         fleet = start_fleet(stack, own_postgres.url("outage"), redis_url, tmp_path, instances=2)
         _, plain = fleet.create_key()

@@ -20,21 +20,13 @@ from keyservice.models import ApiKey
 from keyservice.state import current_state
 
 from .conftest import IssueKey
+from .test_verify_key import wrong_secret
 
 PROTECTED = "/protected-with-key"
 
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def wrong_secret(key: str) -> str:
-    """The same id and a checksum that holds, another secret: NOT_FOUND after bcrypt."""
-    from keyservice.crypto import CHECKSUM_LENGTH, SECRET_LENGTH, checksum
-
-    body = key[:-(SECRET_LENGTH + CHECKSUM_LENGTH)]
-    other = ("a" if key[len(body)] != "a" else "b") * SECRET_LENGTH
-    return body + other + checksum(body + other)
 
 
 def parse(timestamp: str) -> datetime:
