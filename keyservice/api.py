@@ -16,6 +16,7 @@ from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from .crypto import parse_key
+from .verification import Outcome, VerificationResult
 from .errors import Forbidden, InvalidInput, NotFound, http_problem
 from .models import ApiKey
 from .principals import Principal, requires
@@ -26,8 +27,8 @@ from .schemas import (
 )
 from .state import current_state
 from .store import (
-    create_key, delete_role, get_key, key_events, key_usage, list_keys, list_roles, put_role, revoke_key,
-    rotate_key, scopes_of_roles, update_key,
+    NO_SUCH_KEY, create_key, delete_role, get_key, key_events, key_usage, list_keys, list_roles, lock_key, put_role,
+    revoke_key, rotate_key, scopes_of_roles, update_key,
 )
 
 MAX_BODY_BYTES = 64 * 1024
@@ -68,12 +69,24 @@ def _principal() -> Principal:
     return principal
 
 
+def _check_managed(api_key: ApiKey) -> None:
+    """404, exactly as for a key that does not exist, unless the principal manages the key's client."""
+    if not _principal().manages(api_key.external_client_id):
+        raise NotFound(NO_SUCH_KEY)
+
+
 def _managed_key(key_id: str) -> ApiKey:
     """The key, if the principal manages its client; otherwise 404 as if it did not exist."""
     api_key = get_key(current_state().db.session, key_id)
-    if not _principal().manages(api_key.external_client_id):
-        raise NotFound(f"no key has the id {key_id!r}")
+    _check_managed(api_key)
     return api_key
+
+
+def _locked_managed_key(key_id: str) -> ApiKey:
+    """The key, locked for this request's transaction (see :func:`keyservice.store.lock_key`),
+    if the principal manages it; the client is checked first, so no lock is taken on another's."""
+    _managed_key(key_id)
+    return lock_key(current_state().db.session, key_id)
 
 
 def _with_key(api_key: ApiKey, key: str) -> dict[str, Any]:
@@ -134,12 +147,16 @@ def show(key_id: str) -> ApiKey:
 @requires("keys:write")
 @keys_blueprint.arguments(KeyUpdateSchema)
 @keys_blueprint.response(200, KeySchema)
-@_problems(keys_blueprint, 404, 413, 415, 422)
+@_problems(keys_blueprint, 404, 409, 413, 415, 422)
 def update(changes: dict[str, Any], key_id: str) -> ApiKey:
-    """Change a key's name, scopes, roles, meta, expiry, whether it is enabled, and its limits."""
-    api_key = _managed_key(key_id)
+    """Change a key's name, scopes, roles, meta, expiry, whether it is enabled, and its limits.
+
+    Only ``keys:admin`` may loosen a limit: raise or clear ``remaining`` or ``ratelimit``, add or
+    raise a ``refill``, extend or clear ``expires_at``, or enable a key that ``keys:admin`` disabled
+    (403 ``LOOSENING_NEEDS_ADMIN``)."""
+    api_key = _locked_managed_key(key_id)
     _check_grantable(changes.get("scopes", []), changes.get("roles", []))
-    update_key(current_state().db.session, api_key, changes, _principal().id)
+    update_key(current_state().db.session, api_key, changes, _principal().id, may_loosen=_principal().is_admin)
     current_state().db.session.commit()
     return api_key
 
@@ -150,8 +167,8 @@ def update(changes: dict[str, Any], key_id: str) -> ApiKey:
 @keys_blueprint.response(204)
 @_problems(keys_blueprint, 404, 422)
 def revoke(args: dict[str, Any], key_id: str) -> None:
-    """Revoke a key for good (it is kept for the audit trail)."""
-    revoke_key(current_state().db.session, _managed_key(key_id), args.get("reason"), _principal().id)
+    """Revoke a key for good (it is kept for the audit trail), and every key rotated from it."""
+    revoke_key(current_state().db.session, _locked_managed_key(key_id), args.get("reason"), _principal().id)
     current_state().db.session.commit()
 
 
@@ -161,12 +178,17 @@ def revoke(args: dict[str, Any], key_id: str) -> None:
 @keys_blueprint.response(201, KeyCreatedSchema)
 @_problems(keys_blueprint, 404, 409, 413, 415, 422)
 def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
-    """Issue a key with the same settings; the old one stops working after ``grace_seconds``."""
+    """Issue a key with the same settings; the old one stops working after ``grace_seconds`` and
+    shares the new key's ``remaining`` meanwhile. A key has one successor: rotating it again is 409."""
     state = current_state()
-    api_key = _managed_key(key_id)
-    _check_grantable(api_key.scopes, api_key.roles)  # the new key is a fresh grant of them
-    new_key, key = rotate_key(state.db.session, state.settings, api_key, args.get("grace_seconds", 0),
-                              _principal().id)
+    _managed_key(key_id)
+
+    def check(api_key: ApiKey) -> None:
+        _check_managed(api_key)
+        _check_grantable(api_key.scopes, api_key.roles)  # the new key is a fresh grant of them
+
+    new_key, key = rotate_key(state.db.session, state.settings, key_id, args.get("grace_seconds", 0),
+                              _principal().id, check)
     state.db.session.commit()
     return _with_key(new_key, key)
 
@@ -195,17 +217,17 @@ def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
 @requires("keys:verify")
 @keys_blueprint.arguments(VerifyRequestSchema)
 @keys_blueprint.response(200, VerifyResponseSchema)
-@_problems(keys_blueprint, 404, 413, 415, 422)
+@_problems(keys_blueprint, 413, 415, 422)
 def verify(body: dict[str, Any]) -> dict[str, Any]:
-    """Check a key as ``@require_key`` would; a verification counts as a use."""
+    """Check a key as ``@require_key`` would; a verification counts as a use. Another client's
+    key answers exactly as a key that does not exist: ``NOT_FOUND``, and no use counted."""
     state = current_state()
-    # Tenancy first: checking another client's key must not count as a use of it.
     parsed = parse_key(body["key"].strip(), state.settings.key_prefix)
-    if parsed is not None:
-        api_key = state.db.session.get(ApiKey, parsed.key_id)
-        if api_key is not None and not _principal().manages(api_key.external_client_id):
-            raise NotFound("no such key")
-    result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
+    api_key = None if parsed is None else state.db.session.get(ApiKey, parsed.key_id)
+    if api_key is not None and not _principal().manages(api_key.external_client_id):
+        result = VerificationResult(Outcome.NOT_FOUND)
+    else:
+        result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
     return {"valid": result.valid, "code": result.code.value, "key_id": result.key_id,
             "external_client_id": result.external_client_id, "scopes": list(result.scopes),
             "remaining": result.remaining,

@@ -209,8 +209,8 @@ def usage_command(key_id: str, granularity: str, since: str | None, until: str |
 @click.argument("key_id")
 @click.option("--reason", help="Why, kept for the audit trail.")
 def revoke_command(key_id: str, reason: str | None) -> None:
-    """Revoke a key for good; every worker refuses it within a second."""
-    if not store.revoke_key(_session(), store.get_key(_session(), key_id), reason, "cli"):
+    """Revoke a key for good, and every key rotated from it; every worker refuses them within a second."""
+    if not store.revoke_key(_session(), store.lock_key(_session(), key_id), reason, "cli"):
         click.echo(f"{key_id} was already revoked", err=True)
         return
     _session().commit()
@@ -226,14 +226,14 @@ def rotate_command(key_id: str, grace: timedelta, as_json: bool) -> None:
     """Issue a key with the same settings and print it; the old one stops after --grace."""
     grace_seconds = RotateSchema().load({"grace_seconds": int(grace.total_seconds())})["grace_seconds"]
     state = current_state()
-    api_key, key = store.rotate_key(state.db.session, state.settings, store.get_key(_session(), key_id),
-                                    grace_seconds, "cli")
+    api_key, key = store.rotate_key(state.db.session, state.settings, key_id, grace_seconds, "cli")
     _session().commit()
     _echo_new_key(api_key, key, as_json)
 
 
 def _set_enabled(key_id: str, enabled: bool) -> None:
-    store.update_key(_session(), store.get_key(_session(), key_id), {"enabled": enabled}, "cli")
+    # The CLI is the operator's: it may loosen what it likes, and its disable holds against managers.
+    store.update_key(_session(), store.lock_key(_session(), key_id), {"enabled": enabled}, "cli", may_loosen=True)
     _session().commit()
     click.echo(f"{'enabled' if enabled else 'disabled'} {key_id}")
 

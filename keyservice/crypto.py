@@ -20,6 +20,7 @@ ID_LENGTH = 16
 SECRET_LENGTH = 32
 CHECKSUM_LENGTH = 6
 PREFIX_PATTERN = re.compile(r"[a-z0-9]{1,16}")
+KEY_ID_PATTERN = re.compile(rf"[0-9A-Za-z]{{{ID_LENGTH}}}")
 # Longest possible key: a 16-character prefix, two separators and the three parts.
 MAX_KEY_LENGTH = 16 + 2 + ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
 _KEY_PATTERN = re.compile(
@@ -69,6 +70,11 @@ def generate_key(prefix: str, rounds: int) -> NewKey:
     secret = _random_base62(SECRET_LENGTH)
     body = f"{prefix}_{key_id}_{secret}"
     return NewKey(key=body + checksum(body), key_id=key_id, secret_hash=hash_secret(secret, rounds))
+
+
+def is_key_id(value: str) -> bool:
+    """Whether ``value`` has the form of a key id (no lookup needed to refuse anything else)."""
+    return KEY_ID_PATTERN.fullmatch(value) is not None
 
 
 def parse_key(key: str, prefix: str) -> ParsedKey | None:

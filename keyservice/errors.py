@@ -5,6 +5,7 @@
     ├── InvalidInput           input keyservice cannot accept (422), with per-field errors
     ├── NotFound               no such key or role, or not the caller's to see (404)
     ├── Forbidden              a scope the caller may not grant (403)
+    │   └── NeedsAdmin         a change that loosens a limit, by a principal without keys:admin (403)
     └── Conflict               the key's state forbids it, e.g. rotating a revoked key (409)
 
 Each knows its HTTP status, ``code`` and title. One handler, registered on the
@@ -106,6 +107,22 @@ class Forbidden(KeyServiceError):
     status = 403
     code = "FORBIDDEN"
     title = "Forbidden"
+
+
+class NeedsAdmin(Forbidden):
+    """Raised when a principal without ``keys:admin`` tries to loosen a key's limits."""
+
+    code = "LOOSENING_NEEDS_ADMIN"
+    title = "Only keys:admin can loosen a key's limits"
+
+    def __init__(self, fields: list[str]) -> None:
+        super().__init__(f"Only keys:admin can raise, extend, clear or re-enable: {', '.join(fields)}.")
+        self.fields = fields
+
+    def to_response(self) -> Response:
+        """The problem response, naming each field that would loosen."""
+        errors = {"json": {field: ["Only keys:admin can loosen this."] for field in self.fields}}
+        return problem(self.status, self.code, self.title, self.detail, errors=errors)
 
 
 class Conflict(KeyServiceError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, event
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, event, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -60,6 +60,13 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revocation_reason: Mapped[str | None] = mapped_column(String(200))
     rotated_from: Mapped[str | None] = mapped_column(String(16))
+    # The key's one successor: set once, by the conditional UPDATE that rotates it.
+    rotated_to: Mapped[str | None] = mapped_column(String(16))
+    # Whose ``remaining`` this key's uses are taken from: after a rotation, the
+    # successor's, so that old and new key share one quota (None: its own).
+    quota_key_id: Mapped[str | None] = mapped_column(String(16))
+    # A key that keys:admin disabled can only be enabled again by keys:admin.
+    disabled_by_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Uses left (None: unlimited), taken one at a time by an atomic UPDATE; a
     # refill puts it back to refill_amount at each day's or month's start (UTC).
     remaining: Mapped[int | None]

@@ -12,16 +12,17 @@ import base64
 import binascii
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import CursorResult, and_, or_, select, text, update
 from sqlalchemy.orm import Session, scoped_session
 
 from .config import Settings
-from .crypto import generate_key
-from .errors import Conflict, InvalidInput, NotFound
+from .crypto import NewKey, generate_key, is_key_id
+from .errors import Conflict, InvalidInput, NeedsAdmin, NotFound
+from .loosening import loosened
 from .models import ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
 
 AnySession = Session | scoped_session[Any]
@@ -29,6 +30,10 @@ AnySession = Session | scoped_session[Any]
 # The settings a rotated key carries over from the key it replaces.
 CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at", "enabled", "remaining",
                 "refill", "ratelimit")
+# The same answer for a key that does not exist and one that is not the caller's: no id echoed.
+NO_SUCH_KEY = "No key has this id."
+# Takes the key's row lock on PostgreSQL and the database's write lock on SQLite, changing nothing.
+_LOCK_KEY = text(f"UPDATE {ApiKey.__tablename__} SET enabled = enabled WHERE id = :key_id")
 
 
 def _limit_columns(fields: dict[str, Any]) -> dict[str, Any]:
@@ -72,11 +77,13 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
                scopes: Iterable[str] = (), roles: Iterable[str] = (), expires_at: datetime | None = None,
                meta: dict[str, Any] | None = None, enabled: bool = True, remaining: int | None = None,
                refill: dict[str, Any] | None = None, ratelimit: dict[str, int] | None = None,
-               created_by: str | None = None, rotated_from: str | None = None) -> tuple[ApiKey, str]:
-    """Issue a key; return its row and the full key, which is never available again."""
+               created_by: str | None = None, rotated_from: str | None = None,
+               new: NewKey | None = None) -> tuple[ApiKey, str]:
+    """Issue a key (``new``: one already generated); return its row and the full key,
+    which is never available again."""
     roles = list(dict.fromkeys(roles))
     _check_roles(session, roles)
-    new = generate_key(settings.key_prefix, settings.bcrypt_rounds)
+    new = new or generate_key(settings.key_prefix, settings.bcrypt_rounds)
     api_key = ApiKey(
         id=new.key_id,
         start=f"{settings.key_prefix}_{new.key_id}",
@@ -103,25 +110,43 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
 
 def get_key(session: AnySession, key_id: str) -> ApiKey:
     """The key with id ``key_id``; raises :class:`NotFound`."""
-    api_key = session.get(ApiKey, key_id)
+    api_key = session.get(ApiKey, key_id) if is_key_id(key_id) else None
     if api_key is None:
-        raise NotFound(f"no key has the id {key_id!r}")
+        raise NotFound(NO_SUCH_KEY)
     return api_key
+
+
+def lock_key(session: AnySession, key_id: str) -> ApiKey:
+    """The key with id ``key_id``, read afresh under a lock held until the transaction ends
+    (its row's on PostgreSQL, the write lock on SQLite): changes of one key are serialised
+    by the database, never by a check in Python. Raises :class:`NotFound`."""
+    if not is_key_id(key_id) or cast(CursorResult[Any], session.execute(_LOCK_KEY, {"key_id": key_id})).rowcount == 0:
+        raise NotFound(NO_SUCH_KEY)
+    return cast(ApiKey, session.get(ApiKey, key_id, populate_existing=True))
 
 
 def _jsonable(value: Any) -> Any:
     return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
 
 
-def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], actor: str | None) -> None:
-    """Apply ``changes`` (field to new value) and record what really changed."""
+def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], actor: str | None,
+               may_loosen: bool) -> None:
+    """Apply ``changes`` (field to new value) to ``api_key`` (locked: :func:`lock_key`) and record
+    what really changed. Loosening a limit needs ``may_loosen`` (see :mod:`keyservice.loosening`);
+    raises :class:`NeedsAdmin` without it."""
+    if "expires_at" in changes:
+        changes["expires_at"] = _utc(changes["expires_at"])
+    if not may_loosen and (fields := loosened(api_key, changes)):
+        raise NeedsAdmin(fields)
+    if ("remaining" in changes or "refill" in changes) and api_key.quota_key_id is not None:
+        raise Conflict("this key's uses are its successor's since it was rotated: change the successor")
+    if changes.get("enabled") is False and api_key.enabled:
+        api_key.disabled_by_admin = may_loosen
     if "roles" in changes:
         changes["roles"] = list(dict.fromkeys(changes["roles"]))
         _check_roles(session, changes["roles"])
     if "scopes" in changes:
         changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
-    if "expires_at" in changes:
-        changes["expires_at"] = _utc(changes["expires_at"])
     columns = {name: value for name, value in changes.items() if name not in ("refill", "ratelimit")}
     if "refill" in changes and changes["refill"] != api_key.refill:  # an unchanged refill keeps its clock
         columns |= _limit_columns({"refill": changes["refill"]})
@@ -140,23 +165,48 @@ def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], ac
 
 
 def revoke_key(session: AnySession, api_key: ApiKey, reason: str | None, actor: str | None) -> bool:
-    """Revoke the key; False when it already was (revocation is final)."""
-    if not api_key.revoke(reason):
-        return False
-    record_event(session, api_key.id, "revoked", actor, {"reason": reason} if reason else None)
-    return True
+    """Revoke ``api_key`` (locked: :func:`lock_key`) and every key rotated from it, each under
+    its own lock, so that no successor outlives the revocation whatever raced with it.
+    Return False when the key already was revoked (revocation is final)."""
+    revoked = api_key.revoke(reason)
+    if revoked:
+        record_event(session, api_key.id, "revoked", actor, {"reason": reason} if reason else None)
+    successor_id = api_key.rotated_to
+    while successor_id is not None:
+        successor = lock_key(session, successor_id)
+        if successor.revoke(reason):
+            record_event(session, successor.id, "revoked", actor,
+                         {"revoked_with": api_key.id} | ({"reason": reason} if reason else {}))
+        successor_id = successor.rotated_to
+    return revoked
 
 
-def rotate_key(session: AnySession, settings: Settings, api_key: ApiKey, grace_seconds: int,
-               actor: str | None) -> tuple[ApiKey, str]:
-    """Issue a key with ``api_key``'s settings; the old one expires ``grace_seconds`` from now."""
+def rotate_key(session: AnySession, settings: Settings, key_id: str, grace_seconds: int, actor: str | None,
+               check: Callable[[ApiKey], None] = lambda api_key: None) -> tuple[ApiKey, str]:
+    """Issue a key with the settings of key ``key_id``, whose one successor it becomes; the old
+    key expires ``grace_seconds`` from now, and its uses are the new key's meanwhile (one quota).
+
+    The old key is locked (:func:`lock_key`) and ``check`` runs on it (the caller's rules);
+    a key revoked, expired or rotated already is a :class:`Conflict`.
+    """
+    new = generate_key(settings.key_prefix, settings.bcrypt_rounds)  # bcrypt before taking the lock
+    api_key = lock_key(session, key_id)
+    check(api_key)
     now = utcnow()
     expires_at = as_utc(api_key.expires_at)
     if api_key.revoked_at is not None or (expires_at is not None and expires_at <= now):
         raise Conflict("a revoked or expired key cannot be rotated")
-    new_key, key = create_key(session, settings, created_by=actor, rotated_from=api_key.id,
+    if api_key.rotated_to is not None:
+        raise Conflict("this key has been rotated already: rotate its successor")
+    new_key, key = create_key(session, settings, created_by=actor, rotated_from=api_key.id, new=new,
                               **{field: getattr(api_key, field) for field in CARRIED_OVER})
     new_key.refilled_at = api_key.refilled_at  # a refill that is due stays due
+    new_key.disabled_by_admin = api_key.disabled_by_admin
+    api_key.rotated_to = new_key.id
+    if api_key.remaining is not None:
+        # The uses left move to the new key; the old one, and any key that drew on it, draw on the new one.
+        session.execute(update(ApiKey).where(ApiKey.quota_key_id == api_key.id).values(quota_key_id=new_key.id))
+        api_key.remaining, api_key.quota_key_id = 0, new_key.id
     grace_ends = now + timedelta(seconds=grace_seconds)
     if expires_at is None or grace_ends < expires_at:
         api_key.expires_at = grace_ends

@@ -92,14 +92,16 @@ class KeyRecord:
 
 
 _RECORD_COLUMNS = [getattr(ApiKey, name) for name in KeyRecord.__dataclass_fields__]
-# updated_at is for changes of settings, not for uses: these leave it as it is.
+# updated_at is for changes of settings, not for uses: these leave it as it is. A rotated key's
+# uses are its successor's (quota_key_id), looked up in the same statement, never from a copy.
+_QUOTA_KEY = f"COALESCE((SELECT quota_key_id FROM {ApiKey.__tablename__} WHERE id = :key_id), :key_id)"
 _TAKE_ONE_USE = (
     f"UPDATE {ApiKey.__tablename__} SET remaining = remaining - 1"
-    " WHERE id = :key_id AND (remaining IS NULL OR remaining > 0) RETURNING remaining"
+    f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR remaining > 0) RETURNING remaining"
 )
 _REFILL = (
     f"UPDATE {ApiKey.__tablename__} SET remaining = refill_amount, refilled_at = :now"
-    " WHERE id = :key_id AND refill_amount IS NOT NULL AND (refilled_at IS NULL OR refilled_at < :boundary)"
+    f" WHERE id = {_QUOTA_KEY} AND refill_amount IS NOT NULL AND (refilled_at IS NULL OR refilled_at < :boundary)"
 )
 
 
