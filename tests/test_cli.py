@@ -111,9 +111,9 @@ def test_revoke_disable_and_enable_change_what_verify_says(runner: FlaskCliRunne
     (["keys", "create", "--name", "n", "--client-id", "c", "--scope", "Not A Scope"], "scope"),
     (["keys", "create", "--name", "x" * 201, "--client-id", "c"], "name"),
     (["keys", "create", "--name", "n", "--client-id", "c", "--meta", json.dumps({"x": "y" * 5000})], "meta"),
-    (["keys", "show", "nosuchkey"], "no key has the id"),
-    (["keys", "revoke", "nosuchkey"], "no key has the id"),
-    (["keys", "disable", "nosuchkey"], "no key has the id"),
+    (["keys", "show", "nosuchkey"], "No key has this id"),
+    (["keys", "revoke", "nosuchkey"], "No key has this id"),
+    (["keys", "disable", "nosuchkey"], "No key has this id"),
     (["keys", "verify"], "Missing argument 'KEY'"),
     (["keys", "launch"], "No such command"),
 ])

@@ -76,6 +76,11 @@ def manager(app: Flask) -> str:
     return issue(app, *MANAGEMENT)[1]
 
 
+def operator(app: Flask) -> str:
+    """A keys:admin key: the one principal that may loosen a limit."""
+    return issue(app, "keys:admin")[1]
+
+
 def stored_remaining(app: Flask, key_id: str) -> int | None:
     """The key's ``remaining`` as the database has it now."""
     with app.app_context():
@@ -361,7 +366,7 @@ def test_a_key_created_with_limits_through_the_api_is_limited(app: Flask, client
 
 
 def test_patch_sets_the_limits_and_get_shows_them(app: Flask, client: FlaskClient) -> None:
-    admin = manager(app)
+    admin = operator(app)
     key_id, key = issue(app)
     assert limits_of(patch(client, admin, key_id, **LIMITS)) == LIMITS
     assert limits_of(show(client, admin, key_id)) == LIMITS
@@ -372,7 +377,7 @@ def test_patch_sets_the_limits_and_get_shows_them(app: Flask, client: FlaskClien
 
 
 def test_patch_null_removes_the_limits_and_the_key_is_unlimited(app: Flask, client: FlaskClient) -> None:
-    admin = manager(app)
+    admin = operator(app)
     key_id, key = issue(app, remaining=1, refill={"amount": 1, "interval": "daily"},
                         ratelimit={"limit": 1, "period": 60})
     assert protected(client, key).status_code == 200
@@ -389,7 +394,7 @@ def test_patch_null_removes_the_limits_and_the_key_is_unlimited(app: Flask, clie
 
 
 def test_patch_of_one_limit_leaves_the_others(app: Flask, client: FlaskClient) -> None:
-    admin = manager(app)
+    admin = operator(app)
     key_id = create(client, admin, **LIMITS)["id"]
     patched = patch(client, admin, key_id, ratelimit=None)
     assert limits_of(patched) == LIMITS | {"ratelimit": None}
