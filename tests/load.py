@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -40,17 +42,22 @@ def header(response: Response, name: str) -> str | None:
     return next((value for key, value in response.headers.items() if key.lower() == name.lower()), None)
 
 
+def together(calls: list[Callable[[], Response]]) -> list[Response]:
+    """Make every call from a thread of its own, all released at once; their responses in order."""
+    barrier = threading.Barrier(len(calls))
+
+    def one(call: Callable[[], Response]) -> Response:
+        barrier.wait(timeout=30)
+        return call()
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
 def all_at_once(urls: str | list[str], headers: dict[str, str], count: int) -> list[Response]:
     """POST from ``count`` threads released together, thread i to ``urls[i % len(urls)]``."""
     urls = [urls] if isinstance(urls, str) else urls
-    barrier = threading.Barrier(count)
-
-    def one(i: int) -> Response:
-        barrier.wait(timeout=30)
-        return send(urls[i % len(urls)], "POST", headers)
-
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(one, range(count)))
+    return together([functools.partial(send, urls[i % len(urls)], "POST", headers) for i in range(count)])
 
 
 def hammer(urls: str | list[str], headers: dict[str, str], threads: int, seconds: float) -> list[Timed]:
