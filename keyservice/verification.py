@@ -273,6 +273,10 @@ class Verifier:
             self._verified[digest] = fresh
         return fresh
 
+    def ratelimit_storage_answers(self) -> bool:
+        """Whether the rate-limit storage answers now (for the readiness check)."""
+        return self._ratelimiter.storage_answers()
+
     def flush_usage(self) -> None:
         """Write the usage this process has counted to the database now."""
         self._usage.flush()
