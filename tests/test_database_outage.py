@@ -1,19 +1,27 @@
-"""When the SQLite database cannot be reached: 503, never a pass, and recovery on its own.
+"""When the database cannot be reached: 503, never a pass and never a 500, and recovery on its own.
 
 PostgreSQL stopped under traffic is in ``test_scale_out.py``.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from keyservice.app import db
+from keyservice.config import DEFAULTS
 
-from .conftest import IssueKey
+from .conftest import DATABASES, IssueKey, migrated_app
+from .services import PostgresServer
+from .test_api_keys import ADMIN, ROUTES, Api, Route, assert_problem, call_route
 
 
 @pytest.fixture
@@ -50,3 +58,81 @@ def test_protected_routes_answer_503_while_the_database_is_gone_then_recover(
     assert client.post("/protected-with-key", headers=headers).get_json() == {
         "protected": True, "external_client_id": "acme"}
     assert client.get("/healthz").status_code == 200
+
+
+# --- every route, both databases, the default cache TTL ----------------------------------------------
+
+@dataclass(frozen=True)
+class Outage:
+    """A database of a kind, and how to take it away and bring it back."""
+
+    url: str
+    begin: Callable[[], object]
+    end: Callable[[], object]
+
+
+@pytest.fixture(params=DATABASES)
+def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
+    """SQLite's volume moved away, or a PostgreSQL server of the test's own stopped."""
+    if request.param == "sqlite":
+        volume, unmounted = tmp_path / "volume", tmp_path / "unmounted"
+        volume.mkdir()
+        yield Outage(f"sqlite:///{volume / 'keys.db'}", lambda: volume.rename(unmounted),
+                     lambda: unmounted.rename(volume))
+    else:
+        server: PostgresServer = request.getfixturevalue("own_postgres")
+        server.administer('CREATE DATABASE "outage"')
+        yield Outage(server.url("outage"), server.stop, server.start)
+
+
+# Besides the management API: the example protected view and the probes.
+SERVICE_ROUTES = [Route("POST", "/protected-with-key", ""), Route("GET", "/healthz", ""),
+                  Route("GET", "/readyz", "")]
+EVERY_ROUTE = [*ROUTES, *SERVICE_ROUTES]
+CACHE_TTL = DEFAULTS["KEYSERVICE_CACHE_TTL"]
+
+
+def assert_unavailable(response: TestResponse) -> None:
+    assert_problem(response, 503, "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
+
+
+def assert_nothing_of_the_errors_logged(records: list[logging.LogRecord], *keys: str) -> None:
+    """No traceback, no statement and no parameter of a database error in any log line."""
+    for record in records:
+        line = record.getMessage()
+        assert record.exc_info is None and record.stack_info is None, line
+        assert "[SQL" not in line and "parameters" not in line and "$2b$" not in line, line
+        assert not any(key in line for key in keys), line
+
+
+def test_every_route_answers_503_once_the_cache_ttl_has_passed_and_recovers(
+        outage: Outage, caplog: pytest.LogCaptureFixture) -> None:
+    with migrated_app(outage.url, KEYSERVICE_CACHE_TTL=CACHE_TTL) as app:
+        api = Api(app, app.test_client())
+        key_id, key = api.issue()
+        admin = api.manager(*ADMIN, client_id="ops")
+        # A key that exists: a malformed one is refused without the database, outage or not.
+        routes = [replace(route, body={"key": key}) if route.path == "/keys/verify" else route
+                  for route in EVERY_ROUTE]
+        for route in routes:  # each worked a moment ago: the admin key is in the cache
+            assert call_route(api, route, admin, key_id).status_code < 500, route
+
+        outage.begin()
+        with app.app_context():
+            db.engine.dispose()  # the open connections go with the database
+        # Within the TTL a key checked a moment ago may still let a protected view through,
+        # which needs nothing else of the database; anything that does is refused.
+        for route in routes:
+            response = call_route(api, route, admin, key_id)
+            if not (route.path == "/protected-with-key" and response.status_code == 200):
+                assert_unavailable(response)
+        time.sleep(CACHE_TTL)
+        for route in routes * 2:
+            assert_unavailable(call_route(api, route, admin, key_id))
+
+        outage.end()
+        for route in routes:
+            assert call_route(api, route, admin, key_id).status_code < 500, route
+        assert call_route(api, SERVICE_ROUTES[0], admin, key_id).status_code == 200
+        assert_nothing_of_the_errors_logged(caplog.records, admin, key)
