@@ -5,6 +5,7 @@ PostgreSQL stopped under traffic is in ``test_scale_out.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,8 @@ from keyservice.app import db
 from keyservice.config import DEFAULTS
 
 from .conftest import DATABASES, IssueKey, migrated_app
+from .load import bearer
+from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
 from .test_api_keys import ADMIN, ROUTES, Api, Route, assert_problem, call_route
 
@@ -97,13 +100,18 @@ def assert_unavailable(response: TestResponse) -> None:
     assert response.headers["Retry-After"] == "1"
 
 
+def assert_no_error_text(line: str, *keys: str) -> None:
+    """A log line holds no traceback, no statement or parameter of a database error, no hash
+    and none of ``keys``."""
+    for text in ("Traceback", "[SQL", "parameters", "$2b$", *keys):
+        assert text not in line, line
+
+
 def assert_nothing_of_the_errors_logged(records: list[logging.LogRecord], *keys: str) -> None:
-    """No traceback, no statement and no parameter of a database error in any log line."""
+    """No traceback, no statement and no parameter of a database error in any log record."""
     for record in records:
-        line = record.getMessage()
-        assert record.exc_info is None and record.stack_info is None, line
-        assert "[SQL" not in line and "parameters" not in line and "$2b$" not in line, line
-        assert not any(key in line for key in keys), line
+        assert record.exc_info is None and record.stack_info is None, record.getMessage()
+        assert_no_error_text(record.getMessage(), *keys)
 
 
 def test_every_route_answers_503_once_the_cache_ttl_has_passed_and_recovers(
@@ -136,3 +144,42 @@ def test_every_route_answers_503_once_the_cache_ttl_has_passed_and_recovers(
             assert call_route(api, route, admin, key_id).status_code < 500, route
         assert call_route(api, SERVICE_ROUTES[0], admin, key_id).status_code == 200
         assert_nothing_of_the_errors_logged(caplog.records, admin, key)
+
+
+def test_postgresql_stopped_under_gunicorn_every_route_answers_503_never_500_then_recovers(
+        own_postgres: PostgresServer, tmp_path: Path) -> None:
+    own_postgres.administer('CREATE DATABASE "outage"')
+    environ = service_environment(own_postgres.url("outage"), KEYSERVICE_BCRYPT_ROUNDS="4")
+    assert flask_cli(environ, "db", "upgrade").returncode == 0
+    cli = KeysCli(environ)
+    _, admin = cli.create_key("--scope", "keys:admin")
+    key_id, key = cli.create_key()
+    routes = [replace(route, body={"key": key}) if route.path == "/keys/verify" else route
+              for route in EVERY_ROUTE]
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(environ, log, workers=2) as base:
+        def sweep() -> list[tuple[Route, Response]]:
+            return [(route, request(base + route.path.format(id=key_id), route.method, bearer(admin), route.body))
+                    for route in routes]
+
+        assert all(response.status < 500 for _, response in sweep() + sweep())
+        own_postgres.stop()
+        time.sleep(CACHE_TTL)
+        for route, response in sweep() + sweep():
+            assert response.status == 503, (route, response.status, response.body)
+            assert json.loads(response.body)["code"] == "UNAVAILABLE"
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert response.headers["Retry-After"] == "1"
+
+        own_postgres.start()
+        deadline = time.monotonic() + 10
+        while True:
+            answers = sweep()
+            assert all(response.status != 500 for _, response in answers)
+            if all(response.status < 500 for _, response in answers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert [(str(route), response.status) for route, response in answers if response.status >= 500] == []
+
+    for line in log.read_text().splitlines():
+        assert_no_error_text(line, admin, key, own_postgres.url("outage"), f"port {own_postgres.port}")
