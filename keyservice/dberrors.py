@@ -13,6 +13,8 @@ class only (:func:`error_name`).
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 # SQLite's primary result codes for a database that cannot be read or written now:
@@ -24,6 +26,7 @@ _SQLITE_UNAVAILABLE = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
 # error (I/O); and one code, a read-only transaction (a standby, or a server put read-only).
 _SQLSTATE_CLASSES_UNAVAILABLE = frozenset({"08", "53", "57", "58"})
 _SQLSTATE_READ_ONLY = "25006"
+_CODE = re.compile(r"[A-Z0-9_]{1,40}")
 
 
 def storage_unavailable(error: BaseException) -> bool:
@@ -45,6 +48,9 @@ def storage_unavailable(error: BaseException) -> bool:
 
 
 def error_name(error: BaseException) -> str:
-    """The driver's class of a database error (e.g. ``DiskFull``), else its own: safe to log."""
+    """The driver's class of a database error and its code, if it has one (``OperationalError
+    SQLITE_FULL``, ``DiskFull 53100``), else the error's own class: safe to log."""
     original = error.orig if isinstance(error, DBAPIError) else None
-    return type(original or error).__name__
+    code = getattr(original, "sqlite_errorname", None) or getattr(original, "sqlstate", None)
+    name = type(original or error).__name__
+    return f"{name} {code}" if isinstance(code, str) and _CODE.fullmatch(code) else name
