@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 from werkzeug.test import TestResponse
 
 from keyservice.app import db
@@ -183,3 +185,17 @@ def test_postgresql_stopped_under_gunicorn_every_route_answers_503_never_500_the
 
     for line in log.read_text().splitlines():
         assert_no_error_text(line, admin, key, own_postgres.url("outage"), f"port {own_postgres.port}")
+
+
+def test_a_database_error_that_is_no_outage_stays_a_500_logged_without_its_text(
+        app: Flask, client: FlaskClient, issue_key: IssueKey, caplog: pytest.LogCaptureFixture) -> None:
+    key_id, key = issue_key(scopes=("keys:admin",))
+    with app.app_context():
+        db.session.execute(text("DROP TABLE keyservice_key_events"))  # a migration gone wrong: a bug
+        db.session.commit()
+    response = client.patch(f"/keys/{key_id}", headers={"Authorization": f"Bearer {key}"}, json={"name": "m"})
+    assert_problem(response, 500, "INTERNAL")
+    assert "Retry-After" not in response.headers
+    assert any(re.fullmatch(r"unhandled database error \(\w+( \w+)?\) at \w+\.py:\d+", record.getMessage())
+               for record in caplog.records), [record.getMessage() for record in caplog.records]
+    assert_nothing_of_the_errors_logged(caplog.records, key)
