@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from .crypto import parse_key
 from .verification import Outcome, VerificationResult
-from .errors import Forbidden, InvalidInput, NotFound, http_problem
+from .errors import Forbidden, InvalidInput, NotFound, StorageUnavailable, http_problem
 from .models import ApiKey
 from .principals import Principal, requires
 from .schemas import (
@@ -220,7 +220,8 @@ def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
 @_problems(keys_blueprint, 413, 415, 422)
 def verify(body: dict[str, Any]) -> dict[str, Any]:
     """Check a key as ``@require_key`` would; a verification counts as a use. Another client's
-    key answers exactly as a key that does not exist: ``NOT_FOUND``, and no use counted."""
+    key answers exactly as a key that does not exist: ``NOT_FOUND``, and no use counted. A check
+    the key store cannot make now (``UNAVAILABLE``) is a 503, as on a protected view."""
     state = current_state()
     parsed = parse_key(body["key"].strip(), state.settings.key_prefix)
     api_key = None if parsed is None else state.db.session.get(ApiKey, parsed.key_id)
@@ -228,6 +229,8 @@ def verify(body: dict[str, Any]) -> dict[str, Any]:
         result = VerificationResult(Outcome.NOT_FOUND)
     else:
         result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
+    if result.code is Outcome.UNAVAILABLE:
+        raise StorageUnavailable()
     return {"valid": result.valid, "code": result.code.value, "key_id": result.key_id,
             "external_client_id": result.external_client_id, "scopes": list(result.scopes),
             "remaining": result.remaining,

@@ -6,7 +6,8 @@
     ├── NotFound               no such key or role, or not the caller's to see (404)
     ├── Forbidden              a scope the caller may not grant (403)
     │   └── NeedsAdmin         a change that loosens a limit, by a principal without keys:admin (403)
-    └── Conflict               the key's state forbids it, e.g. rotating a revoked key (409)
+    ├── Conflict               the key's state forbids it, e.g. rotating a revoked key (409)
+    └── StorageUnavailable     the database cannot be read or written now (503, Retry-After)
 
 Each knows its HTTP status, ``code`` and title. One handler, registered on the
 app rather than a blueprint because ``@require_key`` guards the host's views
@@ -17,11 +18,15 @@ from __future__ import annotations
 
 import functools
 import json
+import traceback
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, current_app
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from .dberrors import error_name, storage_unavailable
 from .verification import Outcome, VerificationResult
 
 REALM = 'Bearer realm="keyservice"'
@@ -133,6 +138,32 @@ class Conflict(KeyServiceError):
     title = "Conflict"
 
 
+class StorageUnavailable(KeyServiceError):
+    """Raised when the database cannot answer or take a write now: down, unreachable, a full
+    disk, a read-only volume. Answered 503 ``UNAVAILABLE`` with ``Retry-After``."""
+
+    status = 503
+    code = Outcome.UNAVAILABLE.value
+    title = _OUTCOMES[Outcome.UNAVAILABLE][1]
+    retry_after = 1
+
+    def __init__(self, detail: str = "The key store cannot be read or written right now.") -> None:
+        super().__init__(detail)
+
+    @classmethod
+    def logged(cls, error: BaseException) -> StorageUnavailable:
+        """The error for the database error ``error``, logged in one line: its class, never its
+        text (which holds the statement's parameters, or the server's address)."""
+        current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
+        return cls()
+
+    def to_response(self) -> Response:
+        """The problem response, with ``Retry-After``."""
+        response = super().to_response()
+        response.headers["Retry-After"] = str(self.retry_after)
+        return response
+
+
 class VerificationFailed(KeyServiceError):
     """Raised by ``@require_key`` when the caller's key is refused."""
 
@@ -175,12 +206,38 @@ def http_problem(error: HTTPException) -> Response:
     return problem(error.code or 500, code, error.name, error.description or "", errors=messages)
 
 
+def _where(error: BaseException) -> str:
+    """The innermost frame of keyservice's own code that ``error`` went through, as file:line."""
+    package = Path(__file__).resolve().parent
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if Path(frame.filename).resolve().parent == package]
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+
+
 def register_http_problem_handlers(app: Flask) -> None:
-    """Answer every HTTP error of the standalone service with a problem response."""
+    """Answer every HTTP error of the standalone service with a problem response, and every
+    database error that means an outage with 503 ``UNAVAILABLE``, wherever it is raised.
+
+    App-wide because the standalone app is keyservice's alone; in a host app, keyservice
+    answers only its own routes' outages (see :func:`keyservice.principals.requires`).
+    """
 
     def unexpected_error(error: Exception) -> Response:
         app.logger.exception("unhandled error")
-        return problem(500, "INTERNAL", "Internal error", "The server failed to answer this request.")
+        return _internal_error()
+
+    def database_error(error: SQLAlchemyError) -> Response:
+        if storage_unavailable(error):
+            return StorageUnavailable.logged(error).to_response()
+        # A bug, not an outage; still no traceback: its text holds the statement's parameters.
+        app.logger.error("unhandled database error (%s) at %s", error_name(error), _where(error))
+        return _internal_error()
 
     app.register_error_handler(HTTPException, http_problem)
+    app.register_error_handler(SQLAlchemyError, database_error)
     app.register_error_handler(Exception, unexpected_error)
+
+
+def _internal_error() -> Response:
+    """The 500 problem response, which says nothing of the cause."""
+    return problem(500, "INTERNAL", "Internal error", "The server failed to answer this request.")

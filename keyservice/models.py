@@ -155,11 +155,21 @@ class RateLimitHit(Base):
     __table_args__ = (Index("ix_keyservice_ratelimit_hits_key_at_seq", "key", "at", "seq"),)
 
 
+class ReadinessProbe(Base):
+    """One row that every readiness probe (``/readyz``) writes: proof the database takes writes."""
+
+    __tablename__ = "keyservice_readiness_probe"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    probed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 TIMESTAMPS = {
     ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at", "last_used_at"),
     KeyUsage: ("hour",),
     Role: ("created_at", "updated_at"),
     KeyEvent: ("at",),
+    ReadinessProbe: ("probed_at",),
 }
 
 

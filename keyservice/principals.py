@@ -5,6 +5,9 @@ in a host app, whoever its ``principal_loader`` says is signed in. Tenancy:
 ``keys:read``/``keys:write``/``keys:verify`` act on the principal's own clients
 only; ``keys:admin`` acts on every client. A principal cannot grant a scope it
 does not hold itself, unless it holds ``keys:admin``.
+
+A database outage on these routes (the principal's check included) answers 503
+``UNAVAILABLE``, in a host app too; the host's own views' errors are its own.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import g
+from sqlalchemy.exc import SQLAlchemyError
 
+from .dberrors import storage_unavailable
 from .decorators import verify_request
-from .errors import VerificationFailed
+from .errors import StorageUnavailable, VerificationFailed
 from .state import current_state
 from .verification import Outcome, VerificationResult, missing_scopes
 
@@ -68,18 +73,29 @@ def principal_from_key() -> Principal | None:
 
 
 def requires(scope: str) -> Callable[[View], View]:
-    """Let the view run only for a principal holding ``scope``; it is then ``g.principal``."""
+    """Let the view run only for a principal holding ``scope``; it is then ``g.principal``.
+
+    A database outage in the view, or in the principal's check, is raised as
+    :class:`StorageUnavailable` (503): the principal may come from a worker's memory
+    for up to ``KEYSERVICE_CACHE_TTL`` while the view's own queries fail.
+    """
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            principal = current_state().principal_loader()
-            if principal is None:
-                raise VerificationFailed(VerificationResult(Outcome.MISSING))
-            if not principal.holds(scope):
-                raise VerificationFailed(VerificationResult(Outcome.INSUFFICIENT_SCOPE, required_scopes=(scope,)))
-            g.principal = principal
-            return view(*args, **kwargs)
+            try:
+                principal = current_state().principal_loader()
+                if principal is None:
+                    raise VerificationFailed(VerificationResult(Outcome.MISSING))
+                if not principal.holds(scope):
+                    raise VerificationFailed(VerificationResult(Outcome.INSUFFICIENT_SCOPE,
+                                                                required_scopes=(scope,)))
+                g.principal = principal
+                return view(*args, **kwargs)
+            except SQLAlchemyError as error:
+                if not storage_unavailable(error):
+                    raise
+                raise StorageUnavailable.logged(error) from error
 
         return wrapped  # type: ignore[return-value]
 

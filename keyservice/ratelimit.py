@@ -156,6 +156,13 @@ class RateLimiter:
         storage = SQLStorage(db) if not storage_url else storage_from_string(storage_url, wrap_exceptions=True)
         self._limiter = MovingWindowRateLimiter(storage)
 
+    def storage_answers(self) -> bool:
+        """Whether the storage answers now (Redis: a PING)."""
+        try:
+            return bool(self._limiter.storage.check())
+        except Exception:  # whatever the storage's client raises, the answer is no
+            return False
+
     def hit(self, key_id: str, limit: int, period: int) -> RateLimitState:
         """Count one request; raises ``limits.errors.StorageError`` when the storage fails."""
         item = RateLimitItemPerSecond(limit, period)

@@ -1,29 +1,34 @@
-"""The standalone service's own routes: a health check, metrics and the example views."""
+"""The standalone service's own routes: health checks, metrics and the example views."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask import Blueprint, g
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
 from .decorators import require_key
-from .errors import problem
+from .errors import StorageUnavailable
+from .health import liveness_failure, readiness_failure
 from .metrics import exposition
-from .state import current_state
 
 bp = Blueprint("service", __name__)
 
 
 @bp.get("/healthz")
 def healthz() -> Any:
-    """200 when the database answers, else a 503 problem."""
-    try:
-        with current_state().db.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except SQLAlchemyError:
-        return problem(503, "UNAVAILABLE", "Database unavailable", "The database does not answer.")
+    """Liveness: 200 while the process and its database answer a read, else a 503 problem."""
+    failure = liveness_failure()
+    if failure is not None:
+        raise StorageUnavailable(failure)
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz() -> Any:
+    """Readiness: 200 when the database takes a write (see health.py), else a 503 problem."""
+    failure = readiness_failure()
+    if failure is not None:
+        raise StorageUnavailable(failure)
     return {"status": "ok"}
 
 

@@ -23,8 +23,8 @@ from typing import Any, Callable
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Engine, event, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 
+from .dberrors import error_name
 from .models import ApiKey, KeyUsage
 
 logger = logging.getLogger("keyservice.usage")
@@ -88,8 +88,9 @@ class UsageRecorder:
             return
         try:
             self._write(self._engine, counts, last_used)
-        except SQLAlchemyError:
-            logger.warning("keyservice: usage not saved yet, the database is unavailable; will retry")
+        except Exception as error:  # whatever it is (a full disk, a dropped connection), the counts stay
+            # The class only: the error's text holds the statement's parameters.
+            logger.warning("keyservice: usage not saved yet (%s); will retry", error_name(error))
             with self._lock:
                 self._counts.update(counts)
                 for key_id, moment in last_used.items():

@@ -46,6 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
+from .dberrors import error_name
 from .models import ApiKey, Role, as_utc, utcnow
 from . import metrics
 from .ratelimit import RateLimiter, RateLimitState
@@ -212,8 +213,9 @@ class Verifier:
             result = self._judge(verified, tuple(scopes))
             if result.valid and (verified.record.ratelimit_limit or verified.record.remaining is not None):
                 result = self._limit(verified.record, result)
-        except SQLAlchemyError:
-            current_app.logger.warning("keyservice: database unavailable", exc_info=True)
+        except SQLAlchemyError as error:
+            # The class only: the error's text holds the statement's parameters (a key id, a hash).
+            current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
             return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
         return result
 
@@ -272,6 +274,10 @@ class Verifier:
         with self._lock:
             self._verified[digest] = fresh
         return fresh
+
+    def ratelimit_storage_answers(self) -> bool:
+        """Whether the rate-limit storage answers now (for the readiness check)."""
+        return self._ratelimiter.storage_answers()
 
     def flush_usage(self) -> None:
         """Write the usage this process has counted to the database now."""

@@ -48,6 +48,13 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, to stop and start again."""
+    with postgres_server() as server:
+        yield server
+
+
 _numbers = itertools.count()
 
 

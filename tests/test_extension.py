@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import flask_migrate
@@ -15,11 +17,10 @@ from keyservice import KeyService
 from .host_app import Team, create_host_app, db, keys
 
 
-@pytest.fixture
-def host(tmp_path: Path, empty_database_url: str) -> Flask:
+@contextmanager
+def migrated_host(database_url: str, migrations: Path) -> Iterator[Flask]:
     """The host app, its schema made by its own, freshly generated migrations."""
-    migrations = tmp_path / "migrations"
-    app = create_host_app(empty_database_url, migrations)
+    app = create_host_app(database_url, migrations)
     with app.app_context():
         flask_migrate.init(directory=str(migrations))
         flask_migrate.migrate(directory=str(migrations), message="initial")
@@ -27,6 +28,12 @@ def host(tmp_path: Path, empty_database_url: str) -> Flask:
     yield app
     with app.app_context():
         db.engine.dispose()
+
+
+@pytest.fixture
+def host(tmp_path: Path, empty_database_url: str) -> Iterator[Flask]:
+    with migrated_host(empty_database_url, tmp_path / "migrations") as app:
+        yield app
 
 
 def test_host_migrations_pick_up_the_keyservice_tables(host: Flask, tmp_path: Path) -> None:
@@ -80,3 +87,27 @@ def test_an_app_without_flask_sqlalchemy_is_refused() -> None:
     app = Flask(__name__)
     with pytest.raises(RuntimeError, match="db.init_app"):
         KeyService(app, db=SQLAlchemy())
+
+
+def test_an_outage_answers_503_on_keyservices_routes_and_leaves_the_hosts_views_alone(tmp_path: Path) -> None:
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    with migrated_host(f"sqlite:///{volume / 'keys.db'}", tmp_path / "migrations") as host:
+        with host.app_context():
+            _, key = keys.create_key(name="ops", external_client_id="team-7", scopes=["keys:admin", "reports:*"])
+            db.session.commit()
+        client = host.test_client()
+        headers = {"Authorization": f"Bearer {key}"}
+        assert client.get("/keys", headers=headers).status_code == 200
+        assert client.get("/teams/report", headers=headers).status_code == 200
+
+        volume.rename(tmp_path / "unmounted")
+        with host.app_context():
+            db.engine.dispose()
+        # The key is still in the worker's memory (KEYSERVICE_CACHE_TTL): both views get past it.
+        listed = client.get("/keys", headers=headers)
+        assert (listed.status_code, listed.get_json()["code"], listed.headers["Retry-After"]) == (
+            503, "UNAVAILABLE", "1")
+        hosts_own = client.get("/teams/report", headers=headers)
+        assert (hosts_own.status_code, hosts_own.mimetype) == (500, "text/html")
+        (tmp_path / "unmounted").rename(volume)

@@ -17,7 +17,7 @@ import pytest
 from .conftest import postgres_database
 from .load import Timed, all_at_once, bearer, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
-from .services import PostgresServer, postgres_server
+from .services import PostgresServer
 
 LIMIT, PERIOD = 20, 10
 
@@ -120,13 +120,6 @@ class Traffic:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, to stop and start again."""
-    with postgres_server() as server:
-        yield server
 
 
 def test_postgresql_stopped_under_traffic_means_503_only_then_recovery_and_nothing_lost(
