@@ -20,6 +20,8 @@ control_socket_disable = True
 accesslog = "-"
 # The path without its query string: no header and no query value can put a key in the log.
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+# What the client sent is written escaped (\xNN), so a URL cannot forge a line or a colour.
+logger_class = "keyservice.accesslog.EscapingLogger"
 
 
 # Prometheus' multiprocess mode (keyservice/metrics.py): every worker writes its metrics to
