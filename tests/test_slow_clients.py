@@ -18,6 +18,7 @@ import pytest
 
 from .load import Tricklers, bearer
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
+from .services import nginx_server
 
 SECONDS = 30
 
@@ -60,3 +61,17 @@ def test_50_slow_clients_do_not_hold_make_serves_workers(environ: dict[str, str]
     assert (tricklers.fewest_open, tricklers.closed_by_server) == (50, 0)
     assert_no_worker_was_killed(log)
 
+
+def test_500_slow_clients_do_not_reach_the_production_setups_workers(
+        environ: dict[str, str], tmp_path: Path) -> None:
+    _, key = KeysCli(environ).create_key()
+    log = tmp_path / "gunicorn.log"
+    with gunicorn(environ, log, workers=2) as upstream, nginx_server(upstream.removeprefix("http://")) as base:
+        assert request(base + "/healthz").status == 200
+        with Tricklers(base, 500) as tricklers:
+            answers = valid_requests_beside(base + "/protected-with-key", key)
+    assert len(answers) >= SECONDS - 1
+    assert [answer for answer in answers if answer[0] != 200 or answer[1] >= 1.0] == [], answers
+    # nginx gives a header 10 s (client_header_timeout), then answers 408; they come right back.
+    assert tricklers.fewest_open == 500 and tricklers.closed_by_server >= 500, vars(tricklers)
+    assert_no_worker_was_killed(log)
