@@ -17,14 +17,15 @@ serve: $(INSTALLED)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-# The tests start their own PostgreSQL and Redis on 127.0.0.1 (tests/services.py) and
-# stop them after, and drive Debian's Chromium for the dashboard; those are installed
-# here when missing and we may (root). Without them those tests skip, except in CI,
-# where they fail.
+# The tests start their own PostgreSQL, Redis and nginx (the production setup's proxy,
+# deploy/nginx/) on 127.0.0.1 (tests/services.py) and stop them after, and drive Debian's
+# Chromium for the dashboard; those are installed here when missing and we may (root).
+# Without them those tests skip, except in CI, where they fail.
 test: $(INSTALLED)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
 		echo "installing$$missing"; \

@@ -12,6 +12,13 @@ import tempfile
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
+# Slow clients: a sync worker belongs to one connection until that connection's request has
+# arrived, so two clients trickling header lines hold two sync workers. A gthread worker keeps
+# idle connections in its poller and gives a thread only to a connection that is sending, so
+# each worker holds up to `threads` slow senders and still serves everyone else. More than
+# that is what the buffering proxy in front is for (docs/deploy.md, deploy/nginx/).
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", 64))
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
@@ -20,6 +27,8 @@ control_socket_disable = True
 accesslog = "-"
 # The path without its query string: no header and no query value can put a key in the log.
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+# What the client sent is written escaped (\xNN), so a URL cannot forge a line or a colour.
+logger_class = "keyservice.accesslog.EscapingLogger"
 
 
 # Prometheus' multiprocess mode (keyservice/metrics.py): every worker writes its metrics to

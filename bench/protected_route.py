@@ -7,9 +7,9 @@ Run from the repository root (``make bench`` does exactly this)::
 One run builds a throwaway SQLite database in a temp dir, creates a key with the
 real bcrypt cost (every ``KEYSERVICE_*`` variable is dropped from the children's
 environment, so the defaults apply: cost 12, 0.5 s row cache, 5 failed checks
-per key id and client address per minute per worker), starts gunicorn with 2
-sync workers and
-drives it with ``wrk``. It prints figures; it asserts nothing.
+per key id and client address per minute per worker), starts gunicorn with the
+repo's gunicorn.conf.py (2 gthread workers) and drives it with ``wrk``. It prints
+figures; it asserts nothing.
 
 1. Overhead. ``POST /unprotected`` against ``POST /protected-with-key``, the same
    tiny view, with three keys: a plain valid key (it costs a header read, an
@@ -26,6 +26,10 @@ drives it with ``wrk``. It prints figures; it asserts nothing.
    failed-check budget is spent (each 401 NOT_FOUND costs a bcrypt check) and
    once after, when every wrong secret is a cheap 429 RATE_LIMITED. Goal: valid
    req/s beside the flood >= 0.5 of valid req/s alone.
+
+``--worker-classes`` runs only section 1's unprotected route and valid key, on two
+gunicorns at once: the repo's gthread settings and the same with ``--worker-class sync``
+(what ``make serve`` ran before), alternating, so their ratios come from one run.
 
 Only ratios within one run are meaningful: the machine is shared and noisy, and
 wrk competes with the workers for the same cores, so absolute req/s move from
@@ -224,8 +228,9 @@ class Variant:
 
 
 def measure_overhead(variants: Sequence[Variant], *, rounds: int, seconds: int, connections: int,
-                     title: str = "1. overhead") -> None:
-    """Alternate the variants round by round; compare each one's median to the baseline's."""
+                     title: str = "1. overhead") -> dict[str, float]:
+    """Alternate the variants round by round; compare each one's median to the baseline's.
+    Return each variant's median req/s."""
     print(f"\n== {title}: {rounds} rounds x ({', '.join(v.label for v in variants)}), "
           f"{seconds} s each, -c{connections}")
     runs: dict[str, list[WrkResult]] = {variant.label: [] for variant in variants}
@@ -253,6 +258,7 @@ def measure_overhead(variants: Sequence[Variant], *, rounds: int, seconds: int, 
         goal = "no goal" if variant.goal is None else verdict(ratio, variant.goal)
         print(f"  {variant.label} / {baseline} req/s: {ratio:.2f}  ({goal});"
               f" per round {', '.join(f'{r:.2f}' for r in per_round)}")
+    return medians
 
 
 def create_keys(env: dict[str, str]) -> tuple[str, str, str]:
@@ -333,6 +339,31 @@ def measure_flood(base: str, protected: Path, flood: Path, valid_key: str, wrong
           " in that worker is spent; then 429 RATE_LIMITED before bcrypt)")
 
 
+def measure_worker_classes(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: int, seconds: int,
+                           connections: int) -> None:
+    """Section 1's unprotected route and valid key on gthread (gunicorn.conf.py) and on sync workers."""
+    logs = {kind: tmp / f"gunicorn-{kind}.log" for kind in ("gthread", "sync")}
+    try:
+        with gunicorn(env, logs["gthread"], workers=WORKERS) as gthread, \
+                gunicorn(env, logs["sync"], workers=WORKERS, options=["--worker-class", "sync"]) as sync:
+            for base in (gthread, sync):
+                if post(base + PROTECTED, valid_key)[0] != 200:
+                    raise RuntimeError(f"a valid key was refused on {PROTECTED}")
+            unprotected, protected = write_lua(tmp / "unprotected.lua"), write_lua(tmp / "protected.lua", valid_key)
+            medians = measure_overhead([
+                Variant("unprotected, sync", sync + UNPROTECTED, unprotected, 1.0),
+                Variant("valid key, sync", sync + PROTECTED, protected, OVERHEAD_GOAL),
+                Variant("unprotected, gthread", gthread + UNPROTECTED, unprotected, None),
+                Variant("valid key, gthread", gthread + PROTECTED, protected, None),
+            ], rounds=rounds, seconds=seconds, connections=connections,
+                title="1. overhead, sync workers against gthread (ratios to unprotected, sync)")
+            ratio = medians["valid key, gthread"] / medians["unprotected, gthread"]
+            print(f"  valid key, gthread / unprotected, gthread req/s: {ratio:.2f}  ({verdict(ratio, OVERHEAD_GOAL)})")
+    finally:
+        for log in logs.values():
+            report_server_log(log)
+
+
 def report_server_log(log: Path) -> None:
     """Say whether gunicorn logged errors (never printing a key)."""
     text = redact(log.read_text(errors="replace"))
@@ -350,7 +381,7 @@ def print_reproduce(module: str, args: list[str]) -> None:
     print(f"  cd {REPO} && {shlex.join(command)}   (or: make bench)")
     print(f"  python {sys.version.split()[0]}, {version(sys.executable, '-m', 'gunicorn', '--version')}, "
           f"{' '.join(version('wrk', '--version').split()[:2])}, nproc {version('nproc')}, "
-          f"{WORKERS} sync workers, commit {version('git', 'rev-parse', '--short', 'HEAD')}")
+          f"{WORKERS} workers (gunicorn.conf.py's class unless said otherwise), commit {version('git', 'rev-parse', '--short', 'HEAD')}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -361,18 +392,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--flood-seconds", type=int, default=10, help="length of each flood-phase run")
     parser.add_argument("--flood-connections", type=int, default=4,
                         help="connections of each flood-phase wrk")
+    parser.add_argument("--worker-classes", action="store_true",
+                        help="only the unprotected route and the valid key, on gthread and on sync workers")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp:
         tmp = Path(temp)
         env = service_environment(f"sqlite:///{tmp / 'bench.db'}")
-        print(f"setting up: SQLite in {tmp}, one key at bcrypt cost 12, gunicorn with {WORKERS} sync workers")
+        print(f"setting up: SQLite in {tmp}, one key at bcrypt cost 12, gunicorn with {WORKERS} workers")
         flask(env, "db", "upgrade")
         valid_key, ratelimited_key, remaining_key = create_keys(env)
         wrong_key = wrong_secret_key(valid_key)
         protected = write_lua(tmp / "protected.lua", valid_key)
         flood = write_lua(tmp / "flood.lua", wrong_key, count_statuses=True)
 
+        if args.worker_classes:
+            measure_worker_classes(env, tmp, valid_key, rounds=args.rounds, seconds=args.seconds,
+                                   connections=args.connections)
+            print_reproduce("bench.protected_route", sys.argv[1:] if argv is None else list(argv))
+            return
         log = tmp / "gunicorn.log"
         try:
             with gunicorn(env, log, workers=WORKERS) as base:

@@ -34,9 +34,12 @@ def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.close()
 
 
-# A sync worker serves one request at a time: one pooled connection for the ORM and one
-# kept for the request path's writes (rawsql.py), a little overflow for the CLI's
-# threads. A server that is down must fail a request fast (503), not hang it.
+# A worker's threads (gthread, gunicorn.conf.py) share one interpreter lock and hold a
+# connection only for a statement or a short transaction (a cached key reads its row every
+# 0.5 s), so a few connections serve all of them; most threads are there to wait on slow
+# clients, which hold none. So the pool does not follow the thread count: 2 kept, 4 more
+# under load, and a thread waits at most 5 s for one. A server that is down must fail a
+# request fast (503), not hang it.
 POSTGRESQL_ENGINE_OPTIONS = {
     "pool_size": 2,
     "max_overflow": 4,

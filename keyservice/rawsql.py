@@ -10,14 +10,19 @@ database locked sleeps (1 ms, then longer) before it tries again: with every
 worker writing on every request, those sleeps would cost more than the writes.
 So on SQLite the workers of a machine queue for these transactions on a file
 lock beside the database, which the kernel hands over the moment it is free.
+The threads of one worker (gunicorn's gthread) queue on a lock of the process
+first: ``flock`` belongs to the open file, which they share, so it cannot keep
+them apart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -44,21 +49,50 @@ class RawTransaction:
         return self._cursor
 
 
-_lock_files: dict[tuple[int, str], int | None] = {}
+class _WritersQueue:
+    """A process's place in the queue of one SQLite database's writers: a lock for its
+    threads, then the file lock for its peers."""
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor = descriptor
+        self._threads = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            fcntl.flock(self._descriptor, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
 
-def _lock_file(engine: Engine) -> int | None:
+_queues: dict[tuple[int, str], _WritersQueue | None] = {}
+_queues_lock = threading.Lock()
+
+
+def _writers_queue(engine: Engine) -> _WritersQueue | None:
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return None
     # One descriptor per process: a lock taken through a descriptor inherited over fork is shared.
     key = (os.getpid(), database)
-    if key not in _lock_files:
-        try:
-            _lock_files[key] = os.open(f"{database}.writers", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            _lock_files[key] = None  # the queue only saves time: SQLite's own locking still holds
-    return _lock_files[key]
+    try:
+        return _queues[key]
+    except KeyError:
+        pass
+    with _queues_lock:  # a worker's threads may all write first at once: one descriptor, one lock
+        if key not in _queues:
+            try:
+                _queues[key] = _WritersQueue(os.open(f"{database}.writers", os.O_RDWR | os.O_CREAT, 0o600))
+            except OSError:
+                _queues[key] = None  # the queue only saves time: SQLite's own locking still holds
+        return _queues[key]
 
 
 @contextmanager
@@ -69,21 +103,16 @@ def raw_transaction(engine: Engine, writes: bool = True) -> Iterator[RawTransact
     Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     """
     driver_error = engine.dialect.loaded_dbapi.Error
-    lock_file = _lock_file(engine) if writes else None
+    queue = _writers_queue(engine) if writes else None
     pooled = None
     try:
         pooled = engine.raw_connection()
         # The driver's own connection: every call through the pool's proxy costs a lookup.
         connection = cast(Any, pooled.dbapi_connection)
-        if lock_file is not None:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
+        with queue if queue is not None else contextlib.nullcontext():
             # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
             yield RawTransaction(connection, engine.dialect.paramstyle in ("pyformat", "format"))
             connection.commit()
-        finally:
-            if lock_file is not None:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
     except driver_error as error:
         if pooled is not None:
             pooled.invalidate()  # it may be broken: closed, not pooled again

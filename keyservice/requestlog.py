@@ -24,6 +24,18 @@ from pythonjsonlogger.json import JsonFormatter
 
 logger = logging.getLogger("keyservice.request")
 
+# Every byte a client could use to forge a line, colour a terminal or blur where a value ends.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0x100))} | {
+    ord("\\"): "\\\\", ord('"'): '\\"'}
+
+
+def escape(sent: str | bytes) -> str:
+    """``sent`` (bytes, or text taken as UTF-8) as one printable line: control and non-ASCII
+    bytes as ``\\xNN``, ``\\`` and ``"`` as ``\\\\`` and ``\\"``."""
+    data = sent if isinstance(sent, bytes) else sent.encode("utf-8", "surrogateescape")
+    return data.decode("latin-1").translate(_ESCAPES)
+
+
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 FIELDS = ("request_id", "method", "path", "status", "key_id", "code", "latency_ms")
 
@@ -57,12 +69,21 @@ def _log(response: Response) -> Response:
     return response
 
 
+def _value(value: object) -> str:
+    return escape(str(value)).replace(" ", "\\x20")
+
+
 class _TextFormatter(logging.Formatter):
-    """``time level logger message``, then the request's fields as ``name=value``."""
+    """``time level logger message``, then the request's fields as ``name=value``; the
+    message and the values escaped (a value's spaces too, so that each pair ends where it seems to)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        pairs = [f"{name}={getattr(record, name)}" for name in FIELDS if getattr(record, name, None) is not None]
+        pairs = [f"{name}={_value(getattr(record, name))}"
+                 for name in FIELDS if getattr(record, name, None) is not None]
         return f"{line} {' '.join(pairs)}" if pairs else line
 
 

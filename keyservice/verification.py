@@ -337,9 +337,12 @@ class Verifier:
         })
 
     def _failures_limiter(self) -> MovingWindowRateLimiter:
-        # Made on first use, in the worker process: MemoryStorage starts a thread.
+        # Made on first use, in the worker process: MemoryStorage starts a thread. Once per
+        # process, however many of its threads ask first: a second one would lose the hits.
         if self._failures is None:
-            self._failures = MovingWindowRateLimiter(MemoryStorage())
+            with self._lock:
+                if self._failures is None:
+                    self._failures = MovingWindowRateLimiter(MemoryStorage())
         return self._failures
 
     def _failure_budgets(self, key_id: str, client: str | None) -> list[tuple[RateLimitItem, tuple[str, ...]]]:

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +81,17 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 @contextmanager
-def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: bool = False) -> Iterator[str]:
-    """Serve ``wsgi:app`` with gunicorn's production settings, logging to ``log`` (with the
-    access log only if ``access_log``); yield its base URL, and stop it after."""
+def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: bool = False,
+             options: Sequence[str] = ()) -> Iterator[str]:
+    """Serve ``wsgi:app`` with gunicorn's production settings (and command-line ``options``),
+    logging to ``log`` (with the access log only if ``access_log``); yield its base URL, and
+    stop it after."""
     port = free_port()
     with log.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-             "-b", f"127.0.0.1:{port}", "--access-logfile", "-" if access_log else "/dev/null", "wsgi:app"],
+             "-b", f"127.0.0.1:{port}", "--access-logfile", "-" if access_log else "/dev/null", *options,
+             "wsgi:app"],
             cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL and Redis servers on 127.0.0.1, for the tests and the benchmarks.
+"""Throwaway PostgreSQL, Redis and nginx servers on 127.0.0.1, for the tests and the benchmarks.
 
 Each runs from a temp directory, on a free port, with nothing kept after it stops.
 PostgreSQL refuses to run as root, so as root it runs as the ``postgres`` user,
@@ -193,5 +193,60 @@ def postgres_server(*, fast: bool = True) -> Iterator[PostgresServer]:
             yield server
         finally:
             server.stop()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- nginx --------------------------------------------------------------------------------------------
+
+NGINX_SITE = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "keyservice.conf"
+
+
+@contextmanager
+def nginx_server(upstream: str, *, worker_connections: int = 4096) -> Iterator[str]:
+    """Run nginx with the project's site (``deploy/nginx/keyservice.conf``) in front of
+    ``upstream`` (``host:port``): the site as shipped, its port and upstream replaced, in a
+    main config whose pid, logs and temp files are in a temp directory of its own. Yield its
+    base URL; stop it and remove the directory after.
+
+    As root, nginx's workers drop to ``nobody``, so the directory is readable by all.
+    """
+    binary = _binary("nginx", "/usr/sbin/nginx")
+    if binary is None:
+        missing("nginx")
+        raise AssertionError("unreachable")
+    directory = Path(tempfile.mkdtemp(prefix="keyservice-nginx-"))
+    directory.chmod(0o755)
+    try:
+        for _ in range(3):  # the free port may be taken again before nginx binds it
+            port = free_port()
+            site = NGINX_SITE.read_text()
+            for shipped, here in (("server 127.0.0.1:8000;", f"server {upstream};"),
+                                  ("listen 80;", f"listen 127.0.0.1:{port};"),
+                                  ("/var/log/nginx/", f"{directory}/")):
+                assert shipped in site, f"{NGINX_SITE} no longer has {shipped!r}"
+                site = site.replace(shipped, here)
+            (directory / "keyservice.conf").write_text(site)
+            temp_paths = "\n".join(f"    {kind}_temp_path {directory / kind};"
+                                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            (directory / "nginx.conf").write_text(
+                f"worker_processes 1;\nworker_rlimit_nofile {2 * worker_connections + 64};\n"
+                f"pid {directory / 'nginx.pid'};\nerror_log {directory / 'error.log'} warn;\n"
+                f"events {{\n    worker_connections {worker_connections};\n}}\n"
+                f"http {{\n{temp_paths}\n    include {directory / 'keyservice.conf'};\n}}\n")
+            with (directory / "nginx.out").open("ab") as output:
+                process = subprocess.Popen(
+                    [binary, "-p", str(directory), "-e", str(directory / "error.log"), "-c",
+                     str(directory / "nginx.conf"), "-g", "daemon off;"],
+                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+            if _wait_for_port(port, process, 10.0):
+                break
+            stop(process)
+        else:
+            raise RuntimeError(f"nginx did not start: {(directory / 'error.log').read_text(errors='replace')}")
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop(process)
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -80,3 +80,34 @@ def test_gunicorn_refuses_a_wrong_setting_in_one_line(environ: dict[str, str]) -
         stdin=subprocess.DEVNULL, timeout=60)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("keyservice: KEYSERVICE_BCRYPT_ROUNDS")
+
+
+# A newline to start a forged line, a terminal colour code, a backslash, a quote and a non-ASCII letter.
+FORGING_PATH = "/nothing%0A127.0.0.1%20forged%20line%1B[31m%5C%22%C3%A9"
+
+
+def test_the_logs_escape_what_the_client_sent(environ: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "gunicorn.log"
+    with gunicorn({**environ, "KEYSERVICE_LOG_FORMAT": "text"}, log, access_log=True) as base:
+        assert request(base + FORGING_PATH).status == 404
+    logged = log.read_text()
+    assert "\x1b" not in logged and "é" not in logged
+    assert not [line for line in logged.splitlines() if line.startswith("127.0.0.1 forged")], logged
+    escaped = r"/nothing\x0a127.0.0.1 forged line\x1b[31m\\\"\xc3\xa9"
+    assert f'"GET {escaped} HTTP/1.1" 404' in logged, logged  # gunicorn's access log
+    assert f"GET {escaped} 404" in logged, logged  # the request log's message
+    field = escaped.replace(" ", r"\x20")  # a field's value ends at its first space
+    assert f"path={field} status=404" in logged, logged  # and its field
+
+
+def test_the_access_log_withholds_what_can_carry_a_key_whatever_its_format(
+        environ: dict[str, str], tmp_path: Path) -> None:
+    key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
+    log = tmp_path / "gunicorn.log"
+    every_place = "<%(r)s> <%(q)s> <%({authorization}i)s> <%({x-api-key}i)s> <%({query_string}e)s>"
+    with gunicorn(environ, log, access_log=True, options=["--access-logformat", every_place]) as base:
+        request(base + f"/protected-with-key?api_key={key}", "POST",
+                {"Authorization": f"Bearer {key}", "X-API-Key": key})
+    logged = log.read_text()
+    assert "<POST /protected-with-key HTTP/1.1> <-> <-> <-> <->" in logged, logged
+    assert key.split("_")[2] not in logged
