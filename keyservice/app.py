@@ -11,6 +11,7 @@ from flask import Flask
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import routes
 from .config import config_from_environment
@@ -72,4 +73,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_http_problem_handlers(app)
     register_request_log(app)
     app.register_blueprint(routes.bp)
+    proxies = app.extensions["keyservice"].settings.proxies
+    if proxies:
+        # The caller's address is what the proxies saw: it keys the failed-check budget per client.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     return app

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_RATELIMIT_FAIL_OPEN": False,
     "KEYSERVICE_USAGE_FLUSH_INTERVAL": 10.0,
     "KEYSERVICE_LOG_FORMAT": "json",
+    "KEYSERVICE_PROXIES": 0,
 }
 
 # `limits` storages with a moving window; the default ("") is the app's own database.
@@ -63,6 +64,7 @@ class Settings:
     ratelimit_fail_open: bool
     usage_flush_interval: float
     log_format: str  # "json" or "text"
+    proxies: int  # how many proxies in front set X-Forwarded-For (the standalone service trusts that many)
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -137,6 +139,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         ratelimit_fail_open=_boolean(config, "KEYSERVICE_RATELIMIT_FAIL_OPEN"),
         usage_flush_interval=_number(config, "KEYSERVICE_USAGE_FLUSH_INTERVAL", float, 0.1, 3600),
         log_format=_choice(config, "KEYSERVICE_LOG_FORMAT", ("json", "text")),
+        proxies=_number(config, "KEYSERVICE_PROXIES", int, 0, 10),
     )
 
 

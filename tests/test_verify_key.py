@@ -135,3 +135,18 @@ def test_a_throttled_wrong_secret_gets_429_with_retry_after_over_http(cached_app
     customer = cached_app.test_client()
     customer.environ_base["REMOTE_ADDR"] = "10.0.0.1"
     assert customer.post("/protected-with-key", headers={"X-API-Key": key}).status_code == 200
+
+
+@pytest.mark.parametrize("proxies, customer_served", [(1, True), (0, False)])
+def test_behind_a_proxy_the_budget_counts_the_address_the_proxy_saw(
+        database_url: str, proxies: int, customer_served: bool) -> None:
+    with migrated_app(database_url, KEYSERVICE_PROXIES=proxies,
+                      KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute") as app:
+        _, key = issue(app)
+        proxy = app.test_client()
+        proxy.environ_base["REMOTE_ADDR"] = "127.0.0.1"  # every request comes from the proxy
+        for n in range(4):
+            proxy.post("/protected-with-key", headers={"X-API-Key": wrong_secret(key, n),
+                                                       "X-Forwarded-For": "10.6.6.6"})
+        served = proxy.post("/protected-with-key", headers={"X-API-Key": key, "X-Forwarded-For": "10.0.0.1"})
+    assert (served.status_code == 200) is customer_served
