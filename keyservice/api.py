@@ -2,7 +2,8 @@
 
 Every route names the scope it needs (:func:`requires`); tenancy is applied in
 :func:`_managed_key`, so a key of another client answers 404 as if it did not
-exist. Bodies are checked by :mod:`keyservice.schemas` and capped at 64 KiB.
+exist. Bodies are capped at 64 KiB, refused by :mod:`keyservice.jsonguard` if
+parsing or storing them could fail, and checked by :mod:`keyservice.schemas`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from .crypto import parse_key
 from .errors import Forbidden, InvalidInput, NotFound, http_problem
+from .jsonguard import check_json
 from .models import ApiKey
 from .principals import Principal, requires
 from .schemas import (
@@ -56,6 +58,13 @@ def _check_body() -> None:
     # A body the schemas would not read (a form, plain text) must not pass as "no changes".
     if request.content_length and not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json.")
+    if request.is_json:
+        body = request.get_data(cache=True)  # cached: the schemas parse these same bytes
+        if body:
+            try:
+                check_json(body.decode())
+            except ValueError:
+                pass  # not JSON (or not UTF-8): the schemas' parser answers it with a 400
 
 
 for _blueprint in (keys_blueprint, roles_blueprint):
