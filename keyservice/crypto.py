@@ -22,6 +22,7 @@ CHECKSUM_LENGTH = 6
 PREFIX_PATTERN = re.compile(r"[a-z0-9]{1,16}")
 # Longest possible key: a 16-character prefix, two separators and the three parts.
 MAX_KEY_LENGTH = 16 + 2 + ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
+_ID_PATTERN = re.compile(rf"[0-9A-Za-z]{{{ID_LENGTH}}}")
 _KEY_PATTERN = re.compile(
     rf"(?P<prefix>[a-z0-9]{{1,16}})_(?P<id>[0-9A-Za-z]{{{ID_LENGTH}}})_"
     rf"(?P<secret>[0-9A-Za-z]{{{SECRET_LENGTH}}})(?P<checksum>[0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
@@ -85,6 +86,22 @@ def parse_key(key: str, prefix: str) -> ParsedKey | None:
     if not secrets.compare_digest(match["checksum"], checksum(key[:-CHECKSUM_LENGTH])):
         return None
     return ParsedKey(prefix=match["prefix"], key_id=match["id"], secret=match["secret"])
+
+
+def is_key_id(text: str) -> bool:
+    """Whether ``text`` has the form of a key id (16 base62 characters)."""
+    return _ID_PATTERN.fullmatch(text) is not None
+
+
+def key_id_of(text: str) -> str | None:
+    """The key id ``text`` names: ``text`` itself if it is a key id, or the id in a whole
+    key (of any prefix) whose checksum holds; None if it is neither."""
+    text = text.strip()
+    if is_key_id(text):
+        return text
+    prefix = text.partition("_")[0]
+    parsed = parse_key(text, prefix) if PREFIX_PATTERN.fullmatch(prefix) else None
+    return None if parsed is None else parsed.key_id
 
 
 def hash_secret(secret: str, rounds: int) -> str:
