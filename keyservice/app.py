@@ -54,8 +54,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(config_from_environment())
     if test_config is not None:
         app.config.update(test_config)
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
-        app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", POSTGRESQL_ENGINE_OPTIONS)
+    postgresql = app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+    # A failed statement's parameters (client input, a key's hash) stay out of its error's text.
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS",
+                          {"hide_parameters": True, **(POSTGRESQL_ENGINE_OPTIONS if postgresql else {})})
 
     db.init_app(app)
     with app.app_context():

@@ -19,9 +19,10 @@ import json
 from typing import Any
 
 from flask import Flask, Response
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from .verification import Outcome, VerificationResult
+from .verification import Outcome, VerificationResult, storage_error_name
 
 REALM = 'Bearer realm="keyservice"'
 
@@ -162,7 +163,10 @@ def register_http_problem_handlers(app: Flask) -> None:
     """Answer every HTTP error of the standalone service with a problem response."""
 
     def unexpected_error(error: Exception) -> Response:
-        app.logger.exception("unhandled error")
+        if isinstance(error, SQLAlchemyError):
+            app.logger.error("unhandled storage error: %s", storage_error_name(error))
+        else:
+            app.logger.exception("unhandled error")
         return problem(500, "INTERNAL", "Internal error", "The server failed to answer this request.")
 
     app.register_error_handler(HTTPException, http_problem)

@@ -53,6 +53,13 @@ from .rawsql import raw_transaction
 from .usage import UsageRecorder
 
 
+def storage_error_name(error: SQLAlchemyError) -> str:
+    """What to log of a storage error: its class and its driver's, never its text, which
+    holds the statement and can hold its parameters (input, a hash) or a server's address."""
+    cause = getattr(error, "orig", None)
+    return type(error).__name__ + (f" ({type(cause).__module__}.{type(cause).__name__})" if cause else "")
+
+
 class Outcome(StrEnum):
     """Every answer a verification can give: the ``code`` of responses."""
 
@@ -210,8 +217,8 @@ class Verifier:
             result = self._judge(verified, tuple(scopes))
             if result.valid and (verified.record.ratelimit_limit or verified.record.remaining is not None):
                 result = self._limit(verified.record, result)
-        except SQLAlchemyError:
-            current_app.logger.warning("keyservice: database unavailable", exc_info=True)
+        except SQLAlchemyError as error:
+            current_app.logger.warning("keyservice: database unavailable (%s)", storage_error_name(error))
             return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
         return result
 
