@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import g, request
+from flask import Response, g, request
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
@@ -67,9 +67,16 @@ def _check_body() -> None:
                 pass  # not JSON (or not UTF-8): the schemas' parser answers it with a 400
 
 
+def _no_store(response: Response) -> Response:
+    # Create and rotate answer with a key; no cache along the way may keep any answer of /keys.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 for _blueprint in (keys_blueprint, roles_blueprint):
     _blueprint.before_request(_check_body)
     _blueprint.register_error_handler(HTTPException, http_problem)
+keys_blueprint.after_request(_no_store)
 
 
 def _principal() -> Principal:

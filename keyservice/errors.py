@@ -25,6 +25,8 @@ from werkzeug.exceptions import HTTPException
 from .verification import Outcome, VerificationResult, storage_error_name
 
 REALM = 'Bearer realm="keyservice"'
+# Browsers must take every keyservice response for the type it says, never guess another.
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
     Outcome.MISSING: (401, "API key missing", "Send the key as 'Authorization: Bearer <key>'."),
@@ -56,7 +58,7 @@ def problem(status: int, code: str, title: str, detail: str, errors: dict[str, A
     """Build an ``application/problem+json`` response (``errors``: per-field messages)."""
     body = (_problem_body(status, code, title, detail) if errors is None
             else json.dumps(_problem_document(status, code, title, detail) | {"errors": errors}))
-    return Response(body, status=status, mimetype="application/problem+json")
+    return Response(body, status=status, mimetype="application/problem+json", headers=NOSNIFF)
 
 
 class KeyServiceError(Exception):
@@ -157,6 +159,12 @@ def http_problem(error: HTTPException) -> Response:
         return InvalidInput("Some fields are not valid.", errors=messages).to_response()
     code = "HTTP_" + (error.name or "error").upper().replace(" ", "_")
     return problem(error.code or 500, code, error.name, error.description or "", errors=messages)
+
+
+def nosniff(response: Response) -> Response:
+    """Add ``X-Content-Type-Options: nosniff`` to ``response`` (an ``after_request`` hook)."""
+    response.headers.update(NOSNIFF)
+    return response
 
 
 def register_http_problem_handlers(app: Flask) -> None:
