@@ -88,6 +88,11 @@ def parse_key(key: str, prefix: str) -> ParsedKey | None:
     return ParsedKey(prefix=match["prefix"], key_id=match["id"], secret=match["secret"])
 
 
+def redact_keys(text: str) -> str:
+    """``text`` with anything of a key's form (checksum or not) replaced by ``<a key>``."""
+    return _KEY_PATTERN.sub("<a key>", text)
+
+
 def is_key_id(text: str) -> bool:
     """Whether ``text`` has the form of a key id (16 base62 characters)."""
     return _ID_PATTERN.fullmatch(text) is not None
