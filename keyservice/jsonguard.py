@@ -56,14 +56,14 @@ def _scan(text: str) -> None:
     """Refuse ``text`` if parsing it could blow the stack or build a huge integer."""
     outside = _STRING.sub('""', text)  # brackets and digits inside strings do not count
     if _LONG_NUMBER.search(outside):
-        raise _refuse("the JSON has a number that is too long", (), NUMBER_TOO_LONG)
+        raise _refuse(f"the JSON has a number longer than {MAX_NUMBER_LENGTH} characters", (), NUMBER_TOO_LONG)
     if outside.count("[") + outside.count("{") <= MAX_DEPTH:
         return
     depth = 0
     for bracket in _BRACKET.finditer(outside):
         depth += 1 if bracket[0] in "[{" else -1
         if depth > MAX_DEPTH:
-            raise _refuse("the JSON nests too deep", (), TOO_DEEP)
+            raise _refuse(f"the JSON nests arrays and objects more than {MAX_DEPTH} deep", (), TOO_DEEP)
 
 
 def _first_unstorable(value: Any, path: tuple[str | int, ...] = ()) -> tuple[tuple[str | int, ...], str] | None:
@@ -101,7 +101,9 @@ def check_value(value: Any) -> None:
     """Refuse an already parsed JSON ``value`` holding a string or number no database stores."""
     found = _first_unstorable(value)
     if found is not None:
-        raise _refuse("the JSON holds a value that cannot be stored", *found)
+        path, message = found
+        where = f" at {'.'.join(map(str, path))}" if path else ""
+        raise _refuse(f"the JSON holds a value that cannot be stored{where}: {message}", path, message)
 
 
 def check_json(text: str) -> Any:
