@@ -22,6 +22,8 @@ CHECKSUM_LENGTH = 6
 PREFIX_PATTERN = re.compile(r"[a-z0-9]{1,16}")
 # Longest possible key: a 16-character prefix, two separators and the three parts.
 MAX_KEY_LENGTH = 16 + 2 + ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
+# A prefix, an id and then any part of a secret: what must never be repeated back.
+_KEY_LIKE = re.compile(rf"[a-z0-9]{{1,16}}_[0-9A-Za-z]{{{ID_LENGTH}}}_[0-9A-Za-z]+")
 _ID_PATTERN = re.compile(rf"[0-9A-Za-z]{{{ID_LENGTH}}}")
 _KEY_PATTERN = re.compile(
     rf"(?P<prefix>[a-z0-9]{{1,16}})_(?P<id>[0-9A-Za-z]{{{ID_LENGTH}}})_"
@@ -89,8 +91,8 @@ def parse_key(key: str, prefix: str) -> ParsedKey | None:
 
 
 def redact_keys(text: str) -> str:
-    """``text`` with anything of a key's form (checksum or not) replaced by ``<a key>``."""
-    return _KEY_PATTERN.sub("<a key>", text)
+    """``text`` with anything shaped like a key, even cut short or mistyped, replaced by ``<a key>``."""
+    return _KEY_LIKE.sub("<a key>", text)
 
 
 def is_key_id(text: str) -> bool:
