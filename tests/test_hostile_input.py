@@ -327,7 +327,7 @@ def cli_target(module_database_url: str) -> Iterator[tuple[Flask, str]]:
         yield app, created.stdout.strip()
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, database=None,
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_command_line_ends_in_a_traceback_or_prints_a_secret_it_was_given(
