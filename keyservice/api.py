@@ -2,7 +2,8 @@
 
 Every route names the scope it needs (:func:`requires`); tenancy is applied in
 :func:`_managed_key`, so a key of another client answers 404 as if it did not
-exist. Bodies are checked by :mod:`keyservice.schemas` and capped at 64 KiB.
+exist. Bodies are capped at 64 KiB, refused by :mod:`keyservice.jsonguard` if
+parsing or storing them could fail, and checked by :mod:`keyservice.schemas`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import g, request
+from flask import Response, g, request
 from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from .crypto import parse_key
-from .verification import Outcome, VerificationResult
 from .errors import Forbidden, InvalidInput, NotFound, StorageUnavailable, http_problem
+from .jsonguard import check_json
+from .verification import Outcome, VerificationResult
 from .models import ApiKey
 from .principals import Principal, requires
 from .schemas import (
@@ -57,11 +59,25 @@ def _check_body() -> None:
     # A body the schemas would not read (a form, plain text) must not pass as "no changes".
     if request.content_length and not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json.")
+    if request.is_json:
+        body = request.get_data(cache=True)  # cached: the schemas parse these same bytes
+        if body:
+            try:
+                check_json(body.decode())
+            except ValueError:
+                pass  # not JSON (or not UTF-8): the schemas' parser answers it with a 400
+
+
+def _no_store(response: Response) -> Response:
+    # Create and rotate answer with a key; no cache along the way may keep any answer of /keys.
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 for _blueprint in (keys_blueprint, roles_blueprint):
     _blueprint.before_request(_check_body)
     _blueprint.register_error_handler(HTTPException, http_problem)
+keys_blueprint.after_request(_no_store)
 
 
 def _principal() -> Principal:

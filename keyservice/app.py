@@ -15,7 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import routes
 from .config import config_from_environment
-from .errors import register_http_problem_handlers
+from .errors import nosniff, register_http_problem_handlers
 from .extension import KeyService
 from .requestlog import register_request_log
 
@@ -71,6 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(MIGRATIONS))
     keyservice.init_app(app)
     register_http_problem_handlers(app)
+    app.after_request(nosniff)
     register_request_log(app)
     app.register_blueprint(routes.bp)
     proxies = app.extensions["keyservice"].settings.proxies

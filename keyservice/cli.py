@@ -19,10 +19,12 @@ from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import store
-from .errors import KeyServiceError
+from .crypto import key_id_of, redact_keys
+from .errors import InvalidInput, KeyServiceError
+from .jsonguard import check_json
 from .schemas import (
-    ROLE_NAME, KeyCreateSchema, KeySchema, RoleInSchema, RoleSchema, RotateSchema, UsageArgsSchema, UsageSchema,
-    first_error,
+    ROLE_NAME, KeyCreateSchema, KeyListArgsSchema, KeySchema, RevokeArgsSchema, RoleInSchema, RoleSchema,
+    RotateSchema, UsageArgsSchema, UsageSchema, first_error,
 )
 from .models import ApiKey, utcnow
 from .state import current_state
@@ -30,9 +32,15 @@ from .verification import verify_key
 
 
 class CliError(click.ClickException):
-    """A one-line error for wrong input; exits with 2 like click's usage errors."""
+    """A one-line error for wrong input; exits with 2 like click's usage errors.
+
+    A key given where it does not belong (``--name``, a role name) is not repeated.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact_keys(message))
 
 
 class OneLineErrorGroup(AppGroup):
@@ -67,7 +75,27 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
         seconds = parse_duration(str(value))
         if seconds is None or seconds < 0 or (seconds == 0 and not self.allow_zero):
             self.fail(f"{value!r} is not a positive duration like 30d, 12h or 90m", param, ctx)
-        return timedelta(seconds=seconds)
+        try:
+            duration = timedelta(seconds=seconds)
+            utcnow() + duration  # a time from now must still be a date (year 9999 at most)
+        except OverflowError:
+            self.fail(f"{value!r} is too long", param, ctx)
+        return duration
+
+
+class KeyIdOrKey(click.ParamType):  # type: ignore[type-arg]
+    """A key id, or a whole key (its id is taken from it, as its format is known).
+
+    An error never repeats the value: it may be a whole key, a secret.
+    """
+
+    name = "key_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        key_id = key_id_of(str(value))
+        if key_id is None:
+            self.fail("not a key id (16 letters and digits) or a whole key", param, ctx)
+        return key_id
 
 
 class RateLimitOption(click.ParamType):  # type: ignore[type-arg]
@@ -94,7 +122,9 @@ class JsonObject(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, dict):
             return value
         try:
-            parsed = json.loads(value)
+            parsed = check_json(value)
+        except InvalidInput as error:
+            self.fail(error.detail, param, ctx)
         except ValueError:
             self.fail("is not valid JSON", param, ctx)
         if not isinstance(parsed, dict):
@@ -161,6 +191,8 @@ def create_command(name: str, external_client_id: str, scopes: tuple[str, ...], 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(external_client_id: str | None, include_revoked: bool, as_json: bool) -> None:
     """List keys, newest first."""
+    if external_client_id:
+        external_client_id = KeyListArgsSchema().load({"external_client_id": external_client_id})["external_client_id"]
     api_keys, _ = store.list_keys(_session(), client_ids=[external_client_id] if external_client_id else None,
                                   include_revoked=include_revoked)
     if as_json:
@@ -172,7 +204,7 @@ def list_command(external_client_id: str | None, include_revoked: bool, as_json:
 
 
 @keys_cli.command("show")
-@click.argument("key_id")
+@click.argument("key_id", type=KeyIdOrKey())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_command(key_id: str, as_json: bool) -> None:
     """Show one key (never its secret)."""
@@ -187,7 +219,7 @@ def show_command(key_id: str, as_json: bool) -> None:
 
 
 @keys_cli.command("usage")
-@click.argument("key_id")
+@click.argument("key_id", type=KeyIdOrKey())
 @click.option("--granularity", type=click.Choice(["hour", "day"]), default="hour", show_default=True)
 @click.option("--since", help="From (ISO 8601; default: 24 hours before --until by hour, 30 days by day).")
 @click.option("--until", help="Until (ISO 8601; default: now).")
@@ -206,10 +238,12 @@ def usage_command(key_id: str, granularity: str, since: str | None, until: str |
 
 
 @keys_cli.command("revoke")
-@click.argument("key_id")
+@click.argument("key_id", type=KeyIdOrKey())
 @click.option("--reason", help="Why, kept for the audit trail.")
 def revoke_command(key_id: str, reason: str | None) -> None:
     """Revoke a key for good, and every key rotated from it; every worker refuses them within a second."""
+    if reason is not None:
+        reason = RevokeArgsSchema().load({"reason": reason})["reason"]
     if not store.revoke_key(_session(), store.lock_key(_session(), key_id), reason, "cli"):
         click.echo(f"{key_id} was already revoked", err=True)
         return
@@ -218,7 +252,7 @@ def revoke_command(key_id: str, reason: str | None) -> None:
 
 
 @keys_cli.command("rotate")
-@click.argument("key_id")
+@click.argument("key_id", type=KeyIdOrKey())
 @click.option("--grace", type=Duration(allow_zero=True), default="0s", show_default=True,
               help="How long the old key keeps working, e.g. 1h.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole new key object as JSON.")
@@ -239,14 +273,14 @@ def _set_enabled(key_id: str, enabled: bool) -> None:
 
 
 @keys_cli.command("disable")
-@click.argument("key_id")
+@click.argument("key_id", type=KeyIdOrKey())
 def disable_command(key_id: str) -> None:
     """Stop a key from working until it is enabled again."""
     _set_enabled(key_id, False)
 
 
 @keys_cli.command("enable")
-@click.argument("key_id")
+@click.argument("key_id", type=KeyIdOrKey())
 def enable_command(key_id: str) -> None:
     """Let a disabled key work again."""
     _set_enabled(key_id, True)

@@ -23,6 +23,8 @@ PREFIX_PATTERN = re.compile(r"[a-z0-9]{1,16}")
 KEY_ID_PATTERN = re.compile(rf"[0-9A-Za-z]{{{ID_LENGTH}}}")
 # Longest possible key: a 16-character prefix, two separators and the three parts.
 MAX_KEY_LENGTH = 16 + 2 + ID_LENGTH + SECRET_LENGTH + CHECKSUM_LENGTH
+# A prefix, an id and then any part of a secret: what must never be repeated back.
+_KEY_LIKE = re.compile(rf"[a-z0-9]{{1,16}}_[0-9A-Za-z]{{{ID_LENGTH}}}_[0-9A-Za-z]+")
 _KEY_PATTERN = re.compile(
     rf"(?P<prefix>[a-z0-9]{{1,16}})_(?P<id>[0-9A-Za-z]{{{ID_LENGTH}}})_"
     rf"(?P<secret>[0-9A-Za-z]{{{SECRET_LENGTH}}})(?P<checksum>[0-9A-Za-z]{{{CHECKSUM_LENGTH}}})"
@@ -91,6 +93,22 @@ def parse_key(key: str, prefix: str) -> ParsedKey | None:
     if not secrets.compare_digest(match["checksum"], checksum(key[:-CHECKSUM_LENGTH])):
         return None
     return ParsedKey(prefix=match["prefix"], key_id=match["id"], secret=match["secret"])
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with anything shaped like a key, even cut short or mistyped, replaced by ``<a key>``."""
+    return _KEY_LIKE.sub("<a key>", text)
+
+
+def key_id_of(text: str) -> str | None:
+    """The key id ``text`` names: ``text`` itself if it is a key id, or the id in a whole
+    key (of any prefix) whose checksum holds; None if it is neither."""
+    text = text.strip()
+    if is_key_id(text):
+        return text
+    prefix = text.partition("_")[0]
+    parsed = parse_key(text, prefix) if PREFIX_PATTERN.fullmatch(prefix) else None
+    return None if parsed is None else parsed.key_id
 
 
 def hash_secret(secret: str, rounds: int) -> str:

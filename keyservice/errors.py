@@ -30,6 +30,8 @@ from .dberrors import error_name, storage_unavailable
 from .verification import Outcome, VerificationResult
 
 REALM = 'Bearer realm="keyservice"'
+# Browsers must take every keyservice response for the type it says, never guess another.
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
     Outcome.MISSING: (401, "API key missing", "Send the key as 'Authorization: Bearer <key>'."),
@@ -61,7 +63,7 @@ def problem(status: int, code: str, title: str, detail: str, errors: dict[str, A
     """Build an ``application/problem+json`` response (``errors``: per-field messages)."""
     body = (_problem_body(status, code, title, detail) if errors is None
             else json.dumps(_problem_document(status, code, title, detail) | {"errors": errors}))
-    return Response(body, status=status, mimetype="application/problem+json")
+    return Response(body, status=status, mimetype="application/problem+json", headers=NOSNIFF)
 
 
 class KeyServiceError(Exception):
@@ -212,6 +214,12 @@ def _where(error: BaseException) -> str:
     frames = [frame for frame in traceback.extract_tb(error.__traceback__)
               if Path(frame.filename).resolve().parent == package]
     return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+
+
+def nosniff(response: Response) -> Response:
+    """Add ``X-Content-Type-Options: nosniff`` to ``response`` (an ``after_request`` hook)."""
+    response.headers.update(NOSNIFF)
+    return response
 
 
 def register_http_problem_handlers(app: Flask) -> None:

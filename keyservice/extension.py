@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 
 from .cli import keys_cli, roles_cli
@@ -12,11 +12,18 @@ from .openapi import register_api
 from .principals import PrincipalLoader, principal_from_key
 from .config import DEFAULTS, load_settings
 from .dashboard import dashboard
-from .errors import register_error_handlers
+from .errors import nosniff, register_error_handlers
 from .models import ApiKey, Base
 from .state import KeyServiceState, current_state
 from .store import create_key
 from .verification import Verifier
+
+# keyservice's own routes: the management API, its OpenAPI document and the dashboard.
+OWN_BLUEPRINTS = frozenset({"keys", "roles", "keyservice-api-docs", "dashboard"})
+
+
+def _nosniff_own(response: Response) -> Response:
+    return nosniff(response) if request.blueprint in OWN_BLUEPRINTS else response
 
 
 class KeyService:
@@ -58,6 +65,7 @@ class KeyService:
         app.extensions["keyservice"] = KeyServiceState(settings, db, Verifier(settings, db),
                                                        self._principal_loader)
         register_error_handlers(app)
+        app.after_request(_nosniff_own)
         register_api(app)
         app.register_blueprint(dashboard)
         app.cli.add_command(keys_cli)

@@ -14,6 +14,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from .jsonguard import UNSTORABLE_TEXT, is_storable_text, unstorable
+
 MAX_META_BYTES = 4096
 MAX_SCOPES = 100
 MAX_GRACE_SECONDS = 30 * 24 * 3600
@@ -27,12 +29,48 @@ def _in_the_future(value: datetime) -> None:
 
 
 def _small_json(value: dict[str, Any]) -> None:
+    refused = unstorable(value)  # the HTTP body was checked whole; the CLI's --meta was not
+    if refused is not None:
+        raise ValidationError(refused)
     if len(json.dumps(value).encode()) > MAX_META_BYTES:
         raise ValidationError(f"Must be at most {MAX_META_BYTES} bytes of JSON.")
 
 
-def _scope() -> fields.String:
-    return fields.String(validate=validate.Regexp(r"[a-z0-9_.:*-]{1,100}\Z",
+class Text(fields.String):
+    """A string both databases can store: no NUL (PostgreSQL refuses it) and no unpaired
+    surrogate (no UTF-8 holds one; argv's undecodable bytes arrive as such)."""
+
+    default_error_messages = {"unstorable": UNSTORABLE_TEXT}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if not is_storable_text(text):
+            raise self.make_error("unstorable")
+        return text
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An RFC 3339 date and time, read as UTC when it names no offset, and converted to UTC.
+
+    A time whose UTC form falls outside years 1 to 9999 (``9999-12-31T23:59:59-14:00``)
+    is a field error, not an ``OverflowError`` later.
+    """
+
+    default_error_messages = {"range": "Must be within the years 0001 to 9999 in UTC."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(default_timezone=timezone.utc, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:
+            raise self.make_error("range") from None
+
+
+def _scope() -> Text:
+    return Text(validate=validate.Regexp(r"[a-z0-9_.:*-]{1,100}\Z",
                                                   error="Must be 1 to 100 of a-z 0-9 _ . : * -."),
                          metadata={"pattern": "^[a-z0-9_.:*-]{1,100}$"})
 
@@ -42,22 +80,21 @@ def _scopes(**kwargs: Any) -> fields.List[str]:
 
 
 def _role_names(**kwargs: Any) -> fields.List[str]:
-    return fields.List(fields.String(validate=validate.Regexp(ROLE_NAME, error="Must be 1 to 100 of a-z 0-9 _ . : -."),
+    return fields.List(Text(validate=validate.Regexp(ROLE_NAME, error="Must be 1 to 100 of a-z 0-9 _ . : -."),
                                      metadata={"pattern": "^[a-z0-9_.:-]{1,100}$"}),
                        validate=validate.Length(max=MAX_SCOPES), **kwargs)
 
 
-def _name(**kwargs: Any) -> fields.String:
-    return fields.String(validate=validate.Length(1, 200), **kwargs)
+def _name(**kwargs: Any) -> Text:
+    return Text(validate=validate.Length(1, 200), **kwargs)
 
 
-def _expires_at(**kwargs: Any) -> fields.AwareDateTime:
-    return fields.AwareDateTime(default_timezone=timezone.utc, allow_none=True, validate=_in_the_future,
-                                **kwargs)
+def _expires_at(**kwargs: Any) -> UtcDateTime:
+    return UtcDateTime(allow_none=True, validate=_in_the_future, **kwargs)
 
 
 def _meta(**kwargs: Any) -> fields.Dict:
-    return fields.Dict(keys=fields.String(), validate=_small_json, **kwargs)
+    return fields.Dict(keys=Text(), validate=_small_json, **kwargs)
 
 
 class UtcTimestamp(fields.DateTime):
@@ -78,7 +115,7 @@ class StrictBoolean(fields.Boolean):
 
 class RefillSchema(Schema):
     amount = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1_000_000_000))
-    interval = fields.String(required=True, validate=validate.OneOf(["daily", "monthly"]))
+    interval = Text(required=True, validate=validate.OneOf(["daily", "monthly"]))
 
 
 class RateLimitSchema(Schema):
@@ -151,10 +188,10 @@ class KeyCreatedSchema(KeySchema):
 
 
 class KeyListArgsSchema(Schema):
-    external_client_id = fields.String()
+    external_client_id = Text()
     include_revoked = fields.Boolean(load_default=False)
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 100))
-    cursor = fields.String(validate=validate.Length(max=200))
+    cursor = Text(validate=validate.Length(max=200))
 
 
 class KeyListSchema(Schema):
@@ -163,7 +200,7 @@ class KeyListSchema(Schema):
 
 
 class RevokeArgsSchema(Schema):
-    reason = fields.String(validate=validate.Length(1, 200))
+    reason = Text(validate=validate.Length(1, 200))
 
 
 class RotateSchema(Schema):
@@ -171,7 +208,7 @@ class RotateSchema(Schema):
 
 
 class VerifyRequestSchema(Schema):
-    key = fields.String(required=True, validate=validate.Length(max=1000))
+    key = Text(required=True, validate=validate.Length(max=1000))
     scopes = _scopes(load_default=list)
 
 
@@ -203,13 +240,12 @@ class EventListSchema(Schema):
     items = fields.List(fields.Nested(EventSchema))
 
 
-def _usage_bound(description: str) -> fields.AwareDateTime:
-    return fields.AwareDateTime(default_timezone=timezone.utc, validate=validate.Range(min=USAGE_EPOCH),
-                                metadata={"description": description})
+def _usage_bound(description: str) -> UtcDateTime:
+    return UtcDateTime(validate=validate.Range(min=USAGE_EPOCH), metadata={"description": description})
 
 
 class UsageArgsSchema(Schema):
-    granularity = fields.String(load_default="hour", validate=validate.OneOf(["hour", "day"]))
+    granularity = Text(load_default="hour", validate=validate.OneOf(["hour", "day"]))
     since = _usage_bound("From (default: 24 hours before `until` by hour, 30 days by day).")
     until = _usage_bound("Until (default: now).")
 

@@ -24,6 +24,7 @@ from .crypto import NewKey, generate_key, is_key_id
 from .errors import Conflict, InvalidInput, NeedsAdmin, NotFound
 from .loosening import loosened
 from .models import ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
+from .schemas import ROLE_NAME
 
 AnySession = Session | scoped_session[Any]
 
@@ -110,6 +111,7 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
 
 def get_key(session: AnySession, key_id: str) -> ApiKey:
     """The key with id ``key_id``; raises :class:`NotFound`."""
+    # No id of another form exists, and PostgreSQL would refuse one with a NUL (a 500).
     api_key = session.get(ApiKey, key_id) if is_key_id(key_id) else None
     if api_key is None:
         raise NotFound(NO_SUCH_KEY)
@@ -246,12 +248,16 @@ def _encode_cursor(api_key: ApiKey) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    # Only what _encode_cursor makes: an aware time and a key id (never a NUL for PostgreSQL).
     try:
         created_at, key_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created_at), str(key_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidInput("cursor is not one this API gave out",
-                           errors={"query": {"cursor": ["Not a cursor this API gave out."]}}) from None
+        position = datetime.fromisoformat(created_at).astimezone(timezone.utc)
+        if created_at.endswith("+00:00") and isinstance(key_id, str) and is_key_id(key_id):
+            return position, key_id
+    except (ValueError, TypeError, OverflowError, binascii.Error):
+        pass
+    raise InvalidInput("cursor is not one this API gave out",
+                       errors={"query": {"cursor": ["Not a cursor this API gave out."]}})
 
 
 def list_keys(session: AnySession, *, client_ids: Iterable[str] | None = None, include_revoked: bool = False,
@@ -294,7 +300,7 @@ def list_roles(session: AnySession) -> list[Role]:
 
 def delete_role(session: AnySession, name: str) -> None:
     """Delete a role; keys that held it lose its scopes."""
-    role = session.get(Role, name)
+    role = session.get(Role, name) if ROLE_NAME.fullmatch(name) else None
     if role is None:
         raise NotFound(f"no role is named {name!r}")
     session.delete(role)

@@ -283,6 +283,20 @@ def test_create_answers_201_with_the_key_object_and_the_key_once(api: Api) -> No
     assert api.protected(created["key"]).get_json() == {"protected": True, "external_client_id": "globex"}
 
 
+def test_every_keys_response_is_no_store_and_every_response_nosniff(api: Api) -> None:
+    manager = api.manager(*READ_WRITE)
+    created = api.call("POST", "/keys", manager, json={"name": "n", "external_client_id": "acme"})
+    rotated = api.call("POST", f"/keys/{created.get_json()['id']}/rotate", manager)
+    responses = [created, rotated, api.call("GET", "/keys", manager), api.call("GET", "/keys"),
+                 api.call("GET", "/keys/nope", manager), api.call("POST", "/keys", manager, json={})]
+    assert [response.status_code for response in responses] == [201, 201, 200, 401, 404, 422]
+    for response in responses:
+        assert response.headers["Cache-Control"] == "no-store"
+    for response in [*responses, api.call("GET", "/roles"), api.call("GET", "/openapi.json"),
+                     api.call("GET", "/healthz"), api.call("GET", "/no-such-page"), api.protected("sk_x")]:
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
 def test_created_key_is_shown_again_without_its_key(api: Api) -> None:
     manager = api.manager(*READ_WRITE)
     created = api.create(manager, scopes=["keys:read"])

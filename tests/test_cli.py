@@ -111,9 +111,9 @@ def test_revoke_disable_and_enable_change_what_verify_says(runner: FlaskCliRunne
     (["keys", "create", "--name", "n", "--client-id", "c", "--scope", "Not A Scope"], "scope"),
     (["keys", "create", "--name", "x" * 201, "--client-id", "c"], "name"),
     (["keys", "create", "--name", "n", "--client-id", "c", "--meta", json.dumps({"x": "y" * 5000})], "meta"),
-    (["keys", "show", "nosuchkey"], "No key has this id"),
-    (["keys", "revoke", "nosuchkey"], "No key has this id"),
-    (["keys", "disable", "nosuchkey"], "No key has this id"),
+    (["keys", "show", "nosuchkey"], "not a key id (16 letters and digits) or a whole key"),
+    (["keys", "revoke", "AAAAAAAAAAAAAAAA"], "No key has this id"),
+    (["keys", "disable", "nosuchkey"], "not a key id"),
     (["keys", "verify"], "Missing argument 'KEY'"),
     (["keys", "launch"], "No such command"),
 ])
@@ -125,6 +125,27 @@ def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner,
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("Error: ") and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["show"], ["usage"], ["disable"], ["enable"], ["rotate"], ["revoke"]])
+def test_a_whole_key_is_taken_wherever_a_key_id_is(runner: FlaskCliRunner, command: list[str]) -> None:
+    key = create(runner)
+    result = runner.invoke(args=["keys", *command, key])
+    assert result.exit_code == 0, result.stderr
+    assert key.split("_")[2] not in result.stdout + result.stderr
+    shown = json.loads(runner.invoke(args=["keys", "show", key.split("_")[1], "--json"]).stdout)
+    assert (shown["revoked_at"] is not None) == (command == ["revoke"])
+
+
+@pytest.mark.parametrize("command", ["show", "usage", "disable", "enable", "rotate", "revoke"])
+def test_a_mistyped_key_is_refused_in_one_line_without_repeating_it(runner: FlaskCliRunner, command: str) -> None:
+    key = create(runner)
+    mistyped = key[:-1] + ("A" if key[-1] != "A" else "B")  # the checksum no longer holds
+    result = runner.invoke(args=["keys", command, mistyped])
+    assert result.exit_code == 2
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1
+    assert "not a key id (16 letters and digits) or a whole key" in result.stderr
+    assert mistyped.split("_")[2][:20] not in result.stderr
 
 
 def run_cli(database_url: str, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -150,6 +150,8 @@ def test_api_errors_are_shown_in_words(browser: Browser, service: tuple[str, Key
     sign_in(page, writer)
     page.get_by_label("Name", exact=True).fill("x")
     page.get_by_label("Client id", exact=True).fill("acme")
-    page.get_by_label("Scopes").fill("Not A Scope!")
+    page.get_by_label("Scopes").fill("reports:read Not-A-Scope!")
     page.get_by_role("button", name="Create").click()
+    # The API's {"json": {"scopes": {"1": ["Must be ..."]}}}, the second scope's error, in words.
     page.get_by_text("Please check: scopes").wait_for()
+    assert page.get_by_role("alert").text_content() == "Please check: scopes 2: Must be 1 to 100 of a-z 0-9 _ . : * -."

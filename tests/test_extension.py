@@ -66,6 +66,14 @@ def test_host_view_refuses_with_problem_responses(host: Flask) -> None:
     assert forbidden.get_json()["code"] == "INSUFFICIENT_SCOPE"
     # The host's own errors stay the host's: keyservice does not take over its 404 page.
     assert client.get("/no-such-page").mimetype == "text/html"
+    assert "X-Content-Type-Options" not in client.get("/no-such-page").headers
+
+
+def test_keyservices_own_responses_in_a_host_app_say_nosniff(host: Flask) -> None:
+    client = host.test_client()
+    for path in ("/teams/report", "/keys", "/roles", "/openapi.json", "/dashboard"):
+        with client.get(path) as response:
+            assert response.headers["X-Content-Type-Options"] == "nosniff", path
 
 
 def test_host_cli_gets_the_keys_commands(host: Flask) -> None:

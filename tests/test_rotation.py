@@ -242,7 +242,8 @@ def test_cli_rotate_with_a_bad_grace_is_one_line_and_exit_2(runner: FlaskCliRunn
 
 
 @pytest.mark.parametrize("args, message", [
-    (["keys", "rotate", "nosuchkey"], "No key has this id"),
+    (["keys", "rotate", "AAAAAAAAAAAAAAAA"], "No key has this id"),
+    (["keys", "rotate", "nosuchkey"], "not a key id"),
     (["keys", "rotate"], "Missing argument"),
 ])
 def test_cli_rotate_of_no_key_is_one_line_and_exit_2(runner: FlaskCliRunner, args: list[str], message: str) -> None:

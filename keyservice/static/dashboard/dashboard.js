@@ -31,11 +31,28 @@ function describe(status, problem) {
   if (status === 403) return "Your management key lacks the scope this needs (keys:write to create, rotate or revoke).";
   if (status === 404) return "That key does not exist, or belongs to another client.";
   if (status === 422 && problem.errors) {
-    const fields = Object.values(problem.errors).flatMap((location) =>
-      Object.entries(location).map(([field, messages]) => `${field}: ${[].concat(messages).join(" ")}`));
+    const fields = Object.values(problem.errors).flatMap((location) => fieldErrors(location, []));
     return `Please check: ${fields.join("; ")}`;
   }
   return problem.detail || `The request failed (${status}).`;
+}
+
+// A 422's errors, by where the input came from, nest by field and list position:
+// {"scopes": {"0": ["Must be ..."]}} reads "scopes 1: Must be ...".
+function fieldErrors(messages, path) {
+  if (Array.isArray(messages) && messages.every((m) => typeof m === "string")) {
+    return [`${fieldLabel(path)}${messages.join(" ")}`];
+  }
+  if (messages !== null && typeof messages === "object") {
+    return Object.entries(messages).flatMap(([name, inner]) => fieldErrors(inner, [...path, name]));
+  }
+  return [`${fieldLabel(path)}${messages}`];
+}
+
+function fieldLabel(path) {
+  const words = path.filter((step) => step !== "_schema")
+    .map((step) => (/^\d+$/.test(step) ? String(Number(step) + 1) : step));
+  return words.length ? `${words.join(" ")}: ` : "";
 }
 
 function showError(error) {
