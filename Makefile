@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: serve test bench
+.PHONY: serve test bench screenshots
 
 $(INSTALLED): requirements.txt requirements-test.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,7 @@ bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.protected_route
 	$(BIN)/python -m bench.scale_out
+
+# The dashboard's screenshots in docs/, renewed by its browser tests (the suite itself writes only to temp dirs).
+screenshots: $(INSTALLED)
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest tests/test_dashboard.py -k sqlite

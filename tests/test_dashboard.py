@@ -1,12 +1,14 @@
 """The /dashboard page in headless Chromium (Debian's), driven by Playwright, against gunicorn.
 
-Screenshots of the main views, at desktop and phone widths, are written to
-docs/screenshots/ by these tests (they change when the page does).
+Screenshots of the main views, at desktop and phone widths, are taken by these tests into a
+temporary folder, or into the folder ``SCREENSHOTS_DIR`` names (``make screenshots``
+renews docs/screenshots/ that way when the page changes).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,9 +21,15 @@ from .load import bearer, outcome
 from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import missing
 
-SCREENSHOTS = REPO / "docs" / "screenshots"
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go: never the repository, unless asked."""
+    asked = os.environ.get("SCREENSHOTS_DIR")
+    return Path(asked) if asked else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +66,8 @@ def sign_in(page: Page, key: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
-def test_sign_in_create_use_and_revoke_a_key_from_the_page(browser: Browser, service: tuple[str, KeysCli],
-                                                           database_url: str) -> None:
+def test_sign_in_create_use_and_revoke_a_key_from_the_page(
+        browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str) -> None:
     base, cli = service
     _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
     page = page_at(browser, base)
@@ -82,7 +90,7 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(browser: Browser, ser
         row.get_by_role("button", name="Usage").click()
         page.locator("#usage-chart svg").wait_for()
         # The new key is masked: no key goes into the repository, not even a test's.
-        page.screenshot(path=SCREENSHOTS / "dashboard-desktop.png", full_page=True,
+        page.screenshot(path=screenshots / "dashboard-desktop.png", full_page=True,
                         mask=[shown])
     row.get_by_role("button", name="Revoke").click()
     row.wait_for(state="detached")  # the list without revoked keys no longer has it
@@ -96,8 +104,8 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(browser: Browser, ser
     assert outcome(refused) == (401, "REVOKED")
 
 
-def test_without_signing_in_the_page_shows_no_key_data(browser: Browser, service: tuple[str, KeysCli],
-                                                       database_url: str) -> None:
+def test_without_signing_in_the_page_shows_no_key_data(
+        browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str) -> None:
     base, cli = service
     cli.create_key()
     page = page_at(browser, base)
@@ -105,11 +113,11 @@ def test_without_signing_in_the_page_shows_no_key_data(browser: Browser, service
     assert page.locator("#keys tbody tr").count() == 0
     assert "acme" not in page.content()
     if database_url.startswith("sqlite"):
-        page.screenshot(path=SCREENSHOTS / "dashboard-sign-in.png")
+        page.screenshot(path=screenshots / "dashboard-sign-in.png")
 
 
-def test_a_clients_management_key_sees_only_that_clients_keys(browser: Browser, service: tuple[str, KeysCli],
-                                                              database_url: str) -> None:
+def test_a_clients_management_key_sees_only_that_clients_keys(
+        browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str) -> None:
     base, cli = service
     environ = cli.environ
     for client, name in (("client-a", "a-one"), ("client-a", "a-two"), ("client-b", "b-one")):
@@ -125,7 +133,7 @@ def test_a_clients_management_key_sees_only_that_clients_keys(browser: Browser, 
     assert page.locator("#keys tbody tr:visible").count() == 1
     if database_url.startswith("sqlite"):
         page.get_by_label("Search by name").fill("")
-        page.screenshot(path=SCREENSHOTS / "dashboard-phone.png", full_page=True)
+        page.screenshot(path=screenshots / "dashboard-phone.png", full_page=True)
 
     # Another client's keys asked for by hand: the API answers with none of them.
     page.get_by_label("Client", exact=True).fill("client-b")
