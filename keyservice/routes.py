@@ -14,22 +14,22 @@ from .metrics import exposition
 bp = Blueprint("service", __name__)
 
 
-@bp.get("/healthz")
-def healthz() -> Any:
-    """Liveness: 200 while the process and its database answer a read, else a 503 problem."""
-    failure = liveness_failure()
+def _probe_answer(failure: str | None) -> Any:
     if failure is not None:
         raise StorageUnavailable(failure)
     return {"status": "ok"}
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    """Liveness: 200 while the process and its database answer a read, else a 503 problem."""
+    return _probe_answer(liveness_failure())
 
 
 @bp.get("/readyz")
 def readyz() -> Any:
     """Readiness: 200 when the database takes a write (see health.py), else a 503 problem."""
-    failure = readiness_failure()
-    if failure is not None:
-        raise StorageUnavailable(failure)
-    return {"status": "ok"}
+    return _probe_answer(readiness_failure())
 
 
 @bp.get("/metrics")
