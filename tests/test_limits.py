@@ -545,8 +545,9 @@ def test_a_rate_limited_key_is_unavailable_while_the_storage_is_down(fail_closed
 def test_verify_of_a_rate_limited_key_is_unavailable_while_the_storage_is_down(fail_closed_app: Flask) -> None:
     client = fail_closed_app.test_client()
     _, key = issue(fail_closed_app, ratelimit={"limit": 100, "period": 60})
-    body = verify(client, manager(fail_closed_app), key)
-    assert (body["valid"], body["code"]) == (False, "UNAVAILABLE")
+    response = client.post("/keys/verify", headers=bearer(manager(fail_closed_app)), json={"key": key})
+    assert_problem(response, 503, "UNAVAILABLE")
+    assert response.headers["Retry-After"] == "1"
 
 
 def test_fail_open_lets_a_rate_limited_key_through_and_warns(fail_open_app: Flask,
