@@ -112,7 +112,8 @@ _REFILL_AND_TAKE_ONE_USE = (
 # PostgreSQL commits a use without waiting for its WAL to reach the disk: the WAL writer
 # flushes it within 3 x wal_writer_delay (200 ms). A crash of the server can lose the uses
 # of that last moment (they come back to the key), never count one twice. For this
-# transaction only, set from within the statement itself: no extra round trip.
+# transaction only (the statement's own, in autocommit mode), set from within the statement
+# itself: no extra round trip.
 _WITHOUT_WAITING_FOR_THE_WAL = {
     "postgresql": " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit",
     "sqlite": "",
@@ -274,7 +275,7 @@ class Verifier:
             as_column = _timestamp_binder(dialect)
             params |= {"now": as_column(now), "boundary": as_column(refill_boundary(now, record.refill_interval))}
             sql = _REFILL_AND_TAKE_ONE_USE
-        with raw_transaction(self._db.engine) as transaction:
+        with raw_transaction(self._db.engine, one_statement=True) as transaction:
             row = transaction.execute(_quota_statement(sql, dialect.name), params).fetchone()
         return (False, 0) if row is None else (True, row[0])
 

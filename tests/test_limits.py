@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
@@ -213,6 +214,27 @@ def test_windows_take_one_entry_per_key_and_go_when_their_period_is_over(app: Fl
         _, third = issue(app, ratelimit={"limit": 1, "period": 60})
         assert protected(client, third).status_code == 200
     assert windows_stored(app) == 1
+
+
+@pytest.mark.parametrize("app", ["redis"], indirect=True)
+def test_a_rate_limited_request_is_exactly_one_redis_command(app: Flask, client: FlaskClient,
+                                                              redis_url: str) -> None:
+    _, key = issue(app, ratelimit={"limit": 1000, "period": 60})
+    assert protected(client, key).status_code == 200  # the script loaded and a connection made
+    watcher, marker = redis.Redis.from_url(redis_url), redis.Redis.from_url(redis_url)
+    marker.ping()  # its connection made before MONITOR starts
+    with watcher.monitor() as monitor:
+        for _ in range(20):
+            assert protected(client, key).status_code == 200
+        marker.echo("done")
+        commands = []
+        while (command := monitor.next_command())["command"] != "ECHO done":
+            commands.append(command)
+    watcher.close()
+    marker.close()
+    # Those the script runs inside Redis are marked "lua"; the app's own are what it sent.
+    sent = [command["command"].split()[0] for command in commands if command["client_type"] != "lua"]
+    assert sent == ["EVALSHA"] * 20
 
 
 def test_a_key_without_a_rate_limit_gets_no_rate_limit_headers(app: Flask, client: FlaskClient) -> None:
