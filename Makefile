@@ -34,11 +34,13 @@ test: $(INSTALLED)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# The protected route on SQLite, then on PostgreSQL + Redis with the growth figure.
+# The protected route on SQLite, then on PostgreSQL + Redis with the growth figure, then rate
+# limits and quotas beside Flask-Limiter.
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.protected_route
 	$(BIN)/python -m bench.scale_out
+	$(BIN)/python -m bench.ratelimits
 
 # The dashboard's screenshots in docs/, renewed by its browser tests (the suite itself writes only to temp dirs).
 screenshots: $(INSTALLED)

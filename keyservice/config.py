@@ -37,8 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_PROXIES": 0,
 }
 
-# `limits` storages with a moving window; the default ("") is the app's own database.
-RATELIMIT_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster", "memory")
+# Redis URLs as redis-py reads them; the default ("") is the embedded LMDB file.
+RATELIMIT_SCHEMES = ("redis", "rediss", "unix")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -60,7 +60,7 @@ class Settings:
     cache_size: int
     failed_verify_limit_per_client: RateLimitItem
     failed_verify_limit_per_key: RateLimitItem
-    ratelimit_storage_url: str  # "": the app's database
+    ratelimit_storage_url: str  # "": the embedded LMDB file
     ratelimit_fail_open: bool
     usage_flush_interval: float
     log_format: str  # "json" or "text"
@@ -99,7 +99,7 @@ def _ratelimit_storage_url(config: Mapping[str, Any]) -> str:
     url = str(config["KEYSERVICE_RATELIMIT_STORAGE_URL"]).strip()
     if url and urlsplit(url).scheme not in RATELIMIT_SCHEMES:
         raise ConfigError(
-            f"KEYSERVICE_RATELIMIT_STORAGE_URL must be empty (the database) or a {'/'.join(RATELIMIT_SCHEMES)} URL"
+            f"KEYSERVICE_RATELIMIT_STORAGE_URL must be empty (embedded) or a {'/'.join(RATELIMIT_SCHEMES)} URL"
         )
     return url
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, event, false
+from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, event, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -137,24 +137,6 @@ class KeyUsage(Base):
     count: Mapped[int]
 
 
-class RateLimitHit(Base):
-    """One request counted against a rate limit: the embedded moving-window storage.
-
-    ``seq`` numbers a key's hits without gaps, so the hits in a window are counted
-    from its first and last rows instead of by scanning them all.
-    """
-
-    __tablename__ = "keyservice_ratelimit_hits"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    key: Mapped[str] = mapped_column(String(250))
-    seq: Mapped[int]
-    at: Mapped[float]
-
-    # Covers the window's two seeks (see ratelimit.py): no table lookups.
-    __table_args__ = (Index("ix_keyservice_ratelimit_hits_key_at_seq", "key", "at", "seq"),)
-
-
 class ReadinessProbe(Base):
     """One row that every readiness probe (``/readyz``) writes: proof the database takes writes."""
 
@@ -181,6 +163,6 @@ def _timestamps_are_utc(row: Base, *_: Any) -> None:
             set_committed_value(row, name, as_utc(row.__dict__[name]))
 
 
-for _model in TIMESTAMPS:  # RateLimitHit keeps epoch seconds, as `limits` does
+for _model in TIMESTAMPS:
     event.listen(_model, "load", _timestamps_are_utc)
     event.listen(_model, "refresh", _timestamps_are_utc)

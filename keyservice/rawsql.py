@@ -96,9 +96,11 @@ def _writers_queue(engine: Engine) -> _WritersQueue | None:
 
 
 @contextmanager
-def raw_transaction(engine: Engine, writes: bool = True) -> Iterator[RawTransaction]:
+def raw_transaction(engine: Engine, writes: bool = True, one_statement: bool = False) -> Iterator[RawTransaction]:
     """A transaction on a DBAPI connection of the pool: committed at the end, rolled back on
-    error. One that ``writes`` queues with the other writers on SQLite.
+    error. One that ``writes`` queues with the other writers on SQLite. A transaction of
+    ``one_statement`` runs in autocommit mode on PostgreSQL: one round trip, not three
+    (BEGIN, the statement, COMMIT).
 
     Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     """
@@ -109,9 +111,16 @@ def raw_transaction(engine: Engine, writes: bool = True) -> Iterator[RawTransact
         pooled = engine.raw_connection()
         # The driver's own connection: every call through the pool's proxy costs a lookup.
         connection = cast(Any, pooled.dbapi_connection)
+        autocommit = one_statement and engine.dialect.name == "postgresql"
         with queue if queue is not None else contextlib.nullcontext():
-            # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
-            yield RawTransaction(connection, engine.dialect.paramstyle in ("pyformat", "format"))
+            if autocommit:
+                connection.autocommit = True
+            try:
+                # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
+                yield RawTransaction(connection, engine.dialect.paramstyle in ("pyformat", "format"))
+            finally:
+                if autocommit:
+                    connection.autocommit = False  # as the pool hands it to everyone else
             connection.commit()
     except driver_error as error:
         if pooled is not None:

@@ -82,8 +82,8 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 @contextmanager
 def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: bool = False,
-             options: Sequence[str] = ()) -> Iterator[str]:
-    """Serve ``wsgi:app`` with gunicorn's production settings (and command-line ``options``),
+             options: Sequence[str] = (), app: str = "wsgi:app") -> Iterator[str]:
+    """Serve ``app`` with gunicorn's production settings (and command-line ``options``),
     logging to ``log`` (with the access log only if ``access_log``); yield its base URL, and
     stop it after."""
     port = free_port()
@@ -91,7 +91,7 @@ def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: b
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
              "-b", f"127.0.0.1:{port}", "--access-logfile", "-" if access_log else "/dev/null", *options,
-             "wsgi:app"],
+             app],
             cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -168,6 +168,16 @@ class PostgresServer:
             time.sleep(0.1)
         return False
 
+    def crash(self) -> None:
+        """Stop the server as a crash would: SIGQUIT is PostgreSQL's immediate shutdown (what
+        ``pg_ctl stop -m immediate`` sends): no checkpoint, what is in its WAL buffers is lost,
+        and the next start recovers from the WAL on disk."""
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGQUIT)
+        self._process.wait(timeout=30)
+        self._process = None
+
     def stop(self) -> None:
         """Stop the server at once: SIGINT is PostgreSQL's fast shutdown, which ends open
         sessions (SIGTERM would wait for every client to leave)."""

@@ -13,6 +13,8 @@ import logging
 import math
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
@@ -30,7 +33,9 @@ from werkzeug.test import TestResponse
 from keyservice import KeyService, create_app, require_key
 from keyservice.app import db
 from keyservice.config import ConfigError
-from keyservice.models import ApiKey, RateLimitHit
+from keyservice.lmdbwindows import path_for
+from keyservice.models import ApiKey
+from keyservice.slidingwindow import SLOTS
 
 from .conftest import TEST_CONFIG, migrated_app
 
@@ -116,12 +121,13 @@ def assert_ratelimit_headers(response: TestResponse, limit: int, period: int, re
     match = RATELIMIT_FIELD.fullmatch(headers["RateLimit"])
     assert match is not None, headers["RateLimit"]
     assert int(match[1]) == remaining
-    assert 1 <= int(match[2]) <= period
+    assert 1 <= int(match[2]) <= math.ceil(period + period / SLOTS)
     assert headers["X-RateLimit-Limit"] == str(limit)
     assert headers["X-RateLimit-Remaining"] == str(remaining)
     reset = int(headers["X-RateLimit-Reset"])  # Unix seconds, as "reset" in POST /keys/verify
     now = time.time()
-    assert now < reset <= math.ceil(now) + period
+    # A request stops counting when its slot has left the window: up to a slot past the period.
+    assert now < reset <= math.ceil(now + period + period / SLOTS)
 
 
 def assert_no_ratelimit_headers(response: TestResponse) -> None:
@@ -155,37 +161,80 @@ def test_a_rate_limited_key_gets_its_limit_then_429_with_the_headers(app: Flask,
 
     refused = protected(client, key)
     assert_problem(refused, 429, "RATE_LIMITED")
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60 + 60 // SLOTS  # up to a slot late
     assert_ratelimit_headers(refused, 3, 60, 0)
     assert key not in refused.get_data(as_text=True)
 
 
+# Past a period and the slot a request was counted in: when it has stopped counting for sure.
+AFTER_THE_WINDOW = 60 + 60 / SLOTS + 1
+
+
 @embedded_only
-def test_the_moving_window_lets_requests_through_again_after_the_period(app: Flask,
-                                                                        client: FlaskClient) -> None:
+def test_the_window_lets_requests_through_again_within_a_slot_after_the_period(app: Flask,
+                                                                               client: FlaskClient) -> None:
     _, key = issue(app, ratelimit={"limit": 1, "period": 60})
+    start = time.time()
     assert protected(client, key).status_code == 200
     assert_problem(protected(client, key), 429, "RATE_LIMITED")
-    with time_machine.travel(time.time() + 61, tick=False):
+    with time_machine.travel(start + 59.9, tick=False):  # never early
+        assert_problem(protected(client, key), 429, "RATE_LIMITED")
+    with time_machine.travel(start + AFTER_THE_WINDOW, tick=False):
         response = protected(client, key)
         assert response.status_code == 200, describe(response)
         assert_ratelimit_headers(response, 1, 60, 0)
 
 
+def windows_stored(app: Flask) -> int:
+    """How many windows the embedded storage holds, as another process reading its file sees them."""
+    with app.app_context():
+        path = path_for(db.engine.url.render_as_string())
+    read = subprocess.run([sys.executable, "-c", "import lmdb, sys; print(lmdb.open(sys.argv[1], subdir=False, "
+                           "readonly=True).stat()['entries'])", str(path)],
+                          capture_output=True, text=True, check=True, timeout=30)
+    return int(read.stdout)
+
+
 @embedded_only
-def test_expired_hits_are_forgotten_and_the_window_still_counts_exactly(app: Flask,
-                                                                       client: FlaskClient) -> None:
+def test_windows_take_one_entry_per_key_and_go_when_their_period_is_over(app: Flask,
+                                                                        client: FlaskClient) -> None:
     _, key = issue(app, ratelimit={"limit": 70, "period": 60})
+    _, other = issue(app, ratelimit={"limit": 1000, "period": 60})
     start = time.time()
     for window in range(2):
-        with time_machine.travel(start + 61 * window, tick=False):
+        with time_machine.travel(start + AFTER_THE_WINDOW * window, tick=False):
             for _ in range(70):
                 assert protected(client, key).status_code == 200
             assert_problem(protected(client, key), 429, "RATE_LIMITED")
-    with app.app_context():
-        stored = db.session.scalar(select(func.count()).select_from(RateLimitHit))
-    # The second window's 70 hits; the first's were forgotten on the way (every 64th hit).
-    assert stored == 70
+    assert windows_stored(app) == 1  # 140 requests, one entry
+    assert protected(client, other).status_code == 200
+    assert windows_stored(app) == 2
+    # Once both periods (and a slot) are over, the next request's sweep forgets them.
+    with time_machine.travel(start + AFTER_THE_WINDOW * 2 + 1, tick=False):
+        _, third = issue(app, ratelimit={"limit": 1, "period": 60})
+        assert protected(client, third).status_code == 200
+    assert windows_stored(app) == 1
+
+
+@pytest.mark.parametrize("app", ["redis"], indirect=True)
+def test_a_rate_limited_request_is_exactly_one_redis_command(app: Flask, client: FlaskClient,
+                                                              redis_url: str) -> None:
+    _, key = issue(app, ratelimit={"limit": 1000, "period": 60})
+    assert protected(client, key).status_code == 200  # the script loaded and a connection made
+    watcher, marker = redis.Redis.from_url(redis_url), redis.Redis.from_url(redis_url)
+    marker.ping()  # its connection made before MONITOR starts
+    with watcher.monitor() as monitor:
+        for _ in range(20):
+            assert protected(client, key).status_code == 200
+        marker.echo("done")
+        commands = []
+        while (command := monitor.next_command())["command"] != "ECHO done":
+            commands.append(command)
+    watcher.close()
+    marker.close()
+    # Those the script runs inside Redis are marked "lua"; the app's own are what it sent.
+    sent = [command["command"].split()[0] for command in commands if command["client_type"] != "lua"]
+    assert sent == ["EVALSHA"] * 20
 
 
 def test_a_key_without_a_rate_limit_gets_no_rate_limit_headers(app: Flask, client: FlaskClient) -> None:
@@ -234,7 +283,7 @@ def test_a_rate_limited_request_does_not_spend_a_use(usage_app: Flask, client: F
     for _ in range(3):
         assert_problem(client.post("/usage", headers=bearer(key)), 429, "RATE_LIMITED")
     assert stored_remaining(usage_app, key_id) == 4
-    with time_machine.travel(time.time() + 61, tick=False):
+    with time_machine.travel(time.time() + AFTER_THE_WINDOW, tick=False):
         assert uses_left(client, key) == 3
 
 
@@ -302,7 +351,7 @@ def test_verify_shows_the_rate_limit_of_a_rate_limited_key(app: Flask, client: F
     assert set(first["ratelimit"]) == {"limit", "remaining", "reset"}
     assert (first["ratelimit"]["limit"], first["ratelimit"]["remaining"]) == (2, 1)
     assert isinstance(first["ratelimit"]["reset"], int)
-    assert before < first["ratelimit"]["reset"] <= math.ceil(time.time()) + 60
+    assert before < first["ratelimit"]["reset"] <= math.ceil(time.time() + 60 + 60 / SLOTS)
 
     assert verify(client, verifier, key)["ratelimit"]["remaining"] == 0
     third = verify(client, verifier, key)

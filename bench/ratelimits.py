@@ -1,0 +1,113 @@
+"""Rate limits and quotas beside Flask-Limiter, in one run, as shares of a bare Flask view.
+
+Run from the repository root (``make bench`` runs it after ``bench.scale_out``)::
+
+    .venv/bin/python -m bench.ratelimits
+
+One run starts a throwaway Redis and PostgreSQL (durable settings: fsync on) on
+127.0.0.1 (``tests/services.py``) and six gunicorns with the repo's
+gunicorn.conf.py (2 gthread workers each), and alternates ``wrk`` over:
+
+- a bare Flask view, and the same view behind Flask-Limiter (moving window on the
+  same Redis, its headers on, keyed by the ``Authorization`` header;
+  ``bench/flask_limiter_app.py``);
+- keyservice on SQLite with the embedded windows: ``/unprotected``, a key with a
+  rate limit, a key with ``remaining``;
+- keyservice on SQLite with the windows in Redis: a key with a rate limit;
+- keyservice on PostgreSQL: ``/unprotected`` and a key with ``remaining``.
+
+Every limit is far above the load: what is measured is the bookkeeping. Goals:
+keyservice's rate-limited key on Redis >= 1.5 x Flask-Limiter; on the embedded
+default, a rate-limited key >= 0.75 and a key with ``remaining`` >= 0.70 of
+keyservice's unprotected route; on PostgreSQL, a key with ``remaining`` >= 0.50
+of it. Only ratios within one run are meaningful; see ``bench/protected_route.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from tests.servers import gunicorn, service_environment
+from tests.services import postgres_server, redis_server
+
+from .protected_route import (PROTECTED, UNPROTECTED, WORKERS, Variant, create_keys, flask, measure_overhead,
+                              print_reproduce, report_server_log, verdict, write_lua)
+from .scale_out import create_database
+
+# (variant, against which variant, goal)
+GOALS = [
+    ("keyservice rate limit, Redis", "Flask-Limiter, Redis", 1.5),
+    ("keyservice rate limit, embedded", "keyservice unprotected, SQLite", 0.75),
+    ("keyservice remaining, embedded", "keyservice unprotected, SQLite", 0.70),
+    ("keyservice remaining, PostgreSQL", "keyservice unprotected, PostgreSQL", 0.50),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of all variants")
+    parser.add_argument("--seconds", type=int, default=4, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=8, help="connections of each wrk run")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as stack:
+        tmp = Path(temp)
+        print(f"setting up: Redis, PostgreSQL (fsync on), SQLite in {tmp}; keys at bcrypt cost 12; "
+              f"6 gunicorns with {WORKERS} workers each")
+        redis_url = stack.enter_context(redis_server(tmp / "redis.log"))
+        postgres = stack.enter_context(postgres_server(fast=False))
+        logs: list[Path] = []
+
+        def serve(env: dict[str, str], name: str, app: str = "wsgi:app") -> str:
+            logs.append(tmp / f"gunicorn-{name}.log")
+            return stack.enter_context(gunicorn(env, logs[-1], workers=WORKERS, app=app))
+
+        try:
+            sqlite = service_environment(f"sqlite:///{tmp / 'bench.db'}")
+            flask(sqlite, "db", "upgrade")
+            _, ratelimited, remaining = create_keys(sqlite)
+            on_postgres = service_environment(create_database(postgres, "bench"))
+            flask(on_postgres, "db", "upgrade")
+            _, _, remaining_on_postgres = create_keys(on_postgres)
+
+            limiter_env = service_environment(f"sqlite:///{tmp / 'unused.db'}", BENCH_REDIS_URL=redis_url)
+            bare = serve(limiter_env, "bare-flask", "bench.flask_limiter_app:bare_app")
+            limiter = serve(limiter_env, "flask-limiter", "bench.flask_limiter_app:app")
+            embedded = serve(sqlite, "embedded")
+            with_redis = serve({**sqlite, "KEYSERVICE_RATELIMIT_STORAGE_URL": redis_url}, "redis")
+            postgresql = serve(on_postgres, "postgresql")
+
+            anonymous = write_lua(tmp / "anonymous.lua")
+            variants = [
+                Variant("bare Flask view", bare + "/bare", anonymous, None),
+                Variant("Flask-Limiter, Redis", limiter + "/limited", write_lua(tmp / "limiter.lua", "bench"), None),
+                Variant("keyservice unprotected, SQLite", embedded + UNPROTECTED, anonymous, None),
+                Variant("keyservice rate limit, embedded", embedded + PROTECTED,
+                        write_lua(tmp / "ratelimited.lua", ratelimited), None),
+                Variant("keyservice remaining, embedded", embedded + PROTECTED,
+                        write_lua(tmp / "remaining.lua", remaining), None),
+                Variant("keyservice rate limit, Redis", with_redis + PROTECTED,
+                        write_lua(tmp / "ratelimited.lua", ratelimited), None),
+                Variant("keyservice unprotected, PostgreSQL", postgresql + UNPROTECTED, anonymous, None),
+                Variant("keyservice remaining, PostgreSQL", postgresql + PROTECTED,
+                        write_lua(tmp / "remaining-postgres.lua", remaining_on_postgres), None),
+            ]
+            medians = measure_overhead(variants, rounds=args.rounds, seconds=args.seconds,
+                                       connections=args.connections, title="rate limits and quotas")
+            print("\n== goals")
+            for label, against, goal in GOALS:
+                ratio = medians[label] / medians[against]
+                print(f"  {label} / {against}: {ratio:.2f}  ({verdict(ratio, goal)})")
+        finally:
+            for log in logs:
+                report_server_log(log)
+
+    print_reproduce("bench.ratelimits", sys.argv[1:] if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The embedded default's rate-limit windows: an LMDB file every worker of the machine shares.
+
+LMDB is a memory-mapped B-tree made for many processes on one machine: a write
+transaction takes a lock in the file's lock file (a robust mutex, so a killed
+worker's lock is taken back), and with ``sync=False`` its commit is a few memory
+writes, no ``fsync``. Windows need not survive a restart (losing them lets at
+most one period's burst through), so nothing is flushed to disk on purpose.
+
+LMDB's rules, and how they are kept: an environment must not be used across
+``fork`` (gunicorn forks its workers), so each process opens its own on first
+use; a process must not open the same file twice, so there is one per process
+and path; a transaction belongs to the thread that began it (gthread workers
+run many threads: each hit begins and ends its own, and py-lmdb lets the other
+threads run while one waits for the lock).
+
+Space is bounded: one entry of ``SLOTS + 1`` counters per key and period (a
+changed limit keeps counting in the same entry; a changed period starts a new
+one), in a file mapped at ``MAP_SIZE``. Entries whose every request has stopped
+counting are swept every ``SWEEP_INTERVAL`` seconds, a batch at a time, and all
+at once if the map ever fills.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import lmdb
+from sqlalchemy.engine import make_url
+
+from . import slidingwindow
+from .slidingwindow import SLOTS, Counts, Hit, WindowStorageError
+
+MAP_SIZE = 256 * 1024 * 1024  # sparse: costs only what is written; about a million keys' windows
+SWEEP_INTERVAL = 10.0
+SWEEP_BATCH = 1000
+# expires_at, slot, then the SLOTS + 1 counts, newest first.
+_ENTRY = struct.Struct(f"<dq{SLOTS + 1}q")
+
+
+def path_for(database_url: str) -> Path:
+    """Where the windows of the app on ``database_url`` live: beside a SQLite database,
+    else in the temp folder under a name of the database (never of its password)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(f"{url.database}.ratelimit")
+    name = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"keyservice-ratelimit-{name}"
+
+
+_environments: dict[tuple[int, Path], lmdb.Environment] = {}
+_environments_lock = threading.Lock()
+
+
+def _environment(path: Path) -> lmdb.Environment:
+    key = (os.getpid(), path)
+    environment = _environments.get(key)
+    if environment is None:
+        with _environments_lock:
+            environment = _environments.get(key)
+            if environment is None:
+                environment = lmdb.open(str(path), map_size=MAP_SIZE, subdir=False, sync=False, metasync=False,
+                                        readahead=False, max_dbs=0, mode=0o600)
+                _environments[key] = environment
+    return environment
+
+
+class LmdbWindows:
+    """Rate-limit windows in an LMDB file at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._next_sweep = 0.0
+        self._swept_to = b""
+
+    def hit(self, key: str, limit: int, period: int) -> Hit:
+        """Count one request of ``key`` against ``limit`` per ``period`` seconds, atomically."""
+        try:
+            return self._hit(key, limit, period)
+        except lmdb.MapFullError:
+            self.sweep(full=True)
+            try:
+                return self._hit(key, limit, period)
+            except lmdb.Error as error:
+                raise WindowStorageError("the rate-limit windows' file is full") from error
+        except lmdb.Error as error:
+            raise WindowStorageError("the rate-limit windows' file cannot be written") from error
+
+    def _hit(self, key: str, limit: int, period: int) -> Hit:
+        entry_key = f"{key}/{period}".encode()
+        now = time.time()
+        with _environment(self._path).begin(write=True) as transaction:
+            stored = transaction.get(entry_key)
+            window = None
+            if stored is not None:
+                _, slot, *counts = _ENTRY.unpack(stored)
+                window = Counts(slot, tuple(counts))
+            window, result = slidingwindow.hit(window, limit, period, now)
+            transaction.put(entry_key, _ENTRY.pack(slidingwindow.expires_at(window, period), window.slot,
+                                                  *window.counts))
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_INTERVAL
+            self.sweep()
+        return result
+
+    def sweep(self, full: bool = False) -> int:
+        """Delete entries whose requests have all stopped counting: the next ``SWEEP_BATCH``
+        after the last sweep's, or every one if ``full``. Return how many were deleted."""
+        now = time.time()
+        deleted = 0
+        with _environment(self._path).begin(write=True) as transaction:
+            cursor = transaction.cursor()
+            more = cursor.set_range(self._swept_to)
+            seen = 0
+            while more and (full or seen < SWEEP_BATCH):
+                seen += 1
+                if _ENTRY.unpack_from(cursor.value())[0] <= now:
+                    cursor.delete()  # and on to the next entry, if there is one
+                    more = bool(cursor.key())
+                    deleted += 1
+                else:
+                    more = cursor.next()
+            self._swept_to = cursor.key() if more else b""
+        return deleted
+
+    def answers(self) -> bool:
+        """Whether the file can be opened."""
+        try:
+            _environment(self._path).stat()
+        except lmdb.Error:
+            return False
+        return True

@@ -1,0 +1,90 @@
+"""The slotted sliding window: at most ``limit`` requests in any ``period`` seconds, in fixed space.
+
+The period is split into ``SLOTS`` slots of ``period / SLOTS`` seconds. A key's
+window is the count of each of the last ``SLOTS + 1`` slots: the current one and
+every one that overlaps the last ``period`` seconds. A request is let through
+only if their sum is below the limit, and is then counted in the current slot.
+
+Every request let through in the last ``period`` seconds is in one of those
+slots, so no ``period``-second span ever holds more than ``limit``: the window is
+exact in the safe direction. A request keeps counting until its slot has wholly
+left the last ``period`` seconds: at most one slot (``period / SLOTS``) longer
+than a moving window would, which is how late the window can be to let traffic
+through again. A key's state is ``SLOTS + 1`` counters and a slot number,
+whatever its limit.
+
+This module is the strategy in Python; ``rediswindows.py`` runs the same steps in
+one Lua script, because Redis can only do them atomically there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+SLOTS = 10
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A key's window: ``counts[i]`` requests were let through in slot ``slot - i``."""
+
+    slot: int
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """What one request met: whether it was let through, the count in the window
+    after it, and when (epoch seconds) the oldest request counted stops counting."""
+
+    allowed: bool
+    count: int
+    reset_at: float
+
+
+def slot_width(period: int) -> float:
+    """Seconds per slot."""
+    return period / SLOTS
+
+
+def hit(window: Counts | None, limit: int, period: int, now: float) -> tuple[Counts, Hit]:
+    """Count one request at ``now`` against ``window`` (None: no request yet); the window after it."""
+    width = slot_width(period)
+    slot = math.floor(now / width)
+    counts = [0] * (SLOTS + 1)
+    if window is not None:
+        shift = slot - window.slot
+        if shift < 0:  # the clock stepped back: count in the newest slot there is
+            slot, shift = window.slot, 0
+        for index in range(SLOTS + 1 - shift):
+            counts[index + shift] = window.counts[index]
+    total = sum(counts)
+    allowed = total < limit
+    if allowed:
+        counts[0] += 1
+        total += 1
+    oldest = max((index for index, count in enumerate(counts) if count), default=0)
+    reset_at = (slot - oldest + SLOTS + 1) * width
+    return Counts(slot, tuple(counts)), Hit(allowed, total, reset_at)
+
+
+def expires_at(window: Counts, period: int) -> float:
+    """When (epoch seconds) every request in ``window`` has stopped counting."""
+    return (window.slot + SLOTS + 1) * slot_width(period)
+
+
+class WindowStorageError(Exception):
+    """The rate-limit storage could not count a request."""
+
+
+class WindowStore(Protocol):
+    """Where the windows live: what every storage does, each in one atomic operation."""
+
+    def hit(self, key: str, limit: int, period: int) -> Hit:
+        """Count one request of ``key`` against ``limit`` per ``period`` seconds; raises
+        :class:`WindowStorageError` when the storage fails."""
+
+    def answers(self) -> bool:
+        """Whether the storage answers now."""
