@@ -316,12 +316,12 @@ def scan_command(paths: tuple[Path, ...], revoke: bool) -> None:
         if api_key is None or not check_secret(item.key.secret, api_key.secret_hash):
             click.echo(f"{item.where}: {item.key.key_id} not a key of this service (no such key here)")
             continue
-        status = _status(api_key)
-        if revoke and status not in ("revoked", "leaked"):
+        status = "live" if _status(api_key) == "active" else _status(api_key)
+        if revoke and api_key.revoked_at is None:
             store.report_leak(session, api_key.id, "cli", {"url": str(item.path.resolve()), "source": "keys scan"})
             session.commit()
-            status = f"{status}, now revoked"
-        click.echo(f"{item.where}: {item.key.key_id} {'live' if status == 'active' else status}")
+            status += ", now revoked"
+        click.echo(f"{item.where}: {item.key.key_id} {status}")
     if found:
         click.get_current_context().exit(1)
 
