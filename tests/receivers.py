@@ -65,15 +65,17 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     hanging: threading.Event = field(default_factory=threading.Event)
+    hung_port: int = 0  # the client port of the request that hangs: which sender holds it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def answer(self, headers: dict[str, str], body: bytes) -> int:
+    def answer(self, headers: dict[str, str], body: bytes, port: int = 0) -> int:
         with self.lock:
             webhook_id = headers.get("webhook-id", "")
             self.attempts[webhook_id] += 1
             attempt = self.attempts[webhook_id]
             hang, self.hang_next = self.hang_next, 0.0
         if hang:
+            self.hung_port = port
             self.hanging.set()
             time.sleep(hang)
             status = 500
@@ -112,8 +114,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        status = self.server.receiver.answer({k.lower(): v for k, v in self.headers.items()}, body)
-        self._send(status, b"{}")
+        status = self.server.receiver.answer({k.lower(): v for k, v in self.headers.items()}, body,
+                                             self.client_address[1])
+        try:
+            self._send(status, b"{}")
+        except OSError:
+            pass  # the sender is gone (killed mid-delivery, by a test)
 
     def do_GET(self) -> None:
         self.server.key_list_fetches += 1
