@@ -31,6 +31,12 @@ figures; it asserts nothing.
 gunicorns at once: the repo's gthread settings and the same with ``--worker-class sync``
 (what ``make serve`` ran before), alternating, so their ratios come from one run.
 
+``--webhooks`` runs only the valid key, on two gunicorns over one database, alternating:
+one without webhooks, one with an endpoint registered to a slow receiver (2 s per
+delivery) while a key is changed 5 times a second (each change a ``key.updated`` for it),
+so that its workers' senders are always busy with a delivery. Goal: the second's req/s
+>= 0.9 of the first's (a request never waits on a delivery).
+
 Only ratios within one run are meaningful: the machine is shared and noisy, and
 wrk competes with the workers for the same cores, so absolute req/s move from
 run to run. That is why the two routes alternate over several rounds and the
@@ -52,17 +58,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from keyservice.crypto import BASE62, CHECKSUM_LENGTH, SECRET_LENGTH, checksum
+from tests.receivers import Receiver, serving, webhook_settings
 from tests.servers import REPO, flask_cli, gunicorn, request, service_environment
 
 WORKERS = 2
 OVERHEAD_GOAL = 0.85  # with usage counting and metrics on; 0.90 before them
 LIMITS_GOAL = 0.75
 FLOOD_GOAL = 0.5
+WEBHOOKS_GOAL = 0.9
 UNPROTECTED = "/unprotected"
 PROTECTED = "/protected-with-key"
 
@@ -364,6 +373,50 @@ def measure_worker_classes(env: dict[str, str], tmp: Path, valid_key: str, *, ro
             report_server_log(log)
 
 
+def measure_webhooks(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: int, seconds: int,
+                     connections: int) -> None:
+    """The valid key on a gunicorn without webhooks and on one whose senders deliver to a slow receiver."""
+    receiver = Receiver(delay=2.0)
+    with serving(receiver):
+        hooked = env | webhook_settings(KEYSERVICE_WEBHOOKS_RETRY_DELAY="30", KEYSERVICE_WEBHOOKS_POLL_INTERVAL="1",
+                                        KEYSERVICE_WEBHOOKS_TIMEOUT="5")
+        flask(hooked, "webhooks", "create", receiver.url)
+        admin = flask(env, "keys", "create", "--name", "bench admin", "--client-id", "ops", "--scope", "keys:admin").strip()
+        changed = flask(env, "keys", "create", "--name", "bench changed", "--client-id", "bench").strip()
+        logs = {kind: tmp / f"gunicorn-{kind}.log" for kind in ("plain", "webhooks")}
+        stop = threading.Event()
+        try:
+            with gunicorn(env, logs["plain"], workers=WORKERS) as plain, \
+                    gunicorn(hooked, logs["webhooks"], workers=WORKERS) as with_webhooks:
+                for base in (plain, with_webhooks):
+                    for _ in range(4 * WORKERS):  # every worker starts (its sender too) and knows the key
+                        if post(base + PROTECTED, valid_key)[0] != 200:
+                            raise RuntimeError(f"a valid key was refused on {PROTECTED}")
+
+                def change_a_key() -> None:
+                    count = 0
+                    while not stop.wait(0.2):
+                        count += 1
+                        request(f"{plain}/keys/{changed.split('_')[1]}", "PATCH",
+                                {"Authorization": f"Bearer {admin}"}, {"meta": {"n": count}})
+
+                changer = threading.Thread(target=change_a_key, daemon=True)
+                changer.start()
+                protected = write_lua(tmp / "protected.lua", valid_key)
+                measure_overhead([
+                    Variant("valid key, no webhooks", plain + PROTECTED, protected, 1.0),
+                    Variant("valid key, webhooks", with_webhooks + PROTECTED, protected, WEBHOOKS_GOAL),
+                ], rounds=rounds, seconds=seconds, connections=connections,
+                    title="5. webhooks: a slow receiver (2 s a delivery), key.updated 5 times a second")
+                stop.set()
+                changer.join(5)
+                print(f"  receiver: {len(receiver.received)} deliveries answered (2 s each) during the run")
+        finally:
+            stop.set()
+            for log in logs.values():
+                report_server_log(log)
+
+
 def report_server_log(log: Path) -> None:
     """Say whether gunicorn logged errors (never printing a key)."""
     text = redact(log.read_text(errors="replace"))
@@ -394,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="connections of each flood-phase wrk")
     parser.add_argument("--worker-classes", action="store_true",
                         help="only the unprotected route and the valid key, on gthread and on sync workers")
+    parser.add_argument("--webhooks", action="store_true",
+                        help="only the valid key, without webhooks and with a slow receiver's deliveries")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp:
@@ -406,6 +461,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         protected = write_lua(tmp / "protected.lua", valid_key)
         flood = write_lua(tmp / "flood.lua", wrong_key, count_statuses=True)
 
+        if args.webhooks:
+            measure_webhooks(env, tmp, valid_key, rounds=args.rounds, seconds=args.seconds,
+                             connections=args.connections)
+            print_reproduce("bench.protected_route", sys.argv[1:] if argv is None else list(argv))
+            return
         if args.worker_classes:
             measure_worker_classes(env, tmp, valid_key, rounds=args.rounds, seconds=args.seconds,
                                    connections=args.connections)

@@ -9,22 +9,20 @@ parsing or storing them could fail, and checked by :mod:`keyservice.schemas`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from flask import Response, g, request
+from flask import g, request
 from flask_smorest import Blueprint
-from werkzeug.exceptions import HTTPException, UnsupportedMediaType
 
 from .crypto import parse_key
-from .errors import Forbidden, InvalidInput, NotFound, StorageUnavailable, http_problem
-from .jsonguard import check_json
+from .errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
+from .apirules import apply_api_rules, no_store, problems
 from .verification import Outcome, VerificationResult
 from .models import ApiKey
 from .principals import Principal, requires
 from .schemas import (
     EventListSchema, KeyCreatedSchema, KeyCreateSchema, KeyListArgsSchema, KeyListSchema, KeySchema,
-    KeyUpdateSchema, ProblemSchema, RevokeArgsSchema, RoleInSchema, RoleListSchema, RoleSchema,
+    KeyUpdateSchema, RevokeArgsSchema, RoleInSchema, RoleListSchema, RoleSchema,
     ROLE_NAME, RotateSchema, UsageArgsSchema, UsageSchema, VerifyRequestSchema, VerifyResponseSchema,
 )
 from .state import current_state
@@ -33,8 +31,6 @@ from .store import (
     revoke_key, rotate_key, scopes_of_roles, update_key,
 )
 
-MAX_BODY_BYTES = 64 * 1024
-View = TypeVar("View", bound=Callable[..., Any])
 
 keys_blueprint = Blueprint("keys", __name__, url_prefix="/keys",
                            description="Issue, list, change, rotate, revoke and verify API keys.")
@@ -42,42 +38,9 @@ roles_blueprint = Blueprint("roles", __name__, url_prefix="/roles",
                             description="Named sets of scopes that keys can hold (keys:admin).")
 
 
-def _problems(blueprint: Blueprint, *statuses: int) -> Callable[[View], View]:
-    """Document the problem responses a route can give, besides the auth ones."""
-
-    def decorator(view: View) -> View:
-        for status in (400, 401, 403, 429, 503, *statuses):
-            view = blueprint.alt_response(status, schema=ProblemSchema,
-                                          content_type="application/problem+json")(view)
-        return view
-
-    return decorator
-
-
-def _check_body() -> None:
-    request.max_content_length = MAX_BODY_BYTES
-    # A body the schemas would not read (a form, plain text) must not pass as "no changes".
-    if request.content_length and not request.is_json:
-        raise UnsupportedMediaType("Send the body as application/json.")
-    if request.is_json:
-        body = request.get_data(cache=True)  # cached: the schemas parse these same bytes
-        if body:
-            try:
-                check_json(body.decode())
-            except ValueError:
-                pass  # not JSON (or not UTF-8): the schemas' parser answers it with a 400
-
-
-def _no_store(response: Response) -> Response:
-    # Create and rotate answer with a key; no cache along the way may keep any answer of /keys.
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
 for _blueprint in (keys_blueprint, roles_blueprint):
-    _blueprint.before_request(_check_body)
-    _blueprint.register_error_handler(HTTPException, http_problem)
-keys_blueprint.after_request(_no_store)
+    apply_api_rules(_blueprint)
+keys_blueprint.after_request(no_store)
 
 
 def _principal() -> Principal:
@@ -121,7 +84,7 @@ def _check_grantable(scopes: list[str], roles: list[str]) -> None:
 @requires("keys:write")
 @keys_blueprint.arguments(KeyCreateSchema)
 @keys_blueprint.response(201, KeyCreatedSchema)
-@_problems(keys_blueprint, 413, 415, 422)
+@problems(keys_blueprint, 413, 415, 422)
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Issue a key. The response holds the full key, this once."""
     if not _principal().manages(fields["external_client_id"]):
@@ -137,7 +100,7 @@ def create(fields: dict[str, Any]) -> dict[str, Any]:
 @requires("keys:read")
 @keys_blueprint.arguments(KeyListArgsSchema, location="query")
 @keys_blueprint.response(200, KeyListSchema)
-@_problems(keys_blueprint, 422)
+@problems(keys_blueprint, 422)
 def list_(args: dict[str, Any]) -> dict[str, Any]:
     """List keys, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
     principal = _principal()
@@ -153,7 +116,7 @@ def list_(args: dict[str, Any]) -> dict[str, Any]:
 @keys_blueprint.route("/<key_id>", methods=["GET"])
 @requires("keys:read")
 @keys_blueprint.response(200, KeySchema)
-@_problems(keys_blueprint, 404)
+@problems(keys_blueprint, 404)
 def show(key_id: str) -> ApiKey:
     """One key (never its secret)."""
     return _managed_key(key_id)
@@ -163,7 +126,7 @@ def show(key_id: str) -> ApiKey:
 @requires("keys:write")
 @keys_blueprint.arguments(KeyUpdateSchema)
 @keys_blueprint.response(200, KeySchema)
-@_problems(keys_blueprint, 404, 409, 413, 415, 422)
+@problems(keys_blueprint, 404, 409, 413, 415, 422)
 def update(changes: dict[str, Any], key_id: str) -> ApiKey:
     """Change a key's name, scopes, roles, meta, expiry, whether it is enabled, and its limits.
 
@@ -181,7 +144,7 @@ def update(changes: dict[str, Any], key_id: str) -> ApiKey:
 @requires("keys:write")
 @keys_blueprint.arguments(RevokeArgsSchema, location="query")
 @keys_blueprint.response(204)
-@_problems(keys_blueprint, 404, 422)
+@problems(keys_blueprint, 404, 422)
 def revoke(args: dict[str, Any], key_id: str) -> None:
     """Revoke a key for good (it is kept for the audit trail), and every key rotated from it."""
     revoke_key(current_state().db.session, _locked_managed_key(key_id), args.get("reason"), _principal().id)
@@ -192,7 +155,7 @@ def revoke(args: dict[str, Any], key_id: str) -> None:
 @requires("keys:write")
 @keys_blueprint.arguments(RotateSchema, required=False)
 @keys_blueprint.response(201, KeyCreatedSchema)
-@_problems(keys_blueprint, 404, 409, 413, 415, 422)
+@problems(keys_blueprint, 404, 409, 413, 415, 422)
 def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """Issue a key with the same settings; the old one stops working after ``grace_seconds`` and
     shares the new key's ``remaining`` meanwhile. A key has one successor: rotating it again is 409."""
@@ -212,7 +175,7 @@ def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
 @keys_blueprint.route("/<key_id>/events", methods=["GET"])
 @requires("keys:read")
 @keys_blueprint.response(200, EventListSchema)
-@_problems(keys_blueprint, 404)
+@problems(keys_blueprint, 404)
 def events(key_id: str) -> dict[str, Any]:
     """Who created, changed, rotated or revoked the key, and when (oldest first)."""
     return {"items": key_events(current_state().db.session, _managed_key(key_id).id)}
@@ -222,7 +185,7 @@ def events(key_id: str) -> dict[str, Any]:
 @requires("keys:read")
 @keys_blueprint.arguments(UsageArgsSchema, location="query")
 @keys_blueprint.response(200, UsageSchema)
-@_problems(keys_blueprint, 404, 422)
+@problems(keys_blueprint, 404, 422)
 def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """The key's verifications by outcome code, per hour or per UTC day. Counts reach the
     database every KEYSERVICE_USAGE_FLUSH_INTERVAL seconds (10 by default)."""
@@ -233,7 +196,7 @@ def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
 @requires("keys:verify")
 @keys_blueprint.arguments(VerifyRequestSchema)
 @keys_blueprint.response(200, VerifyResponseSchema)
-@_problems(keys_blueprint, 413, 415, 422)
+@problems(keys_blueprint, 413, 415, 422)
 def verify(body: dict[str, Any]) -> dict[str, Any]:
     """Check a key as ``@require_key`` would; a verification counts as a use. Another client's
     key answers exactly as a key that does not exist: ``NOT_FOUND``, and no use counted. A check
@@ -258,7 +221,7 @@ def verify(body: dict[str, Any]) -> dict[str, Any]:
 @roles_blueprint.route("", methods=["GET"])
 @requires("keys:admin")
 @roles_blueprint.response(200, RoleListSchema)
-@_problems(roles_blueprint)
+@problems(roles_blueprint)
 def roles() -> dict[str, Any]:
     """Every role and its scopes."""
     return {"items": list_roles(current_state().db.session)}
@@ -268,7 +231,7 @@ def roles() -> dict[str, Any]:
 @requires("keys:admin")
 @roles_blueprint.arguments(RoleInSchema)
 @roles_blueprint.response(200, RoleSchema)
-@_problems(roles_blueprint, 413, 415, 422)
+@problems(roles_blueprint, 413, 415, 422)
 def set_role(body: dict[str, Any], name: str) -> Any:
     """Create or replace a role; keys holding it follow its scopes within a second."""
     if not ROLE_NAME.fullmatch(name):
@@ -282,7 +245,7 @@ def set_role(body: dict[str, Any], name: str) -> Any:
 @roles_blueprint.route("/<name>", methods=["DELETE"])
 @requires("keys:admin")
 @roles_blueprint.response(204)
-@_problems(roles_blueprint, 404)
+@problems(roles_blueprint, 404)
 def remove_role(name: str) -> None:
     """Delete a role; keys holding it lose its scopes."""
     delete_role(current_state().db.session, name)

@@ -1,4 +1,5 @@
-"""``flask keys ...`` and ``flask roles ...``: a thin click layer over :mod:`keyservice.store`.
+"""``flask keys ...``, ``flask roles ...`` and ``flask webhooks ...``: a thin click layer over
+:mod:`keyservice.store` and :mod:`keyservice.webhooks`.
 
 Input goes through the same schemas as the HTTP API's.
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -18,13 +20,15 @@ from pytimeparse.timeparse import timeparse as parse_duration
 from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import store
-from .crypto import key_id_of, redact_keys
+from . import store, webhooks
+from .crypto import check_secret, key_id_of, redact_keys
 from .errors import InvalidInput, KeyServiceError
 from .jsonguard import check_json
+from .scan import find_keys
 from .schemas import (
-    ROLE_NAME, KeyCreateSchema, KeyListArgsSchema, KeySchema, RevokeArgsSchema, RoleInSchema, RoleSchema,
-    RotateSchema, UsageArgsSchema, UsageSchema, first_error,
+    ROLE_NAME, WEBHOOK_EVENTS, DeliverySchema, KeyCreateSchema, KeyListArgsSchema, KeySchema, RevokeArgsSchema,
+    RoleInSchema, RoleSchema, RotateSchema, UsageArgsSchema, UsageSchema, WebhookCreateSchema, WebhookSchema,
+    first_error,
 )
 from .models import ApiKey, utcnow
 from .state import current_state
@@ -138,7 +142,7 @@ def _session() -> Any:
 
 def _status(api_key: ApiKey) -> str:
     if api_key.revoked_at is not None:
-        return "revoked"
+        return "leaked" if api_key.revocation_reason == store.LEAKED else "revoked"
     if api_key.expires_at is not None and api_key.expires_at <= utcnow():
         return "expired"
     return "active" if api_key.enabled else "disabled"
@@ -158,6 +162,7 @@ def _echo_new_key(api_key: ApiKey, key: str, as_json: bool) -> None:
 
 keys_cli = OneLineErrorGroup("keys", help="Issue, inspect, rotate, revoke and verify API keys.")
 roles_cli = OneLineErrorGroup("roles", help="Named sets of scopes that keys can hold.")
+webhooks_cli = OneLineErrorGroup("webhooks", help="Endpoints that receive signed key events, and their deliveries.")
 
 
 @keys_cli.command("create")
@@ -298,6 +303,29 @@ def verify_command(key: str, scopes: tuple[str, ...]) -> None:
     click.get_current_context().exit(0 if result.valid else 1)
 
 
+@keys_cli.command("scan")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--revoke", is_flag=True, help="Revoke each live key found (reason leaked).")
+def scan_command(paths: tuple[Path, ...], revoke: bool) -> None:
+    """Find this service's keys in files (by format and checksum) and say which are live;
+    exit 1 if any key is found. Keys are named by file, line and key id, never shown."""
+    session = _session()
+    found = find_keys(paths, current_state().settings.key_prefix)
+    for item in found:
+        api_key = session.get(ApiKey, item.key.key_id)
+        if api_key is None or not check_secret(item.key.secret, api_key.secret_hash):
+            click.echo(f"{item.where}: {item.key.key_id} not a key of this service (no such key here)")
+            continue
+        status = "live" if _status(api_key) == "active" else _status(api_key)
+        if revoke and api_key.revoked_at is None:
+            store.report_leak(session, api_key.id, "cli", {"url": str(item.path.resolve()), "source": "keys scan"})
+            session.commit()
+            status += ", now revoked"
+        click.echo(f"{item.where}: {item.key.key_id} {status}")
+    if found:
+        click.get_current_context().exit(1)
+
+
 @roles_cli.command("set")
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, required=True, help="A scope of the role (repeatable).")
@@ -329,3 +357,75 @@ def role_delete_command(name: str) -> None:
     store.delete_role(_session(), name)
     _session().commit()
     click.echo(f"deleted role {name}")
+
+
+@webhooks_cli.command("create")
+@click.argument("url")
+@click.option("--event", "events", multiple=True, type=click.Choice(WEBHOOK_EVENTS),
+              help="An event to send (repeatable; default: every event).")
+@click.option("--client-id", "external_client_id", help="Only this client's keys' events (default: every client's).")
+def webhook_create_command(url: str, events: tuple[str, ...], external_client_id: str | None) -> None:
+    """Register an endpoint; print its id, then its signing secret (shown this once)."""
+    fields = WebhookCreateSchema().load({"url": url, "events": list(events), "external_client_id": external_client_id})
+    state = current_state()
+    endpoint, secret = webhooks.create_endpoint(state.db.session, state.settings, created_by="cli", **fields)
+    _session().commit()
+    click.echo(endpoint.id)
+    click.echo(secret)
+    click.echo("Store this secret now: it will not be shown again.", err=True)
+
+
+@webhooks_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def webhook_list_command(as_json: bool) -> None:
+    """List endpoints (never their secrets)."""
+    endpoints = webhooks.list_endpoints(_session(), None)
+    if as_json:
+        _echo_json(WebhookSchema(many=True).dump(endpoints))
+        return
+    for endpoint in endpoints:
+        click.echo(f"{endpoint.id}  {endpoint.external_client_id or '(every client)'}  {endpoint.url}"
+                   f"  [{' '.join(endpoint.events) or 'every event'}]")
+
+
+@webhooks_cli.command("delete")
+@click.argument("endpoint_id")
+def webhook_delete_command(endpoint_id: str) -> None:
+    """Remove an endpoint; nothing more is sent to it."""
+    webhooks.delete_endpoint(_session(), webhooks.get_endpoint(_session(), endpoint_id, None))
+    _session().commit()
+    click.echo(f"deleted {endpoint_id}")
+
+
+@webhooks_cli.command("deliveries")
+@click.argument("endpoint_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def webhook_deliveries_command(endpoint_id: str, as_json: bool) -> None:
+    """An endpoint's last 100 deliveries, newest first."""
+    items = DeliverySchema(many=True).dump(
+        webhooks.list_deliveries(_session(), webhooks.get_endpoint(_session(), endpoint_id, None)))
+    if as_json:
+        _echo_json(items)
+        return
+    for item in items:
+        click.echo(f"{item['id']}  {item['status']:9}  {item['type']:19}  attempts={item['attempts']}"
+                   f"  last={item['last_status'] or item['last_error'] or '-'}  {item['webhook_id']}")
+
+
+@webhooks_cli.command("test")
+@click.argument("endpoint_id")
+def webhook_test_command(endpoint_id: str) -> None:
+    """Send a webhook.test event to an endpoint (by the service's senders); print its delivery id."""
+    delivery_id = webhooks.enqueue_test(_session(), webhooks.get_endpoint(_session(), endpoint_id, None))
+    _session().commit()
+    click.echo(delivery_id)
+
+
+@webhooks_cli.command("redeliver")
+@click.argument("endpoint_id")
+@click.argument("delivery_id", type=int)
+def webhook_redeliver_command(endpoint_id: str, delivery_id: int) -> None:
+    """Send a failed (or delivered) delivery again, with a new span of retries."""
+    webhooks.redeliver(_session(), webhooks.get_endpoint(_session(), endpoint_id, None), delivery_id)
+    _session().commit()
+    click.echo(f"redelivering {delivery_id}")

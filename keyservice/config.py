@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.fernet import Fernet
 from limits import RateLimitItem, parse
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -35,6 +36,15 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_USAGE_FLUSH_INTERVAL": 10.0,
     "KEYSERVICE_LOG_FORMAT": "json",
     "KEYSERVICE_PROXIES": 0,
+    "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY": "",
+    "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE": False,
+    "KEYSERVICE_WEBHOOKS_SEND": True,
+    "KEYSERVICE_WEBHOOKS_TIMEOUT": 5.0,
+    "KEYSERVICE_WEBHOOKS_RETRY_DELAY": 30.0,
+    "KEYSERVICE_WEBHOOKS_RETRY_FOR": 86_400.0,
+    "KEYSERVICE_WEBHOOKS_POLL_INTERVAL": 1.0,
+    "KEYSERVICE_WEBHOOKS_EXPIRING_BEFORE": 7 * 86_400.0,
+    "KEYSERVICE_SECRET_SCANNING_KEYS_URL": "https://api.github.com/meta/public_keys/secret_scanning",
 }
 
 # Redis URLs as redis-py reads them; the default ("") is the embedded LMDB file.
@@ -65,6 +75,15 @@ class Settings:
     usage_flush_interval: float
     log_format: str  # "json" or "text"
     proxies: int  # how many proxies in front set X-Forwarded-For (the standalone service trusts that many)
+    webhooks_encryption_keys: tuple[str, ...]  # Fernet keys: the first encrypts, all decrypt; (): no webhooks
+    webhooks_allow_private: bool
+    webhooks_send: bool  # whether this process's workers run a sender
+    webhooks_timeout: float
+    webhooks_retry_delay: float  # the first retry's delay; each next one doubles (at most an hour)
+    webhooks_retry_for: float  # a delivery is failed when still undelivered this long after its event
+    webhooks_poll_interval: float
+    webhooks_expiring_before: float
+    secret_scanning_keys_url: str
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -120,6 +139,24 @@ def _choice(config: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> s
     return value
 
 
+def _fernet_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in str(config["KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"]).split(",") if key.strip())
+    for key in keys:
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ConfigError("KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY must be Fernet keys (32 url-safe base64 bytes),"
+                              " separated by commas") from None
+    return keys
+
+
+def _http_url(config: Mapping[str, Any], name: str) -> str:
+    url = str(config[name]).strip()
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise ConfigError(f"{name} must be an http(s) URL")
+    return url
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
@@ -140,6 +177,15 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         usage_flush_interval=_number(config, "KEYSERVICE_USAGE_FLUSH_INTERVAL", float, 0.1, 3600),
         log_format=_choice(config, "KEYSERVICE_LOG_FORMAT", ("json", "text")),
         proxies=_number(config, "KEYSERVICE_PROXIES", int, 0, 10),
+        webhooks_encryption_keys=_fernet_keys(config),
+        webhooks_allow_private=_boolean(config, "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE"),
+        webhooks_send=_boolean(config, "KEYSERVICE_WEBHOOKS_SEND"),
+        webhooks_timeout=_number(config, "KEYSERVICE_WEBHOOKS_TIMEOUT", float, 0.1, 60),
+        webhooks_retry_delay=_number(config, "KEYSERVICE_WEBHOOKS_RETRY_DELAY", float, 0.01, 3600),
+        webhooks_retry_for=_number(config, "KEYSERVICE_WEBHOOKS_RETRY_FOR", float, 1, 30 * 86_400),
+        webhooks_poll_interval=_number(config, "KEYSERVICE_WEBHOOKS_POLL_INTERVAL", float, 0.01, 60),
+        webhooks_expiring_before=_number(config, "KEYSERVICE_WEBHOOKS_EXPIRING_BEFORE", float, 0, 365 * 86_400),
+        secret_scanning_keys_url=_http_url(config, "KEYSERVICE_SECRET_SCANNING_KEYS_URL"),
     )
 
 

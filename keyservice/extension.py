@@ -7,19 +7,23 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 
-from .cli import keys_cli, roles_cli
+from .cli import keys_cli, roles_cli, webhooks_cli
 from .openapi import register_api
 from .principals import PrincipalLoader, principal_from_key
 from .config import DEFAULTS, load_settings
 from .dashboard import dashboard
+from .secret_scanning import GitHubKeys, secret_scanning
+from .sender import WebhookSender
 from .errors import nosniff, register_error_handlers
 from .models import ApiKey, Base
 from .state import KeyServiceState, current_state
-from .store import create_key
+from .store import announce_usage_exhausted, create_key
 from .verification import Verifier
 
-# keyservice's own routes: the management API, its OpenAPI document and the dashboard.
-OWN_BLUEPRINTS = frozenset({"keys", "roles", "keyservice-api-docs", "dashboard"})
+# keyservice's blueprints outside the management API (registered in openapi.py).
+PLAIN_BLUEPRINTS = (dashboard, secret_scanning)
+# keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports.
+OWN_BLUEPRINTS = frozenset({"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning"})
 
 
 def _nosniff_own(response: Response) -> Response:
@@ -62,14 +66,18 @@ class KeyService:
         for table in Base.metadata.tables.values():
             if table.name not in db.metadata.tables:
                 table.to_metadata(db.metadata)
-        app.extensions["keyservice"] = KeyServiceState(settings, db, Verifier(settings, db),
-                                                       self._principal_loader)
+        state = KeyServiceState(settings, db, Verifier(settings, db, announce_usage_exhausted), self._principal_loader,
+                                WebhookSender(settings, db), GitHubKeys(settings.secret_scanning_keys_url))
+        app.extensions["keyservice"] = state
         register_error_handlers(app)
         app.after_request(_nosniff_own)
+        # Each worker starts its webhook sender at its first request (after the fork).
+        app.before_request(state.sender.ensure_started)
         register_api(app)
-        app.register_blueprint(dashboard)
-        app.cli.add_command(keys_cli)
-        app.cli.add_command(roles_cli)
+        for blueprint in PLAIN_BLUEPRINTS:
+            app.register_blueprint(blueprint)
+        for command in (keys_cli, roles_cli, webhooks_cli):
+            app.cli.add_command(command)
 
     @staticmethod
     def create_key(**fields: Any) -> tuple[ApiKey, str]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, event, false
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, UniqueConstraint, event, false
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
 
 NAMING_CONVENTION = {
@@ -21,6 +21,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# What keyservice's functions take as a session: a plain one, or Flask-SQLAlchemy's scoped one.
+AnySession = Session | scoped_session[Any]
 
 
 def utcnow() -> datetime:
@@ -78,6 +82,11 @@ class ApiKey(Base):
     ratelimit_period: Mapped[int | None]
     # The last valid use, written by the usage flush (usage.py), not by each request.
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When its uses ran out and key.usage_exhausted was announced; a use taken clears it, so the
+    # next time they run out is announced again. Set by a conditional UPDATE: once across workers.
+    usage_exhausted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The expires_at that key.expiring was announced for (a new expires_at is announced again).
+    expiry_announced_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def refill(self) -> dict[str, Any] | None:
@@ -146,8 +155,68 @@ class ReadinessProbe(Base):
     probed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class WebhookEndpoint(Base):
+    """A URL that receives signed key events: one client's (``external_client_id``) or, with
+    None there, the operator's (every client's events)."""
+
+    __tablename__ = "keyservice_webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every event
+    external_client_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    # The whsec_ signing secret, encrypted (Fernet) under KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY.
+    encrypted_secret: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class WebhookMessage(Base):
+    """One event in the outbox, written in the transaction of the change that caused it.
+    Its id is the ``webhook-id`` every endpoint gets it with, on every attempt."""
+
+    __tablename__ = "keyservice_webhook_messages"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    key_id: Mapped[str | None] = mapped_column(String(16), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One message to one endpoint: pending (due at ``next_attempt_at``), delivered or failed.
+
+    A sender claims it by setting ``lease_until`` (a conditional UPDATE); a lease that
+    runs out (a killed worker) lets another sender claim it again.
+    """
+
+    __tablename__ = "keyservice_webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey(WebhookMessage.id))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey(WebhookEndpoint.id), index=True)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Retries go on until KEYSERVICE_WEBHOOKS_RETRY_FOR after this: the event's time, or a redelivery's.
+    retry_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("message_id", "endpoint_id"),
+                      Index("ix_keyservice_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
+
+
 TIMESTAMPS = {
-    ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at", "last_used_at"),
+    ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at", "last_used_at",
+             "usage_exhausted_at", "expiry_announced_for"),
+    WebhookEndpoint: ("created_at",),
+    WebhookMessage: ("created_at",),
+    WebhookDelivery: ("next_attempt_at", "retry_from", "lease_until", "created_at", "delivered_at"),
     KeyUsage: ("hour",),
     Role: ("created_at", "updated_at"),
     KeyEvent: ("at",),

@@ -6,6 +6,10 @@ from flask import Flask
 from flask_smorest import Api
 
 from .api import keys_blueprint, roles_blueprint
+from .webhooks_api import webhooks_blueprint
+
+# The management API's blueprints, registered together (and documented) by register_api.
+API_BLUEPRINTS = (keys_blueprint, roles_blueprint, webhooks_blueprint)
 
 OPENAPI_SETTINGS = {
     "KEYSERVICE_OPENAPI_URL_PREFIX": "/",
@@ -24,7 +28,7 @@ class _ManagementApi(Api):  # type: ignore[misc]
 
 
 def register_api(app: Flask) -> None:
-    """Register the ``keys`` and ``roles`` blueprints and the generated OpenAPI document."""
+    """Register the management API's blueprints and the generated OpenAPI document."""
     for name, value in OPENAPI_SETTINGS.items():
         app.config.setdefault(name, value)
     api = _ManagementApi(app, config_prefix="KEYSERVICE_", spec_kwargs={
@@ -32,5 +36,5 @@ def register_api(app: Flask) -> None:
         "security": [{"bearer": []}],
     })
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    api.register_blueprint(keys_blueprint)
-    api.register_blueprint(roles_blueprint)
+    for blueprint in API_BLUEPRINTS:
+        api.register_blueprint(blueprint)

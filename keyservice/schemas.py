@@ -306,3 +306,60 @@ def first_error(error: ValidationError) -> str:
         return f"{path}: {messages}" if path else str(messages)
 
     return walk(error.messages, "")
+
+
+# The key events a webhook endpoint can ask for (an empty list: every one).
+WEBHOOK_EVENTS = ("key.created", "key.updated", "key.rotated", "key.revoked", "key.leaked", "key.expiring",
+                  "key.usage_exhausted")
+MAX_URL_LENGTH = 2000
+
+
+class WebhookCreateSchema(Schema):
+    url = Text(required=True, validate=validate.Length(1, MAX_URL_LENGTH))
+    events = fields.List(Text(validate=validate.OneOf(WEBHOOK_EVENTS)), load_default=list,
+                         validate=validate.Length(max=len(WEBHOOK_EVENTS)),
+                         metadata={"description": "The events to send; empty: every event."})
+    external_client_id = _name(load_default=None, allow_none=True, metadata={
+        "description": "The client whose keys' events it gets; none (keys:admin only): every client's."})
+
+
+class WebhookSchema(Schema):
+    id = fields.String()
+    url = fields.String()
+    events = fields.List(fields.String())
+    external_client_id = fields.String(allow_none=True)
+    created_at = UtcTimestamp()
+    created_by = fields.String(allow_none=True)
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    secret = fields.String(metadata={"description": "The whsec_ signing secret. It is shown this once."})
+
+
+class WebhookListSchema(Schema):
+    items = fields.List(fields.Nested(WebhookSchema))
+
+
+class DeliverySchema(Schema):
+    id = fields.Integer()
+    webhook_id = fields.String(attribute="message_id", metadata={"description": "The webhook-id header."})
+    type = fields.String()
+    key_id = fields.String(allow_none=True)
+    status = fields.String(metadata={"description": "pending, delivered or failed."})
+    attempts = fields.Integer()
+    next_attempt_at = UtcTimestamp()
+    last_status = fields.Integer(allow_none=True, metadata={"description": "The receiver's last HTTP status."})
+    last_error = fields.String(allow_none=True)
+    created_at = UtcTimestamp()
+    delivered_at = UtcTimestamp(allow_none=True)
+
+
+class DeliveryListSchema(Schema):
+    items = fields.List(fields.Nested(DeliverySchema))
+
+
+class LeakReportSchema(Schema):
+    token = Text(required=True, validate=validate.Length(max=1000))
+    type = Text(load_default="", validate=validate.Length(max=200))
+    url = Text(load_default="", validate=validate.Length(max=MAX_URL_LENGTH))
+    source = Text(load_default="", validate=validate.Length(max=200))

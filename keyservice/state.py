@@ -14,6 +14,8 @@ from .verification import Verifier
 
 if TYPE_CHECKING:
     from .principals import Principal
+    from .secret_scanning import GitHubKeys
+    from .sender import WebhookSender
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class KeyServiceState:
     db: SQLAlchemy
     verifier: Verifier
     principal_loader: Callable[[], Principal | None]
+    sender: WebhookSender
+    github_keys: GitHubKeys
 
 
 def current_state() -> KeyServiceState:

@@ -16,23 +16,23 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, or_, select, text, update
-from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy import CursorResult, and_, func, or_, select, text, update
 
 from .config import Settings
 from .crypto import NewKey, generate_key, is_key_id
 from .errors import Conflict, InvalidInput, NeedsAdmin, NotFound
 from .loosening import loosened
-from .models import ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
+from .models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
 from .schemas import ROLE_NAME
-
-AnySession = Session | scoped_session[Any]
+from .webhooks import enqueue_key_event
 
 # The settings a rotated key carries over from the key it replaces.
 CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at", "enabled", "remaining",
                 "refill", "ratelimit")
 # The same answer for a key that does not exist and one that is not the caller's: no id echoed.
 NO_SUCH_KEY = "No key has this id."
+# The revocation reason of a key reported leaked (GitHub's secret scanning, `keys scan --revoke`).
+LEAKED = "leaked"
 # Takes the key's row lock on PostgreSQL and the database's write lock on SQLite, changing nothing.
 _LOCK_KEY = text(f"UPDATE {ApiKey.__tablename__} SET enabled = enabled WHERE id = :key_id")
 
@@ -70,8 +70,10 @@ def _check_refill(api_key: ApiKey) -> None:
 
 def record_event(session: AnySession, key_id: str, action: str, actor: str | None,
                  changes: dict[str, Any] | None = None) -> None:
-    """Add one entry to a key's audit trail."""
+    """Add one entry to a key's audit trail, and its ``key.<action>`` webhook event to the outbox
+    (in the same transaction: both are committed with the change, or neither)."""
     session.add(KeyEvent(key_id=key_id, action=action, actor=actor, changes=changes or {}))
+    enqueue_key_event(session, cast(ApiKey, session.get(ApiKey, key_id)), action, changes or {})
 
 
 def create_key(session: AnySession, settings: Settings, *, name: str, external_client_id: str,
@@ -181,6 +183,47 @@ def revoke_key(session: AnySession, api_key: ApiKey, reason: str | None, actor: 
                          {"revoked_with": api_key.id} | ({"reason": reason} if reason else {}))
         successor_id = successor.rotated_to
     return revoked
+
+
+def report_leak(session: AnySession, key_id: str, actor: str, where: dict[str, str]) -> bool:
+    """Revoke key ``key_id`` (and the keys rotated from it: :func:`revoke_key`) as ``leaked``, and
+    record where it was found (``where``: the report's url, source...) with a ``leaked`` event.
+    Return False, recording nothing, when it already was revoked: a report repeated revokes once."""
+    api_key = lock_key(session, key_id)
+    if not revoke_key(session, api_key, LEAKED, actor):
+        return False
+    record_event(session, api_key.id, "leaked", actor, {name: value for name, value in where.items() if value})
+    return True
+
+
+def announce_usage_exhausted(session: AnySession, key_id: str) -> None:
+    """Record ``usage_exhausted`` on the key whose uses key ``key_id`` draws (its own, or its
+    successor's), once: the conditional UPDATE lets one request of all workers do it, and a use
+    taken afterwards (a refill, a raised ``remaining``) arms it again."""
+    quota_key_id = session.scalar(select(func.coalesce(ApiKey.quota_key_id, ApiKey.id)).where(ApiKey.id == key_id))
+    announced = session.execute(update(ApiKey).where(
+        ApiKey.id == quota_key_id, ApiKey.remaining == 0, ApiKey.usage_exhausted_at.is_(None)
+    ).values(usage_exhausted_at=utcnow(), updated_at=ApiKey.updated_at).returning(ApiKey.id)).first()
+    if announced is not None:
+        record_event(session, announced[0], "usage_exhausted", None)
+
+
+def announce_expiring(session: AnySession, before: timedelta) -> list[str]:
+    """Record ``expiring`` on each live key that expires within ``before`` and has not been
+    announced for that ``expires_at`` (a key rotated away is not: its rotation was); return their
+    ids. The conditional UPDATE announces each once across workers and instances."""
+    now = utcnow()
+    due = and_(ApiKey.expires_at > now, ApiKey.expires_at <= now + before, ApiKey.revoked_at.is_(None),
+               ApiKey.rotated_to.is_(None), ApiKey.expiry_announced_for.is_distinct_from(ApiKey.expires_at))
+    candidates = list(session.scalars(select(ApiKey.id).where(due).limit(100)))
+    if not candidates:
+        return []
+    announced = list(session.scalars(update(ApiKey).where(ApiKey.id.in_(candidates), due).values(
+        expiry_announced_for=ApiKey.expires_at, updated_at=ApiKey.updated_at).returning(ApiKey.id)))
+    for key_id in announced:
+        api_key = cast(ApiKey, session.get(ApiKey, key_id, populate_existing=True))
+        record_event(session, key_id, "expiring", None, {"expires_at": _jsonable(as_utc(api_key.expires_at))})
+    return announced
 
 
 def rotate_key(session: AnySession, settings: Settings, key_id: str, grace_seconds: int, actor: str | None,

@@ -34,7 +34,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
 from limits import RateLimitItem
@@ -42,6 +42,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import DateTime, Dialect, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from .config import Settings
 from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
@@ -97,7 +98,7 @@ _RECORD_COLUMNS = [getattr(ApiKey, name) for name in KeyRecord.__dataclass_field
 # uses are its successor's (quota_key_id), looked up in the same statement, never from a copy.
 _QUOTA_KEY = f"COALESCE((SELECT quota_key_id FROM {ApiKey.__tablename__} WHERE id = :key_id), :key_id)"
 _TAKE_ONE_USE = (
-    f"UPDATE {ApiKey.__tablename__} SET remaining = remaining - 1"
+    f"UPDATE {ApiKey.__tablename__} SET remaining = remaining - 1, usage_exhausted_at = NULL"
     f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR remaining > 0) RETURNING remaining"
 )
 # A refill due (once per interval: past the day's or month's start) and the use in the same
@@ -192,8 +193,10 @@ def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str
 class Verifier:
     """Checks keys for one app in one process; see the module docstring."""
 
-    def __init__(self, settings: Settings, db: SQLAlchemy) -> None:
+    def __init__(self, settings: Settings, db: SQLAlchemy,
+                 on_usage_exhausted: Callable[[Session, str], None] | None = None) -> None:
         self._settings = settings
+        self._on_usage_exhausted = on_usage_exhausted
         self._db = db
         self._ratelimiter = RateLimiter(settings.ratelimit_storage_url, db)
         self._verified: LRUCache[bytes, _VerifiedKey] = LRUCache(maxsize=settings.cache_size)
@@ -201,6 +204,7 @@ class Verifier:
         self._digest_key = os.urandom(32)
         self._failures: MovingWindowRateLimiter | None = None
         self._usage = UsageRecorder(db, settings.usage_flush_interval)
+        self._exhaustion_tried: TTLCache[str, bool] = TTLCache(maxsize=settings.cache_size, ttl=1.0)
 
     def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
         """Check ``key`` and that it holds every scope in ``scopes``; count it in the
@@ -260,6 +264,7 @@ class Verifier:
         if record.remaining is not None:
             taken, remaining = self._take_one_use(record)
             if not taken:
+                self._announce_exhausted(record.id)
                 return VerificationResult(Outcome.USAGE_EXCEEDED, key_id=record.id, remaining=0, ratelimit=ratelimit)
         return dataclasses.replace(valid, remaining=remaining, ratelimit=ratelimit)
 
@@ -278,6 +283,19 @@ class Verifier:
         with raw_transaction(self._db.engine, one_statement=True) as transaction:
             row = transaction.execute(_quota_statement(sql, dialect.name), params).fetchone()
         return (False, 0) if row is None else (True, row[0])
+
+    def _announce_exhausted(self, key_id: str) -> None:
+        """Tell ``on_usage_exhausted`` (:func:`keyservice.store.announce_usage_exhausted`) in a
+        transaction of its own; this worker at most once a second per key, so that a flood of
+        429s is no flood of writes."""
+        if self._on_usage_exhausted is None:
+            return
+        with self._lock:
+            if key_id in self._exhaustion_tried:
+                return
+            self._exhaustion_tried[key_id] = True
+        with Session(self._db.engine) as session, session.begin():
+            self._on_usage_exhausted(session, key_id)
 
     def _remembered(self, digest: bytes) -> _VerifiedKey | None:
         """The remembered key with this digest, its row fresh; None if there is none

@@ -66,13 +66,14 @@ class Response:
 
 
 def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,
-            body: dict[str, object] | None = None) -> Response:
-    """One HTTP request (``body`` sent as JSON); error statuses are answers too, not exceptions."""
+            body: dict[str, object] | None = None, data: bytes | None = None) -> Response:
+    """One HTTP request (``body`` sent as JSON, or ``data`` as it is); error statuses are answers
+    too, not exceptions."""
     headers = dict(headers or {})
     if body is not None:
         headers["Content-Type"] = "application/json"
-    req = urllib.request.Request(url, method=method, headers=headers,
-                                 data=None if body is None else json.dumps(body).encode())
+        data = json.dumps(body).encode()
+    req = urllib.request.Request(url, method=method, headers=headers, data=data)
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
             return Response(response.status, response.read(), dict(response.headers))

@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from .load import bearer, outcome
+from .receivers import Receiver, serving, webhook_settings
 from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import missing
 
@@ -163,3 +164,29 @@ def test_api_errors_are_shown_in_words(browser: Browser, service: tuple[str, Key
     # The API's {"json": {"scopes": {"1": ["Must be ..."]}}}, the second scope's error, in words.
     page.get_by_text("Please check: scopes").wait_for()
     assert page.get_by_role("alert").text_content() == "Please check: scopes 2: Must be 1 to 100 of a-z 0-9 _ . : * -."
+
+
+def test_an_operator_sees_a_leaked_key_and_the_webhook_endpoints_deliveries(
+        browser: Browser, database_url: str, tmp_path: Path) -> None:
+    receiver = Receiver()
+    with serving(receiver):
+        environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", **webhook_settings())
+        assert flask_cli(environ, "db", "upgrade").returncode == 0
+        cli = KeysCli(environ)
+        _, admin = cli.create_key("--scope", "keys:admin")
+        assert flask_cli(environ, "webhooks", "create", receiver.url, "--event", "key.leaked").returncode == 0
+        leaked_id, leaked = cli.create_key()
+        (tmp_path / "found.env").write_text(f"KEY={leaked}\n")
+        assert flask_cli(environ, "keys", "scan", "--revoke", str(tmp_path / "found.env")).returncode == 1
+        with gunicorn(environ, tmp_path / "gunicorn.log", workers=1) as base:
+            page = page_at(browser, base)
+            sign_in(page, admin)
+            page.get_by_label("Revoked too").check()
+            row = page.locator("tr", has_text=leaked_id)
+            row.wait_for()
+            assert "leaked" in (row.text_content() or "")
+            receiver.wait_for(1)  # the worker's sender delivered key.leaked
+            page.locator("#endpoints tbody tr", has_text=receiver.url).get_by_role("button", name="Deliveries").click()
+            delivery = page.locator("#deliveries tbody tr").first
+            delivery.wait_for()
+            assert "key.leaked" in (delivery.text_content() or "") and "delivered" in (delivery.text_content() or "")

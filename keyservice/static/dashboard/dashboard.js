@@ -64,7 +64,7 @@ function showError(error) {
 function clearError() { $("error").hidden = true; $("error").textContent = ""; }
 
 function status(key) {
-  if (key.revoked_at) return "revoked";
+  if (key.revoked_at) return key.revocation_reason === "leaked" ? "leaked" : "revoked";
   if (key.expires_at && new Date(key.expires_at) <= new Date()) return "expired";
   return key.enabled ? "active" : "disabled";
 }
@@ -206,11 +206,52 @@ function chart(items) {
   return svg;
 }
 
+// The operator's view of webhooks: every endpoint and its recent deliveries. A client's
+// manager sees its own client's endpoints; a key without keys:read sees none (403: hidden).
+async function loadEndpoints() {
+  let endpoints;
+  try { endpoints = (await api("GET", "/webhooks")).items; } catch (error) { $("webhooks").hidden = true; return; }
+  const body = $("endpoints").tBodies[0];
+  body.replaceChildren();
+  const columns = ["URL", "Id", "Client", "Events"];
+  endpoints.forEach((endpoint) => {
+    const tr = document.createElement("tr");
+    [endpoint.url, endpoint.id, endpoint.external_client_id || "every client", endpoint.events.join(" ") || "every event"]
+      .forEach((text, n) => tr.append(cell(text, columns[n])));
+    const actions = document.createElement("td");
+    actions.append(button("Deliveries", `Deliveries to ${endpoint.url}`, () => showDeliveries(endpoint)));
+    tr.append(actions);
+    body.append(tr);
+  });
+  $("no-endpoints").hidden = endpoints.length > 0;
+  $("webhooks").hidden = false;
+}
+
+async function showDeliveries(endpoint) {
+  clearError();
+  try {
+    const deliveries = (await api("GET", `/webhooks/${encodeURIComponent(endpoint.id)}/deliveries`)).items;
+    const columns = ["Event", "Key", "Status", "Attempts", "Last answer", "At"];
+    $("deliveries").tBodies[0].replaceChildren(...deliveries.map((d) => {
+      const tr = document.createElement("tr");
+      [d.type, d.key_id || "", d.status, String(d.attempts), d.last_status ? `HTTP ${d.last_status}` : (d.last_error || ""),
+        new Date(d.created_at).toLocaleString()].forEach((text, n) => tr.append(cell(text, columns[n])));
+      return tr;
+    }));
+    $("deliveries-title").textContent = `Recent deliveries to ${endpoint.url}`;
+    $("deliveries-title").hidden = false;
+    $("deliveries").hidden = false;
+  } catch (error) { showError(error); }
+}
+
 function signOut(clear = true) {
   sessionStorage.removeItem(STORAGE);
   $("keys").tBodies[0].replaceChildren();
   $("new-key").hidden = true;
   $("usage").hidden = true;
+  $("webhooks").hidden = true;
+  $("deliveries").hidden = true;
+  $("deliveries-title").hidden = true;
   $("signed-in").hidden = true;
   $("sign-out").hidden = true;
   $("sign-in").hidden = false;
@@ -230,6 +271,7 @@ async function start() {
   $("signed-in").hidden = false;
   $("sign-out").hidden = false;
   await loadKeys();
+  await loadEndpoints();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
