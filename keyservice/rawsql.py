@@ -31,9 +31,20 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 
+# A quoted literal (left as it is), a percent sign, or a :name parameter (not a ::cast).
+_TOKEN = re.compile(r"'(?:[^']|'')*'|%|(?<![:\w]):(\w+)")
+
+
+def _rewritten(match: re.Match[str]) -> str:
+    if match[1] is not None:
+        return f"%({match[1]})s"
+    return match[0].replace("%", "%%")  # psycopg reads % everywhere, literals included
+
+
 @functools.lru_cache(maxsize=64)
 def _for_driver(sql: str) -> str:
-    return re.sub(r":(\w+)", r"%(\1)s", sql)
+    """``sql`` with ``:name`` parameters in the ``%(name)s`` style psycopg reads."""
+    return _TOKEN.sub(_rewritten, sql)
 
 
 class RawTransaction:

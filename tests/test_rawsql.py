@@ -34,3 +34,17 @@ def test_threads_of_one_process_write_one_at_a_time(tmp_path: Path) -> None:
         thread.join(10)
     engine.dispose()
     assert moments["second entered"] >= moments["first left"]
+
+
+def test_parameters_are_rewritten_for_psycopg_around_casts_literals_and_percent_signs(database_url: str) -> None:
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with raw_transaction(engine, writes=False) as transaction:
+            row = transaction.execute("SELECT :value, 'a:b ''c'' 50%', CAST(:number AS INTEGER) + 1",
+                                      {"value": "x", "number": "41"}).fetchone()
+        if engine.dialect.name == "postgresql":
+            with raw_transaction(engine, writes=False) as transaction:
+                assert transaction.execute("SELECT :number::int % 7", {"number": "41"}).fetchone() == (6,)
+    finally:
+        engine.dispose()
+    assert tuple(row) == ("x", "a:b 'c' 50%", 42)
