@@ -1,19 +1,25 @@
 # `make serve` runs the service on SQLite; `make test` type-checks and runs the whole suite.
-# Each sets up what it needs first (a virtualenv with the pinned packages).
+# Each sets up what it needs first: a virtualenv with the pinned packages, serving's only
+# (requirements.txt and the package) for `make serve`, the test tools on top for the rest.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+SERVING := $(VENV)/.installed-serve
+INSTALLED := $(VENV)/.installed-test
 
 .PHONY: serve test bench screenshots
 
-$(INSTALLED): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+$(SERVING): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-test.txt -e .
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
 	touch $@
 
-serve: $(INSTALLED)
+$(INSTALLED): $(SERVING) requirements-test.txt
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+serve: $(SERVING)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 

@@ -82,17 +82,24 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 @contextmanager
 def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: bool = False,
-             options: Sequence[str] = ()) -> Iterator[str]:
-    """Serve ``wsgi:app`` with gunicorn's production settings (and command-line ``options``),
-    logging to ``log`` (with the access log only if ``access_log``); yield its base URL, and
-    stop it after."""
+             options: Sequence[str] = (), app: str = "wsgi:app") -> Iterator[str]:
+    """Serve ``app`` (the service's ``wsgi:app`` unless said) with gunicorn's production settings
+    (and command-line ``options``), logging to ``log`` (with gunicorn's access log, off in those
+    settings, only if ``access_log``); yield its base URL, and stop it after."""
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
+               *(["--access-logfile", "-"] if access_log else []), *options, app]
+    with serving(command, environ, log) as base:
+        yield base
+
+
+@contextmanager
+def serving(command: Sequence[str], environ: dict[str, str], log: Path, cwd: Path = REPO) -> Iterator[str]:
+    """Run a gunicorn ``command`` (bound here to a free port) in ``cwd``, logging to ``log``,
+    until it answers ``/healthz``; yield its base URL, and stop it after."""
     port = free_port()
     with log.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-             "-b", f"127.0.0.1:{port}", "--access-logfile", "-" if access_log else "/dev/null", *options,
-             "wsgi:app"],
-            cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*command, "-b", f"127.0.0.1:{port}"], cwd=cwd, env=environ,
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(base, process, log)
