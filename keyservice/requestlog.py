@@ -1,4 +1,6 @@
-"""One log line per request: its id, method, path, status, the key's id and outcome, the latency.
+"""One log line per request: its id, the client's address, method, path, status, the key's id and
+outcome, the latency. It is the standalone service's only line per request (gunicorn's access log
+is off in its settings).
 
 The line goes through the standard ``logging`` module (logger ``keyservice.request``,
 level INFO), with the fields as the record's attributes. It never holds the key:
@@ -37,7 +39,7 @@ def escape(sent: str | bytes) -> str:
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-FIELDS = ("request_id", "method", "path", "status", "key_id", "code", "latency_ms")
+FIELDS = ("request_id", "client", "method", "path", "status", "key_id", "code", "latency_ms")
 
 
 def register_request_log(app: Flask) -> None:
@@ -56,6 +58,7 @@ def _log(response: Response) -> Response:
     verification = g.get("verification")
     fields = {
         "request_id": g.get("request_id"),
+        "client": request.remote_addr,  # the caller's, behind KEYSERVICE_PROXIES
         "method": request.method,
         "path": request.path,
         "status": response.status_code,
