@@ -11,7 +11,7 @@ from .cli import keys_cli, roles_cli
 from .openapi import register_api
 from .principals import PrincipalLoader, principal_from_key
 from .config import DEFAULTS, load_settings
-from .dashboard import dashboard
+from .dashboard import dashboard as dashboard_blueprint
 from .errors import nosniff, register_error_handlers
 from .models import ApiKey, Base
 from .state import KeyServiceState, current_state
@@ -31,15 +31,24 @@ class KeyService:
 
     It uses the app's Flask-SQLAlchemy ``db`` (passed in, or the one already
     registered on the app) and adds its tables to that ``db``'s metadata, so the
-    app's own Flask-Migrate migrations pick them up. The management API is
-    registered under ``/keys`` and ``/roles``; its callers are management keys,
-    or whoever ``principal_loader`` returns (a host app's signed-in user).
+    app's own Flask-Migrate migrations pick them up. It adds the ``flask keys`` and
+    ``flask roles`` commands and, with ``management_api``, the management API
+    (``/keys``, ``/roles``, ``/openapi.json``) and, with ``dashboard`` too,
+    ``/dashboard``: all under ``url_prefix`` (e.g. ``"/auth"``). The API's callers
+    are management keys, or whoever ``principal_loader`` returns (a host app's
+    signed-in user).
     """
 
     def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None,
-                 principal_loader: PrincipalLoader | None = None) -> None:
+                 principal_loader: PrincipalLoader | None = None, url_prefix: str = "",
+                 management_api: bool = True, dashboard: bool = True) -> None:
+        if url_prefix and (not url_prefix.startswith("/") or url_prefix.endswith("/")):
+            raise ValueError("url_prefix starts with '/' and does not end with one, e.g. '/auth'")
         self._db = db
         self._principal_loader = principal_loader or principal_from_key
+        self._url_prefix = url_prefix
+        self._management_api = management_api
+        self._dashboard = management_api and dashboard  # the page is a client of the API
         if app is not None:
             self.init_app(app)
 
@@ -66,8 +75,10 @@ class KeyService:
                                                        self._principal_loader)
         register_error_handlers(app)
         app.after_request(_nosniff_own)
-        register_api(app)
-        app.register_blueprint(dashboard)
+        if self._management_api:
+            register_api(app, self._url_prefix)
+        if self._dashboard:
+            app.register_blueprint(dashboard_blueprint, url_prefix=self._url_prefix)
         app.cli.add_command(keys_cli)
         app.cli.add_command(roles_cli)
 

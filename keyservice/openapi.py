@@ -7,10 +7,7 @@ from flask_smorest import Api
 
 from .api import keys_blueprint, roles_blueprint
 
-OPENAPI_SETTINGS = {
-    "KEYSERVICE_OPENAPI_URL_PREFIX": "/",
-    "KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json",
-}
+OPENAPI_SETTINGS = {"KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json"}
 
 
 class _ManagementApi(Api):  # type: ignore[misc]
@@ -23,8 +20,10 @@ class _ManagementApi(Api):  # type: ignore[misc]
         pass
 
 
-def register_api(app: Flask) -> None:
-    """Register the ``keys`` and ``roles`` blueprints and the generated OpenAPI document."""
+def register_api(app: Flask, url_prefix: str = "") -> None:
+    """Register the ``keys`` and ``roles`` blueprints and the generated OpenAPI document,
+    under ``url_prefix`` (``<prefix>/keys``, ``<prefix>/roles``, ``<prefix>/openapi.json``)."""
+    app.config.setdefault("KEYSERVICE_OPENAPI_URL_PREFIX", url_prefix or "/")
     for name, value in OPENAPI_SETTINGS.items():
         app.config.setdefault(name, value)
     api = _ManagementApi(app, config_prefix="KEYSERVICE_", spec_kwargs={
@@ -32,5 +31,5 @@ def register_api(app: Flask) -> None:
         "security": [{"bearer": []}],
     })
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    api.register_blueprint(keys_blueprint)
-    api.register_blueprint(roles_blueprint)
+    api.register_blueprint(keys_blueprint, url_prefix=f"{url_prefix}/keys")
+    api.register_blueprint(roles_blueprint, url_prefix=f"{url_prefix}/roles")
