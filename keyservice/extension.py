@@ -9,7 +9,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from .cli import keys_cli, roles_cli
 from .openapi import register_api
-from .principals import PrincipalLoader, principal_from_key
+from .principals import PrincipalLoader
 from .config import DEFAULTS, load_settings
 from .dashboard import dashboard as dashboard_blueprint
 from .errors import nosniff, register_error_handlers
@@ -45,7 +45,7 @@ class KeyService:
         if url_prefix and (not url_prefix.startswith("/") or url_prefix.endswith("/")):
             raise ValueError("url_prefix starts with '/' and does not end with one, e.g. '/auth'")
         self._db = db
-        self._principal_loader = principal_loader or principal_from_key
+        self._principal_loader = principal_loader
         self._url_prefix = url_prefix
         self._management_api = management_api
         self._dashboard = management_api and dashboard  # the page is a client of the API

@@ -23,7 +23,7 @@ class KeyServiceState:
     settings: Settings
     db: SQLAlchemy
     verifier: Verifier
-    principal_loader: Callable[[], Principal | None]
+    principal_loader: Callable[[], Principal | None] | None  # None: management keys
 
 
 def current_state() -> KeyServiceState:

@@ -183,12 +183,18 @@ def refill_boundary(now: datetime, interval: str) -> datetime:
     return day if interval == "daily" else day.replace(day=1)
 
 
+ADMIN_SCOPE = "keys:admin"
+
+
 def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str, ...]:
-    """The required scopes that ``granted`` lacks; ``a:*`` grants every ``a:<x>``."""
+    """The required scopes that ``granted`` lacks; ``a:*`` grants every ``a:<x>``, and
+    ``keys:admin`` every ``keys:<x>`` (the management API's scopes)."""
     if not required:
         return ()
     granted = set(granted)
     wildcards = tuple(scope[:-1] for scope in granted if scope.endswith(":*"))
+    if ADMIN_SCOPE in granted:
+        wildcards += ("keys:",)
     return tuple(
         scope for scope in required if scope not in granted and not scope.startswith(wildcards)
     )
