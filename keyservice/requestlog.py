@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
@@ -50,8 +50,8 @@ def register_request_log(app: Flask) -> None:
 
 def _start() -> None:
     g.request_started = time.perf_counter()
-    sent = request.headers.get("X-Request-ID", "")
-    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    sent = request.environ.get("HTTP_X_REQUEST_ID", "")
+    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
 
 
 def _log(response: Response) -> Response:
