@@ -40,9 +40,11 @@ test: $(INSTALLED)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# The protected route on SQLite, then on PostgreSQL + Redis with the growth figure.
+# The service and @require_key against bare Flask, the protected route on SQLite, then on
+# PostgreSQL + Redis with the growth figure.
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.against_flask
 	$(BIN)/python -m bench.protected_route
 	$(BIN)/python -m bench.scale_out
 

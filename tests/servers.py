@@ -25,9 +25,9 @@ def service_environment(database_url: str, **settings: str) -> dict[str, str]:
     return environ
 
 
-def flask_cli(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``flask --app wsgi ARGS`` as a user would."""
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO, env=environ,
+def flask_cli(environ: dict[str, str], *args: str, app: str = "wsgi") -> subprocess.CompletedProcess[str]:
+    """Run ``flask --app APP ARGS`` (the service's ``wsgi`` unless said) as a user would."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", app, *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
 
 
