@@ -56,10 +56,15 @@ def test_a_built_wheel_installs_migrates_serves_and_issues_keys(tmp_path: Path) 
     key = run(bin_ / "flask", "--app", "keyservice", "keys", "create", "--name", "demo", "--client-id", "acme",
               cwd=site, environ=environ).strip()
 
-    command = [str(bin_ / "gunicorn"), "-c", "python:keyservice.gunicorn_conf", "-w", "1", "keyservice:create_app()"]
+    command = [str(bin_ / "gunicorn"), "-c", "python:keyservice.gunicorn_conf", "-w", "2", "keyservice:create_app()"]
     with serving(command, environ, tmp_path / "gunicorn.log", cwd=site) as base:
-        answered = request(base + "/protected-with-key", "POST", {"Authorization": f"Bearer {key}"})
+        answers = [request(base + "/protected-with-key", "POST", {"Authorization": f"Bearer {key}"})
+                   for _ in range(10)]
         refused = request(base + "/protected-with-key", "POST")
-    assert (answered.status, json.loads(answered.body)) == (200, {"protected": True, "external_client_id": "acme"})
+        metrics = request(base + "/metrics").body.decode()
+    assert [(answered.status, json.loads(answered.body)) for answered in answers] == [
+        (200, {"protected": True, "external_client_id": "acme"})] * 10
     assert refused.status == 401
+    # The installed settings' multiprocess metrics: both workers' verifications add up.
+    assert 'keyservice_verifications_total{outcome="VALID"} 10.0' in metrics
     assert sorted(path.name for path in site.iterdir()) == ["instance"]
