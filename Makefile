@@ -1,19 +1,25 @@
 # `make serve` runs the service on SQLite; `make test` type-checks and runs the whole suite.
-# Each sets up what it needs first (a virtualenv with the pinned packages).
+# Each sets up what it needs first: a virtualenv with the pinned packages, serving's only
+# (requirements.txt and the package) for `make serve`, the test tools on top for the rest.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+SERVING := $(VENV)/.installed-serve
+INSTALLED := $(VENV)/.installed-test
 
 .PHONY: serve test bench screenshots
 
-$(INSTALLED): requirements.txt requirements-test.txt setup.cfg pyproject.toml
+$(SERVING): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-test.txt -e .
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
 	touch $@
 
-serve: $(INSTALLED)
+$(INSTALLED): $(SERVING) requirements-test.txt
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+serve: $(SERVING)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
@@ -34,10 +40,11 @@ test: $(INSTALLED)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# The protected route on SQLite, then on PostgreSQL + Redis with the growth figure, then rate
-# limits and quotas beside Flask-Limiter.
+# The service and @require_key against bare Flask, the protected route on SQLite, then on
+# PostgreSQL + Redis with the growth figure, then rate limits and quotas beside Flask-Limiter.
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.against_flask
 	$(BIN)/python -m bench.protected_route
 	$(BIN)/python -m bench.scale_out
 	$(BIN)/python -m bench.ratelimits

@@ -1,64 +1,6 @@
 """gunicorn settings for the standalone service: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Flags on the command line (``-b``, ``-w``) override these.
+They live in the package (keyservice/gunicorn_conf.py), so that an installed package has them too.
 """
 
-import glob
-import multiprocessing
-import os
-import shutil
-import sys
-import tempfile
-
-bind = os.environ.get("BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
-# Slow clients: a sync worker belongs to one connection until that connection's request has
-# arrived, so two clients trickling header lines hold two sync workers. A gthread worker keeps
-# idle connections in its poller and gives a thread only to a connection that is sending, so
-# each worker holds up to `threads` slow senders and still serves everyone else. More than
-# that is what the buffering proxy in front is for (docs/deploy.md, deploy/nginx/).
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", 64))
-timeout = 30
-graceful_timeout = 20
-keepalive = 5
-# The run is watched through its logs, not a control socket shared by every instance.
-control_socket_disable = True
-accesslog = "-"
-# The path without its query string: no header and no query value can put a key in the log.
-access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
-# What the client sent is written escaped (\xNN), so a URL cannot forge a line or a colour.
-logger_class = "keyservice.accesslog.EscapingLogger"
-
-
-# Prometheus' multiprocess mode (keyservice/metrics.py): every worker writes its metrics to
-# files in this folder, /metrics adds them up. Set here, before any worker imports the app;
-# a folder of our own is removed at exit.
-OWN_METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if OWN_METRICS_FOLDER:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keyservice-metrics-")
-
-
-def on_starting(server):
-    """Start the metrics from zero; refuse to start, in one line, when a setting is wrong."""
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-    for left_over in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
-        os.remove(left_over)
-    from keyservice.config import ConfigError, config_from_environment
-
-    try:
-        config_from_environment()
-    except ConfigError as error:
-        sys.exit(f"keyservice: {error}")
-
-
-def child_exit(server, worker):
-    """A worker that is gone leaves its counters to the total, and its live values out of it."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
-
-
-def on_exit(server):
-    if OWN_METRICS_FOLDER:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+from keyservice.gunicorn_conf import *  # noqa: F401,F403  (gunicorn reads this module's settings and hooks)

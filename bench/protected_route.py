@@ -202,9 +202,9 @@ def post(url: str, key: str | None = None) -> tuple[int, str, str | None]:
     return response.status, code, response.headers.get("Retry-After")
 
 
-def flask(env: dict[str, str], *args: str) -> str:
-    """Run ``flask --app wsgi ...`` in the repo; return its stdout."""
-    done = flask_cli(env, *args)
+def flask(env: dict[str, str], *args: str, app: str = "wsgi") -> str:
+    """Run ``flask --app APP ...`` in the repo (the service's ``wsgi`` unless said); return its stdout."""
+    done = flask_cli(env, *args, app=app)
     if done.returncode != 0:
         # stderr only: stdout may hold a key.
         raise RuntimeError(f"flask {args[0]} {args[1]} failed: {redact(done.stderr.strip())}")

@@ -1,8 +1,28 @@
 """keyservice: API keys for machine-to-machine auth in Flask."""
 
-from .app import create_app
-from .decorators import require_key
-from .extension import KeyService
-from .verification import Outcome, VerificationResult, verify_key
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .decorators import require_key
+    from .extension import KeyService
+    from .verification import Outcome, VerificationResult, verify_key
 
 __all__ = ["KeyService", "Outcome", "VerificationResult", "create_app", "require_key", "verify_key"]
+
+# Each public name's module, imported when the name is first used: importing a submodule alone
+# must not load the app's modules. gunicorn's settings (keyservice.gunicorn_conf) choose
+# Prometheus' multiprocess mode, which has to happen before prometheus_client is imported.
+_MODULES = {"KeyService": ".extension", "Outcome": ".verification", "VerificationResult": ".verification",
+            "create_app": ".app", "require_key": ".decorators", "verify_key": ".verification"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULES[name], __name__), name)
+    globals()[name] = value
+    return value

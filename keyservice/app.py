@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +18,15 @@ from . import routes
 from .config import config_from_environment
 from .errors import nosniff, register_http_problem_handlers
 from .extension import KeyService
-from .requestlog import register_request_log
+from .requestlog import configure_logging, register_request_log
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+def migrations_directory() -> Path:
+    """keyservice's migrations: inside the installed package (the wheel maps the repository's
+    top-level ``migrations/`` to ``keyservice/migrations``), else at the top of a clone."""
+    installed = Path(__file__).resolve().parent / "migrations"
+    return installed if installed.is_dir() else installed.parent.parent / "migrations"
+
 
 db = SQLAlchemy()
 migrate = Migrate()
@@ -51,13 +58,19 @@ POSTGRESQL_ENGINE_OPTIONS = {
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the keyservice app from the environment (or ``test_config``)."""
-    app = Flask(__name__, instance_relative_config=True)
-    os.makedirs(app.instance_path, exist_ok=True)
-    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{Path(app.instance_path) / 'keyservice.db'}"
+    """Build the keyservice app from the environment (or ``test_config``).
+
+    Without ``DATABASE_URL`` the database is SQLite, ``instance/keyservice.db`` in the
+    working directory (a clone's top, or wherever an installed package is started from).
+    """
+    # Flask's own default would put it inside the virtualenv (<venv>/var/) for an installed package.
+    app = Flask(__name__, instance_path=str(Path.cwd() / "instance"))
     app.config.update(config_from_environment())
     if test_config is not None:
         app.config.update(test_config)
+    if "SQLALCHEMY_DATABASE_URI" not in app.config:
+        os.makedirs(app.instance_path, exist_ok=True)
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{Path(app.instance_path) / 'keyservice.db'}"
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", POSTGRESQL_ENGINE_OPTIONS)
     # A database error's text would otherwise carry the statement's parameters (hashes, names).
@@ -68,7 +81,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         if db.engine.dialect.name == "sqlite":
             event.listen(db.engine, "connect", _tune_sqlite)
-    migrate.init_app(app, db, directory=str(MIGRATIONS))
+    migrate.init_app(app, db, directory=str(migrations_directory()))
     keyservice.init_app(app)
     register_http_problem_handlers(app)
     app.after_request(nosniff)
@@ -78,4 +91,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if proxies:
         # The caller's address is what the proxies saw: it keys the failed-check budget per client.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
+    # As Flask does for its own logger: a process that has set up logging keeps its own.
+    if not logging.getLogger().handlers and not logging.getLogger("keyservice").handlers:
+        configure_logging(app.extensions["keyservice"].settings.log_format)
     return app

@@ -76,7 +76,8 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
         if isinstance(value, timedelta):
             return value
-        seconds = parse_duration(str(value))
+        # pytimeparse reads a bare number as no duration; a bare 0 is one (no grace).
+        seconds = 0 if self.allow_zero and str(value).strip() == "0" else parse_duration(str(value))
         if seconds is None or seconds < 0 or (seconds == 0 and not self.allow_zero):
             self.fail(f"{value!r} is not a positive duration like 30d, 12h or 90m", param, ctx)
         try:
@@ -203,9 +204,12 @@ def list_command(external_client_id: str | None, include_revoked: bool, as_json:
     if as_json:
         _echo_json(KeySchema(many=True).dump(api_keys))
         return
-    for api_key in api_keys:
-        click.echo(f"{api_key.id}  {_status(api_key):8}  {api_key.external_client_id}  {api_key.name}"
-                   f"  [{' '.join(api_key.scopes)}]")
+    rows = [("ID", "STATUS", "CLIENT", "NAME", "SCOPES")] + [
+        (api_key.id, _status(api_key), api_key.external_client_id, api_key.name, " ".join(api_key.scopes))
+        for api_key in api_keys]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join([*(value.ljust(width) for value, width in zip(row, widths)), row[-1]]).rstrip())
 
 
 @keys_cli.command("show")
@@ -258,8 +262,8 @@ def revoke_command(key_id: str, reason: str | None) -> None:
 
 @keys_cli.command("rotate")
 @click.argument("key_id", type=KeyIdOrKey())
-@click.option("--grace", type=Duration(allow_zero=True), default="0s", show_default=True,
-              help="How long the old key keeps working, e.g. 1h.")
+@click.option("--grace", type=Duration(allow_zero=True), default="0", show_default=True,
+              help="How long the old key keeps working, e.g. 1h (0: it stops at once).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole new key object as JSON.")
 def rotate_command(key_id: str, grace: timedelta, as_json: bool) -> None:
     """Issue a key with the same settings and print it; the old one stops after --grace."""

@@ -6,13 +6,16 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Response, after_this_request, g, request
+from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from .errors import VerificationFailed
 from .state import current_state
 from .verification import Outcome, VerificationResult
 
-View = TypeVar("View", bound=Callable[..., Any])
+Protected = TypeVar("Protected", bound=Callable[..., Any] | Blueprint)
+
+# A CORS preflight carries no credentials; as Flask-Login's login_required, let it through.
+EXEMPT_METHODS = frozenset({"OPTIONS"})
 
 
 def key_from_request(environ: dict[str, Any], header_environ_key: str | None) -> str | Outcome:
@@ -49,29 +52,45 @@ def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
     return result
 
 
-def require_key(*scopes: str) -> Callable[[View], View]:
-    """Protect a view: the request must carry a valid key holding every one of ``scopes``.
+def authenticate(scopes: tuple[str, ...]) -> None:
+    """Let the current request through only with a valid key holding ``scopes``: put its
+    :class:`VerificationResult` in ``g.auth``, or raise the refusal's problem response."""
+    if request.method in EXEMPT_METHODS:
+        return
+    result = verify_request(scopes)
+    if not result.valid:
+        raise VerificationFailed(result)
+    g.auth = result
+    if result.ratelimit is not None:
+        headers = result.ratelimit.headers()
 
-    The view then reads its caller from ``g.auth`` (a :class:`VerificationResult`);
-    a refused request gets the problem response of its outcome instead.
+        @after_this_request
+        def add_ratelimit_headers(response: Response) -> Response:
+            response.headers.update(headers)
+            return response
+
+
+def require_key(*scopes: str) -> Callable[[Protected], Protected]:
+    """Protect a view, or every view of a Blueprint: the request must carry a valid key
+    holding every one of ``scopes``.
+
+    Decorates a view function (sync or ``async def``), goes in a ``MethodView``'s
+    ``decorators``, or takes a Blueprint before it is registered:
+    ``require_key("reports:read")(bp)``. The view then reads its caller from ``g.auth``
+    (a read-only :class:`VerificationResult`); a refused request gets the problem
+    response of its outcome instead. ``OPTIONS`` requests pass without a key.
     """
 
-    def decorator(view: View) -> View:
+    def decorator(protected: Protected) -> Protected:
+        if isinstance(protected, Blueprint):
+            protected.before_request(functools.partial(authenticate, scopes))
+            return protected
+        view = protected
+
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            result = verify_request(scopes)
-            if not result.valid:
-                raise VerificationFailed(result)
-            g.auth = result
-            if result.ratelimit is not None:
-                headers = result.ratelimit.headers()
-
-                @after_this_request
-                def add_ratelimit_headers(response: Response) -> Response:
-                    response.headers.update(headers)
-                    return response
-
-            return view(*args, **kwargs)
+            authenticate(scopes)
+            return current_app.ensure_sync(view)(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]
 

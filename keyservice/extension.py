@@ -9,9 +9,9 @@ from flask_sqlalchemy import SQLAlchemy
 
 from .cli import keys_cli, roles_cli, webhooks_cli
 from .openapi import register_api
-from .principals import PrincipalLoader, principal_from_key
+from .principals import PrincipalLoader
 from .config import DEFAULTS, load_settings
-from .dashboard import dashboard
+from .dashboard import dashboard as dashboard_blueprint
 from .secret_scanning import GitHubKeys, secret_scanning
 from .sender import WebhookSender
 from .errors import nosniff, register_error_handlers
@@ -20,8 +20,6 @@ from .state import KeyServiceState, current_state
 from .store import announce_usage_exhausted, create_key
 from .verification import Verifier
 
-# keyservice's blueprints outside the management API (registered in openapi.py).
-PLAIN_BLUEPRINTS = (dashboard, secret_scanning)
 # keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports.
 OWN_BLUEPRINTS = frozenset({"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning"})
 
@@ -35,15 +33,25 @@ class KeyService:
 
     It uses the app's Flask-SQLAlchemy ``db`` (passed in, or the one already
     registered on the app) and adds its tables to that ``db``'s metadata, so the
-    app's own Flask-Migrate migrations pick them up. The management API is
-    registered under ``/keys`` and ``/roles``; its callers are management keys,
-    or whoever ``principal_loader`` returns (a host app's signed-in user).
+    app's own Flask-Migrate migrations pick them up. It adds the ``flask keys``,
+    ``flask roles`` and ``flask webhooks`` commands, ``/secret-scanning/github``
+    and, with ``management_api``, the management API (``/keys``, ``/roles``,
+    ``/webhooks``, ``/openapi.json``) and, with ``dashboard`` too, ``/dashboard``:
+    all under ``url_prefix`` (e.g. ``"/auth"``). The API's callers
+    are management keys, or whoever ``principal_loader`` returns (a host app's
+    signed-in user).
     """
 
     def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None,
-                 principal_loader: PrincipalLoader | None = None) -> None:
+                 principal_loader: PrincipalLoader | None = None, url_prefix: str = "",
+                 management_api: bool = True, dashboard: bool = True) -> None:
+        if url_prefix and (not url_prefix.startswith("/") or url_prefix.endswith("/")):
+            raise ValueError("url_prefix starts with '/' and does not end with one, e.g. '/auth'")
         self._db = db
-        self._principal_loader = principal_loader or principal_from_key
+        self._principal_loader = principal_loader
+        self._url_prefix = url_prefix
+        self._management_api = management_api
+        self._dashboard = management_api and dashboard  # the page is a client of the API
         if app is not None:
             self.init_app(app)
 
@@ -73,9 +81,12 @@ class KeyService:
         app.after_request(_nosniff_own)
         # Each worker starts its webhook sender at its first request (after the fork).
         app.before_request(state.sender.ensure_started)
-        register_api(app)
-        for blueprint in PLAIN_BLUEPRINTS:
-            app.register_blueprint(blueprint)
+        # Leak reports are not management: GitHub calls them whatever the host leaves out.
+        app.register_blueprint(secret_scanning, url_prefix=f"{self._url_prefix}{secret_scanning.url_prefix}")
+        if self._management_api:
+            register_api(app, self._url_prefix)
+        if self._dashboard:
+            app.register_blueprint(dashboard_blueprint, url_prefix=self._url_prefix)
         for command in (keys_cli, roles_cli, webhooks_cli):
             app.cli.add_command(command)
 

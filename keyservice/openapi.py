@@ -11,10 +11,7 @@ from .webhooks_api import webhooks_blueprint
 # The management API's blueprints, registered together (and documented) by register_api.
 API_BLUEPRINTS = (keys_blueprint, roles_blueprint, webhooks_blueprint)
 
-OPENAPI_SETTINGS = {
-    "KEYSERVICE_OPENAPI_URL_PREFIX": "/",
-    "KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json",
-}
+OPENAPI_SETTINGS = {"KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json"}
 
 
 class _ManagementApi(Api):  # type: ignore[misc]
@@ -27,8 +24,10 @@ class _ManagementApi(Api):  # type: ignore[misc]
         pass
 
 
-def register_api(app: Flask) -> None:
-    """Register the management API's blueprints and the generated OpenAPI document."""
+def register_api(app: Flask, url_prefix: str = "") -> None:
+    """Register the ``keys`` and ``roles`` blueprints and the generated OpenAPI document,
+    under ``url_prefix`` (``<prefix>/keys``, ``<prefix>/roles``, ``<prefix>/openapi.json``)."""
+    app.config.setdefault("KEYSERVICE_OPENAPI_URL_PREFIX", url_prefix or "/")
     for name, value in OPENAPI_SETTINGS.items():
         app.config.setdefault(name, value)
     api = _ManagementApi(app, config_prefix="KEYSERVICE_", spec_kwargs={
@@ -37,4 +36,4 @@ def register_api(app: Flask) -> None:
     })
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     for blueprint in API_BLUEPRINTS:
-        api.register_blueprint(blueprint)
+        api.register_blueprint(blueprint, url_prefix=f"{url_prefix}{blueprint.url_prefix}")

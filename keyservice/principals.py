@@ -24,10 +24,9 @@ from .dberrors import storage_unavailable
 from .decorators import verify_request
 from .errors import StorageUnavailable, VerificationFailed
 from .state import current_state
-from .verification import Outcome, VerificationResult, missing_scopes
+from .verification import ADMIN_SCOPE as ADMIN, Outcome, VerificationResult, missing_scopes
 
 View = TypeVar("View", bound=Callable[..., Any])
-ADMIN = "keys:admin"
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class Principal:
 
     def holds(self, scope: str) -> bool:
         """Whether it may use a route that needs ``scope`` (``keys:admin`` may use all)."""
-        return self.is_admin or not missing_scopes(self.scopes, [scope])
+        return not missing_scopes(self.scopes, [scope])
 
     def manages(self, external_client_id: str) -> bool:
         """Whether keys of this client are its to see and change."""
@@ -62,9 +61,11 @@ class Principal:
 PrincipalLoader = Callable[[], "Principal | None"]
 
 
-def principal_from_key() -> Principal | None:
-    """The default loader: the management key the request carries."""
-    result = verify_request()
+def principal_from_key(scope: str) -> Principal:
+    """Without a ``principal_loader``: the management key the request carries, which must hold
+    ``scope``. The key is verified against it, so that a refusal (403) is counted in the key's
+    usage and the metrics as ``INSUFFICIENT_SCOPE``, not as a valid use."""
+    result = verify_request((scope,))
     if not result.valid:
         raise VerificationFailed(result)
     admin = not missing_scopes(result.scopes, [ADMIN])
@@ -84,7 +85,8 @@ def requires(scope: str) -> Callable[[View], View]:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             try:
-                principal = current_state().principal_loader()
+                loader = current_state().principal_loader
+                principal = principal_from_key(scope) if loader is None else loader()
                 if principal is None:
                     raise VerificationFailed(VerificationResult(Outcome.MISSING))
                 if not principal.holds(scope):

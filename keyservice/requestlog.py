@@ -1,4 +1,6 @@
-"""One log line per request: its id, method, path, status, the key's id and outcome, the latency.
+"""One log line per request: its id, the client's address, method, path, status, the key's id and
+outcome, the latency. It is the standalone service's only line per request (gunicorn's access log
+is off in its settings).
 
 The line goes through the standard ``logging`` module (logger ``keyservice.request``,
 level INFO), with the fields as the record's attributes. It never holds the key:
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
 import time
-import uuid
 
 from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
@@ -37,7 +39,7 @@ def escape(sent: str | bytes) -> str:
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-FIELDS = ("request_id", "method", "path", "status", "key_id", "code", "latency_ms")
+FIELDS = ("request_id", "client", "method", "path", "status", "key_id", "code", "latency_ms")
 
 
 def register_request_log(app: Flask) -> None:
@@ -48,14 +50,15 @@ def register_request_log(app: Flask) -> None:
 
 def _start() -> None:
     g.request_started = time.perf_counter()
-    sent = request.headers.get("X-Request-ID", "")
-    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+    sent = request.environ.get("HTTP_X_REQUEST_ID", "")
+    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
 
 
 def _log(response: Response) -> Response:
     verification = g.get("verification")
     fields = {
         "request_id": g.get("request_id"),
+        "client": request.remote_addr,  # the caller's, behind KEYSERVICE_PROXIES
         "method": request.method,
         "path": request.path,
         "status": response.status_code,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g
+from flask import Blueprint, g, url_for
 
 from .decorators import require_key
 from .errors import StorageUnavailable
@@ -18,6 +18,13 @@ def _probe_answer(failure: str | None) -> Any:
     if failure is not None:
         raise StorageUnavailable(failure)
     return {"status": "ok"}
+
+
+@bp.get("/")
+def index() -> Any:
+    """Where to go from here: the dashboard, and the management API's OpenAPI document."""
+    return {"service": "keyservice", "dashboard": url_for("dashboard.page"),
+            "openapi": url_for("keyservice-api-docs.openapi_json")}
 
 
 @bp.get("/healthz")

@@ -25,7 +25,7 @@ class KeyServiceState:
     settings: Settings
     db: SQLAlchemy
     verifier: Verifier
-    principal_loader: Callable[[], Principal | None]
+    principal_loader: Callable[[], Principal | None] | None  # None: management keys
     sender: WebhookSender
     github_keys: GitHubKeys
 

@@ -28,11 +28,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 from cachetools import LRUCache, TTLCache
 from flask import current_app
@@ -127,12 +127,36 @@ def _quota_statement(sql: str, dialect: str) -> str:
     return f"{head}{_WITHOUT_WAITING_FOR_THE_WAL[dialect]} WHERE {returning}"
 
 
+class ReadOnlyDict(dict[str, Any]):
+    """A dict that refuses every change; unlike a ``MappingProxyType``, Flask and ``json``
+    still serialise it (a view may return ``g.auth.meta`` as it is)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("g.auth is read-only; change a copy (dict(g.auth.meta)) instead")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type[ReadOnlyDict], tuple[dict[str, Any]]]:
+        # copy and pickle would otherwise fill an empty one item by item.
+        return type(self), (dict(self),)
+
+
+def read_only(value: Any) -> Any:
+    """A JSON value that cannot be changed: objects as read-only dicts, arrays as tuples."""
+    if isinstance(value, dict):
+        return ReadOnlyDict({name: read_only(item) for name, item in value.items()})
+    if isinstance(value, list):
+        return tuple(read_only(item) for item in value)
+    return value
+
+
 @dataclass(frozen=True)
 class VerificationResult:
     """The outcome of checking one key; on success it is ``g.auth`` in the view.
 
-    A worker hands the same VALID result to every request with that key until
-    its row is re-read: treat it, ``meta`` included, as read-only.
+    Read-only all the way down (``meta`` a read-only dict, its arrays tuples):
+    a worker hands the same VALID result to every request with that key until its
+    row is re-read, so no request can change what another sees.
     """
 
     code: Outcome
@@ -141,7 +165,7 @@ class VerificationResult:
     name: str | None = None
     scopes: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=ReadOnlyDict)
     remaining: int | None = None
     ratelimit: RateLimitState | None = None
     required_scopes: tuple[str, ...] = ()
@@ -163,7 +187,8 @@ class _VerifiedKey:
     @classmethod
     def of(cls, record: KeyRecord) -> _VerifiedKey:
         valid = VerificationResult(Outcome.VALID, key_id=record.id, external_client_id=record.external_client_id,
-                                   name=record.name, scopes=record.scopes, roles=record.roles, meta=record.meta)
+                                   name=record.name, scopes=record.scopes, roles=record.roles,
+                                   meta=read_only(record.meta))
         return cls(record, time.monotonic(), valid)
 
 
@@ -179,12 +204,18 @@ def refill_boundary(now: datetime, interval: str) -> datetime:
     return day if interval == "daily" else day.replace(day=1)
 
 
+ADMIN_SCOPE = "keys:admin"
+
+
 def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str, ...]:
-    """The required scopes that ``granted`` lacks; ``a:*`` grants every ``a:<x>``."""
+    """The required scopes that ``granted`` lacks; ``a:*`` grants every ``a:<x>``, and
+    ``keys:admin`` every ``keys:<x>`` (the management API's scopes)."""
     if not required:
         return ()
     granted = set(granted)
     wildcards = tuple(scope[:-1] for scope in granted if scope.endswith(":*"))
+    if ADMIN_SCOPE in granted:
+        wildcards += ("keys:",)
     return tuple(
         scope for scope in required if scope not in granted and not scope.startswith(wildcards)
     )

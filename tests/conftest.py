@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,36 @@ from keyservice import KeyService, create_app, require_key
 from keyservice.app import db
 from keyservice.state import current_state
 
+from .servers import REPO
 from .services import PostgresServer, postgres_server, redis_server
+
+_STATUS_BEFORE = pytest.StashKey[str | None]()
+
+
+def _working_tree_status() -> str | None:
+    """``git status --porcelain`` of the clone, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                              timeout=60, check=False)
+    except OSError:
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATUS_BEFORE] = _working_tree_status()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Tests write only to temp dirs: a run that changed the clone's ``git status`` fails."""
+    before = session.config.stash.get(_STATUS_BEFORE, None)
+    after = _working_tree_status()
+    if before is not None and after is not None and after != before:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"the tests changed the clone's git status:\nbefore:\n{before}after:\n{after}", red=True)
+
 
 # bcrypt at cost 4 keeps the suite fast; one test checks the default of 12.
 TEST_CONFIG = {"TESTING": True, "KEYSERVICE_BCRYPT_ROUNDS": 4, "KEYSERVICE_CACHE_TTL": 0}

@@ -25,9 +25,9 @@ def service_environment(database_url: str, **settings: str) -> dict[str, str]:
     return environ
 
 
-def flask_cli(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``flask --app wsgi ARGS`` as a user would."""
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=REPO, env=environ,
+def flask_cli(environ: dict[str, str], *args: str, app: str = "wsgi") -> subprocess.CompletedProcess[str]:
+    """Run ``flask --app APP ARGS`` (the service's ``wsgi`` unless said) as a user would."""
+    return subprocess.run([sys.executable, "-m", "flask", "--app", app, *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
 
 
@@ -84,16 +84,23 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 @contextmanager
 def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: bool = False,
              options: Sequence[str] = (), app: str = "wsgi:app") -> Iterator[str]:
-    """Serve ``app`` with gunicorn's production settings (and command-line ``options``),
-    logging to ``log`` (with the access log only if ``access_log``); yield its base URL, and
-    stop it after."""
+    """Serve ``app`` (the service's ``wsgi:app`` unless said) with gunicorn's production settings
+    (and command-line ``options``), logging to ``log`` (with gunicorn's access log, off in those
+    settings, only if ``access_log``); yield its base URL, and stop it after."""
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
+               *(["--access-logfile", "-"] if access_log else []), *options, app]
+    with serving(command, environ, log) as base:
+        yield base
+
+
+@contextmanager
+def serving(command: Sequence[str], environ: dict[str, str], log: Path, cwd: Path = REPO) -> Iterator[str]:
+    """Run a gunicorn ``command`` (bound here to a free port) in ``cwd``, logging to ``log``,
+    until it answers ``/healthz``; yield its base URL, and stop it after."""
     port = free_port()
     with log.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-             "-b", f"127.0.0.1:{port}", "--access-logfile", "-" if access_log else "/dev/null", *options,
-             app],
-            cwd=REPO, env=environ, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*command, "-b", f"127.0.0.1:{port}"], cwd=cwd, env=environ,
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(base, process, log)

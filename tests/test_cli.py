@@ -56,6 +56,20 @@ def test_list_and_show_never_give_the_key_or_its_hash(runner: FlaskCliRunner) ->
     assert "secret_hash" not in listed[0] and "key" not in listed[0]
 
 
+def test_list_prints_a_header_and_aligned_columns(runner: FlaskCliRunner) -> None:
+    first = create(runner, "--scope", "c:read").split("_")[1]
+    runner.invoke(args=["keys", "create", "--name", "a much longer name", "--client-id", "globex-industries",
+                        "--scope", "a:read", "--scope", "b:write"])
+    runner.invoke(args=["keys", "disable", first])
+    header, *rows = runner.invoke(args=["keys", "list"]).stdout.splitlines()
+    assert header.split() == ["ID", "STATUS", "CLIENT", "NAME", "SCOPES"]
+    assert len(rows) == 2 and rows[1].split()[:3] == [first, "disabled", "acme"]
+    for column in ("STATUS", "CLIENT", "NAME", "SCOPES"):  # each column starts where its heading does
+        start = header.index(column)
+        assert all(row[start - 2:start] == "  " and row[start] != " " for row in rows), (column, rows)
+    assert rows[0].endswith("a:read b:write")
+
+
 def test_list_filters_by_client_and_hides_revoked_keys(runner: FlaskCliRunner) -> None:
     first = create(runner).split("_")[1]
     other = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "globex"]).stdout.split("_")[1]

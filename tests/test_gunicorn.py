@@ -53,6 +53,10 @@ def test_the_quickstart_over_http(environ: dict[str, str], tmp_path: Path) -> No
         missing = request(base + "/protected-with-key", "POST")
         assert (missing.status, missing.headers["Content-Type"]) == (401, "application/problem+json")
         assert request(base + "/healthz").status == 200
+        # The service's root says where to go: the dashboard and the OpenAPI document.
+        pointers = json.loads(request(base + "/").body)
+        assert (pointers["dashboard"], pointers["openapi"]) == ("/dashboard", "/openapi.json")
+        assert {request(base + pointers[name]).status for name in ("dashboard", "openapi")} == {200}
 
 
 def test_the_access_log_never_holds_a_key(environ: dict[str, str], tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ KNOWN = {"VALID": 7, "NOT_FOUND": 3, "REVOKED": 2}
 
 @dataclass(frozen=True)
 class Served(KeysCli):
-    """gunicorn on a fresh database, its whole log (access log and JSON lines) in ``log``."""
+    """gunicorn on a fresh database with the service's settings, its whole log in ``log``."""
 
     base: str
     log: Path
@@ -35,7 +35,7 @@ class Served(KeysCli):
         return request(self.base + path, method, bearer(key), body)
 
     def json_lines(self) -> list[dict[str, object]]:
-        """The app's log lines (gunicorn's own and the access log are not JSON)."""
+        """The app's log lines (gunicorn's own are not JSON)."""
         lines = []
         for line in self.log.read_text().splitlines():
             if line.startswith("{"):
@@ -50,7 +50,7 @@ def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     log = tmp_path / "gunicorn.log"
-    with gunicorn(environ, log, workers=2, access_log=True) as base:
+    with gunicorn(environ, log, workers=2) as base:
         yield Served(environ, base, log, database_url)
 
 
@@ -92,6 +92,29 @@ def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served
     assert {line["key_id"] for line in lines} == {key_id}
     assert all(re.fullmatch(r"[0-9a-f]{32}", str(line["request_id"])) and float(str(line["latency_ms"])) > 0
                for line in lines)
+
+
+def test_one_log_line_per_request_with_its_id_key_outcome_and_client(served: Served) -> None:
+    key_id, key = served.create_key()
+    sent = [served.post("/protected-with-key", key, **{"X-Request-ID": "trace-1"}),
+            served.post("/protected-with-key", wrong_secret(key)),
+            served.post("/protected-with-key"),
+            served.post("/unprotected"),
+            request(served.base + "/no-such-page")]
+    assert [response.status for response in sent] == [200, 401, 401, 200, 404]
+
+    logged = served.log.read_text()
+    about_requests = [line for line in logged.splitlines() if "/protected-with-key" in line
+                      or "/unprotected" in line or "/no-such-page" in line]
+    lines = [json.loads(line) for line in about_requests]  # every one the service's JSON line
+    assert [(line["path"], line["status"], line["key_id"], line["code"]) for line in lines] == [
+        ("/protected-with-key", 200, key_id, "VALID"), ("/protected-with-key", 401, key_id, "NOT_FOUND"),
+        ("/protected-with-key", 401, None, "MISSING"), ("/unprotected", 200, None, None),
+        ("/no-such-page", 404, None, None)]
+    assert {line["client"] for line in lines} == {"127.0.0.1"}
+    assert [line["request_id"] for line in lines] == [response.headers["X-Request-ID"] for response in sent]
+    assert lines[0]["request_id"] == "trace-1"
+    assert key not in logged and key.split("_")[2] not in logged
 
 
 def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pytest.FixtureRequest) -> None:

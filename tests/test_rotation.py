@@ -222,9 +222,10 @@ def test_cli_rotate_json_gives_the_new_object_with_rotated_from(runner: FlaskCli
     assert new["created_by"] == "cli"
 
 
-def test_cli_rotate_without_grace_expires_the_old_key_at_once(runner: FlaskCliRunner) -> None:
+@pytest.mark.parametrize("grace", [[], ["--grace", "0"], ["--grace", "0s"]])
+def test_cli_rotate_without_grace_expires_the_old_key_at_once(runner: FlaskCliRunner, grace: list[str]) -> None:
     old = cli_create(runner)
-    result = runner.invoke(args=["keys", "rotate", old["id"]])
+    result = runner.invoke(args=["keys", "rotate", old["id"], *grace])
     assert result.exit_code == 0, result.stderr
     assert cli_verify(runner, old["key"]) == "EXPIRED"
     assert cli_verify(runner, result.stdout.strip()) == "VALID"

@@ -64,6 +64,17 @@ def send_known_traffic(app: Flask, client: FlaskClient, key_id: str, key: str) -
         assert client.post(PROTECTED, headers=bearer(key)).get_json()["code"] == "REVOKED"
 
 
+def test_a_management_call_refused_403_counts_as_insufficient_scope(
+        app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str) -> None:
+    reader_id, reader = issue_key(name="reader", external_client_id="acme", scopes=("keys:read",))
+    refused = client.post("/keys", json={"name": "n", "external_client_id": "acme"}, headers=bearer(reader))
+    assert (refused.status_code, refused.get_json()["code"]) == (403, "INSUFFICIENT_SCOPE")
+    assert client.get("/keys", headers=bearer(reader)).status_code == 200
+    flush(app)
+    [hour] = usage(client, admin, reader_id)["items"]
+    assert hour["counts"] == {"INSUFFICIENT_SCOPE": 1, "VALID": 1}
+
+
 def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, client: FlaskClient,
                                                                   issue_key: IssueKey, admin: str) -> None:
     key_id, key = issue_key()

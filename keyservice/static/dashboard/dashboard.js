@@ -8,8 +8,10 @@ let cursor = null;
 
 function managementKey() { return sessionStorage.getItem(STORAGE); }
 
+// Paths are the API's ("/keys..."), called relative to this page: under the prefix a host app
+// mounted keyservice at, if any (the page is <prefix>/dashboard).
 async function api(method, path, body) {
-  const response = await fetch(path, {
+  const response = await fetch(`.${path}`, {
     method,
     headers: { "Authorization": `Bearer ${managementKey()}`, ...(body ? { "Content-Type": "application/json" } : {}) },
     body: body ? JSON.stringify(body) : undefined,

@@ -1,0 +1,81 @@
+"""examples/saas_app.py end to end, and the README's Python blocks: each is part of a file the
+tests run (examples/host_app.py is tested in test_extension_mounting.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from examples import saas_app
+
+from .servers import REPO
+
+ALICE = ("alice@a.example", "team-a", "alice's password")
+BOB = ("bob@b.example", "team-b", "bob's password")
+
+
+@pytest.fixture
+def saas(empty_database_url: str) -> Iterator[Flask]:
+    """The example with two users, added with its own command."""
+    app = saas_app.create_app({"TESTING": True, "SECRET_KEY": "test session secret", "KEYSERVICE_BCRYPT_ROUNDS": 4,
+                               "SQLALCHEMY_DATABASE_URI": empty_database_url})
+    for email, team, password in (ALICE, BOB):
+        added = app.test_cli_runner().invoke(args=["add-user", email, team], input=f"{password}\n{password}\n")
+        assert added.exit_code == 0, added.output
+    yield app
+    with app.app_context():
+        saas_app.db.engine.dispose()
+
+
+def signed_in(app: Flask, user: tuple[str, str, str]) -> FlaskClient:
+    browser = app.test_client()
+    email, _, password = user
+    assert browser.post("/login", json={"email": email, "password": password}).status_code == 200
+    return browser
+
+
+def test_a_signed_in_user_creates_a_key_that_calls_as_their_team(saas: Flask) -> None:
+    created = signed_in(saas, ALICE).post("/create-key", json={"name": "ci"})
+    assert created.status_code == 201
+    key = created.get_json()["key"]
+    assert key.split("_")[1] == created.get_json()["id"]
+    machine = saas.test_client()
+    answered = machine.post("/protected-with-key", headers={"Authorization": f"Bearer {key}"})
+    assert (answered.status_code, answered.get_json()) == (200, {"protected": True, "external_client_id": "team-a"})
+    bobs_key = signed_in(saas, BOB).post("/create-key", json={"name": "ci"}).get_json()["key"]
+    assert machine.post("/protected-with-key", headers={"X-API-Key": bobs_key}).get_json()["external_client_id"] == (
+        "team-b")
+
+
+def test_a_user_creates_keys_for_their_own_team_only(saas: Flask) -> None:
+    alice = signed_in(saas, ALICE)
+    assert alice.post("/create-key", json={"name": "ci", "team": "team-b"}).status_code == 403
+    assert alice.post("/create-key", json={"name": "ci", "team": "team-a"}).status_code == 201
+
+
+def test_without_signing_in_no_key_is_made_and_no_key_no_entry(saas: Flask) -> None:
+    client = saas.test_client()
+    assert client.post("/create-key", json={"name": "ci"}).status_code == 401
+    assert client.post("/login", json={"email": ALICE[0], "password": "wrong"}).status_code == 401
+    assert client.post("/create-key", json={"name": "ci"}).status_code == 401
+    refused = client.post("/protected-with-key")
+    assert (refused.status_code, refused.get_json()["code"]) == (401, "MISSING")
+    # The example leaves the management API out: its users create keys through /create-key.
+    assert client.get("/keys").status_code == 404
+
+
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+TESTED_FILES = [*sorted((REPO / "examples").glob("*.py")), *sorted((REPO / "tests").glob("host_app*.py"))]
+
+
+def test_every_python_block_in_the_readme_is_part_of_a_tested_file() -> None:
+    blocks = PYTHON_BLOCK.findall((REPO / "README.md").read_text())
+    assert blocks
+    sources = {path: path.read_text() for path in TESTED_FILES}
+    for block in blocks:
+        assert any(block in source for source in sources.values()), f"not in {[p.name for p in sources]}:\n{block}"
