@@ -10,6 +10,7 @@ from flask import Response, after_this_request, g, request
 
 from .errors import VerificationFailed
 from .state import current_state
+from .tokens import looks_like_token
 from .verification import Outcome, VerificationResult
 
 View = TypeVar("View", bound=Callable[..., Any])
@@ -39,18 +40,23 @@ def key_from_request(environ: dict[str, Any], header_environ_key: str | None) ->
 
 
 def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
-    """Verify the key of the current request against ``scopes``."""
+    """Verify the key, or the access token, of the current request against ``scopes``."""
     state = current_state()
     environ = request.environ
     key = key_from_request(environ, state.settings.header_environ_key)
-    result = VerificationResult(key) if isinstance(key, Outcome) else state.verifier.verify(
-        key, scopes, environ.get("REMOTE_ADDR"))
+    if isinstance(key, Outcome):
+        result = VerificationResult(key)
+    elif looks_like_token(key):
+        result = state.tokens.verify(key, scopes, environ.get("REMOTE_ADDR"))
+    else:
+        result = state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"))
     g.verification = result  # for the request's log line
     return result
 
 
 def require_key(*scopes: str) -> Callable[[View], View]:
-    """Protect a view: the request must carry a valid key holding every one of ``scopes``.
+    """Protect a view: the request must carry a valid key holding every one of ``scopes``, or
+    one of its access tokens (:mod:`keyservice.tokens`) whose scope holds them too.
 
     The view then reads its caller from ``g.auth`` (a :class:`VerificationResult`);
     a refused request gets the problem response of its outcome instead.
