@@ -32,16 +32,12 @@ from keyservice.store import get_key, key_usage
 from .conftest import IssueKey, migrated_app
 from .test_require_key import assert_invalid_token, assert_problem, bearer
 from .test_verify_key import wrong_secret
+from .tokens import basic
 
 TOKEN = "/oauth/token"
 PROTECTED = "/protected-with-key"
 ISSUER = "http://localhost"  # the test client's URL: the default issuer
 GRANT = {"grant_type": "client_credentials"}
-
-
-def basic(key: str, key_id: str | None = None) -> dict[str, str]:
-    credentials = f"{key_id or key.split('_')[1]}:{key}"
-    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
 def post_token(client: FlaskClient, key: str | None = None, **form: str) -> TestResponse:

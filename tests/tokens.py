@@ -11,9 +11,10 @@ from .servers import Response, request
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-def basic(key: str) -> dict[str, str]:
-    """HTTP Basic credentials for a key: its id, and the whole key as the secret."""
-    return {"Authorization": "Basic " + base64.b64encode(f"{key.split('_')[1]}:{key}".encode()).decode()}
+def basic(key: str, key_id: str | None = None) -> dict[str, str]:
+    """HTTP Basic credentials for a key: its id (or ``key_id``), and the whole key as the secret."""
+    credentials = f"{key_id or key.split('_')[1]}:{key}"
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
 
 
 def fetch_token(base: str, key: str, scope: str | None = None) -> Response:
