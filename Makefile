@@ -40,6 +40,7 @@ bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.protected_route
 	$(BIN)/python -m bench.scale_out
+	$(BIN)/python -m bench.tokens
 	$(BIN)/python -m bench.ratelimits
 
 # The dashboard's screenshots in docs/, renewed by its browser tests (the suite itself writes only to temp dirs).
