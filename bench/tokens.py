@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.protected_route import (
-    PROTECTED, WORKERS, Variant, flask, measure_overhead, post, print_reproduce, report_server_log, verdict, write_lua,
+    PROTECTED, WORKERS, Variant, flask, measure_overhead, post, print_reproduce, report_server_log, write_lua,
 )
 from tests.servers import gunicorn, service_environment
 from tests.tokens import access_token
@@ -107,13 +107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for credential in (key, token):
                     if post(base + PROTECTED, credential)[0] != 200:
                         raise RuntimeError(f"a valid credential was refused on {PROTECTED}")
-                medians = measure_overhead([
+                measure_overhead([
                     Variant("key", base + PROTECTED, write_lua(tmp / "key.lua", key), 1.0),
                     Variant("token", base + PROTECTED, write_lua(tmp / "token.lua", token), THROUGHPUT_GOAL),
                 ], rounds=args.rounds, seconds=args.seconds, connections=args.connections,
                     title="1. throughput: the same route with the key and with its token")
-                print(f"  token / key: {medians['token'] / medians['key']:.2f}"
-                      f"  ({verdict(medians['token'] / medians['key'], THROUGHPUT_GOAL)})")
                 measure_first_requests(base, key, args.fresh)
         finally:
             report_server_log(log)
