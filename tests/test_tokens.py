@@ -12,9 +12,12 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, g
@@ -30,6 +33,7 @@ from keyservice.state import current_state
 from keyservice.store import get_key, key_usage
 
 from .conftest import IssueKey, migrated_app
+from .test_hostile_input import hostile_raw_bodies, hostile_text
 from .test_require_key import assert_invalid_token, assert_problem, bearer
 from .test_verify_key import wrong_secret
 from .tokens import basic
@@ -213,6 +217,27 @@ def test_the_token_endpoint_and_the_tokens_requests_show_in_the_keys_usage(app: 
         [hour] = key_usage(db.session, key_id, "hour")["items"]
         assert get_key(db.session, key_id).last_used_at is not None
     assert hour["counts"] == {"VALID": 4, "NOT_FOUND": 1}
+
+
+hostile_forms = st.dictionaries(st.sampled_from(["grant_type", "scope", "client_id", "client_secret", "x"]),
+                                st.one_of(hostile_text, st.just("client_credentials")), max_size=5)
+header_text = hostile_text.filter(lambda text: not {"\n", "\r", "\x00"} & set(text))  # what a client can send
+hostile_authorizations = st.one_of(st.none(), header_text.map(lambda text: "Basic " + text),
+                                   hostile_text.map(lambda text: "Basic " + base64.b64encode(
+                                       text.encode("utf-8", "surrogatepass")).decode()))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(form=hostile_forms, raw=st.one_of(st.none(), hostile_raw_bodies), authorization=hostile_authorizations,
+       content_type=st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain"]))
+def test_hostile_token_requests_get_a_4xx(client: FlaskClient, form: dict[str, str], raw: str | None,
+                                          authorization: str | None, content_type: str) -> None:
+    body = raw if raw is not None else urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in form.items()})
+    response = client.post(TOKEN, data=body.encode("utf-8", "surrogatepass"), content_type=content_type,
+                           headers={"Authorization": authorization} if authorization else {})
+    assert 400 <= response.status_code < 500, response.get_data(as_text=True)
+    assert response.mimetype in ("application/json", "application/problem+json")
 
 
 # --- @require_key with a token -----------------------------------------------------------------------
