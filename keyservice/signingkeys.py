@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import secrets
 import threading
 import time
@@ -43,6 +44,7 @@ from .models import AnySession, SigningKey, as_utc, utcnow
 logger = logging.getLogger("keyservice.signingkeys")
 
 ALGORITHM = "ES256"
+KID = re.compile(r"[A-Za-z0-9_-]{16}")  # secrets.token_urlsafe(12)
 # Seconds a worker trusts its list of published keys before reading it again (a rotation's
 # new key is published for longer than this before it signs).
 REFRESH_INTERVAL = 1.0
@@ -172,10 +174,12 @@ class SigningKeys:
     def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
         """The public key ``kid`` names if it is published now (an unknown ``kid`` costs one
         primary-key read, as an unknown key id does)."""
+        if not KID.fullmatch(kid):
+            return None  # not one of ours (and never a NUL for PostgreSQL)
         published = self._fresh().get(kid)
         if published is None:
             with Session(self._db.engine) as session:
-                row = session.get(SigningKey, kid) if len(kid) <= 64 else None
+                row = session.get(SigningKey, kid)
                 published = None if row is None else _Published.of(row)
         if published is None or not published.published(utcnow()):
             return None

@@ -339,6 +339,8 @@ def test_each_bad_token_is_a_401_whose_code_says_why(app: Flask, client: FlaskCl
         "HS256 keyed with the public key": (hs256, "TOKEN_INVALID"),
         "another typ": (signed_by_keyservice(app, claims, typ="JWT"), "TOKEN_INVALID"),
         "unknown kid": (signed_by_keyservice(app, claims, kid="no-such-kid"), "TOKEN_INVALID"),
+        "a kid of ours' form that is none": (signed_by_keyservice(app, claims, kid="A" * 16), "TOKEN_INVALID"),
+        "a NUL in the kid": (signed_by_keyservice(app, claims, kid="a\x00b"), "TOKEN_INVALID"),
         "no jti": (signed_by_keyservice(app, {k: v for k, v in claims.items() if k != "jti"}), "TOKEN_INVALID"),
         "not JSON": ("eyJ.eyJ.x", "TOKEN_INVALID"),
         "too long": ("x" * 9000 + ".y.z", "TOKEN_INVALID"),
