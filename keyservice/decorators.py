@@ -47,7 +47,7 @@ def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
     if isinstance(key, Outcome):
         result = VerificationResult(key)
     elif looks_like_token(key):
-        result = state.tokens.verify(key, scopes, environ.get("REMOTE_ADDR"))
+        result = state.tokens.verify(key, scopes)
     else:
         result = state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"))
     g.verification = result  # for the request's log line

@@ -118,7 +118,7 @@ class TokenVerifier:
         self._lock = threading.Lock()
         self._digest_key = os.urandom(32)
 
-    def verify(self, token: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
+    def verify(self, token: str, scopes: Iterable[str] = ()) -> VerificationResult:
         """Check ``token`` and then its key, which must hold every scope in ``scopes``, as the token must."""
         started = time.perf_counter()
         token = token.strip()
