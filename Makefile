@@ -47,6 +47,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.against_flask
 	$(BIN)/python -m bench.protected_route
 	$(BIN)/python -m bench.scale_out
+	$(BIN)/python -m bench.tokens
 	$(BIN)/python -m bench.ratelimits
 
 # The dashboard's screenshots in docs/, renewed by its browser tests (the suite itself writes only to temp dirs).

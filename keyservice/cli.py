@@ -20,7 +20,7 @@ from pytimeparse.timeparse import timeparse as parse_duration
 from marshmallow import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import store, webhooks
+from . import signingkeys, store, webhooks
 from .crypto import check_secret, key_id_of, redact_keys
 from .errors import InvalidInput, KeyServiceError
 from .jsonguard import check_json
@@ -32,6 +32,7 @@ from .schemas import (
 )
 from .models import ApiKey, utcnow
 from .state import current_state
+from .tokens import issue_token, issuer
 from .verification import verify_key
 
 
@@ -305,6 +306,58 @@ def verify_command(key: str, scopes: tuple[str, ...]) -> None:
     result = verify_key(key, scopes)
     click.echo(result.code.value)
     click.get_current_context().exit(0 if result.valid else 1)
+
+
+@keys_cli.command("token")
+@click.argument("key")
+@click.option("--scope", "scopes", multiple=True, help="A scope the token holds (repeatable; default: the key's).")
+def token_command(key: str, scopes: tuple[str, ...]) -> None:
+    """Trade a key (or '-' to read it from stdin) for an access token and print it, as
+    POST /oauth/token does (needs KEYSERVICE_TOKEN_ISSUER); a refused key prints its outcome, exit 1."""
+    if key == "-":
+        key = sys.stdin.readline()
+    state = current_state()
+    issuer(state.settings)  # refused before the key is counted if no token can be made here
+    result = verify_key(key, scopes)
+    if not result.valid:
+        click.echo(result.code.value, err=True)
+        click.get_current_context().exit(1)
+    click.echo(issue_token(state.settings, state.signing_keys, result, scopes or result.scopes).access_token)
+
+
+signing_keys_cli = OneLineErrorGroup("signing-keys", help="The keys that sign access tokens.")
+keys_cli.add_command(signing_keys_cli)
+
+
+@signing_keys_cli.command("rotate")
+@click.option("--delay", type=Duration(), help="How long the new key is published before it signs"
+              " (default: twice KEYSERVICE_JWKS_MAX_AGE, at least 10 s; never under KEYSERVICE_JWKS_MAX_AGE).")
+def signing_keys_rotate_command(delay: timedelta | None) -> None:
+    """Publish a new signing key now; it signs after --delay, and the key it replaces is
+    retired once the tokens it signed have expired."""
+    settings = current_state().settings
+    max_age = timedelta(seconds=settings.jwks_max_age)
+    if delay is None:
+        delay = max(2 * max_age, timedelta(seconds=10))
+    if delay <= max_age:
+        raise CliError(f"--delay must be longer than KEYSERVICE_JWKS_MAX_AGE ({settings.jwks_max_age} s), or a"
+                       " verifier's cached JWKS would not know the new key")
+    new = signingkeys.rotate_signing_keys(_session(), settings, delay)
+    _session().commit()
+    click.echo(f"published {new.kid}; it signs from {new.activates_at.isoformat()}")
+
+
+@signing_keys_cli.command("list")
+def signing_keys_list_command() -> None:
+    """Every signing key, newest first: its id, state and times."""
+    keys = signingkeys.list_signing_keys(_session())
+    now = utcnow()
+    current = signingkeys.current_generation(keys, now)
+    for key in keys:
+        retires_at = key.retires_at.isoformat() if key.retires_at else "-"
+        click.echo(f"{key.kid}  {signingkeys.state_of(key, current, now):8}  {key.algorithm}"
+                   f"  {'encrypted' if key.encrypted else 'in the clear'}"
+                   f"  signs from {key.activates_at.isoformat()}  retires {retires_at}")
 
 
 @keys_cli.command("scan")

@@ -45,6 +45,11 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_WEBHOOKS_POLL_INTERVAL": 1.0,
     "KEYSERVICE_WEBHOOKS_EXPIRING_BEFORE": 7 * 86_400.0,
     "KEYSERVICE_SECRET_SCANNING_KEYS_URL": "https://api.github.com/meta/public_keys/secret_scanning",
+    "KEYSERVICE_TOKEN_LIFETIME": 300,
+    "KEYSERVICE_TOKEN_ISSUER": "",
+    "KEYSERVICE_TOKEN_AUDIENCE": "",
+    "KEYSERVICE_JWKS_MAX_AGE": 300,
+    "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY": "",
 }
 
 # Redis URLs as redis-py reads them; the default ("") is the embedded LMDB file.
@@ -84,6 +89,11 @@ class Settings:
     webhooks_poll_interval: float
     webhooks_expiring_before: float
     secret_scanning_keys_url: str
+    token_lifetime: int  # seconds an access token lives
+    token_issuer: str  # "": each request's own URL (scheme, host, path to keyservice's routes)
+    token_audience: str  # "": the issuer
+    jwks_max_age: int  # seconds a client may cache the JWKS; a rotated-in key signs only after longer
+    signing_keys_encryption_keys: tuple[str, ...]  # Fernet keys for the private signing keys; (): stored in the clear
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -139,14 +149,13 @@ def _choice(config: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> s
     return value
 
 
-def _fernet_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
-    keys = tuple(key.strip() for key in str(config["KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"]).split(",") if key.strip())
+def _fernet_keys(config: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in str(config[name]).split(",") if key.strip())
     for key in keys:
         try:
             Fernet(key)
         except ValueError:
-            raise ConfigError("KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY must be Fernet keys (32 url-safe base64 bytes),"
-                              " separated by commas") from None
+            raise ConfigError(f"{name} must be Fernet keys (32 url-safe base64 bytes), separated by commas") from None
     return keys
 
 
@@ -155,6 +164,16 @@ def _http_url(config: Mapping[str, Any], name: str) -> str:
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         raise ConfigError(f"{name} must be an http(s) URL")
     return url
+
+
+def _issuer(config: Mapping[str, Any]) -> str:
+    # RFC 8414 section 2: an https (here also http) URL without a query or fragment.
+    if not str(config["KEYSERVICE_TOKEN_ISSUER"]).strip():
+        return ""
+    url = _http_url(config, "KEYSERVICE_TOKEN_ISSUER")
+    if urlsplit(url).query or urlsplit(url).fragment:
+        raise ConfigError("KEYSERVICE_TOKEN_ISSUER must be a URL without a query or fragment")
+    return url.rstrip("/")
 
 
 def load_settings(config: Mapping[str, Any]) -> Settings:
@@ -177,7 +196,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         usage_flush_interval=_number(config, "KEYSERVICE_USAGE_FLUSH_INTERVAL", float, 0.1, 3600),
         log_format=_choice(config, "KEYSERVICE_LOG_FORMAT", ("json", "text")),
         proxies=_number(config, "KEYSERVICE_PROXIES", int, 0, 10),
-        webhooks_encryption_keys=_fernet_keys(config),
+        webhooks_encryption_keys=_fernet_keys(config, "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"),
         webhooks_allow_private=_boolean(config, "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE"),
         webhooks_send=_boolean(config, "KEYSERVICE_WEBHOOKS_SEND"),
         webhooks_timeout=_number(config, "KEYSERVICE_WEBHOOKS_TIMEOUT", float, 0.1, 60),
@@ -186,6 +205,11 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         webhooks_poll_interval=_number(config, "KEYSERVICE_WEBHOOKS_POLL_INTERVAL", float, 0.01, 60),
         webhooks_expiring_before=_number(config, "KEYSERVICE_WEBHOOKS_EXPIRING_BEFORE", float, 0, 365 * 86_400),
         secret_scanning_keys_url=_http_url(config, "KEYSERVICE_SECRET_SCANNING_KEYS_URL"),
+        token_lifetime=_number(config, "KEYSERVICE_TOKEN_LIFETIME", int, 1, 86_400),
+        token_issuer=_issuer(config),
+        token_audience=str(config["KEYSERVICE_TOKEN_AUDIENCE"]).strip(),
+        jwks_max_age=_number(config, "KEYSERVICE_JWKS_MAX_AGE", int, 0, 86_400),
+        signing_keys_encryption_keys=_fernet_keys(config, "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"),
     )
 
 

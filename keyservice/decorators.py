@@ -10,6 +10,7 @@ from flask import Blueprint, Response, after_this_request, current_app, g, reque
 
 from .errors import VerificationFailed
 from .state import current_state
+from .tokens import looks_like_token
 from .verification import Outcome, VerificationResult
 
 Protected = TypeVar("Protected", bound=Callable[..., Any] | Blueprint)
@@ -42,12 +43,16 @@ def key_from_request(environ: dict[str, Any], header_environ_key: str | None) ->
 
 
 def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
-    """Verify the key of the current request against ``scopes``."""
+    """Verify the key, or the access token, of the current request against ``scopes``."""
     state = current_state()
     environ = request.environ
     key = key_from_request(environ, state.settings.header_environ_key)
-    result = VerificationResult(key) if isinstance(key, Outcome) else state.verifier.verify(
-        key, scopes, environ.get("REMOTE_ADDR"))
+    if isinstance(key, Outcome):
+        result = VerificationResult(key)
+    elif looks_like_token(key):
+        result = state.tokens.verify(key, scopes)
+    else:
+        result = state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"))
     g.verification = result  # for the request's log line
     return result
 
@@ -72,7 +77,8 @@ def authenticate(scopes: tuple[str, ...]) -> None:
 
 def require_key(*scopes: str) -> Callable[[Protected], Protected]:
     """Protect a view, or every view of a Blueprint: the request must carry a valid key
-    holding every one of ``scopes``.
+    holding every one of ``scopes``, or one of its access tokens (:mod:`keyservice.tokens`)
+    whose scope holds them too.
 
     Decorates a view function (sync or ``async def``), goes in a ``MethodView``'s
     ``decorators``, or takes a Blueprint before it is registered:

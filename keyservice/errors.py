@@ -45,6 +45,11 @@ _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
     Outcome.RATE_LIMITED: (429, "Rate limited", "Too many requests with this key; see Retry-After."),
     Outcome.USAGE_EXCEEDED: (429, "Usage exceeded", "This key has no uses left."),
     Outcome.UNAVAILABLE: (503, "Key store unavailable", "Keys cannot be checked right now."),
+    Outcome.TOKEN_INVALID: (401, "Access token invalid",
+                            "The token is not one keyservice signed (its signature, algorithm, type or key id)."),
+    Outcome.TOKEN_EXPIRED: (401, "Access token expired", "The token has expired: get a new one."),
+    Outcome.TOKEN_WRONG_ISSUER: (401, "Access token from another issuer", "The token's iss is not this service."),
+    Outcome.TOKEN_WRONG_AUDIENCE: (401, "Access token for another audience", "The token's aud is not this service."),
 }
 
 

@@ -14,14 +14,17 @@ from .config import DEFAULTS, load_settings
 from .dashboard import dashboard as dashboard_blueprint
 from .secret_scanning import GitHubKeys, secret_scanning
 from .sender import WebhookSender
+from .signingkeys import SigningKeys
+from .tokens import TokenVerifier
 from .errors import nosniff, register_error_handlers
 from .models import ApiKey, Base
 from .state import KeyServiceState, current_state
 from .store import announce_usage_exhausted, create_key
 from .verification import Verifier
 
-# keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports.
-OWN_BLUEPRINTS = frozenset({"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning"})
+# keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports, tokens.
+OWN_BLUEPRINTS = frozenset({"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning",
+                            "oauth"})
 
 
 def _nosniff_own(response: Response) -> Response:
@@ -74,8 +77,11 @@ class KeyService:
         for table in Base.metadata.tables.values():
             if table.name not in db.metadata.tables:
                 table.to_metadata(db.metadata)
-        state = KeyServiceState(settings, db, Verifier(settings, db, announce_usage_exhausted), self._principal_loader,
-                                WebhookSender(settings, db), GitHubKeys(settings.secret_scanning_keys_url))
+        verifier = Verifier(settings, db, announce_usage_exhausted)
+        signing_keys = SigningKeys(settings, db)
+        state = KeyServiceState(settings, db, verifier, self._principal_loader, WebhookSender(settings, db),
+                                GitHubKeys(settings.secret_scanning_keys_url), signing_keys,
+                                TokenVerifier(settings, signing_keys, verifier))
         app.extensions["keyservice"] = state
         register_error_handlers(app)
         app.after_request(_nosniff_own)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, UniqueConstraint, event, false
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, event, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -211,6 +211,30 @@ class WebhookDelivery(Base):
                       Index("ix_keyservice_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
 
 
+class SigningKey(Base):
+    """A key pair that signs access tokens (keyservice.signingkeys).
+
+    Its state follows from its times, so every worker and instance agrees on it:
+    published in the JWKS from ``created_at``, signing from ``activates_at`` (the newest
+    activated key signs), published until ``retires_at`` (None: still in use).
+    ``generation`` is unique: of two workers making the first key, or two rotations at
+    once, one insert wins and the other reads the winner's key.
+    """
+
+    __tablename__ = "keyservice_signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(unique=True)
+    algorithm: Mapped[str] = mapped_column(String(10))
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # PKCS#8 PEM, encrypted (Fernet) under KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY when ``encrypted``.
+    private_key: Mapped[str] = mapped_column(Text)
+    encrypted: Mapped[bool]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activates_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 TIMESTAMPS = {
     ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at", "last_used_at",
              "usage_exhausted_at", "expiry_announced_for"),
@@ -221,6 +245,7 @@ TIMESTAMPS = {
     Role: ("created_at", "updated_at"),
     KeyEvent: ("at",),
     ReadinessProbe: ("probed_at",),
+    SigningKey: ("created_at", "activates_at", "retires_at"),
 }
 
 

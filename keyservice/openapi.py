@@ -6,10 +6,11 @@ from flask import Flask
 from flask_smorest import Api
 
 from .api import keys_blueprint, roles_blueprint
+from .oauth import oauth
 from .webhooks_api import webhooks_blueprint
 
-# The management API's blueprints, registered together (and documented) by register_api.
-API_BLUEPRINTS = (keys_blueprint, roles_blueprint, webhooks_blueprint)
+# The management API's blueprints and the token endpoint's, registered together (and documented) by register_api.
+API_BLUEPRINTS = (keys_blueprint, roles_blueprint, webhooks_blueprint, oauth)
 
 OPENAPI_SETTINGS = {"KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json"}
 
@@ -35,5 +36,6 @@ def register_api(app: Flask, url_prefix: str = "") -> None:
         "security": [{"bearer": []}],
     })
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    api.spec.components.security_scheme("basic", {"type": "http", "scheme": "basic"})  # the token endpoint's
     for blueprint in API_BLUEPRINTS:
-        api.register_blueprint(blueprint, url_prefix=f"{url_prefix}{blueprint.url_prefix}")
+        api.register_blueprint(blueprint, url_prefix=f"{url_prefix}{blueprint.url_prefix or ''}")

@@ -363,3 +363,38 @@ class LeakReportSchema(Schema):
     type = Text(load_default="", validate=validate.Length(max=200))
     url = Text(load_default="", validate=validate.Length(max=MAX_URL_LENGTH))
     source = Text(load_default="", validate=validate.Length(max=200))
+
+
+class TokenResponseSchema(Schema):
+    """RFC 6749 section 5.1."""
+
+    access_token = fields.String(required=True, metadata={"description": "A JWT (RFC 9068), typ at+jwt, ES256."})
+    token_type = fields.String(required=True, metadata={"enum": ["Bearer"]})
+    expires_in = fields.Integer(required=True, metadata={"description": "Seconds the token lives."})
+    scope = fields.String(required=True, metadata={"description": "The scopes it holds, space-separated."})
+
+
+class OAuthErrorSchema(Schema):
+    """RFC 6749 section 5.2, with keyservice's ``code`` when a key was refused."""
+
+    error = fields.String(required=True, metadata={"enum": [
+        "invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope"]})
+    error_description = fields.String()
+    code = fields.String(metadata={"description": "Why the key was refused (the outcome code of @require_key)."})
+
+
+class JwksSchema(Schema):
+    """RFC 7517 section 5: a JWK Set."""
+
+    keys = fields.List(fields.Dict(), required=True)
+
+
+class AuthorizationServerMetadataSchema(Schema):
+    """RFC 8414 section 2."""
+
+    issuer = fields.String(required=True)
+    token_endpoint = fields.String(required=True)
+    jwks_uri = fields.String(required=True)
+    grant_types_supported = fields.List(fields.String(), required=True)
+    token_endpoint_auth_methods_supported = fields.List(fields.String(), required=True)
+    response_types_supported = fields.List(fields.String(), required=True)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from .principals import Principal
     from .secret_scanning import GitHubKeys
     from .sender import WebhookSender
+    from .signingkeys import SigningKeys
+    from .tokens import TokenVerifier
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class KeyServiceState:
     principal_loader: Callable[[], Principal | None] | None  # None: management keys
     sender: WebhookSender
     github_keys: GitHubKeys
+    signing_keys: SigningKeys
+    tokens: TokenVerifier
 
 
 def current_state() -> KeyServiceState:

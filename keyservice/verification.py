@@ -70,6 +70,11 @@ class Outcome(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     USAGE_EXCEEDED = "USAGE_EXCEEDED"
     UNAVAILABLE = "UNAVAILABLE"
+    # An access token (keyservice.tokens) refused before its key is looked at.
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    TOKEN_WRONG_ISSUER = "TOKEN_WRONG_ISSUER"
+    TOKEN_WRONG_AUDIENCE = "TOKEN_WRONG_AUDIENCE"
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,7 @@ class Verifier:
         self._failures: MovingWindowRateLimiter | None = None
         self._usage = UsageRecorder(db, settings.usage_flush_interval)
         self._exhaustion_tried: TTLCache[str, bool] = TTLCache(maxsize=settings.cache_size, ttl=1.0)
+        self._token_keys: LRUCache[str, _VerifiedKey] = LRUCache(maxsize=settings.cache_size)
 
     def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
         """Check ``key`` and that it holds every scope in ``scopes``; count it in the
@@ -245,11 +251,46 @@ class Verifier:
         one client's wrong secrets do not lock the key out for everyone.
         """
         started = time.perf_counter()
-        result = self._verify(key, scopes, client)
+        return self._counted(self._verify(key, scopes, client), started)
+
+    def _counted(self, result: VerificationResult, started: float) -> VerificationResult:
         metrics.observe(result.code, result.key_id is not None, time.perf_counter() - started)
         if result.key_id is not None and result.code is not Outcome.UNAVAILABLE:
             self._usage.record(result.key_id, result.code, result.valid)
         return result
+
+    # --- A key proven by one of its access tokens (keyservice.tokens), not by its secret. ---
+
+    def verify_token_key(self, key_id: str, granted: tuple[str, ...], scopes: Iterable[str],
+                         started: float) -> VerificationResult:
+        """Judge key ``key_id`` for a request carrying one of its access tokens (checked since
+        ``started``, a ``perf_counter``), which grants ``granted``: as :meth:`verify` judges a key
+        (its row re-read within ``KEYSERVICE_CACHE_TTL``, its limits, usage and metrics), and
+        every scope in ``scopes`` must be both the token's and still the key's."""
+        required = tuple(scopes)
+        try:
+            with self._lock:
+                verified = self._token_keys.get(key_id)
+            if verified is None or time.monotonic() - verified.loaded_at >= self._settings.cache_ttl:
+                record = self._load(key_id)
+                if record is None:
+                    return self._counted(VerificationResult(Outcome.NOT_FOUND), started)
+                verified = _VerifiedKey.of(record)
+                with self._lock:
+                    self._token_keys[key_id] = verified
+            result = self._judge(verified, required)
+            if result.valid and missing_scopes(granted, required):
+                result = VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=key_id, required_scopes=required)
+            if result.valid:
+                result = dataclasses.replace(result, scopes=granted)
+                if verified.record.ratelimit_limit or verified.record.remaining is not None:
+                    result = self._limit(verified.record, result)
+        except SQLAlchemyError as error:
+            current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
+            result = VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
+        return self._counted(result, started)
+
+    # --- end of access tokens ---
 
     def _verify(self, key: str, scopes: Iterable[str], client: str | None) -> VerificationResult:
         key = key.strip()

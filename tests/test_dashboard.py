@@ -21,6 +21,7 @@ from .load import bearer, outcome
 from .receivers import Receiver, serving, webhook_settings
 from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import missing
+from .tokens import fetch_token
 
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
@@ -83,6 +84,9 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(
 
     used = request(base + "/protected-with-key", "POST", bearer(key))
     assert (used.status, json.loads(used.body)) == (200, {"protected": True, "external_client_id": "acme"})
+    command = page.locator("#token-command").text_content() or ""
+    assert command == f"curl -u {key.split('_')[1]}:$KEY -d grant_type=client_credentials {base}/oauth/token"
+    assert fetch_token(base, key).status == 200  # what the command does
 
     row = page.locator("tr", has_text="ci runner")
     assert "active" in (row.text_content() or "")

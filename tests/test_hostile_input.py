@@ -298,7 +298,8 @@ def hostile_command_lines(draw: st.DrawFn, key: str) -> tuple[list[str], bool]:
     mistyped = key[:-1] + ("A" if key[-1] != "A" else "B")
     key_like = st.sampled_from([key, mistyped, key.split("_")[1], key + " ", key[:-2]])
     value = st.one_of(cli_text, hostile_dates, hostile_numbers.map(str))
-    command = draw(st.sampled_from([*KEY_ID_COMMANDS, "create", "list", "verify", "roles-set", "roles-delete"]))
+    command = draw(st.sampled_from([*KEY_ID_COMMANDS, "create", "list", "verify", "token", "roles-set",
+                                    "roles-delete"]))
     if command in KEY_ID_COMMANDS:
         target_key = draw(st.one_of(key_like, cli_text))
         options = {"usage": ["--since", "--until", "--granularity"], "revoke": ["--reason"], "rotate": ["--grace"]}
@@ -311,9 +312,9 @@ def hostile_command_lines(draw: st.DrawFn, key: str) -> tuple[list[str], bool]:
         return ["keys", "create", "--name", "n", "--client-id", "acme", *(p for pair in extra for p in pair)], False
     if command == "list":
         return ["keys", "list", "--client-id", draw(value), "--json"], False
-    if command == "verify":
+    if command in ("verify", "token"):
         given_key = draw(st.one_of(key_like, cli_text))
-        return ["keys", "verify", given_key, "--scope", draw(cli_text)], given_key in (key, mistyped)
+        return ["keys", command, given_key, "--scope", draw(cli_text)], given_key in (key, mistyped)
     if command == "roles-set":
         return ["roles", "set", draw(cli_text), "--scope", draw(cli_text)], False
     return ["roles", "delete", draw(st.one_of(cli_text, key_like))], False

@@ -130,8 +130,15 @@ function applySearch() {
   $("empty").hidden = shown > 0;
 }
 
+// How to trade the key for an access token: the key id filled in, the key itself left as $KEY.
+function tokenCommand(key) {
+  const endpoint = new URL("oauth/token", location.href.replace(/dashboard.*$/, ""));
+  return `curl -u ${key.split("_")[1]}:$KEY -d grant_type=client_credentials ${endpoint}`;
+}
+
 function showNewKey(key) {
   $("new-key-value").textContent = key;
+  $("token-command").textContent = tokenCommand(key);
   $("new-key").hidden = false;
   $("copy-key").focus();
 }
@@ -285,6 +292,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("include-revoked").addEventListener("change", () => loadKeys());
   $("more").addEventListener("click", () => loadKeys(true));
   $("copy-key").addEventListener("click", () => navigator.clipboard.writeText($("new-key-value").textContent));
-  $("dismiss-key").addEventListener("click", () => { $("new-key").hidden = true; $("new-key-value").textContent = ""; });
+  $("dismiss-key").addEventListener("click", () => {
+    $("new-key").hidden = true;
+    $("new-key-value").textContent = "";
+    $("token-command").textContent = "";
+  });
   start();
 });
