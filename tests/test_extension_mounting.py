@@ -47,7 +47,13 @@ def test_url_prefix_moves_every_route_keyservice_adds(host: Flask) -> None:
         assert (page.status_code, script.status_code) == (200, 200)
         # The page's own links are relative: they stay under the prefix.
         assert 'src="dashboard/static/dashboard.js"' in page.get_data(as_text=True)
-    for path in ("/keys", "/roles", "/openapi.json", "/dashboard"):
+    assert client.get("/auth/webhooks", headers=admin).status_code in (200, 409)  # 409: no encryption key set
+    assert client.get("/auth/.well-known/jwks.json").status_code == 200
+    assert client.get("/auth/.well-known/oauth-authorization-server").status_code == 200
+    assert client.post("/auth/oauth/token", data={"grant_type": "client_credentials"}).status_code in (400, 401)
+    assert client.post("/auth/secret-scanning/github", data=b"[]").status_code in (400, 401, 422)
+    for path in ("/keys", "/roles", "/openapi.json", "/dashboard", "/webhooks", "/.well-known/jwks.json",
+                 "/oauth/token", "/secret-scanning/github"):
         assert client.get(path, headers=admin).status_code == 404, path
 
 
