@@ -383,12 +383,15 @@ def measure_webhooks(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: 
         flask(hooked, "webhooks", "create", receiver.url)
         admin = flask(env, "keys", "create", "--name", "bench admin", "--client-id", "ops", "--scope", "keys:admin").strip()
         changed = flask(env, "keys", "create", "--name", "bench changed", "--client-id", "bench").strip()
-        logs = {kind: tmp / f"gunicorn-{kind}.log" for kind in ("plain", "webhooks")}
+        logs = {kind: tmp / f"gunicorn-{kind}.log" for kind in ("plain", "control", "webhooks")}
         stop = threading.Event()
         try:
+            # The control is a second server without webhooks: how far apart two identical servers
+            # measure in this run is the noise the webhooks' figure is read against.
             with gunicorn(env, logs["plain"], workers=WORKERS) as plain, \
+                    gunicorn(env, logs["control"], workers=WORKERS) as control, \
                     gunicorn(hooked, logs["webhooks"], workers=WORKERS) as with_webhooks:
-                for base in (plain, with_webhooks):
+                for base in (plain, control, with_webhooks):
                     for _ in range(4 * WORKERS):  # every worker starts (its sender too) and knows the key
                         if post(base + PROTECTED, valid_key)[0] != 200:
                             raise RuntimeError(f"a valid key was refused on {PROTECTED}")
@@ -405,6 +408,7 @@ def measure_webhooks(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: 
                 protected = write_lua(tmp / "protected.lua", valid_key)
                 measure_overhead([
                     Variant("valid key, no webhooks", plain + PROTECTED, protected, 1.0),
+                    Variant("valid key, no webhooks, control", control + PROTECTED, protected, None),
                     Variant("valid key, webhooks", with_webhooks + PROTECTED, protected, WEBHOOKS_GOAL),
                 ], rounds=rounds, seconds=seconds, connections=connections,
                     title="5. webhooks: a slow receiver (2 s a delivery), key.updated 5 times a second")
