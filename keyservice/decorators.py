@@ -10,7 +10,7 @@ from flask import Blueprint, Response, after_this_request, current_app, g, reque
 
 from .errors import VerificationFailed
 from .state import current_state
-from .verification import Outcome, VerificationResult
+from .outcomes import Outcome, VerificationResult
 
 Protected = TypeVar("Protected", bound=Callable[..., Any] | Blueprint)
 
