@@ -16,7 +16,7 @@ from .secret_scanning import GitHubKeys, secret_scanning
 from .sender import WebhookSender
 from .errors import nosniff, register_error_handlers
 from .models import ApiKey, Base
-from .state import KeyServiceState, current_state
+from .state import EXTENSION_NAME, KeyServiceState, current_state
 from .store import announce_usage_exhausted, create_key
 from .verification import Verifier
 
@@ -57,7 +57,7 @@ class KeyService:
 
     def init_app(self, app: Flask) -> None:
         """Register keyservice on ``app``; its ``db`` must already be initialised."""
-        if "keyservice" in app.extensions:
+        if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
                 "A 'KeyService' instance has already been registered on this Flask app."
                 " Import and use that instance instead."
@@ -76,7 +76,7 @@ class KeyService:
                 table.to_metadata(db.metadata)
         state = KeyServiceState(settings, db, Verifier(settings, db, announce_usage_exhausted), self._principal_loader,
                                 WebhookSender(settings, db), GitHubKeys(settings.secret_scanning_keys_url))
-        app.extensions["keyservice"] = state
+        app.extensions[EXTENSION_NAME] = state
         register_error_handlers(app)
         app.after_request(_nosniff_own)
         # Each worker starts its webhook sender at its first request (after the fork).

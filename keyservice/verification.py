@@ -52,6 +52,7 @@ from .outcomes import KeyRecord, Outcome, VerificationResult, read_only
 from .ratelimit import RateLimiter
 from .scopes import missing_scopes
 from .slidingwindow import WindowStorageError
+from .state import current_state
 from .rawsql import raw_transaction
 from .usage import UsageRecorder
 
@@ -336,5 +337,4 @@ def verify_key(key: str, scopes: Iterable[str] = (), client: str | None = None) 
 
     Pass the caller's address as ``client`` where there is one: see :meth:`Verifier.verify`.
     """
-    verifier: Verifier = current_app.extensions["keyservice"].verifier
-    return verifier.verify(key, scopes, client)
+    return current_state().verifier.verify(key, scopes, client)
