@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskCliRunner
 
+from .helpers import KEY_FORMAT
 from .servers import flask_cli, service_environment
-
-KEY_FORMAT = re.compile(r"sk_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
 
 
 def create(runner: FlaskCliRunner, *extra: str) -> str:

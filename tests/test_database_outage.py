@@ -23,10 +23,10 @@ from keyservice.app import db
 from keyservice.config import DEFAULTS
 
 from .conftest import DATABASES, IssueKey, migrated_app
-from .load import bearer
+from .helpers import assert_problem, bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
-from .test_api_keys import ADMIN, ROUTES, Api, Route, assert_problem, call_route
+from .test_api_keys import ADMIN, ROUTES, Api, Route, call_route
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .load import bearer
+from .helpers import bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .test_database_outage import assert_no_error_text
 

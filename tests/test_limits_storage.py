@@ -16,7 +16,8 @@ import sqlalchemy
 
 from keyservice.lmdbwindows import path_for
 
-from .load import Timed, bearer, hammer, outcome
+from .helpers import bearer
+from .load import Timed, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, service_environment
 from .services import postgres_server
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .load import bearer
+from .helpers import bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .test_storage_at_rest import raw_database
 from .test_verify_key import wrong_secret

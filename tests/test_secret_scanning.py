@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 from keyservice.crypto import checksum
 
 from .conftest import IssueKey, migrated_app
-from .load import bearer, outcome
+from .helpers import bearer
+from .load import outcome
 from .receivers import GitHubSigner, Receiver, report, serving, webhook_settings
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 

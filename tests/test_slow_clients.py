@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .load import Tricklers, bearer
+from .helpers import bearer
+from .load import Tricklers
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import nginx_server
 

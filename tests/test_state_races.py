@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from .load import bearer, outcome, together
+from .helpers import bearer
+from .load import outcome, together
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 
 ROUNDS = 10

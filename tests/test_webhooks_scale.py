@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from .conftest import postgres_database
-from .load import bearer
+from .helpers import bearer
 from .receivers import Receiver, serving, webhook_settings
 from .servers import flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
