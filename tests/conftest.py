@@ -45,7 +45,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_STATUS_BEFORE] = _working_tree_status()
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def _fail_if_the_clone_changed(session: pytest.Session) -> None:
     """Tests write only to temp dirs: a run that changed the clone's ``git status`` fails."""
     before = session.config.stash.get(_STATUS_BEFORE, None)
     after = _working_tree_status()
@@ -195,10 +195,15 @@ def issue_key(app: Flask) -> IssueKey:
     return issue
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def _fail_if_ci_skipped(session: pytest.Session) -> None:
     """Under CI a skipped test fails the run: every test must run there, whatever it needs."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
     if "CI" in os.environ and skipped and session.exitstatus == pytest.ExitCode.OK:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; every test must run in CI", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _fail_if_the_clone_changed(session)
+    _fail_if_ci_skipped(session)
