@@ -41,7 +41,15 @@ def _working_tree_status() -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def _isolate_from_the_environment() -> None:
+    """The tests choose every setting: a developer's exported ``KEYSERVICE_*`` or ``DATABASE_URL``
+    (``KEYSERVICE_RATELIMIT_STORAGE_URL`` would move the embedded tests to Redis) is dropped."""
+    for name in [name for name in os.environ if name.startswith("KEYSERVICE_") or name == "DATABASE_URL"]:
+        del os.environ[name]
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _isolate_from_the_environment()
     session.config.stash[_STATUS_BEFORE] = _working_tree_status()
 
 
