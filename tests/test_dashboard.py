@@ -23,6 +23,8 @@ from .receivers import Receiver, serving, webhook_settings
 from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import missing
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
 

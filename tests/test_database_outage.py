@@ -148,6 +148,7 @@ def test_every_route_answers_503_once_the_cache_ttl_has_passed_and_recovers(
         assert_nothing_of_the_errors_logged(caplog.records, admin, key)
 
 
+@pytest.mark.slow
 def test_postgresql_stopped_under_gunicorn_every_route_answers_503_never_500_then_recovers(
         own_postgres: PostgresServer, tmp_path: Path) -> None:
     own_postgres.administer('CREATE DATABASE "outage"')

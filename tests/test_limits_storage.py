@@ -21,6 +21,8 @@ from .load import Timed, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, service_environment
 from .services import postgres_server
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 
 def rows_per_table(database_url: str) -> dict[str, int]:
     engine = sqlalchemy.create_engine(database_url, poolclass=sqlalchemy.NullPool)

@@ -17,6 +17,8 @@ from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_en
 from .test_storage_at_rest import raw_database
 from .test_verify_key import wrong_secret
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 KNOWN = {"VALID": 7, "NOT_FOUND": 3, "REVOKED": 2}
 
 

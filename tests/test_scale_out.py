@@ -20,6 +20,8 @@ from .load import Timed, all_at_once, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 LIMIT, PERIOD = 20, 10
 
 

@@ -21,6 +21,8 @@ from .load import Tricklers
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import nginx_server
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 SECONDS = 30
 
 

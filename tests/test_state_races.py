@@ -22,6 +22,8 @@ from .helpers import bearer
 from .load import outcome, together
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 ROUNDS = 10
 
 
