@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SERVING := $(VENV)/.installed-serve
 INSTALLED := $(VENV)/.installed-test
 
-.PHONY: serve test bench screenshots
+.PHONY: serve test test-fast bench screenshots
 
 $(SERVING): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: $(INSTALLED)
 	fi
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Day to day: the in-process tests on SQLite, no server or browser started (about a minute of CPU); `make test` before a push.
+test-fast: $(INSTALLED)
+	$(BIN)/pytest -q -m "not slow" -k "not postgresql and not redis"
 
 # The service and @require_key against bare Flask, the protected route on SQLite, then on
 # PostgreSQL + Redis with the growth figure, then rate limits and quotas beside Flask-Limiter.

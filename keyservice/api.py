@@ -17,9 +17,10 @@ from flask_smorest import Blueprint
 from .crypto import parse_key
 from .errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
 from .apirules import apply_api_rules, no_store, problems
-from .verification import Outcome, VerificationResult
+from .outcomes import Outcome, VerificationResult
 from .models import ApiKey
-from .principals import Principal, requires
+from .principals import requires
+from .scopes import Principal
 from .schemas import (
     EventListSchema, KeyCreatedSchema, KeyCreateSchema, KeyListArgsSchema, KeyListSchema, KeySchema,
     KeyUpdateSchema, RevokeArgsSchema, RoleInSchema, RoleListSchema, RoleSchema,

@@ -19,6 +19,7 @@ from .config import config_from_environment
 from .errors import nosniff, register_http_problem_handlers
 from .extension import KeyService
 from .requestlog import configure_logging, register_request_log
+from .state import state_of
 
 
 def migrations_directory() -> Path:
@@ -87,11 +88,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.after_request(nosniff)
     register_request_log(app)
     app.register_blueprint(routes.bp)
-    proxies = app.extensions["keyservice"].settings.proxies
+    proxies = state_of(app).settings.proxies
     if proxies:
         # The caller's address is what the proxies saw: it keys the failed-check budget per client.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)  # type: ignore[method-assign]
     # As Flask does for its own logger: a process that has set up logging keeps its own.
     if not logging.getLogger().handlers and not logging.getLogger("keyservice").handlers:
-        configure_logging(app.extensions["keyservice"].settings.log_format)
+        configure_logging(state_of(app).settings.log_format)
     return app

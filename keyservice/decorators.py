@@ -10,8 +10,8 @@ from flask import Blueprint, Response, after_this_request, current_app, g, reque
 
 from .errors import VerificationFailed
 from .state import current_state
+from .outcomes import Outcome, VerificationResult
 from .tokens import looks_like_token
-from .verification import Outcome, VerificationResult
 
 Protected = TypeVar("Protected", bound=Callable[..., Any] | Blueprint)
 

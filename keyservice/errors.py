@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from .dberrors import error_name, storage_unavailable
-from .verification import Outcome, VerificationResult
+from .outcomes import Outcome, VerificationResult
 
 REALM = 'Bearer realm="keyservice"'
 # Browsers must take every keyservice response for the type it says, never guess another.

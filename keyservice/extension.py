@@ -18,7 +18,7 @@ from .signingkeys import SigningKeys
 from .tokens import TokenVerifier
 from .errors import nosniff, register_error_handlers
 from .models import ApiKey, Base
-from .state import KeyServiceState, current_state
+from .state import EXTENSION_NAME, KeyServiceState, current_state
 from .store import announce_usage_exhausted, create_key
 from .verification import Verifier
 
@@ -60,7 +60,7 @@ class KeyService:
 
     def init_app(self, app: Flask) -> None:
         """Register keyservice on ``app``; its ``db`` must already be initialised."""
-        if "keyservice" in app.extensions:
+        if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
                 "A 'KeyService' instance has already been registered on this Flask app."
                 " Import and use that instance instead."
@@ -82,7 +82,7 @@ class KeyService:
         state = KeyServiceState(settings, db, verifier, self._principal_loader, WebhookSender(settings, db),
                                 GitHubKeys(settings.secret_scanning_keys_url), signing_keys,
                                 TokenVerifier(settings, signing_keys, verifier))
-        app.extensions["keyservice"] = state
+        app.extensions[EXTENSION_NAME] = state
         register_error_handlers(app)
         app.after_request(_nosniff_own)
         # Each worker starts its webhook sender at its first request (after the fork).

@@ -41,7 +41,7 @@ from .schemas import (
 )
 from .state import current_state
 from .tokens import TOKEN_PATH, issue_token, issuer
-from .verification import Outcome, VerificationResult
+from .outcomes import Outcome, VerificationResult
 
 GRANT_TYPE = "client_credentials"
 FORM = "application/x-www-form-urlencoded"

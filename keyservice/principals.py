@@ -13,8 +13,7 @@ A database outage on these routes (the principal's check included) answers 503
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import g
@@ -24,38 +23,11 @@ from .dberrors import storage_unavailable
 from .decorators import verify_request
 from .errors import StorageUnavailable, VerificationFailed
 from .state import current_state
-from .verification import ADMIN_SCOPE as ADMIN, Outcome, VerificationResult, missing_scopes
+from .outcomes import Outcome, VerificationResult
+# Principal lives below (state.py types the principal_loader with it); host apps import it from here.
+from .scopes import ADMIN_SCOPE as ADMIN, Principal as Principal, missing_scopes
 
 View = TypeVar("View", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class Principal:
-    """The caller of the management API.
-
-    ``client_ids`` are the clients whose keys it manages; None means every
-    client, and goes with ``keys:admin``.
-    """
-
-    id: str
-    scopes: tuple[str, ...]
-    client_ids: frozenset[str] | None
-
-    @property
-    def is_admin(self) -> bool:
-        return not missing_scopes(self.scopes, [ADMIN])
-
-    def holds(self, scope: str) -> bool:
-        """Whether it may use a route that needs ``scope`` (``keys:admin`` may use all)."""
-        return not missing_scopes(self.scopes, [scope])
-
-    def manages(self, external_client_id: str) -> bool:
-        """Whether keys of this client are its to see and change."""
-        return self.client_ids is None or external_client_id in self.client_ids
-
-    def ungrantable(self, scopes: Iterable[str]) -> tuple[str, ...]:
-        """The scopes it may not put on a key: those it does not hold itself."""
-        return () if self.is_admin else missing_scopes(self.scopes, tuple(scopes))
 
 
 PrincipalLoader = Callable[[], "Principal | None"]

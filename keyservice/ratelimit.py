@@ -9,42 +9,14 @@ many machines (``rediswindows.py``). Either way a request is one atomic operatio
 
 from __future__ import annotations
 
-import math
 import threading
-import time
-from dataclasses import dataclass
 
 from flask_sqlalchemy import SQLAlchemy
 
 from .lmdbwindows import LmdbWindows, path_for
+from .outcomes import RateLimitState
 from .rediswindows import RedisWindows
 from .slidingwindow import WindowStore
-
-
-@dataclass(frozen=True)
-class RateLimitState:
-    """Where a key stands against its rate limit after a request."""
-
-    allowed: bool
-    limit: int
-    period: int
-    remaining: int
-    reset_at: float
-
-    @property
-    def reset_in(self) -> int:
-        """Whole seconds until the window has room again (at least 1)."""
-        return max(1, math.ceil(self.reset_at - time.time()))
-
-    def headers(self) -> dict[str, str]:
-        """The IETF draft's ``RateLimit``/``RateLimit-Policy`` and the common ``X-RateLimit-*`` trio."""
-        return {
-            "RateLimit-Policy": f'"default";q={self.limit};w={self.period}',
-            "RateLimit": f'"default";r={self.remaining};t={self.reset_in}',
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(math.ceil(self.reset_at)),
-        }
 
 
 class RateLimiter:

@@ -40,7 +40,7 @@ from .errors import InvalidInput, KeyServiceError, problem
 from .jsonguard import check_json
 from .models import ApiKey
 from .schemas import LeakReportSchema
-from .state import current_state
+from .state import PublicKeys, current_state
 from .store import report_leak
 
 logger = logging.getLogger("keyservice.secret_scanning")
@@ -97,7 +97,7 @@ class GitHubKeys:
             return None
 
 
-def verify_signature(keys: GitHubKeys, body: bytes, identifier: str | None, signature: str | None) -> None:
+def verify_signature(keys: PublicKeys, body: bytes, identifier: str | None, signature: str | None) -> None:
     """Raise :class:`SignatureRefused` unless ``signature`` is the named key's over ``body``."""
     if not identifier or not signature or len(identifier) > 200:
         raise SignatureRefused("Send Github-Public-Key-Identifier and Github-Public-Key-Signature.")

@@ -1,40 +1,86 @@
-"""What keyservice keeps per app, and how code running in a request or command finds it."""
+"""What keyservice keeps per app, and how code running in a request or command finds it.
+
+It sits in the bottom layer, so that the request path and the management side both
+reach it without importing each other: its parts are typed by what they are asked
+for (the Protocols below), and :class:`keyservice.extension.KeyService` puts in the
+real ones.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from flask import current_app
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from .config import Settings
-from .verification import Verifier
+from .outcomes import VerificationResult
+from .scopes import Principal
 
-if TYPE_CHECKING:
-    from .principals import Principal
-    from .secret_scanning import GitHubKeys
-    from .sender import WebhookSender
-    from .signingkeys import SigningKeys
-    from .tokens import TokenVerifier
+EXTENSION_NAME = "keyservice"
+
+
+class KeyChecker(Protocol):
+    """What is asked of the app's :class:`keyservice.verification.Verifier`."""
+
+    def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult: ...
+
+    def ratelimit_storage_answers(self) -> bool: ...
+
+    def flush_usage(self) -> None: ...
+
+
+class BackgroundSender(Protocol):
+    """What is asked of the app's :class:`keyservice.sender.WebhookSender`."""
+
+    def ensure_started(self) -> None: ...
+
+
+class PublicKeys(Protocol):
+    """What is asked of :class:`keyservice.secret_scanning.GitHubKeys`: a signing key by identifier."""
+
+    def get(self, identifier: str) -> ec.EllipticCurvePublicKey | None: ...
+
+
+class TokenChecker(Protocol):
+    """What is asked of the app's :class:`keyservice.tokens.TokenVerifier`."""
+
+    def verify(self, token: str, scopes: tuple[str, ...] = ()) -> VerificationResult: ...
+
+
+class SigningKeyRing(Protocol):
+    """What is asked of the app's :class:`keyservice.signingkeys.SigningKeys`."""
+
+    def signing_key(self) -> tuple[str, ec.EllipticCurvePrivateKey]: ...
+
+    def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None: ...
+
+    def jwks(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class KeyServiceState:
-    """keyservice's state for one app, in ``app.extensions["keyservice"]``."""
+    """keyservice's state for one app, in ``app.extensions[EXTENSION_NAME]``."""
 
     settings: Settings
     db: SQLAlchemy
-    verifier: Verifier
+    verifier: KeyChecker
     principal_loader: Callable[[], Principal | None] | None  # None: management keys
-    sender: WebhookSender
-    github_keys: GitHubKeys
-    signing_keys: SigningKeys
-    tokens: TokenVerifier
+    sender: BackgroundSender
+    github_keys: PublicKeys
+    signing_keys: SigningKeyRing
+    tokens: TokenChecker
+
+
+def state_of(app: Flask) -> KeyServiceState:
+    """keyservice's state for ``app``, as :meth:`KeyService.init_app` left it."""
+    state: KeyServiceState = app.extensions[EXTENSION_NAME]
+    return state
 
 
 def current_state() -> KeyServiceState:
     """keyservice's state for the current app."""
-    state: KeyServiceState = current_app.extensions["keyservice"]
-    return state
+    return state_of(current_app)

@@ -33,8 +33,10 @@ from .config import Settings
 from .crypto import is_key_id
 from .dberrors import error_name
 from .errors import KeyServiceError
+from .outcomes import Outcome, VerificationResult
 from .signingkeys import ALGORITHM, SigningKeys
-from .verification import Outcome, VerificationResult, Verifier
+from .state import SigningKeyRing
+from .verification import Verifier
 
 TOKEN_TYPE = "at+jwt"
 TOKEN_TYPES = ("at+jwt", "application/at+jwt")  # RFC 9068 section 4: either names the profile
@@ -82,7 +84,7 @@ class IssuedToken:
     scope: str
 
 
-def issue_token(settings: Settings, signing_keys: SigningKeys, key: VerificationResult,
+def issue_token(settings: Settings, signing_keys: SigningKeyRing, key: VerificationResult,
                 scopes: tuple[str, ...]) -> IssuedToken:
     """Sign a token for the VALID key ``key`` holding ``scopes`` (a subset of the key's)."""
     iss = issuer(settings)

@@ -28,11 +28,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
-from typing import Any, NoReturn
+from typing import Any
 
 from cachetools import LRUCache, TTLCache
 from flask import current_app
@@ -49,53 +48,13 @@ from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
 from .dberrors import error_name
 from .models import ApiKey, Role, as_utc, utcnow
 from . import metrics
-from .ratelimit import RateLimiter, RateLimitState
+from .outcomes import KeyRecord, Outcome, VerificationResult, read_only
+from .ratelimit import RateLimiter
+from .scopes import missing_scopes
 from .slidingwindow import WindowStorageError
+from .state import current_state
 from .rawsql import raw_transaction
 from .usage import UsageRecorder
-
-
-class Outcome(StrEnum):
-    """Every answer a verification can give: the ``code`` of responses."""
-
-    VALID = "VALID"
-    MISSING = "MISSING"
-    INVALID_REQUEST = "INVALID_REQUEST"
-    MALFORMED = "MALFORMED"
-    NOT_FOUND = "NOT_FOUND"
-    REVOKED = "REVOKED"
-    EXPIRED = "EXPIRED"
-    DISABLED = "DISABLED"
-    INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
-    RATE_LIMITED = "RATE_LIMITED"
-    USAGE_EXCEEDED = "USAGE_EXCEEDED"
-    UNAVAILABLE = "UNAVAILABLE"
-    # An access token (keyservice.tokens) refused before its key is looked at.
-    TOKEN_INVALID = "TOKEN_INVALID"
-    TOKEN_EXPIRED = "TOKEN_EXPIRED"
-    TOKEN_WRONG_ISSUER = "TOKEN_WRONG_ISSUER"
-    TOKEN_WRONG_AUDIENCE = "TOKEN_WRONG_AUDIENCE"
-
-
-@dataclass(frozen=True)
-class KeyRecord:
-    """What verification needs of a key's row."""
-
-    id: str
-    secret_hash: str
-    name: str
-    external_client_id: str
-    scopes: tuple[str, ...]  # effective: its own and its roles' current scopes
-    roles: tuple[str, ...]
-    meta: dict[str, Any]
-    enabled: bool
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    remaining: int | None
-    refill_amount: int | None
-    refill_interval: str | None
-    ratelimit_limit: int | None
-    ratelimit_period: int | None
 
 
 _RECORD_COLUMNS = [getattr(ApiKey, name) for name in KeyRecord.__dataclass_fields__]
@@ -132,55 +91,6 @@ def _quota_statement(sql: str, dialect: str) -> str:
     return f"{head}{_WITHOUT_WAITING_FOR_THE_WAL[dialect]} WHERE {returning}"
 
 
-class ReadOnlyDict(dict[str, Any]):
-    """A dict that refuses every change; unlike a ``MappingProxyType``, Flask and ``json``
-    still serialise it (a view may return ``g.auth.meta`` as it is)."""
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise TypeError("g.auth is read-only; change a copy (dict(g.auth.meta)) instead")
-
-    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
-
-    def __reduce__(self) -> tuple[type[ReadOnlyDict], tuple[dict[str, Any]]]:
-        # copy and pickle would otherwise fill an empty one item by item.
-        return type(self), (dict(self),)
-
-
-def read_only(value: Any) -> Any:
-    """A JSON value that cannot be changed: objects as read-only dicts, arrays as tuples."""
-    if isinstance(value, dict):
-        return ReadOnlyDict({name: read_only(item) for name, item in value.items()})
-    if isinstance(value, list):
-        return tuple(read_only(item) for item in value)
-    return value
-
-
-@dataclass(frozen=True)
-class VerificationResult:
-    """The outcome of checking one key; on success it is ``g.auth`` in the view.
-
-    Read-only all the way down (``meta`` a read-only dict, its arrays tuples):
-    a worker hands the same VALID result to every request with that key until its
-    row is re-read, so no request can change what another sees.
-    """
-
-    code: Outcome
-    key_id: str | None = None
-    external_client_id: str | None = None
-    name: str | None = None
-    scopes: tuple[str, ...] = ()
-    roles: tuple[str, ...] = ()
-    meta: Mapping[str, Any] = field(default_factory=ReadOnlyDict)
-    remaining: int | None = None
-    ratelimit: RateLimitState | None = None
-    required_scopes: tuple[str, ...] = ()
-    retry_after: int | None = None
-
-    @property
-    def valid(self) -> bool:
-        return self.code is Outcome.VALID
-
-
 @dataclass(frozen=True)
 class _VerifiedKey:
     """A key bcrypt has accepted: its row as of ``loaded_at``, and its VALID result."""
@@ -207,23 +117,6 @@ def refill_boundary(now: datetime, interval: str) -> datetime:
     """The start (UTC) of the day or month ``now`` is in: a refill is due once past it."""
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return day if interval == "daily" else day.replace(day=1)
-
-
-ADMIN_SCOPE = "keys:admin"
-
-
-def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str, ...]:
-    """The required scopes that ``granted`` lacks; ``a:*`` grants every ``a:<x>``, and
-    ``keys:admin`` every ``keys:<x>`` (the management API's scopes)."""
-    if not required:
-        return ()
-    granted = set(granted)
-    wildcards = tuple(scope[:-1] for scope in granted if scope.endswith(":*"))
-    if ADMIN_SCOPE in granted:
-        wildcards += ("keys:",)
-    return tuple(
-        scope for scope in required if scope not in granted and not scope.startswith(wildcards)
-    )
 
 
 class Verifier:
@@ -480,5 +373,4 @@ def verify_key(key: str, scopes: Iterable[str] = (), client: str | None = None) 
 
     Pass the caller's address as ``client`` where there is one: see :meth:`Verifier.verify`.
     """
-    verifier: Verifier = current_app.extensions["keyservice"].verifier
-    return verifier.verify(key, scopes, client)
+    return current_state().verifier.verify(key, scopes, client)

@@ -15,7 +15,8 @@ from flask_smorest import Blueprint
 from .apirules import apply_api_rules, no_store, problems
 from .errors import Forbidden, InvalidInput
 from .models import WebhookEndpoint
-from .principals import Principal, requires
+from .principals import requires
+from .scopes import Principal
 from .schemas import DeliveryListSchema, WebhookCreatedSchema, WebhookCreateSchema, WebhookListSchema, WebhookSchema
 from .state import current_state
 from .webhooks import create_endpoint, delete_endpoint, enqueue_test, get_endpoint, list_deliveries, list_endpoints, redeliver

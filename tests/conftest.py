@@ -41,11 +41,19 @@ def _working_tree_status() -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
+def _isolate_from_the_environment() -> None:
+    """The tests choose every setting: a developer's exported ``KEYSERVICE_*`` or ``DATABASE_URL``
+    (``KEYSERVICE_RATELIMIT_STORAGE_URL`` would move the embedded tests to Redis) is dropped."""
+    for name in [name for name in os.environ if name.startswith("KEYSERVICE_") or name == "DATABASE_URL"]:
+        del os.environ[name]
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
+    _isolate_from_the_environment()
     session.config.stash[_STATUS_BEFORE] = _working_tree_status()
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def _fail_if_the_clone_changed(session: pytest.Session) -> None:
     """Tests write only to temp dirs: a run that changed the clone's ``git status`` fails."""
     before = session.config.stash.get(_STATUS_BEFORE, None)
     after = _working_tree_status()
@@ -195,10 +203,15 @@ def issue_key(app: Flask) -> IssueKey:
     return issue
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def _fail_if_ci_skipped(session: pytest.Session) -> None:
     """Under CI a skipped test fails the run: every test must run there, whatever it needs."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter is not None else []
     if "CI" in os.environ and skipped and session.exitstatus == pytest.ExitCode.OK:
         reporter.write_line(f"CI: {len(skipped)} test(s) skipped; every test must run in CI", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _fail_if_the_clone_changed(session)
+    _fail_if_ci_skipped(session)

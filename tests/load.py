@@ -33,10 +33,6 @@ class Timed:
     url: str = ""
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def outcome(response: Response) -> tuple[int, str | None]:
     """(status, problem code); the code is None for a success."""
     if response.status == 200:

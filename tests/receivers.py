@@ -148,7 +148,8 @@ def serving(receiver: Receiver | None = None, key_list: dict[str, Any] | None = 
     server.key_list = key_list or {"public_keys": []}
     server.key_list_fetches = 0
     server.receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the loop to notice, up to one poll_interval (0.5 s by default) per test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield server

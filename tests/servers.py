@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,12 +51,6 @@ class KeysCli:
         assert shown.returncode == 0, shown.stderr
         key: dict[str, object] = json.loads(shown.stdout)
         return key
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy
 
-from .servers import free_port, stop
+from .helpers import free_port
+from .servers import stop
 
 
 def missing(what: str) -> None:

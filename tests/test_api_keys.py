@@ -24,6 +24,7 @@ from keyservice import KeyService, require_key
 from keyservice.app import db
 
 from .conftest import migrated_app
+from .helpers import assert_problem, describe
 
 ADMIN = ("keys:admin",)
 READ_WRITE = ("keys:read", "keys:write")
@@ -140,25 +141,6 @@ def reports_app(app: Flask) -> Flask:
         return {"scopes": list(g.auth.scopes)}
 
     return app
-
-
-def describe(response: TestResponse) -> str:
-    """For assertion messages: a problem body in full, any other response (it may hold a key) by its status."""
-    if response.mimetype == "application/problem+json":
-        return response.get_data(as_text=True)
-    return f"{response.status} {response.mimetype}"
-
-
-def assert_problem(response: TestResponse, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, describe(response)
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.get_json()
-    assert body["status"] == status
-    assert body["type"].startswith("urn:keyservice:problem:")
-    assert body["title"] and isinstance(body["detail"], str)
-    if code is not None:
-        assert body["code"] == code
-    return body
 
 
 def assert_field_errors(response: TestResponse, location: str, *names: str) -> None:

@@ -13,6 +13,7 @@ from werkzeug.test import TestResponse
 from keyservice.crypto import checksum
 
 from .conftest import IssueKey
+from .helpers import assert_problem, bearer
 
 MANAGER_SCOPES = ("keys:read", "keys:write", "keys:verify")
 CLIENT_A = "client-a"
@@ -23,16 +24,6 @@ CLIENT_B = "client-b"
 class Issued:
     id: str
     key: str
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def assert_problem(response: TestResponse, status: int, code: str) -> None:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    assert response.get_json()["code"] == code
 
 
 def assert_not_found(response: TestResponse) -> None:

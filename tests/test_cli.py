@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskCliRunner
 
+from .helpers import KEY_FORMAT
 from .servers import flask_cli, service_environment
-
-KEY_FORMAT = re.compile(r"sk_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
 
 
 def create(runner: FlaskCliRunner, *extra: str) -> str:
@@ -167,6 +165,7 @@ def run_cli(database_url: str, *args: str, **settings: str) -> subprocess.Comple
     return flask_cli({**environ, **settings}, *args)
 
 
+@pytest.mark.slow
 def test_the_real_command_line(database_url: str) -> None:
     assert run_cli(database_url, "db", "upgrade").returncode == 0
     created = run_cli(database_url, "keys", "create", "--name", "n", "--client-id", "acme")
@@ -175,6 +174,7 @@ def test_the_real_command_line(database_url: str) -> None:
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, value", [
     ("KEYSERVICE_BCRYPT_ROUNDS", "3"),
     ("KEYSERVICE_BCRYPT_ROUNDS", "twelve"),

@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from .load import bearer, outcome
+from .helpers import bearer
+from .load import outcome
 from .receivers import Receiver, serving, webhook_settings
 from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import missing
 from .tokens import fetch_token
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}

@@ -23,10 +23,10 @@ from keyservice.app import db
 from keyservice.config import DEFAULTS
 
 from .conftest import DATABASES, IssueKey, migrated_app
-from .load import bearer
+from .helpers import assert_problem, bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
-from .test_api_keys import ADMIN, ROUTES, Api, Route, assert_problem, call_route
+from .test_api_keys import ADMIN, ROUTES, Api, Route, call_route
 
 
 @pytest.fixture
@@ -148,6 +148,7 @@ def test_every_route_answers_503_once_the_cache_ttl_has_passed_and_recovers(
         assert_nothing_of_the_errors_logged(caplog.records, admin, key)
 
 
+@pytest.mark.slow
 def test_postgresql_stopped_under_gunicorn_every_route_answers_503_never_500_then_recovers(
         own_postgres: PostgresServer, tmp_path: Path) -> None:
     own_postgres.administer('CREATE DATABASE "outage"')

@@ -13,6 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from .helpers import assert_problem
 from .host_app_with_users import User, create_host_app, db, keys
 
 ALICE = "alice@a.example"  # team-a
@@ -59,12 +60,6 @@ def listed_ids(client: FlaskClient, query: str = "") -> list[str]:
     response = client.get(f"/keys{query}")
     assert response.status_code == 200
     return [item["id"] for item in response.get_json()["items"]]
-
-
-def assert_problem(response: TestResponse, status: int, code: str) -> None:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    assert response.get_json()["code"] == code
 
 
 def test_host_migrations_hold_the_users_and_the_keyservice_tables(host: Flask, tmp_path: Path) -> None:

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from .load import bearer
+from .helpers import bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .test_database_outage import assert_no_error_text
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 NEW_KEY: dict[str, object] = {"name": "n", "external_client_id": "acme"}
 

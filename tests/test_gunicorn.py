@@ -13,6 +13,8 @@ import pytest
 
 from .servers import REPO, flask_cli, gunicorn, request, service_environment
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 
 @pytest.fixture
 def environ(database_url: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from keyservice.app import db
 from keyservice.models import ReadinessProbe
 
 from .conftest import migrated_app, postgres_database
-from .servers import free_port
+from .helpers import free_port
 from .services import PostgresServer
 from .test_api_keys import Api
 from .test_database_outage import assert_unavailable

@@ -28,7 +28,8 @@ from sqlalchemy import text
 from keyservice.app import db
 
 from .conftest import migrated_app
-from .test_api_keys import ADMIN, ROUTES, Api, Route, assert_problem, secret_of
+from .helpers import assert_problem
+from .test_api_keys import ADMIN, ROUTES, Api, Route, secret_of
 
 HUGE_DATE = "9999-12-31T23:59:59-14:00"  # a valid time, whose UTC form is in year 10000
 DEEP = "[" * 30_000 + "]" * 30_000

@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from keyservice.crypto import checksum
 
 from .servers import REPO, KeysCli, flask_cli, service_environment
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 
 def test_scan_finds_the_two_real_keys_says_which_is_live_and_exits_1(database_url: str, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
-from keyservice import KeyService, create_app, require_key
+from keyservice import create_app, require_key
 from keyservice.app import db
 from keyservice.config import ConfigError
 from keyservice.lmdbwindows import path_for
@@ -38,9 +37,8 @@ from keyservice.models import ApiKey
 from keyservice.slidingwindow import SLOTS
 
 from .conftest import TEST_CONFIG, migrated_app
+from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, describe, free_port, issue
 
-RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining",
-                     "X-RateLimit-Reset")
 RATELIMIT_FIELD = re.compile(r'"default";r=(\d+);t=(\d+)')
 MANAGEMENT = ("keys:read", "keys:write", "keys:verify")
 
@@ -62,20 +60,6 @@ embedded_only = pytest.mark.parametrize("app", ["embedded"], indirect=True)
 
 # --- helpers ----------------------------------------------------------------------------------------
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def issue(app: Flask, *scopes: str, **limits: Any) -> tuple[str, str]:
-    """Issue a key of client ``acme`` through the Python API, with ``remaining``,
-    ``refill`` or ``ratelimit`` as given; return (id, key)."""
-    with app.app_context():
-        api_key, key = KeyService.create_key(name="limited", external_client_id="acme", scopes=scopes,
-                                             **limits)
-        db.session.commit()
-        return api_key.id, key
-
-
 def manager(app: Flask) -> str:
     """A management key of client ``acme`` (without any limit of its own)."""
     return issue(app, *MANAGEMENT)[1]
@@ -96,22 +80,6 @@ def stored_remaining(app: Flask, key_id: str) -> int | None:
 
 def protected(client: FlaskClient, key: str) -> TestResponse:
     return client.post("/protected-with-key", headers=bearer(key))
-
-
-def describe(response: TestResponse) -> str:
-    """For assertion messages: a problem body in full, any other response by its status."""
-    if response.mimetype == "application/problem+json":
-        return response.get_data(as_text=True)
-    return f"{response.status} {response.mimetype}"
-
-
-def assert_problem(response: TestResponse, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, describe(response)
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.get_json()
-    assert body["status"] == status and body["code"] == code
-    assert body["type"].startswith("urn:keyservice:problem:") and body["title"]
-    return body
 
 
 def assert_ratelimit_headers(response: TestResponse, limit: int, period: int, remaining: int) -> None:
@@ -521,14 +489,6 @@ def test_invalid_limits_are_a_422_naming_the_field(shared_app: Flask, shared_key
 
 
 # --- when the rate-limit storage is down ---------------------------------------------------------
-
-def free_port() -> int:
-    """A local port nobody listens on (bound, then let go)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 MakeApp = Callable[..., Flask]
 

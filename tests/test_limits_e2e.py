@@ -23,18 +23,17 @@ import pytest
 
 from keyservice.slidingwindow import SLOTS
 
-from .load import Timed, all_at_once, bearer, hammer, header, outcome
 from .conftest import database_for
+from .helpers import RATELIMIT_HEADERS, bearer
+from .load import Timed, all_at_once, hammer, header, outcome
 from .servers import KeysCli, Response, flask_cli, gunicorn, service_environment
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 LIMIT, PERIOD = 20, 10  # the rate limit of the tests' keys: 20 per 10 s
 SLOT = PERIOD / SLOTS  # how late, at most, the window lets a request through again
 # How late, at most, a client may see the limit refill: the slot, its polling interval and a request's latency.
 REFILL_SLACK = SLOT + 1.0
-RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining",
-                     "X-RateLimit-Reset")
-
-
 @dataclass(frozen=True)
 class Service(KeysCli):
     """A running service: the CLI on its database, and its base URL."""

@@ -16,9 +16,12 @@ import sqlalchemy
 
 from keyservice.lmdbwindows import path_for
 
-from .load import Timed, bearer, hammer, outcome
+from .helpers import bearer
+from .load import Timed, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, service_environment
 from .services import postgres_server
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 
 def rows_per_table(database_url: str) -> dict[str, int]:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from .load import bearer
+from .helpers import bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .test_storage_at_rest import raw_database
 from .test_verify_key import wrong_secret
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 KNOWN = {"VALID": 7, "NOT_FOUND": 3, "REVOKED": 2}
 

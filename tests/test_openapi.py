@@ -124,6 +124,7 @@ def test_openapi_document(app: Flask) -> None:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+@pytest.mark.slow
 @schema.parametrize()
 # Calls may run bcrypt and issue keys: no deadline, and no complaint that generation is slow.
 @settings(max_examples=50, deadline=None,

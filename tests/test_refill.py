@@ -15,26 +15,13 @@ import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 
-from keyservice import KeyService
-from keyservice.app import db
+from .helpers import bearer, issue
 
 UTC = timezone.utc
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def issue(app: Flask, *scopes: str, **limits: Any) -> tuple[str, str]:
-    """Issue a key of client ``acme`` (at the current, travelled, time); return (id, key)."""
-    with app.app_context():
-        api_key, key = KeyService.create_key(name="metered", external_client_id="acme", scopes=scopes, **limits)
-        db.session.commit()
-        return api_key.id, key
 
 
 def daily(amount: int) -> dict[str, Any]:

@@ -16,12 +16,9 @@ from keyservice.crypto import checksum
 from keyservice.models import utcnow
 
 from .conftest import IssueKey, migrated_app
+from .helpers import assert_problem, bearer
 
 URL = "/protected-with-key"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def flip(key: str, index: int) -> str:
@@ -57,16 +54,6 @@ def scoped_app(app: Flask) -> Flask:
         return {"client": g.auth.external_client_id}
 
     return app
-
-
-def assert_problem(response, status: int, code: str) -> None:
-    assert response.status_code == status
-    assert response.mimetype == "application/problem+json"
-    body = response.get_json()
-    assert body["status"] == status
-    assert body["code"] == code
-    assert body["type"].startswith("urn:keyservice:problem:")
-    assert body["title"] and body["detail"]
 
 
 def assert_invalid_token(response, code: str) -> None:

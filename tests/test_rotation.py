@@ -6,7 +6,6 @@ Through the HTTP API (POST /keys/<id>/rotate) and the CLI (flask keys rotate).
 from __future__ import annotations
 
 import json
-import re
 import time
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,13 +17,9 @@ from werkzeug.test import TestResponse
 from keyservice.models import utcnow
 
 from .conftest import IssueKey
+from .helpers import KEY_FORMAT, bearer
 
-KEY_FORMAT = re.compile(r"sk_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
 CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at")
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def parse_time(value: str) -> datetime:

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from .conftest import postgres_database
-from .load import Timed, all_at_once, bearer, hammer, outcome
+from .helpers import bearer
+from .load import Timed, all_at_once, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 LIMIT, PERIOD = 20, 10
 

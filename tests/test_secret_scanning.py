@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 from keyservice.crypto import checksum
 
 from .conftest import IssueKey, migrated_app
-from .load import bearer, outcome
+from .helpers import bearer
+from .load import outcome
 from .receivers import GitHubSigner, Receiver, report, serving, webhook_settings
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 
@@ -130,6 +131,7 @@ def test_an_unknown_identifier_refetches_the_keys_at_most_every_10_seconds(
     assert key_list.key_list_fetches == 2  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_a_report_to_gunicorn_revokes_everywhere_within_a_second_and_sends_key_leaked(
         database_url: str, tmp_path: Path, signer: GitHubSigner) -> None:
     receiver = Receiver()

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from .load import Tricklers, bearer
+from .helpers import bearer
+from .load import Tricklers
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import nginx_server
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 SECONDS = 30
 

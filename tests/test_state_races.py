@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
-from .load import bearer, outcome, together
+from .helpers import bearer
+from .load import outcome, together
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 ROUNDS = 10
 

@@ -20,13 +20,10 @@ from keyservice.models import ApiKey
 from keyservice.state import current_state
 
 from .conftest import IssueKey
+from .helpers import bearer
 from .test_verify_key import wrong_secret
 
 PROTECTED = "/protected-with-key"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def parse(timestamp: str) -> datetime:

@@ -8,13 +8,14 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask import Flask
 
-from keyservice import KeyService, Outcome, verify_key
+from keyservice import Outcome, verify_key
 from keyservice.app import db
 from keyservice.crypto import checksum
 from keyservice.models import ApiKey, utcnow
 from keyservice.store import get_key
 
 from .conftest import IssueKey, migrated_app
+from .helpers import issue
 
 
 def wrong_secret(key: str, n: int = 0) -> str:
@@ -47,13 +48,6 @@ def cached_app(database_url: str) -> Iterator[Flask]:
     with migrated_app(database_url, KEYSERVICE_CACHE_TTL=0.5, KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute",
                       KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="5/minute") as app:
         yield app
-
-
-def issue(app: Flask, **fields) -> tuple[str, str]:
-    with app.app_context():
-        api_key, key = KeyService.create_key(name="k", external_client_id="acme", **fields)
-        db.session.commit()
-        return api_key.id, key
 
 
 def change(app: Flask, key_id: str, make_change: Callable[[ApiKey], object]) -> None:

@@ -23,7 +23,7 @@ from keyservice.models import utcnow
 from keyservice.state import current_state
 
 from .conftest import IssueKey, migrated_app
-from .load import bearer
+from .helpers import bearer
 from .receivers import Receiver, serving, webhook_settings
 
 

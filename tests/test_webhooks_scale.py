@@ -13,11 +13,15 @@ from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
+
 from .conftest import postgres_database
-from .load import bearer
+from .helpers import bearer
 from .receivers import Receiver, serving, webhook_settings
 from .servers import flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 EVENTS = 200
 

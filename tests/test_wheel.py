@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .servers import REPO, request, serving
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 # What the build reads: the metadata, the package and the migrations it ships.
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "keyservice", "migrations")
