@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .load import bearer
-from .servers import REPO, KeysCli, flask_cli, free_port, gunicorn, request, service_environment, stop
+from .helpers import bearer, free_port
+from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment, stop
 from .services import _wait_for_port
 from .tokens import access_token
 

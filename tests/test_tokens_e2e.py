@@ -14,7 +14,8 @@ import jwt
 import pytest
 
 from .conftest import postgres_database
-from .load import bearer, together
+from .helpers import bearer
+from .load import together
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
 from .tokens import access_token, fetch_token
