@@ -10,7 +10,8 @@ from everywhere. Taken before the check, not counted after a failure, the
 budgets bound the checks that run at once too: however many workers and threads
 a flood reaches, one key id costs at most the per-key budget's bcrypt checks per
 window. The per-client window comes first, so a client out of budget cannot
-spend the key's.
+spend the key's. A check that bcrypt accepts is given back: the budgets count
+failed checks, and the checks in flight.
 
 When the shared store cannot be reached (Redis down), each worker counts in
 budgets of its own meanwhile, in memory: bcrypt work stays bounded (per worker,
@@ -48,9 +49,7 @@ class FailedCheckBudgets:
     def take(self, key_id: str, client: str | None) -> int | None:
         """Take one check for ``key_id`` from ``client``: None if taken, else the seconds until
         one can be."""
-        # The address hashed: any length a proxy forwards fits a name, and none is stored.
-        address = hashlib.blake2b((client or "").encode(errors="replace"), digest_size=12).hexdigest()
-        for limit, name in ((self._per_client, f"bcrypt:{key_id}:{address}"), (self._per_key, f"bcrypt:{key_id}")):
+        for limit, name in self._budgets(key_id, client):
             try:
                 hit = self._windows().hit(name, limit.amount, limit.get_expiry())
             except WindowStorageError as error:
@@ -60,6 +59,19 @@ class FailedCheckBudgets:
             if not hit.allowed:
                 return max(1, math.ceil(hit.reset_at - time.time()))
         return None
+
+    def give_back(self, key_id: str, client: str | None) -> None:
+        """Give back the check taken by :meth:`take` (bcrypt accepted the key)."""
+        for limit, name in self._budgets(key_id, client):
+            try:
+                self._windows().give_back(name, limit.get_expiry())
+            except WindowStorageError:
+                self._own.give_back(name, limit.get_expiry())
+
+    def _budgets(self, key_id: str, client: str | None) -> tuple[tuple[RateLimitItem, str], ...]:
+        # The address hashed: any length a proxy forwards fits a name, and none is stored.
+        address = hashlib.blake2b((client or "").encode(errors="replace"), digest_size=12).hexdigest()
+        return (self._per_client, f"bcrypt:{key_id}:{address}"), (self._per_key, f"bcrypt:{key_id}")
 
 
 class _WorkerWindows:
@@ -73,3 +85,9 @@ class _WorkerWindows:
         with self._lock:
             self._windows[key], counted = slidingwindow.hit(self._windows.get(key), limit, period, time.time())
         return counted
+
+    def give_back(self, key: str, period: int) -> None:
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None:
+                self._windows[key] = slidingwindow.give_back(window, period, time.time())

@@ -111,6 +111,20 @@ class LmdbWindows:
             self.sweep()
         return result
 
+    def give_back(self, key: str, period: int) -> None:
+        """Take back one request of ``key`` counted in its ``period`` window, atomically."""
+        entry_key = f"{key}/{period}".encode()
+        try:
+            with environment(self._path).begin(write=True) as transaction:
+                stored = transaction.get(entry_key)
+                if stored is None:
+                    return
+                expiry, slot, *counts = _ENTRY.unpack(stored)
+                window = slidingwindow.give_back(Counts(slot, tuple(counts)), period, time.time())
+                transaction.put(entry_key, _ENTRY.pack(expiry, window.slot, *window.counts))
+        except lmdb.Error as error:
+            raise WindowStorageError("the rate-limit windows' file cannot be written") from error
+
     def sweep(self, full: bool = False) -> int:
         """Delete entries whose requests have all stopped counting: the next ``SWEEP_BATCH``
         after the last sweep's, or every one if ``full``. Return how many were deleted."""

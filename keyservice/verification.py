@@ -12,9 +12,9 @@ HMAC-SHA256 of the whole key under the deployment secret (``deploymentsecret.py`
 3. In the checked keys every worker of the machine (or, with Redis, every
    instance) shares (``checkedkeys.py``): an entry for this key, of this id and
    the row's current hash, means bcrypt accepted it before; one row read, no bcrypt.
-4. Otherwise bcrypt, but only once the check is taken from the shared budgets
-   (``failedchecks.py``): per key id and client address, and per key id from
-   everywhere. Past either, the attempt is RATE_LIMITED before the database and
+4. Otherwise bcrypt (one check at a time per key in a worker), but only once the
+   check is taken from the shared budgets (``failedchecks.py``; given back when
+   bcrypt accepts): per key id and client address, and per key id from everywhere. Past either, the attempt is RATE_LIMITED before the database and
    bcrypt, so a flood of wrong secrets does bounded work across all workers, and
    the real key, sent from another address, still gets its check. Only keys
    bcrypt accepts are remembered, so no flood can evict them.
@@ -30,7 +30,8 @@ import functools
 import hmac
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -217,6 +218,7 @@ class Verifier:
                                            settings.failed_verify_limit_per_key, lambda: self._shared().budgets)
         self._lock = threading.Lock()
         self._shared_stores: _Shared | None = None
+        self._checking: dict[bytes, tuple[threading.Lock, int]] = {}  # digest -> its lock, threads at it
         self._usage = UsageRecorder(db, settings.usage_flush_interval)
         self._exhaustion_tried: TTLCache[str, bool] = TTLCache(maxsize=settings.cache_size, ttl=1.0)
 
@@ -337,18 +339,36 @@ class Verifier:
         if parsed is None:
             return VerificationResult(Outcome.MALFORMED)
         generation = self._rows.generation()
-        checked: _VerifiedKey | VerificationResult | None = None
-        entry = self._shared().checked.get(digest)
-        if entry is not None:
-            record = self._load(parsed.key_id)
-            if record is None:
-                return VerificationResult(Outcome.NOT_FOUND)
-            if entry.matches(parsed.key_id, record.secret_hash):
-                checked = _VerifiedKey.of(record)
-        checked = checked or self._check_with_bcrypt(parsed, digest, client)
+        with self._one_check_at_a_time(digest):  # the others then find the key checked
+            checked: _VerifiedKey | VerificationResult | None = None
+            entry = self._shared().checked.get(digest)
+            if entry is not None:
+                record = self._load(parsed.key_id)
+                if record is None:
+                    return VerificationResult(Outcome.NOT_FOUND)
+                if entry.matches(parsed.key_id, record.secret_hash):
+                    checked = _VerifiedKey.of(record)
+            checked = checked or self._check_with_bcrypt(parsed, digest, client)
         if isinstance(checked, _VerifiedKey):
             self._rows.put(digest, checked.record.id, checked.record.roles, checked, generation)
         return checked
+
+    @contextmanager
+    def _one_check_at_a_time(self, digest: bytes) -> Iterator[None]:
+        """Hold the lock of this key's checks in this worker: a burst of a new key costs one bcrypt."""
+        with self._lock:
+            lock, waiting = self._checking.get(digest, (threading.Lock(), 0))
+            self._checking[digest] = (lock, waiting + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, waiting = self._checking[digest]
+                if waiting == 1:
+                    del self._checking[digest]
+                else:
+                    self._checking[digest] = (lock, waiting - 1)
 
     def _check_with_bcrypt(self, parsed: ParsedKey, digest: bytes,
                            client: str | None) -> _VerifiedKey | VerificationResult:
@@ -364,6 +384,7 @@ class Verifier:
             # The id is the key's, so its usage counts the attempt. No problem body shows it;
             # POST /keys/verify does, to a caller who manages that key anyway.
             return VerificationResult(Outcome.NOT_FOUND, key_id=record.id)
+        self._budgets.give_back(parsed.key_id, client)  # the budgets count failed checks
         self._shared().checked.put(digest, CheckedKey(record.id, hash_digest(record.secret_hash)))
         return _VerifiedKey.of(record)
 
