@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_HEADER": "X-API-Key",
     "KEYSERVICE_CACHE_TTL": 0.5,
     "KEYSERVICE_CACHE_SIZE": 10_000,
+    "KEYSERVICE_CACHE_MAX_AGE": 60.0,
+    "KEYSERVICE_SECRET_KEY": "",
     "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT": "5/minute",
     "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "30/minute",
     "KEYSERVICE_RATELIMIT_STORAGE_URL": "",
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Redis URLs as redis-py reads them; the default ("") is the embedded LMDB file.
 RATELIMIT_SCHEMES = ("redis", "rediss", "unix")
+SECRET_KEY_MIN_LENGTH = 32
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -73,6 +76,8 @@ class Settings:
     header_environ_key: str | None  # KEYSERVICE_HEADER as a WSGI environ key: X-API-Key -> HTTP_X_API_KEY
     cache_ttl: float
     cache_size: int
+    cache_max_age: float
+    secret_key: str = field(repr=False)  # "": generated once beside the machine's store (deploymentsecret.py)
     failed_verify_limit_per_client: RateLimitItem
     failed_verify_limit_per_key: RateLimitItem
     ratelimit_storage_url: str  # "": the embedded LMDB file
@@ -133,6 +138,15 @@ def _ratelimit_storage_url(config: Mapping[str, Any]) -> str:
     return url
 
 
+def _secret_key(config: Mapping[str, Any]) -> str:
+    secret = str(config["KEYSERVICE_SECRET_KEY"])
+    if secret and len(secret) < SECRET_KEY_MIN_LENGTH:
+        # The message never repeats the value: it is a secret, even when too short.
+        raise ConfigError(f"KEYSERVICE_SECRET_KEY must be empty (generated) or at least {SECRET_KEY_MIN_LENGTH}"
+                          " random characters")
+    return secret
+
+
 def _boolean(config: Mapping[str, Any], name: str) -> bool:
     value = config[name]
     if isinstance(value, bool):
@@ -189,6 +203,8 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         header_environ_key=_header_environ_key(config),
         cache_ttl=_number(config, "KEYSERVICE_CACHE_TTL", float, 0, 60),
         cache_size=_number(config, "KEYSERVICE_CACHE_SIZE", int, 1, 10_000_000),
+        cache_max_age=_number(config, "KEYSERVICE_CACHE_MAX_AGE", float, 1, 300),
+        secret_key=_secret_key(config),
         failed_verify_limit_per_client=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT"),
         failed_verify_limit_per_key=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY"),
         ratelimit_storage_url=_ratelimit_storage_url(config),

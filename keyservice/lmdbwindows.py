@@ -41,33 +41,36 @@ SWEEP_INTERVAL = 10.0
 SWEEP_BATCH = 1000
 # expires_at, slot, then the SLOTS + 1 counts, newest first.
 _ENTRY = struct.Struct(f"<dq{SLOTS + 1}q")
+_EXPIRES_AT = struct.Struct("<d")
 
 
-def path_for(database_url: str) -> Path:
-    """Where the windows of the app on ``database_url`` live: beside a SQLite database,
-    else in the temp folder under a name of the database (never of its password)."""
+def path_for(database_url: str, what: str = "ratelimit") -> Path:
+    """Where the machine's file ``what`` (``ratelimit``: the windows) of the app on ``database_url``
+    lives: beside a SQLite database, else in the temp folder under a name of the database (never
+    of its password)."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(f"{url.database}.ratelimit")
+        return Path(f"{url.database}.{what}")
     name = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"keyservice-ratelimit-{name}"
+    return Path(tempfile.gettempdir()) / f"keyservice-{what}-{name}"
 
 
 _environments: dict[tuple[int, Path], lmdb.Environment] = {}
 _environments_lock = threading.Lock()
 
 
-def _environment(path: Path) -> lmdb.Environment:
+def environment(path: Path) -> lmdb.Environment:
+    """This process's one LMDB environment on the file at ``path`` (opened on first use)."""
     key = (os.getpid(), path)
-    environment = _environments.get(key)
-    if environment is None:
+    opened = _environments.get(key)
+    if opened is None:
         with _environments_lock:
-            environment = _environments.get(key)
-            if environment is None:
-                environment = lmdb.open(str(path), map_size=MAP_SIZE, subdir=False, sync=False, metasync=False,
-                                        readahead=False, max_dbs=0, mode=0o600)
-                _environments[key] = environment
-    return environment
+            opened = _environments.get(key)
+            if opened is None:
+                opened = lmdb.open(str(path), map_size=MAP_SIZE, subdir=False, sync=False, metasync=False,
+                                   readahead=False, max_dbs=0, mode=0o600)
+                _environments[key] = opened
+    return opened
 
 
 class LmdbWindows:
@@ -94,7 +97,7 @@ class LmdbWindows:
     def _hit(self, key: str, limit: int, period: int) -> Hit:
         entry_key = f"{key}/{period}".encode()
         now = time.time()
-        with _environment(self._path).begin(write=True) as transaction:
+        with environment(self._path).begin(write=True) as transaction:
             stored = transaction.get(entry_key)
             window = None
             if stored is not None:
@@ -108,30 +111,51 @@ class LmdbWindows:
             self.sweep()
         return result
 
+    def give_back(self, key: str, period: int) -> None:
+        """Take back one request of ``key`` counted in its ``period`` window, atomically."""
+        entry_key = f"{key}/{period}".encode()
+        try:
+            with environment(self._path).begin(write=True) as transaction:
+                stored = transaction.get(entry_key)
+                if stored is None:
+                    return
+                expiry, slot, *counts = _ENTRY.unpack(stored)
+                window = slidingwindow.give_back(Counts(slot, tuple(counts)), period, time.time())
+                transaction.put(entry_key, _ENTRY.pack(expiry, window.slot, *window.counts))
+        except lmdb.Error as error:
+            raise WindowStorageError("the rate-limit windows' file cannot be written") from error
+
     def sweep(self, full: bool = False) -> int:
         """Delete entries whose requests have all stopped counting: the next ``SWEEP_BATCH``
         after the last sweep's, or every one if ``full``. Return how many were deleted."""
-        now = time.time()
-        deleted = 0
-        with _environment(self._path).begin(write=True) as transaction:
-            cursor = transaction.cursor()
-            more = cursor.set_range(self._swept_to)
-            seen = 0
-            while more and (full or seen < SWEEP_BATCH):
-                seen += 1
-                if _ENTRY.unpack_from(cursor.value())[0] <= now:
-                    cursor.delete()  # and on to the next entry, if there is one
-                    more = bool(cursor.key())
-                    deleted += 1
-                else:
-                    more = cursor.next()
-            self._swept_to = cursor.key() if more else b""
+        deleted, self._swept_to = sweep_expired(self._path, self._swept_to, full)
         return deleted
 
     def answers(self) -> bool:
         """Whether the file can be opened."""
         try:
-            _environment(self._path).stat()
+            environment(self._path).stat()
         except lmdb.Error:
             return False
         return True
+
+
+def sweep_expired(path: Path, start: bytes, full: bool) -> tuple[int, bytes]:
+    """Delete the entries of the file at ``path`` whose expiry (each value's first 8 bytes: epoch
+    seconds as a double) has passed: the next ``SWEEP_BATCH`` from key ``start`` on, or every one
+    if ``full``. Return how many were deleted, and the key the next sweep starts from."""
+    now = time.time()
+    deleted = 0
+    with environment(path).begin(write=True) as transaction:
+        cursor = transaction.cursor()
+        more = cursor.set_range(start)
+        seen = 0
+        while more and (full or seen < SWEEP_BATCH):
+            seen += 1
+            if _EXPIRES_AT.unpack_from(cursor.value())[0] <= now:
+                cursor.delete()  # and on to the next entry, if there is one
+                more = bool(cursor.key())
+                deleted += 1
+            else:
+                more = cursor.next()
+        return deleted, (cursor.key() if more else b"")

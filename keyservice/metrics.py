@@ -1,4 +1,4 @@
-"""Prometheus metrics: verifications by outcome, their latency, limit refusals, storage errors.
+"""Prometheus metrics: verifications by outcome, their latency, bcrypt checks, limit refusals, storage errors.
 
 Under gunicorn every worker is a process of its own, so the metrics use the
 official client's multiprocess mode: ``gunicorn.conf.py`` points
@@ -24,7 +24,8 @@ _LIMIT_REFUSALS = Counter("keyservice_limit_refusals", "Requests refused by a li
 _STORAGE_ERRORS = Counter("keyservice_storage_errors", "Verifications answered UNAVAILABLE: the database "
                           "or the rate-limit storage could not be reached.")
 
-
+_BCRYPT_CHECKS = Counter("keyservice_bcrypt_checks", "bcrypt checks of a key's secret, by result (accepted or "
+                         "refused): warm-up after a start, and floods of wrong secrets.", ["result"])
 
 _by_outcome: dict[str, Any] = {}  # labels() takes a lock and checks its arguments: once per code
 
@@ -43,6 +44,11 @@ def observe(code: str, of_a_key: bool, seconds: float) -> None:
         _LIMIT_REFUSALS.labels("usage").inc()
     elif code == "UNAVAILABLE":
         _STORAGE_ERRORS.inc()
+
+
+def count_bcrypt_check(accepted: bool) -> None:
+    """Count one bcrypt check of a secret, accepted or refused."""
+    _BCRYPT_CHECKS.labels("accepted" if accepted else "refused").inc()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -135,6 +135,21 @@ class KeyEvent(Base):
     changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class KeyChange(Base):
+    """One change to a key's row (``key_id``) or to a role (``role``: every key holding it changed),
+    added in the transaction of the change. Ids grow in commit order, so each worker asks for
+    the ids after the last it saw and forgets exactly those keys (``changefeed.py``)."""
+
+    __tablename__ = "keyservice_key_changes"
+    # SQLite's AUTOINCREMENT: an id is never given out twice, even once older rows are pruned.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    role: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
 class KeyUsage(Base):
     """How many verifications of a key ended with one outcome within one UTC hour."""
 
@@ -244,6 +259,7 @@ TIMESTAMPS = {
     KeyUsage: ("hour",),
     Role: ("created_at", "updated_at"),
     KeyEvent: ("at",),
+    KeyChange: ("at",),
     ReadinessProbe: ("probed_at",),
     SigningKey: ("created_at", "activates_at", "retires_at"),
 }

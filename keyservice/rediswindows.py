@@ -45,6 +45,19 @@ end
 return {allowed, count, tostring((oldest + slots + 1) * width)}
 """
 
+# KEYS[1]: the window. Takes one request back from its newest slot that holds any.
+_GIVE_BACK = """
+local fields = redis.call('HGETALL', KEYS[1])
+local newest = nil
+for i = 1, #fields, 2 do
+  if tonumber(fields[i + 1]) > 0 and (newest == nil or tonumber(fields[i]) > tonumber(newest)) then
+    newest = fields[i]
+  end
+end
+if newest ~= nil then redis.call('HINCRBY', KEYS[1], newest, -1) end
+return 0
+"""
+
 
 class RedisWindows:
     """Rate-limit windows in the Redis at ``url``."""
@@ -52,6 +65,7 @@ class RedisWindows:
     def __init__(self, url: str) -> None:
         self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._script: Script = self._client.register_script(_HIT)
+        self._give_back: Script = self._client.register_script(_GIVE_BACK)
 
     def hit(self, key: str, limit: int, period: int) -> Hit:
         """Count one request of ``key`` against ``limit`` per ``period`` seconds, atomically."""
@@ -61,6 +75,13 @@ class RedisWindows:
         except redis.RedisError as error:
             raise WindowStorageError(type(error).__name__) from error
         return Hit(bool(allowed), int(count), float(reset_at))
+
+    def give_back(self, key: str, period: int) -> None:
+        """Take back one request of ``key`` counted in its ``period`` window, atomically."""
+        try:
+            self._give_back(keys=[f"keyservice:window:{key}/{period}"])
+        except redis.RedisError as error:
+            raise WindowStorageError(type(error).__name__) from error
 
     def answers(self) -> bool:
         """Whether Redis answers a PING now."""

@@ -70,6 +70,18 @@ def hit(window: Counts | None, limit: int, period: int, now: float) -> tuple[Cou
     return Counts(slot, tuple(counts)), Hit(allowed, total, reset_at)
 
 
+def give_back(window: Counts, period: int, now: float) -> Counts:
+    """``window`` less one request: the newest it still counts at ``now`` (one let through by
+    mistake, such as a failed-check budget's check that bcrypt accepted)."""
+    shift = max(0, math.floor(now / slot_width(period)) - window.slot)
+    counts = list(window.counts)
+    for index in range(SLOTS + 1 - shift):
+        if counts[index]:
+            counts[index] -= 1
+            break
+    return Counts(window.slot, tuple(counts))
+
+
 def expires_at(window: Counts, period: int) -> float:
     """When (epoch seconds) every request in ``window`` has stopped counting."""
     return (window.slot + SLOTS + 1) * slot_width(period)
@@ -85,6 +97,10 @@ class WindowStore(Protocol):
     def hit(self, key: str, limit: int, period: int) -> Hit:
         """Count one request of ``key`` against ``limit`` per ``period`` seconds; raises
         :class:`WindowStorageError` when the storage fails."""
+
+    def give_back(self, key: str, period: int) -> None:
+        """Take back one request of ``key`` counted within the last ``period`` seconds (best-effort:
+        raises :class:`WindowStorageError` when the storage fails)."""
 
     def answers(self) -> bool:
         """Whether the storage answers now."""

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, func, or_, select, text, update
 
+from .changefeed import serialise_changes
 from .config import Settings
 from .crypto import NewKey, generate_key, is_key_id
 from .errors import Conflict, InvalidInput, NeedsAdmin, NotFound
@@ -124,7 +125,10 @@ def lock_key(session: AnySession, key_id: str) -> ApiKey:
     """The key with id ``key_id``, read afresh under a lock held until the transaction ends
     (its row's on PostgreSQL, the write lock on SQLite): changes of one key are serialised
     by the database, never by a check in Python. Raises :class:`NotFound`."""
-    if not is_key_id(key_id) or cast(CursorResult[Any], session.execute(_LOCK_KEY, {"key_id": key_id})).rowcount == 0:
+    if not is_key_id(key_id):
+        raise NotFound(NO_SUCH_KEY)
+    serialise_changes(session)  # before the row's lock: see changefeed.py
+    if cast(CursorResult[Any], session.execute(_LOCK_KEY, {"key_id": key_id})).rowcount == 0:
         raise NotFound(NO_SUCH_KEY)
     return cast(ApiKey, session.get(ApiKey, key_id, populate_existing=True))
 

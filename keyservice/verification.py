@@ -1,22 +1,26 @@
 """The verification path: from a presented key to an outcome, in one place.
 
 bcrypt at cost 12 takes about a quarter of a second, so it cannot run on every
-request. Each worker remembers the keys bcrypt has accepted, by an HMAC of the
-full key under a random key that lives only in that process's memory:
+request, nor on every worker's first meeting with a key. Keys are found by an
+HMAC-SHA256 of the whole key under the deployment secret (``deploymentsecret.py``):
 
-1. A key whose HMAC is remembered skips parsing and bcrypt. Its copy of the row
-   is re-read when older than ``KEYSERVICE_CACHE_TTL`` (0.5 s), so a revoked,
-   disabled or expired key is refused by every worker within that time. A
-   database error answers UNAVAILABLE and forgets the key.
+1. In this worker's copies of rows (``rowcache.py``), trusted while the change
+   feed has been read within ``KEYSERVICE_CACHE_TTL`` (0.5 s): a key found there
+   skips parsing, the database and bcrypt. A database error answers UNAVAILABLE.
 2. Any other key is parsed: anything not in our format, or whose checksum is
    wrong, is MALFORMED without touching the database.
-3. Then it needs bcrypt, but only while this worker's budgets of failed checks
-   last: per key id and client address (``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT``)
-   and per key id from everywhere (``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY``).
-   Past either, the attempt is RATE_LIMITED before the database and bcrypt, so
-   a flood of wrong secrets does bounded work, and the real key, sent from
-   another address, still gets its check. Only keys bcrypt accepts are
-   remembered, so no flood can evict them.
+3. In the checked keys every worker of the machine (or, with Redis, every
+   instance) shares (``checkedkeys.py``): an entry for this key, of this id and
+   the row's current hash, means bcrypt accepted it before; one row read, no bcrypt.
+4. Otherwise bcrypt (one check at a time per key in a worker), but only once the
+   check is taken from the shared budgets (``failedchecks.py``; given back when
+   bcrypt accepts): per key id and client address, and per key id from everywhere. Past either, the attempt is RATE_LIMITED before the database and
+   bcrypt, so a flood of wrong secrets does bounded work across all workers, and
+   the real key, sent from another address, still gets its check. Only keys
+   bcrypt accepts are remembered, so no flood can evict them.
+
+Whatever the path, the key is judged on its row: revoked, expired (by its
+``expires_at``, at each request), disabled, its scopes.
 """
 
 from __future__ import annotations
@@ -24,40 +28,43 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hmac
-import math
-import os
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
-from limits import RateLimitItem
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import DateTime, Dialect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
 from .config import Settings
-from .crypto import MAX_KEY_LENGTH, check_secret, parse_key
+from .crypto import MAX_KEY_LENGTH, ParsedKey, check_secret, parse_key
 from .dberrors import error_name
+from .deploymentsecret import deployment_secret
+from .failedchecks import FailedCheckBudgets
+from .lmdbwindows import LmdbWindows, path_for
 from .models import ApiKey, Role, as_utc, utcnow
 from . import metrics
 from .outcomes import KeyRecord, Outcome, VerificationResult, read_only
 from .ratelimit import RateLimiter
 from .scopes import missing_scopes
-from .slidingwindow import WindowStorageError
+from .slidingwindow import WindowStorageError, WindowStore
 from .state import current_state
 from .rawsql import raw_transaction
+from .rowcache import RowCache
 from .usage import UsageRecorder
 
 
-_RECORD_COLUMNS = [getattr(ApiKey, name) for name in KeyRecord.__dataclass_fields__]
+# The table's own columns, not the ORM's attributes: a result of these needs no matching to ORM
+# annotations, a third of a row read's time (a worker reads each key's row once after it starts).
+_RECORD_COLUMNS = [ApiKey.__table__.c[name] for name in KeyRecord.__dataclass_fields__]
 # updated_at is for changes of settings, not for uses: these leave it as it is. A rotated key's
 # uses are its successor's (quota_key_id), looked up in the same statement, never from a copy.
 _QUOTA_KEY = f"COALESCE((SELECT quota_key_id FROM {ApiKey.__tablename__} WHERE id = :key_id), :key_id)"
@@ -93,18 +100,25 @@ def _quota_statement(sql: str, dialect: str) -> str:
 
 @dataclass(frozen=True)
 class _VerifiedKey:
-    """A key bcrypt has accepted: its row as of ``loaded_at``, and its VALID result."""
+    """A key bcrypt has accepted (here or in the shared checked keys): its row, and its VALID result."""
 
     record: KeyRecord
-    loaded_at: float
     valid: VerificationResult
 
     @classmethod
     def of(cls, record: KeyRecord) -> _VerifiedKey:
         valid = VerificationResult(Outcome.VALID, key_id=record.id, external_client_id=record.external_client_id,
-                                   name=record.name, scopes=record.scopes, roles=record.roles,
-                                   meta=read_only(record.meta))
-        return cls(record, time.monotonic(), valid)
+                                   name=record.name, scopes=record.scopes, roles=record.roles, meta=read_only(record.meta))
+        return cls(record, valid)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What the app's workers share: the deployment secret, the checked keys, the failed-check budgets."""
+
+    secret: bytes
+    checked: CheckedKeys
+    budgets: WindowStore
 
 
 @functools.lru_cache(maxsize=4)
@@ -128,13 +142,15 @@ class Verifier:
         self._on_usage_exhausted = on_usage_exhausted
         self._db = db
         self._ratelimiter = RateLimiter(settings.ratelimit_storage_url, db)
-        self._verified: LRUCache[bytes, _VerifiedKey] = LRUCache(maxsize=settings.cache_size)
+        self._rows: RowCache[_VerifiedKey] = RowCache(lambda: db.engine, settings.cache_size, settings.cache_ttl,
+                                                      settings.cache_max_age)
+        self._budgets = FailedCheckBudgets(settings.failed_verify_limit_per_client,
+                                           settings.failed_verify_limit_per_key, lambda: self._shared().budgets)
         self._lock = threading.Lock()
-        self._digest_key = os.urandom(32)
-        self._failures: MovingWindowRateLimiter | None = None
+        self._shared_stores: _Shared | None = None
+        self._checking: dict[bytes, tuple[threading.Lock, int]] = {}  # digest -> its lock, threads at it
         self._usage = UsageRecorder(db, settings.usage_flush_interval)
         self._exhaustion_tried: TTLCache[str, bool] = TTLCache(maxsize=settings.cache_size, ttl=1.0)
-        self._token_keys: LRUCache[str, _VerifiedKey] = LRUCache(maxsize=settings.cache_size)
 
     def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
         """Check ``key`` and that it holds every scope in ``scopes``; count it in the
@@ -161,16 +177,17 @@ class Verifier:
         (its row re-read within ``KEYSERVICE_CACHE_TTL``, its limits, usage and metrics), and
         every scope in ``scopes`` must be both the token's and still the key's."""
         required = tuple(scopes)
+        # The row cache keeps it by a name no key's digest can be; the change feed keeps it fresh.
+        digest = b"token:" + key_id.encode()
         try:
-            with self._lock:
-                verified = self._token_keys.get(key_id)
-            if verified is None or time.monotonic() - verified.loaded_at >= self._settings.cache_ttl:
+            verified = self._rows.get(digest)
+            if verified is None:
+                generation = self._rows.generation()
                 record = self._load(key_id)
                 if record is None:
                     return self._counted(VerificationResult(Outcome.NOT_FOUND), started)
                 verified = _VerifiedKey.of(record)
-                with self._lock:
-                    self._token_keys[key_id] = verified
+                self._rows.put(digest, record.id, record.roles, verified, generation)
             result = self._judge(verified, required)
             if result.valid and missing_scopes(granted, required):
                 result = VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=key_id, required_scopes=required)
@@ -189,16 +206,14 @@ class Verifier:
         key = key.strip()
         if len(key) > MAX_KEY_LENGTH:
             return VerificationResult(Outcome.MALFORMED)
-        digest = hmac.digest(self._digest_key, key.encode(errors="replace"), "sha256")
+        digest = hmac.digest(self._shared().secret, key.encode(errors="replace"), "sha256")
         try:
-            verified = self._remembered(digest)
+            verified = self._rows.get(digest)
             if verified is None:
-                checked = self._check_with_bcrypt(key, client)
+                checked = self._check(key, digest, client)
                 if isinstance(checked, VerificationResult):
                     return checked
                 verified = checked
-                with self._lock:
-                    self._verified[digest] = verified
             result = self._judge(verified, tuple(scopes))
             if result.valid and (verified.record.ratelimit_limit or verified.record.remaining is not None):
                 result = self._limit(verified.record, result)
@@ -207,6 +222,20 @@ class Verifier:
             current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
             return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
         return result
+
+    def _shared(self) -> _Shared:
+        # Made on first use, in an app context: where they live follows the app's database.
+        if self._shared_stores is None:
+            with self._lock:
+                if self._shared_stores is None:
+                    database_url = self._db.engine.url.render_as_string(hide_password=False)
+                    storage_url = self._settings.ratelimit_storage_url
+                    self._shared_stores = _Shared(
+                        deployment_secret(self._settings.secret_key, path_for(database_url, "secret")),
+                        checked_keys_at(storage_url, database_url),
+                        # The windows' Redis; on one machine a file of their own beside the windows'.
+                        self._ratelimiter.windows if storage_url else LmdbWindows(path_for(database_url, "budgets")))
+        return self._shared_stores
 
     def _limit(self, record: KeyRecord, valid: VerificationResult) -> VerificationResult:
         """Count the request against the key's rate limit, then take one of its remaining uses."""
@@ -262,26 +291,6 @@ class Verifier:
         with Session(self._db.engine) as session, session.begin():
             self._on_usage_exhausted(session, key_id)
 
-    def _remembered(self, digest: bytes) -> _VerifiedKey | None:
-        """The remembered key with this digest, its row fresh; None if there is none
-        (or its row is gone or has another secret now)."""
-        with self._lock:
-            verified = self._verified.get(digest)
-        if verified is None or time.monotonic() - verified.loaded_at < self._settings.cache_ttl:
-            return verified
-        try:
-            record = self._load(verified.record.id)
-        except SQLAlchemyError:
-            self._forget(digest)
-            raise
-        if record is None or record.secret_hash != verified.record.secret_hash:
-            self._forget(digest)
-            return None
-        fresh = _VerifiedKey.of(record)
-        with self._lock:
-            self._verified[digest] = fresh
-        return fresh
-
     def ratelimit_storage_answers(self) -> bool:
         """Whether the rate-limit storage answers now (for the readiness check)."""
         return self._ratelimiter.storage_answers()
@@ -290,27 +299,59 @@ class Verifier:
         """Write the usage this process has counted to the database now."""
         self._usage.flush()
 
-    def _forget(self, digest: bytes) -> None:
-        with self._lock:
-            self._verified.pop(digest, None)
-
-    def _check_with_bcrypt(self, key: str, client: str | None) -> _VerifiedKey | VerificationResult:
+    def _check(self, key: str, digest: bytes, client: str | None) -> _VerifiedKey | VerificationResult:
+        """A key this worker has no trusted row for: found in the shared checked keys, or checked by bcrypt."""
         parsed = parse_key(key, self._settings.key_prefix)
         if parsed is None:
             return VerificationResult(Outcome.MALFORMED)
-        budgets = self._failure_budgets(parsed.key_id, client)
-        retry_after = self._budget_spent(budgets)
+        generation = self._rows.generation()
+        with self._one_check_at_a_time(digest):  # the others then find the key checked
+            checked: _VerifiedKey | VerificationResult | None = None
+            entry = self._shared().checked.get(digest)
+            if entry is not None:
+                record = self._load(parsed.key_id)
+                if record is None:
+                    return VerificationResult(Outcome.NOT_FOUND)
+                if entry.matches(parsed.key_id, record.secret_hash):
+                    checked = _VerifiedKey.of(record)
+            checked = checked or self._check_with_bcrypt(parsed, digest, client)
+        if isinstance(checked, _VerifiedKey):
+            self._rows.put(digest, checked.record.id, checked.record.roles, checked, generation)
+        return checked
+
+    @contextmanager
+    def _one_check_at_a_time(self, digest: bytes) -> Iterator[None]:
+        """Hold the lock of this key's checks in this worker: a burst of a new key costs one bcrypt."""
+        with self._lock:
+            lock, waiting = self._checking.get(digest, (threading.Lock(), 0))
+            self._checking[digest] = (lock, waiting + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, waiting = self._checking[digest]
+                if waiting == 1:
+                    del self._checking[digest]
+                else:
+                    self._checking[digest] = (lock, waiting - 1)
+
+    def _check_with_bcrypt(self, parsed: ParsedKey, digest: bytes,
+                           client: str | None) -> _VerifiedKey | VerificationResult:
+        retry_after = self._budgets.take(parsed.key_id, client)
         if retry_after is not None:
             return VerificationResult(Outcome.RATE_LIMITED, retry_after=retry_after)
         record = self._load(parsed.key_id)
         if record is None:
             return VerificationResult(Outcome.NOT_FOUND)
-        if not check_secret(parsed.secret, record.secret_hash):
-            for limit, identity in budgets:
-                self._failures_limiter().hit(limit, *identity)
+        accepted = check_secret(parsed.secret, record.secret_hash)
+        metrics.count_bcrypt_check(accepted)
+        if not accepted:
             # The id is the key's, so its usage counts the attempt. No problem body shows it;
             # POST /keys/verify does, to a caller who manages that key anyway.
             return VerificationResult(Outcome.NOT_FOUND, key_id=record.id)
+        self._budgets.give_back(parsed.key_id, client)  # the budgets count failed checks
+        self._shared().checked.put(digest, CheckedKey(record.id, hash_digest(record.secret_hash)))
         return _VerifiedKey.of(record)
 
     @staticmethod
@@ -342,30 +383,6 @@ class Verifier:
             "expires_at": as_utc(values["expires_at"]),
             "revoked_at": as_utc(values["revoked_at"]),
         })
-
-    def _failures_limiter(self) -> MovingWindowRateLimiter:
-        # Made on first use, in the worker process: MemoryStorage starts a thread. Once per
-        # process, however many of its threads ask first: a second one would lose the hits.
-        if self._failures is None:
-            with self._lock:
-                if self._failures is None:
-                    self._failures = MovingWindowRateLimiter(MemoryStorage())
-        return self._failures
-
-    def _failure_budgets(self, key_id: str, client: str | None) -> list[tuple[RateLimitItem, tuple[str, ...]]]:
-        return [
-            (self._settings.failed_verify_limit_per_client, (key_id, client or "")),
-            (self._settings.failed_verify_limit_per_key, (key_id,)),
-        ]
-
-    def _budget_spent(self, budgets: list[tuple[RateLimitItem, tuple[str, ...]]]) -> int | None:
-        """Seconds until a bcrypt check is allowed again, or None if it is now."""
-        limiter = self._failures_limiter()
-        for limit, identity in budgets:
-            stats = limiter.get_window_stats(limit, *identity)
-            if stats.remaining <= 0:
-                return max(1, math.ceil(stats.reset_time - time.time()))
-        return None
 
 
 def verify_key(key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:

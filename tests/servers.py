@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -126,3 +128,25 @@ def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) 
             pass
         time.sleep(0.1)
     raise RuntimeError("gunicorn did not answer /healthz within 30 s")
+
+
+def labelled_metric(base: str, name: str, label: str) -> dict[str, float]:
+    """``name``'s samples in the service's ``/metrics``, by the value of their one label ``label``."""
+    text = request(base + "/metrics").body.decode()
+    return {value: float(count) for value, count in
+            re.findall(rf'^{name}{{{label}="(\w+)"}} (\S+)$', text, re.MULTILINE)}
+
+
+def gunicorn_workers(base: str) -> set[int]:
+    """The process ids of the workers of the gunicorn serving ``base`` (its master's children)."""
+    bind = base.removeprefix("http://")
+    serving = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and bind.encode() in (entry / "cmdline").read_bytes():
+                serving.add(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    parents = {pid: int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+               for pid in serving}
+    return {pid for pid, parent in parents.items() if parent in serving}

@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keyservice"
 # Bottom first. management may use the request path (principals check management keys with it).
 LAYERS = [
     {"outcomes", "scopes", "crypto", "config", "models", "dberrors", "rawsql", "jsonguard", "errors", "state"},
-    {"slidingwindow", "lmdbwindows", "rediswindows", "ratelimit", "usage", "metrics", "verification", "signingkeys",
+    {"slidingwindow", "lmdbwindows", "rediswindows", "ratelimit", "usage", "metrics", "changefeed", "rowcache",
+     "checkedkeys", "deploymentsecret", "failedchecks", "verification", "signingkeys",
      "tokens", "decorators"},
     {"loosening", "schemas", "store", "webhooks", "addresses", "sender", "principals", "apirules", "api",
      "webhooks_api", "oauth", "openapi", "scan", "cli", "secret_scanning", "dashboard"},

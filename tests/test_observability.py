@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import bearer
-from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, Response, flask_cli, gunicorn, labelled_metric, request, service_environment
 from .test_storage_at_rest import raw_database
 from .test_verify_key import wrong_secret
 
@@ -58,8 +58,7 @@ def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
 
 def metric_samples(served: Served, name: str) -> dict[str, float]:
     """``name``'s samples in ``/metrics``, by their ``outcome`` label."""
-    text = request(served.base + "/metrics").body.decode()
-    return {labels: float(value) for labels, value in re.findall(rf'^{name}{{outcome="(\w+)"}} (\S+)$', text, re.MULTILINE)}
+    return labelled_metric(served.base, name, "outcome")
 
 
 def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served) -> None:

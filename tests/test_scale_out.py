@@ -35,10 +35,12 @@ class Fleet(KeysCli):
         return self.bases[instance] + "/protected-with-key"
 
 
-def start_fleet(stack: ExitStack, database_url: str, redis_url: str, folder: Path, instances: int) -> Fleet:
-    """Migrate the database, then start ``instances`` gunicorns (2 workers each) on ports of their own."""
+def start_fleet(stack: ExitStack, database_url: str, redis_url: str, folder: Path, instances: int,
+                **settings: str) -> Fleet:
+    """Migrate the database, then start ``instances`` gunicorns (2 workers each, with ``settings``)
+    on ports of their own."""
     environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4",
-                                  KEYSERVICE_RATELIMIT_STORAGE_URL=redis_url)
+                                  KEYSERVICE_RATELIMIT_STORAGE_URL=redis_url, **settings)
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     bases = [stack.enter_context(gunicorn(environ, folder / f"gunicorn-{n}.log", workers=2))
