@@ -45,7 +45,8 @@ test-fast: $(INSTALLED)
 	$(BIN)/pytest -q -m "not slow" -k "not postgresql and not redis"
 
 # The service and @require_key against bare Flask, the protected route on SQLite, then on
-# PostgreSQL + Redis with the growth figure, then rate limits and quotas beside Flask-Limiter.
+# PostgreSQL + Redis with the growth figure, tokens against keys, rate limits and quotas beside
+# Flask-Limiter, a restart with 200 keys and a random key of 2,000.
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.against_flask
@@ -53,6 +54,8 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.scale_out
 	$(BIN)/python -m bench.tokens
 	$(BIN)/python -m bench.ratelimits
+	$(BIN)/python -m bench.cold_start
+	$(BIN)/python -m bench.many_keys
 
 # The dashboard's screenshots in docs/, renewed by its browser tests (the suite itself writes only to temp dirs).
 screenshots: $(INSTALLED)

@@ -6,15 +6,15 @@ Run from the repository root (``make bench`` does exactly this)::
 
 One run builds a throwaway SQLite database in a temp dir, creates a key with the
 real bcrypt cost (every ``KEYSERVICE_*`` variable is dropped from the children's
-environment, so the defaults apply: cost 12, 0.5 s row cache, 5 failed checks
-per key id and client address per minute per worker), starts gunicorn with the
+environment, so the defaults apply: cost 12, the change feed read every 0.5 s,
+5 failed checks per key id and client address per minute per machine), starts gunicorn with the
 repo's gunicorn.conf.py (2 gthread workers) and drives it with ``wrk``. It prints
 figures; it asserts nothing.
 
 1. Overhead. ``POST /unprotected`` against ``POST /protected-with-key``, the same
    tiny view, with three keys: a plain valid key (it costs a header read, an
-   HMAC, a dict lookup and a row re-read every 0.5 s, and its count in the
-   usage and the metrics; each worker pays bcrypt once, in the warm-up; goal:
+   HMAC, a dict lookup, a worker's read of the change feed every 0.5 s, and its
+   count in the usage and the metrics; the machine pays bcrypt once, in the warm-up; goal:
    >= 0.85 x unprotected with usage counting and metrics on), a key with a rate limit
    far above the load and a key with a large ``remaining`` (each request also
    writes its hit or its use to the database; goal: >= 0.75).

@@ -30,7 +30,8 @@ from keyservice.models import ApiKey, KeyChange
 from keyservice.store import put_role
 
 from .conftest import migrated_app, postgres_database
-from .load import bearer, outcome
+from .helpers import bearer
+from .load import outcome
 from .servers import (KeysCli, flask_cli, gunicorn, gunicorn_workers, labelled_metric, request,
                       service_environment)
 from .services import PostgresServer
