@@ -149,7 +149,7 @@ def test_the_shared_stores_hold_no_key_no_secret_no_hash_and_a_rotated_key_expir
     storage = request.getfixturevalue("redis_url") if shared == "redis" else ""
     with migrated_app(database_url, KEYSERVICE_CACHE_TTL=0.5, KEYSERVICE_RATELIMIT_STORAGE_URL=storage) as app:
         keys = [issue(app, ratelimit={"limit": 100, "period": 60})[1] for _ in range(3)]
-        _, admin = issue(app, scopes=["keys:admin"])
+        _, admin = issue(app, "keys:admin")
         client = app.test_client()
         for key in keys + [admin]:
             assert client.post("/protected-with-key", headers=bearer(key)).status_code == 200
