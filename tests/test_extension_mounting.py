@@ -114,8 +114,11 @@ def test_without_the_management_api_only_the_decorator_and_the_cli_are_added(tmp
     answered = client.get("/reports/daily", headers={"X-API-Key": key})
     assert (answered.status_code, answered.get_json()) == (200, {"report": "daily", "client": "acme"})
     assert client.get("/reports/daily").status_code == 401
-    # A plain key's use writes nothing beside the host's database (no writers' lock file).
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["host.db"]
+    # Beside the host's database, only what verification shares between the host's workers:
+    # the deployment secret, the checked keys and the failed-check budgets (no writers' lock file).
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "host.db", "host.db.budgets", "host.db.budgets-lock", "host.db.checked", "host.db.checked-lock",
+        "host.db.secret"]
     with app.app_context():
         db.engine.dispose()
 
