@@ -445,11 +445,16 @@ def webhook_list_command(as_json: bool) -> None:
                    f"  [{' '.join(endpoint.events) or 'every event'}]")
 
 
+def _endpoint(endpoint_id: str) -> Any:
+    """The endpoint ``endpoint_id``, whoever's it is (the CLI is the operator's)."""
+    return webhooks.get_endpoint(_session(), endpoint_id, None)
+
+
 @webhooks_cli.command("delete")
 @click.argument("endpoint_id")
 def webhook_delete_command(endpoint_id: str) -> None:
     """Remove an endpoint; nothing more is sent to it."""
-    webhooks.delete_endpoint(_session(), webhooks.get_endpoint(_session(), endpoint_id, None))
+    webhooks.delete_endpoint(_session(), _endpoint(endpoint_id))
     _session().commit()
     click.echo(f"deleted {endpoint_id}")
 
@@ -460,7 +465,7 @@ def webhook_delete_command(endpoint_id: str) -> None:
 def webhook_deliveries_command(endpoint_id: str, as_json: bool) -> None:
     """An endpoint's last 100 deliveries, newest first."""
     items = DeliverySchema(many=True).dump(
-        webhooks.list_deliveries(_session(), webhooks.get_endpoint(_session(), endpoint_id, None)))
+        webhooks.list_deliveries(_session(), _endpoint(endpoint_id)))
     if as_json:
         _echo_json(items)
         return
@@ -473,7 +478,7 @@ def webhook_deliveries_command(endpoint_id: str, as_json: bool) -> None:
 @click.argument("endpoint_id")
 def webhook_test_command(endpoint_id: str) -> None:
     """Send a webhook.test event to an endpoint (by the service's senders); print its delivery id."""
-    delivery_id = webhooks.enqueue_test(_session(), webhooks.get_endpoint(_session(), endpoint_id, None))
+    delivery_id = webhooks.enqueue_test(_session(), _endpoint(endpoint_id))
     _session().commit()
     click.echo(delivery_id)
 
@@ -483,6 +488,6 @@ def webhook_test_command(endpoint_id: str) -> None:
 @click.argument("delivery_id", type=int)
 def webhook_redeliver_command(endpoint_id: str, delivery_id: int) -> None:
     """Send a failed (or delivered) delivery again, with a new span of retries."""
-    webhooks.redeliver(_session(), webhooks.get_endpoint(_session(), endpoint_id, None), delivery_id)
+    webhooks.redeliver(_session(), _endpoint(endpoint_id), delivery_id)
     _session().commit()
     click.echo(f"redelivering {delivery_id}")
