@@ -1,9 +1,11 @@
 """SQL on the request path, run on the DBAPI connection itself.
 
-SQLAlchemy's statement machinery costs about 40 µs per statement; the rate-limit
-hit and the use of a ``remaining`` key run a few statements on every request, so
-they skip it. Statements are written with ``:name`` parameters (sqlite3's own
-style) and rewritten once for drivers that want ``%(name)s`` (psycopg).
+SQLAlchemy's statement machinery costs about 40 µs per statement, and a pool's
+checkout and check-in about 15 µs more; the use of a ``remaining`` key writes on
+every request, so it skips both: one statement, in autocommit mode, on the
+thread's own SQLite connection or a pooled PostgreSQL one. Statements are
+written with ``:name`` parameters (sqlite3's own style) and rewritten once for
+drivers that want ``%(name)s`` (psycopg).
 
 SQLite lets one connection write at a time, and a connection that finds the
 database locked sleeps (1 ms, then longer) before it tries again: with every
@@ -23,6 +25,7 @@ import functools
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -45,19 +48,6 @@ def _rewritten(match: re.Match[str]) -> str:
 def _for_driver(sql: str) -> str:
     """``sql`` with ``:name`` parameters in the ``%(name)s`` style psycopg reads."""
     return _TOKEN.sub(_rewritten, sql)
-
-
-class RawTransaction:
-    """One transaction on a DBAPI connection of the engine's pool."""
-
-    def __init__(self, connection: Any, rewrite: bool) -> None:
-        self._cursor = connection.cursor()
-        self._rewrite = rewrite
-
-    def execute(self, sql: str, params: dict[str, Any]) -> Any:
-        """Run ``sql``; return the cursor (for ``fetchone`` and ``rowcount``)."""
-        self._cursor.execute(_for_driver(sql) if self._rewrite else sql, params)
-        return self._cursor
 
 
 class _WritersQueue:
@@ -106,33 +96,74 @@ def _writers_queue(engine: Engine) -> _WritersQueue | None:
         return _queues[key]
 
 
-@contextmanager
-def raw_transaction(engine: Engine, writes: bool = True, one_statement: bool = False) -> Iterator[RawTransaction]:
-    """A transaction on a DBAPI connection of the pool: committed at the end, rolled back on
-    error. One that ``writes`` queues with the other writers on SQLite. A transaction of
-    ``one_statement`` runs in autocommit mode on PostgreSQL: one round trip, not three
-    (BEGIN, the statement, COMMIT).
+class _OwnConnections(threading.local):
+    """A thread's own SQLite connections in autocommit mode, one per engine and process."""
 
-    Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
+    def __init__(self) -> None:
+        self.by_engine: weakref.WeakKeyDictionary[Engine, tuple[int, Any]] = weakref.WeakKeyDictionary()
+
+
+_own = _OwnConnections()
+
+
+def _own_sqlite_connection(engine: Engine) -> Any:
+    # Out of the pool for good: a checkout and check-in would cost more than the statement.
+    # The engine's connect hooks have run on it (WAL, busy timeout).
+    owned = _own.by_engine.get(engine)
+    if owned is None or owned[0] != os.getpid():
+        pooled = engine.raw_connection()
+        pooled.detach()
+        connection = cast(Any, pooled.dbapi_connection)
+        connection.isolation_level = None  # autocommit: the statement is its own transaction
+        owned = _own.by_engine[engine] = (os.getpid(), connection)
+    return owned[1]
+
+
+def _forget_own_connection(engine: Engine) -> None:
+    owned = _own.by_engine.pop(engine, None)
+    if owned is not None and owned[0] == os.getpid():
+        with contextlib.suppress(Exception):
+            owned[1].close()
+
+
+@contextmanager
+def writers_queue(engine: Engine) -> Iterator[None]:
+    """Hold this machine's place in the queue of the engine's writers (SQLite; elsewhere nothing)."""
+    queue = _writers_queue(engine)
+    with queue if queue is not None else contextlib.nullcontext():
+        yield
+
+
+def execute_one(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> tuple[Any, ...] | None:
+    """Run ``sql`` as a transaction of its own (autocommit: one round trip, no BEGIN or COMMIT);
+    return its first row, or None. One that ``writes`` queues with the other writers on SQLite.
+
+    On SQLite the statement runs on the calling thread's own connection; on PostgreSQL, on
+    one of the pool's. Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     """
     driver_error = engine.dialect.loaded_dbapi.Error
-    queue = _writers_queue(engine) if writes else None
+    if engine.dialect.name == "sqlite":
+        try:
+            connection = _own_sqlite_connection(engine)
+            with writers_queue(engine) if writes else contextlib.nullcontext():
+                # All of it: the autocommit transaction ends when the statement has run to its end.
+                rows = connection.execute(sql, params).fetchall()
+        except driver_error as error:
+            _forget_own_connection(engine)  # it may be broken
+            raise DBAPIError.instance(None, None, error, driver_error) from error
+        return tuple(rows[0]) if rows else None
     pooled = None
     try:
         pooled = engine.raw_connection()
         # The driver's own connection: every call through the pool's proxy costs a lookup.
         connection = cast(Any, pooled.dbapi_connection)
-        autocommit = one_statement and engine.dialect.name == "postgresql"
-        with queue if queue is not None else contextlib.nullcontext():
-            if autocommit:
-                connection.autocommit = True
-            try:
-                # sqlite3 takes :name whatever paramstyle SQLAlchemy uses with it.
-                yield RawTransaction(connection, engine.dialect.paramstyle in ("pyformat", "format"))
-            finally:
-                if autocommit:
-                    connection.autocommit = False  # as the pool hands it to everyone else
-            connection.commit()
+        connection.autocommit = True
+        try:
+            cursor = connection.cursor()
+            cursor.execute(_for_driver(sql) if engine.dialect.paramstyle in ("pyformat", "format") else sql, params)
+            row = cursor.fetchone() if cursor.description is not None else None
+        finally:
+            connection.autocommit = False  # as the pool hands it to everyone else
     except driver_error as error:
         if pooled is not None:
             pooled.invalidate()  # it may be broken: closed, not pooled again
@@ -141,5 +172,5 @@ def raw_transaction(engine: Engine, writes: bool = True, one_statement: bool = F
         if pooled is not None:
             pooled.invalidate()
         raise
-    else:
-        pooled.close()  # back to the pool
+    pooled.close()  # back to the pool
+    return None if row is None else tuple(row)

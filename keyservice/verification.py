@@ -57,7 +57,7 @@ from .ratelimit import RateLimiter
 from .scopes import missing_scopes
 from .slidingwindow import WindowStorageError, WindowStore
 from .state import current_state
-from .rawsql import raw_transaction
+from .rawsql import execute_one
 from .rowcache import RowCache
 from .usage import UsageRecorder
 
@@ -274,8 +274,7 @@ class Verifier:
             as_column = _timestamp_binder(dialect)
             params |= {"now": as_column(now), "boundary": as_column(refill_boundary(now, record.refill_interval))}
             sql = _REFILL_AND_TAKE_ONE_USE
-        with raw_transaction(self._db.engine, one_statement=True) as transaction:
-            row = transaction.execute(_quota_statement(sql, dialect.name), params).fetchone()
+        row = execute_one(self._db.engine, _quota_statement(sql, dialect.name), params)
         return (False, 0) if row is None else (True, row[0])
 
     def _announce_exhausted(self, key_id: str) -> None:
