@@ -1,4 +1,10 @@
-"""gunicorn's access log, with what the client sent escaped: ``logger_class`` in gunicorn.conf.py.
+"""gunicorn's logger for the service (``logger_class`` in gunicorn.conf.py): one line per request.
+
+After each request it writes the request's line (``requestlog.py``: id, client, key
+id, outcome, latency) on the logger ``keyservice.request``, set up here in JSON or
+text (``KEYSERVICE_LOG_FORMAT``), so that the line is the same for any app served
+with these settings. gunicorn's own access log stays off unless an operator turns
+it on (``--access-logfile``); then it is a second line per request, escaped as follows.
 
 gunicorn writes the decoded path (``%(U)s``) and the headers as they came, so
 ``/%0A...`` would start a forged line and ``%1B[31m`` would reach a terminal as
@@ -15,7 +21,8 @@ from typing import Any
 
 from gunicorn.glogging import Logger, SafeAtoms
 
-from .requestlog import escape
+from .config import DEFAULTS
+from .requestlog import configure_logging, escape, log_request
 
 
 def _withheld_atoms() -> frozenset[str]:
@@ -44,9 +51,21 @@ class EscapedAtoms(SafeAtoms):  # type: ignore[misc]  # gunicorn has no type hin
 
 
 class EscapingLogger(Logger):  # type: ignore[misc]  # gunicorn has no type hints
-    """gunicorn's logger with escaped access-log values and no query string in ``%(r)s``."""
+    """gunicorn's logger that writes each request's line, with escaped access-log values and
+    no query string in ``%(r)s``."""
 
     atoms_wrapper_class = EscapedAtoms
+
+    def setup(self, cfg: Any) -> None:
+        """gunicorn's logs, and the request lines' handler (on stderr, in KEYSERVICE_LOG_FORMAT)."""
+        super().setup(cfg)
+        # on_starting (gunicorn_conf.py) has refused a wrong value already.
+        configure_logging(os.environ.get("KEYSERVICE_LOG_FORMAT", DEFAULTS["KEYSERVICE_LOG_FORMAT"]))
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """The request's line; gunicorn's access line too if its access log is on."""
+        log_request(environ, resp.status_code, request_time.total_seconds())
+        super().access(resp, req, environ, request_time)
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         """gunicorn's atoms, the request line (``r``) without its query string."""

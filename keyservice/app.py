@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
@@ -18,7 +18,7 @@ from . import routes
 from .config import config_from_environment
 from .errors import nosniff, register_http_problem_handlers
 from .extension import KeyService
-from .requestlog import configure_logging, register_request_log
+from .requestlog import configure_logging, mark_request
 from .state import state_of
 
 
@@ -58,6 +58,11 @@ POSTGRESQL_ENGINE_OPTIONS = {
 }
 
 
+def _finish(response: Response) -> Response:
+    """Every response of the service: not to be sniffed, and marked for its request's log line."""
+    return mark_request(nosniff(response))
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the keyservice app from the environment (or ``test_config``).
 
@@ -85,8 +90,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(migrations_directory()))
     keyservice.init_app(app)
     register_http_problem_handlers(app)
-    app.after_request(nosniff)
-    register_request_log(app)
+    app.after_request(_finish)
     app.register_blueprint(routes.bp)
     proxies = state_of(app).settings.proxies
     if proxies:

@@ -27,7 +27,9 @@ OWN_BLUEPRINTS = frozenset({"keys", "roles", "webhooks", "keyservice-api-docs", 
                             "oauth"})
 
 
-def _nosniff_own(response: Response) -> Response:
+def _after_request(response: Response) -> Response:
+    # Each worker starts its webhook sender at its first request (after the fork).
+    current_state().sender.ensure_started()
     return nosniff(response) if request.blueprint in OWN_BLUEPRINTS else response
 
 
@@ -84,9 +86,7 @@ class KeyService:
                                 TokenVerifier(settings, signing_keys, verifier))
         app.extensions[EXTENSION_NAME] = state
         register_error_handlers(app)
-        app.after_request(_nosniff_own)
-        # Each worker starts its webhook sender at its first request (after the fork).
-        app.before_request(state.sender.ensure_started)
+        app.after_request(_after_request)
         # Leak reports are not management: GitHub calls them whatever the host leaves out.
         app.register_blueprint(secret_scanning, url_prefix=f"{self._url_prefix}{secret_scanning.url_prefix}")
         if self._management_api:

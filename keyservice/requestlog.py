@@ -1,12 +1,16 @@
 """One log line per request: its id, the client's address, method, path, status, the key's id and
-outcome, the latency. It is the standalone service's only line per request (gunicorn's access log
-is off in its settings).
+outcome, the latency.
+
+gunicorn writes it, once the response is sent, through the logger class of the
+service's gunicorn settings (``accesslog.py``): the line replaces gunicorn's access
+line, and any Flask app served with those settings gets it. The app leaves what
+only it knows in the request's WSGI environ (:func:`mark_request`): the request id
+(the caller's ``X-Request-ID`` when it is a plain token, else a new one, and
+returned in the response's ``X-Request-ID``), the key's id and the outcome.
 
 The line goes through the standard ``logging`` module (logger ``keyservice.request``,
 level INFO), with the fields as the record's attributes. It never holds the key:
-only the key's public id, and the path without its query string. The request id
-is the caller's ``X-Request-ID`` when it is a plain token, else a new one, and
-comes back in the response's ``X-Request-ID``.
+only the key's public id, and the path without its query string.
 
 ``configure_logging`` gives the standalone service's ``keyservice`` loggers one
 handler on stderr, in JSON (one object per line) or text
@@ -19,9 +23,9 @@ import logging
 import re
 import secrets
 import sys
-import time
+from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Response, g, request
 from pythonjsonlogger.json import JsonFormatter
 
 logger = logging.getLogger("keyservice.request")
@@ -42,34 +46,46 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 FIELDS = ("request_id", "client", "method", "path", "status", "key_id", "code", "latency_ms")
 
 
-def register_request_log(app: Flask) -> None:
-    """Log every request of ``app``."""
-    app.before_request(_start)
-    app.after_request(_log)
+# Where the app leaves its part of the line, in the request's WSGI environ.
+REQUEST_ID = "keyservice.request_id"
+KEY_ID = "keyservice.key_id"
+CODE = "keyservice.code"
 
 
-def _start() -> None:
-    g.request_started = time.perf_counter()
-    sent = request.environ.get("HTTP_X_REQUEST_ID", "")
-    g.request_id = sent if _REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
-
-
-def _log(response: Response) -> Response:
+def mark_request(response: Response) -> Response:
+    """Leave the request's id, and its key's id and outcome if it had one, for its log line;
+    return the id in the response's ``X-Request-ID`` (part of an ``after_request`` hook)."""
+    environ = request.environ
+    sent = environ.get("HTTP_X_REQUEST_ID", "")
+    environ[REQUEST_ID] = request_id = sent if _REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
+    response.headers["X-Request-ID"] = request_id
     verification = g.get("verification")
-    fields = {
-        "request_id": g.get("request_id"),
-        "client": request.remote_addr,  # the caller's, behind KEYSERVICE_PROXIES
-        "method": request.method,
-        "path": request.path,
-        "status": response.status_code,
-        "key_id": getattr(verification, "key_id", None),
-        "code": getattr(getattr(verification, "code", None), "value", None),
-        "latency_ms": round((time.perf_counter() - g.get("request_started", time.perf_counter())) * 1000, 3),
-    }
-    logger.info("%s %s %s", request.method, request.path, response.status_code, extra=fields)
-    if fields["request_id"]:
-        response.headers["X-Request-ID"] = fields["request_id"]
+    if verification is not None:
+        environ[KEY_ID] = verification.key_id
+        environ[CODE] = verification.code.value
     return response
+
+
+def log_request(environ: dict[str, Any], status: int | None, seconds: float) -> None:
+    """Write the request's line: what the app left in its ``environ`` (:func:`mark_request`), its
+    ``status`` and how many ``seconds`` it took. The client is ``REMOTE_ADDR`` as the app left it
+    (behind ``KEYSERVICE_PROXIES``, the address the proxies saw)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    method = environ.get("REQUEST_METHOD")
+    # A WSGI path is the bytes that came, one character each; as Flask reads it (request.path).
+    path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
+    fields = {
+        "request_id": environ.get(REQUEST_ID),
+        "client": environ.get("REMOTE_ADDR"),
+        "method": method,
+        "path": path,
+        "status": status,
+        "key_id": environ.get(KEY_ID),
+        "code": environ.get(CODE),
+        "latency_ms": round(seconds * 1000, 3),
+    }
+    logger.info("%s %s %s", method, path, status, extra=fields)
 
 
 def _value(value: object) -> str:

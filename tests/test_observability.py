@@ -104,10 +104,15 @@ def test_one_log_line_per_request_with_its_id_key_outcome_and_client(served: Ser
             request(served.base + "/no-such-page")]
     assert [response.status for response in sent] == [200, 401, 401, 200, 404]
 
+    def about_requests() -> list[str]:  # gunicorn writes a request's line once it has sent the response
+        return [line for line in served.log.read_text().splitlines() if "/protected-with-key" in line
+                or "/unprotected" in line or "/no-such-page" in line]
+
+    deadline = time.monotonic() + 5
+    while len(about_requests()) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.05)
     logged = served.log.read_text()
-    about_requests = [line for line in logged.splitlines() if "/protected-with-key" in line
-                      or "/unprotected" in line or "/no-such-page" in line]
-    lines = [json.loads(line) for line in about_requests]  # every one the service's JSON line
+    lines = [json.loads(line) for line in about_requests()]  # every one the service's JSON line
     assert [(line["path"], line["status"], line["key_id"], line["code"]) for line in lines] == [
         ("/protected-with-key", 200, key_id, "VALID"), ("/protected-with-key", 401, key_id, "NOT_FOUND"),
         ("/protected-with-key", 401, None, "MISSING"), ("/unprotected", 200, None, None),

@@ -14,9 +14,11 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from werkzeug.test import TestResponse
 
 from keyservice.app import db
 from keyservice.models import ApiKey
+from keyservice.requestlog import log_request
 from keyservice.state import current_state
 
 from .conftest import IssueKey
@@ -195,35 +197,55 @@ def test_metrics_count_limit_refusals(app: Flask, client: FlaskClient, issue_key
     assert metric(client, "keyservice_limit_refusals_total", limit="usage") - before == 1
 
 
-# --- the request log line ----------------------------------------------------------------------------
+# --- the request log line (written by gunicorn's logger class: tests/test_observability.py) ---------
 
-def request_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if record.name == "keyservice.request"]
+@pytest.fixture
+def environs(app: Flask) -> list[dict[str, Any]]:
+    """The WSGI environ of each request, as the server holds it once the app is done."""
+    seen: list[dict[str, Any]] = []
+    app_itself = app.wsgi_app
+
+    def recording(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append(environ)
+        return app_itself(environ, start_response)
+
+    app.wsgi_app = recording  # type: ignore[method-assign]
+    return seen
 
 
-def test_each_request_logs_one_line_with_its_id_key_id_outcome_and_latency(
-        client: FlaskClient, issue_key: IssueKey, caplog: pytest.LogCaptureFixture) -> None:
+def logged_line(environ: dict[str, Any], response: TestResponse,
+                caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    """The line gunicorn's logger class (accesslog.py) writes for the request of ``response``."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="keyservice.request"):
+        log_request(environ, response.status_code, 0.002)
+    [line] = [record for record in caplog.records if record.name == "keyservice.request"]
+    return line
+
+
+def test_each_request_leaves_its_id_key_id_and_outcome_for_its_log_line(
+        client: FlaskClient, issue_key: IssueKey, environs: list[dict[str, Any]],
+        caplog: pytest.LogCaptureFixture) -> None:
     key_id, key = issue_key()
-    caplog.set_level(logging.INFO, logger="keyservice.request")
     ok = client.post(PROTECTED + "?api_key=" + key, headers={**bearer(key), "X-Request-ID": "req-42"})
     refused = client.post(PROTECTED, headers=bearer(wrong_secret(key)))
-    client.post("/unprotected")
-    first, second, third = request_lines(caplog)
+    unprotected = client.post("/unprotected")
+    first, second, third = (logged_line(environ, response, caplog)
+                            for environ, response in zip(environs[-3:], (ok, refused, unprotected)))
     assert (first.request_id, first.key_id, first.code, first.status, first.path) == (  # type: ignore[attr-defined]
         "req-42", key_id, "VALID", 200, PROTECTED)
+    assert (first.client, first.latency_ms) == ("127.0.0.1", 2.0)  # type: ignore[attr-defined]
     assert ok.headers["X-Request-ID"] == "req-42"
     assert (second.key_id, second.code, second.status) == (key_id, "NOT_FOUND", 401)  # type: ignore[attr-defined]
     assert re.fullmatch(r"[0-9a-f]{32}", second.request_id)  # type: ignore[attr-defined]
     assert refused.headers["X-Request-ID"] == second.request_id  # type: ignore[attr-defined]
     assert (third.key_id, third.code, third.status) == (None, None, 200)  # type: ignore[attr-defined]
-    assert all(record.latency_ms >= 0 for record in (first, second, third))  # type: ignore[attr-defined]
     assert key not in caplog.text and key.split("_")[2] not in caplog.text
 
 
-def test_a_request_id_that_is_not_a_plain_token_is_replaced(client: FlaskClient,
+def test_a_request_id_that_is_not_a_plain_token_is_replaced(client: FlaskClient, environs: list[dict[str, Any]],
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="keyservice.request")
     response = client.post("/unprotected", headers={"X-Request-ID": "a b\tc" + "x" * 100})
-    [line] = request_lines(caplog)
+    line = logged_line(environs[-1], response, caplog)
     assert re.fullmatch(r"[0-9a-f]{32}", line.request_id)  # type: ignore[attr-defined]
     assert response.headers["X-Request-ID"] == line.request_id  # type: ignore[attr-defined]
