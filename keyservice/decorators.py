@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -60,7 +61,7 @@ def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
 def authenticate(scopes: tuple[str, ...]) -> None:
     """Let the current request through only with a valid key holding ``scopes``: put its
     :class:`VerificationResult` in ``g.auth``, or raise the refusal's problem response."""
-    if request.method in EXEMPT_METHODS:
+    if request.environ["REQUEST_METHOD"] in EXEMPT_METHODS:
         return
     result = verify_request(scopes)
     if not result.valid:
@@ -92,11 +93,13 @@ def require_key(*scopes: str) -> Callable[[Protected], Protected]:
             protected.before_request(functools.partial(authenticate, scopes))
             return protected
         view = protected
+        # Flask's ensure_sync asks this of the view at every call; the answer never changes.
+        is_async = inspect.iscoroutinefunction(view)
 
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             authenticate(scopes)
-            return current_app.ensure_sync(view)(*args, **kwargs)
+            return (current_app.ensure_sync(view) if is_async else view)(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]
 
