@@ -20,8 +20,8 @@ handler on stderr, in JSON (one object per line) or text
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import sys
 from typing import Any
 
@@ -52,12 +52,18 @@ KEY_ID = "keyservice.key_id"
 CODE = "keyservice.code"
 
 
+def _new_request_id() -> str:
+    # A label to follow a request by, not a secret: random's generator (seeded anew in each
+    # forked worker) makes it without a system call, which would let go of the interpreter lock.
+    return f"{random.getrandbits(128):032x}"
+
+
 def mark_request(response: Response) -> Response:
     """Leave the request's id, and its key's id and outcome if it had one, for its log line;
     return the id in the response's ``X-Request-ID`` (part of an ``after_request`` hook)."""
     environ = request.environ
     sent = environ.get("HTTP_X_REQUEST_ID", "")
-    environ[REQUEST_ID] = request_id = sent if _REQUEST_ID.fullmatch(sent) else secrets.token_hex(16)
+    environ[REQUEST_ID] = request_id = sent if _REQUEST_ID.fullmatch(sent) else _new_request_id()
     response.headers["X-Request-ID"] = request_id
     verification = g.get("verification")
     if verification is not None:

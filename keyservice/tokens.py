@@ -14,7 +14,6 @@ remembered) until their ``exp``, so only a token's first request pays it.
 
 from __future__ import annotations
 
-import hmac
 import os
 import secrets
 import threading
@@ -30,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import metrics
 from .config import Settings
-from .crypto import is_key_id
+from .crypto import hmac_sha256, is_key_id
 from .dberrors import error_name
 from .errors import KeyServiceError
 from .outcomes import Outcome, VerificationResult
@@ -118,7 +117,7 @@ class TokenVerifier:
         self._verifier = verifier
         self._checked: LRUCache[bytes, _Claims] = LRUCache(maxsize=settings.cache_size)
         self._lock = threading.Lock()
-        self._digest_key = os.urandom(32)
+        self._digest = hmac_sha256(os.urandom(32))
 
     def verify(self, token: str, scopes: Iterable[str] = ()) -> VerificationResult:
         """Check ``token`` and then its key, which must hold every scope in ``scopes``, as the token must."""
@@ -135,7 +134,7 @@ class TokenVerifier:
             return Outcome.TOKEN_INVALID
         iss = issuer(self._settings)
         aud = audience(self._settings, iss)
-        digest = hmac.digest(self._digest_key, token.encode(errors="replace"), "sha256")
+        digest = self._digest(token.encode(errors="replace"))
         with self._lock:
             claims = self._checked.get(digest)
         if claims is None:

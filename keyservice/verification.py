@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hmac
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
 from .config import Settings
-from .crypto import MAX_KEY_LENGTH, ParsedKey, check_secret, parse_key
+from .crypto import MAX_KEY_LENGTH, ParsedKey, check_secret, hmac_sha256, parse_key
 from .dberrors import error_name
 from .deploymentsecret import deployment_secret
 from .failedchecks import FailedCheckBudgets
@@ -114,9 +113,10 @@ class _VerifiedKey:
 
 @dataclass(frozen=True)
 class _Shared:
-    """What the app's workers share: the deployment secret, the checked keys, the failed-check budgets."""
+    """What the app's workers share: the HMAC under the deployment secret, the checked keys, the
+    failed-check budgets."""
 
-    secret: bytes
+    digest: Callable[[bytes], bytes]
     checked: CheckedKeys
     budgets: WindowStore
 
@@ -206,7 +206,7 @@ class Verifier:
         key = key.strip()
         if len(key) > MAX_KEY_LENGTH:
             return VerificationResult(Outcome.MALFORMED)
-        digest = hmac.digest(self._shared().secret, key.encode(errors="replace"), "sha256")
+        digest = self._shared().digest(key.encode(errors="replace"))
         try:
             verified = self._rows.get(digest)
             if verified is None:
@@ -231,7 +231,7 @@ class Verifier:
                     database_url = self._db.engine.url.render_as_string(hide_password=False)
                     storage_url = self._settings.ratelimit_storage_url
                     self._shared_stores = _Shared(
-                        deployment_secret(self._settings.secret_key, path_for(database_url, "secret")),
+                        hmac_sha256(deployment_secret(self._settings.secret_key, path_for(database_url, "secret"))),
                         checked_keys_at(storage_url, database_url),
                         # The windows' Redis; on one machine a file of their own beside the windows'.
                         self._ratelimiter.windows if storage_url else LmdbWindows(path_for(database_url, "budgets")))
