@@ -26,11 +26,11 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import ColumnElement, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 
 
@@ -134,12 +134,13 @@ def writers_queue(engine: Engine) -> Iterator[None]:
         yield
 
 
-def execute_one(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> tuple[Any, ...] | None:
+def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> list[tuple[Any, ...]]:
     """Run ``sql`` as a transaction of its own (autocommit: one round trip, no BEGIN or COMMIT);
-    return its first row, or None. One that ``writes`` queues with the other writers on SQLite.
+    return its rows. One that ``writes`` queues with the other writers on SQLite.
 
     On SQLite the statement runs on the calling thread's own connection; on PostgreSQL, on
     one of the pool's. Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
+    The values are the driver's: see :func:`result_processors`.
     """
     driver_error = engine.dialect.loaded_dbapi.Error
     if engine.dialect.name == "sqlite":
@@ -147,11 +148,10 @@ def execute_one(engine: Engine, sql: str, params: dict[str, Any], writes: bool =
             connection = _own_sqlite_connection(engine)
             with writers_queue(engine) if writes else contextlib.nullcontext():
                 # All of it: the autocommit transaction ends when the statement has run to its end.
-                rows = connection.execute(sql, params).fetchall()
+                return [tuple(row) for row in connection.execute(sql, params).fetchall()]
         except driver_error as error:
             _forget_own_connection(engine)  # it may be broken
             raise DBAPIError.instance(None, None, error, driver_error) from error
-        return tuple(rows[0]) if rows else None
     pooled = None
     try:
         pooled = engine.raw_connection()
@@ -161,7 +161,7 @@ def execute_one(engine: Engine, sql: str, params: dict[str, Any], writes: bool =
         try:
             cursor = connection.cursor()
             cursor.execute(_for_driver(sql) if engine.dialect.paramstyle in ("pyformat", "format") else sql, params)
-            row = cursor.fetchone() if cursor.description is not None else None
+            rows = [tuple(row) for row in cursor.fetchall()] if cursor.description is not None else []
         finally:
             connection.autocommit = False  # as the pool hands it to everyone else
     except driver_error as error:
@@ -173,4 +173,21 @@ def execute_one(engine: Engine, sql: str, params: dict[str, Any], writes: bool =
             pooled.invalidate()
         raise
     pooled.close()  # back to the pool
-    return None if row is None else tuple(row)
+    return rows
+
+
+def execute_one(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> tuple[Any, ...] | None:
+    """:func:`execute`, for its first row, or None."""
+    rows = execute(engine, sql, params, writes)
+    return rows[0] if rows else None
+
+
+def result_processors(dialect: Dialect, columns: Sequence[ColumnElement[Any]]) -> list[Callable[[Any], Any]]:
+    """For each of ``columns``, what turns the driver's value into the column type's (as
+    SQLAlchemy's results do: a SQLite JSON text or timestamp string, say)."""
+    processors = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
+    return [processor or _as_it_is for processor in processors]
+
+
+def _as_it_is(value: Any) -> Any:
+    return value

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask import Flask, g
 from flask.testing import FlaskClient
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 
-from keyservice import KeyService, require_key
+from keyservice import KeyService, rawsql, require_key
 from keyservice.app import db
 from keyservice.crypto import checksum
 from keyservice.models import utcnow
@@ -27,13 +28,21 @@ def flip(key: str, index: int) -> str:
 
 
 @pytest.fixture
-def queries(app: Flask) -> Iterator[list[str]]:
-    """The SQL statements the app sends while the test runs."""
+def queries(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The SQL statements the app sends while the test runs: through SQLAlchemy, and through
+    keyservice.rawsql (the request path's statements on the driver's connection)."""
     sent: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:
         sent.append(statement)
 
+    run = rawsql.execute
+
+    def recorded(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> list[tuple[Any, ...]]:
+        sent.append(sql)
+        return run(engine, sql, params, writes)
+
+    monkeypatch.setattr(rawsql, "execute", recorded)
     with app.app_context():
         engine = db.engine
     event.listen(engine, "before_cursor_execute", record)
