@@ -6,7 +6,8 @@ Run from the repository root (``make bench`` runs it too)::
 
 Three gunicorns with the repo's gunicorn.conf.py (gthread, 64 threads) and 2 workers
 each, on one throwaway SQLite database per app (every ``KEYSERVICE_*`` variable dropped,
-so the defaults apply: bcrypt cost 12, JSON request log on, usage and metrics on):
+so the defaults apply: bcrypt cost 12, usage and metrics on). Those settings' logger
+class writes the one JSON line per request for every app they serve, bare Flask included:
 
 - ``bench.apps:bare``: Flask alone, ``POST /unprotected`` answering ``{"protected": false}``;
 - the service (``wsgi:app``): its ``POST /unprotected`` (goal >= 0.90 x bare Flask) and
