@@ -34,7 +34,7 @@ from keyservice.app import db
 from keyservice.crypto import generate_key
 from keyservice.state import current_state
 from keyservice.store import create_key
-from tests.load import bearer
+from tests.helpers import bearer
 from tests.servers import gunicorn, labelled_metric, request, service_environment
 from tests.services import postgres_server
 
