@@ -2,8 +2,9 @@
 
 SQLAlchemy's statement machinery costs about 40 µs per statement, and a pool's
 checkout and check-in about 15 µs more; the use of a ``remaining`` key writes on
-every request, so it skips both: one statement, in autocommit mode, on the
-thread's own SQLite connection or a pooled PostgreSQL one. Statements are
+every request, and each worker reads each key's row after a start, so they skip
+both: one statement, in autocommit mode, on the thread's own SQLite connection or
+a pooled PostgreSQL one. Statements are
 written with ``:name`` parameters (sqlite3's own style) and rewritten once for
 drivers that want ``%(name)s`` (psycopg).
 
@@ -26,8 +27,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Dialect, Engine
@@ -126,12 +126,10 @@ def _forget_own_connection(engine: Engine) -> None:
             owned[1].close()
 
 
-@contextmanager
-def writers_queue(engine: Engine) -> Iterator[None]:
-    """Hold this machine's place in the queue of the engine's writers (SQLite; elsewhere nothing)."""
-    queue = _writers_queue(engine)
-    with queue if queue is not None else contextlib.nullcontext():
-        yield
+def writers_queue(engine: Engine) -> contextlib.AbstractContextManager[None]:
+    """This machine's place in the queue of the engine's writers, to hold with ``with``
+    (SQLite; elsewhere nothing)."""
+    return _writers_queue(engine) or contextlib.nullcontext()
 
 
 def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> list[tuple[Any, ...]]:

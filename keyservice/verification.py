@@ -99,6 +99,12 @@ def _record_processors(dialect: Dialect) -> list[Callable[[Any], Any]]:
     return rawsql.result_processors(dialect, _RECORD_COLUMNS)
 
 
+@functools.lru_cache(maxsize=4)
+def _role_scopes_processor(dialect: Dialect) -> Callable[[Any], Any]:
+    [process] = rawsql.result_processors(dialect, [Role.__table__.c.scopes])
+    return process
+
+
 @functools.lru_cache(maxsize=8)
 def _quota_statement(sql: str, dialect: str) -> str:
     head, returning = sql.split(" WHERE ", 1)
@@ -133,6 +139,12 @@ class _Shared:
 def _timestamp_binder(dialect: Dialect) -> Callable[[datetime], Any]:
     """How the dialect stores a timestamp column's value (SQLite: a string of its own format)."""
     return DateTime(timezone=True).bind_processor(dialect) or (lambda value: value)
+
+
+def _database_unavailable(error: SQLAlchemyError) -> VerificationResult:
+    # The class only: the error's text holds the statement's parameters (a key id, a hash).
+    current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
+    return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
 
 
 def refill_boundary(now: datetime, interval: str) -> datetime:
@@ -200,12 +212,9 @@ class Verifier:
             if result.valid and missing_scopes(granted, required):
                 result = VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=key_id, required_scopes=required)
             if result.valid:
-                result = dataclasses.replace(result, scopes=granted)
-                if verified.record.ratelimit_limit or verified.record.remaining is not None:
-                    result = self._limit(verified.record, result)
+                result = self._limit(verified.record, dataclasses.replace(result, scopes=granted))
         except SQLAlchemyError as error:
-            current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
-            result = VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
+            result = _database_unavailable(error)
         return self._counted(result, started)
 
     # --- end of access tokens ---
@@ -223,12 +232,10 @@ class Verifier:
                     return checked
                 verified = checked
             result = self._judge(verified, tuple(scopes))
-            if result.valid and (verified.record.ratelimit_limit or verified.record.remaining is not None):
+            if result.valid:
                 result = self._limit(verified.record, result)
         except SQLAlchemyError as error:
-            # The class only: the error's text holds the statement's parameters (a key id, a hash).
-            current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
-            return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
+            return _database_unavailable(error)
         return result
 
     def _shared(self) -> _Shared:
@@ -246,7 +253,10 @@ class Verifier:
         return self._shared_stores
 
     def _limit(self, record: KeyRecord, valid: VerificationResult) -> VerificationResult:
-        """Count the request against the key's rate limit, then take one of its remaining uses."""
+        """Count the request against the key's rate limit, then take one of its remaining uses
+        (``valid`` as it is for a key without either)."""
+        if not record.ratelimit_limit and record.remaining is None:
+            return valid
         ratelimit = None
         if record.ratelimit_limit and record.ratelimit_period:
             try:
@@ -387,7 +397,7 @@ class Verifier:
         if values["roles"]:
             names = {f"role{index}": name for index, name in enumerate(values["roles"])}
             placeholders = ", ".join(f":{parameter}" for parameter in names)
-            [process] = rawsql.result_processors(engine.dialect, [Role.__table__.c.scopes])
+            process = _role_scopes_processor(engine.dialect)
             for (role_scopes,) in rawsql.execute(engine, f"{_ROLE_SCOPES_SQL} ({placeholders})", names, writes=False):
                 scopes.extend(process(role_scopes))
         return KeyRecord(**values | {
