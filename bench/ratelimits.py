@@ -11,10 +11,10 @@ gunicorn.conf.py (2 gthread workers each), and alternates ``wrk`` over:
 - a bare Flask view, and the same view behind Flask-Limiter (moving window on the
   same Redis, its headers on, keyed by the ``Authorization`` header;
   ``bench/flask_limiter_app.py``);
-- keyservice on SQLite with the embedded windows: ``/unprotected``, a key with a
-  rate limit, a key with ``remaining``;
+- keyservice on SQLite with the embedded windows: ``/unprotected``, a key without
+  limits, a key with a rate limit, a key with ``remaining``;
 - keyservice on SQLite with the windows in Redis: a key with a rate limit;
-- keyservice on PostgreSQL: ``/unprotected`` and a key with ``remaining``.
+- keyservice on PostgreSQL: ``/unprotected``, a key without limits and a key with ``remaining``.
 
 Every limit is far above the load: what is measured is the bookkeeping. Goals:
 keyservice's rate-limited key on Redis >= 1.5 x Flask-Limiter; on the embedded
@@ -46,6 +46,13 @@ GOALS = [
     ("keyservice remaining, PostgreSQL", "keyservice unprotected, PostgreSQL", 0.50),
 ]
 
+# (variant, against the same server's key without limits)
+LIMITS_OWN_COST = [
+    ("keyservice rate limit, embedded", "keyservice valid key, SQLite"),
+    ("keyservice remaining, embedded", "keyservice valid key, SQLite"),
+    ("keyservice remaining, PostgreSQL", "keyservice valid key, PostgreSQL"),
+]
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,10 +76,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             sqlite = service_environment(f"sqlite:///{tmp / 'bench.db'}")
             flask(sqlite, "db", "upgrade")
-            _, ratelimited, remaining = create_keys(sqlite)
+            valid, ratelimited, remaining = create_keys(sqlite)
             on_postgres = service_environment(create_database(postgres, "bench"))
             flask(on_postgres, "db", "upgrade")
-            _, _, remaining_on_postgres = create_keys(on_postgres)
+            valid_on_postgres, _, remaining_on_postgres = create_keys(on_postgres)
 
             limiter_env = service_environment(f"sqlite:///{tmp / 'unused.db'}", BENCH_REDIS_URL=redis_url)
             bare = serve(limiter_env, "bare-flask", "bench.flask_limiter_app:bare_app")
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                 Variant("bare Flask view", bare + "/bare", anonymous, None),
                 Variant("Flask-Limiter, Redis", limiter + "/limited", write_lua(tmp / "limiter.lua", "bench"), None),
                 Variant("keyservice unprotected, SQLite", embedded + UNPROTECTED, anonymous, None),
+                Variant("keyservice valid key, SQLite", embedded + PROTECTED, write_lua(tmp / "valid.lua", valid), None),
                 Variant("keyservice rate limit, embedded", embedded + PROTECTED,
                         write_lua(tmp / "ratelimited.lua", ratelimited), None),
                 Variant("keyservice remaining, embedded", embedded + PROTECTED,
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                 Variant("keyservice rate limit, Redis", with_redis + PROTECTED,
                         write_lua(tmp / "ratelimited.lua", ratelimited), None),
                 Variant("keyservice unprotected, PostgreSQL", postgresql + UNPROTECTED, anonymous, None),
+                Variant("keyservice valid key, PostgreSQL", postgresql + PROTECTED,
+                        write_lua(tmp / "valid-postgres.lua", valid_on_postgres), None),
                 Variant("keyservice remaining, PostgreSQL", postgresql + PROTECTED,
                         write_lua(tmp / "remaining-postgres.lua", remaining_on_postgres), None),
             ]
@@ -102,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
             for label, against, goal in GOALS:
                 ratio = medians[label] / medians[against]
                 print(f"  {label} / {against}: {ratio:.2f}  ({verdict(ratio, goal)})")
+            print("\n== the limits' own cost: a limited key against a key without limits, same server (no goal)")
+            for label, against in LIMITS_OWN_COST:
+                print(f"  {label} / {against}: {medians[label] / medians[against]:.2f}")
         finally:
             for log in logs:
                 report_server_log(log)
