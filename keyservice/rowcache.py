@@ -37,10 +37,15 @@ class _Copy(Generic[Row]):
 
 
 class RowCache(Generic[Row]):
-    """Rows by a digest of the key they were found with; see the module docstring."""
+    """Rows by a digest of the key they were found with; see the module docstring.
 
-    def __init__(self, engine: Callable[[], Engine], size: int, ttl: float, max_age: float) -> None:
+    ``engine()`` gives the database whose change feed is read; ``clock()`` the time in seconds.
+    """
+
+    def __init__(self, engine: Callable[[], Engine], size: int, ttl: float, max_age: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
+        self._clock = clock
         self._ttl = ttl
         self._max_age = max_age
         self._copies: LRUCache[bytes, _Copy[Row]] = LRUCache(maxsize=size)
@@ -64,7 +69,7 @@ class RowCache(Generic[Row]):
             copy = self._copies.get(digest)
         if copy is None:
             return None  # no database query for a key there is no copy of (one malformed, say)
-        now = time.monotonic()
+        now = self._clock()
         if now - self._read_at >= self._ttl:
             self._read_feed()
             with self._lock:
@@ -78,11 +83,11 @@ class RowCache(Generic[Row]):
         ``generation``; unless the feed has forgotten keys since: the row may predate the change."""
         with self._lock:
             if generation == self._generation:
-                self._copies[digest] = _Copy(key_id, roles, row, time.monotonic())
+                self._copies[digest] = _Copy(key_id, roles, row, self._clock())
 
     def _read_feed(self) -> None:
         with self._reading:
-            started = time.monotonic()
+            started = self._clock()
             if started - self._read_at < self._ttl:
                 return  # another thread read it meanwhile
             starting_over = self._last_change is None or started - self._read_at >= self._max_age

@@ -14,101 +14,54 @@ HMAC-SHA256 of the whole key under the deployment secret (``deploymentsecret.py`
    the row's current hash, means bcrypt accepted it before; one row read, no bcrypt.
 4. Otherwise bcrypt (one check at a time per key in a worker), but only once the
    check is taken from the shared budgets (``failedchecks.py``; given back when
-   bcrypt accepts): per key id and client address, and per key id from everywhere. Past either, the attempt is RATE_LIMITED before the database and
+   bcrypt accepts): per key id and client address, and per key id from
+   everywhere. Past either, the attempt is RATE_LIMITED before the database and
    bcrypt, so a flood of wrong secrets does bounded work across all workers, and
    the real key, sent from another address, still gets its check. Only keys
    bcrypt accepts are remembered, so no flood can evict them.
 
-Whatever the path, the key is judged on its row: revoked, expired (by its
-``expires_at``, at each request), disabled, its scopes.
+Rows are read by ``keyrows.py``. Whatever the path, the key is then:
+
+5. judged on its row: revoked, expired (by its ``expires_at``, at each request),
+   disabled, its scopes;
+6. if valid and limited, counted in its rate-limit window (``ratelimit.py``), then
+   one of its remaining uses is taken (``quota.py``: one SQL statement, refill
+   included): RATE_LIMITED or USAGE_EXCEEDED past either.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
 
-from cachetools import TTLCache
 from flask import current_app
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import DateTime, Dialect
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from . import metrics
 from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
 from .config import Settings
 from .crypto import MAX_KEY_LENGTH, ParsedKey, check_secret, hmac_sha256, parse_key
 from .dberrors import error_name
 from .deploymentsecret import deployment_secret
 from .failedchecks import FailedCheckBudgets
+from .keyrows import KeyRows
 from .lmdbwindows import LmdbWindows, path_for
-from .models import ApiKey, Role, as_utc, utcnow
-from . import metrics
+from .models import utcnow
 from .outcomes import KeyRecord, Outcome, VerificationResult, read_only
+from .quota import Quota
 from .ratelimit import RateLimiter
+from .rowcache import RowCache
 from .scopes import missing_scopes
 from .slidingwindow import WindowStorageError, WindowStore
 from .state import current_state
-from . import rawsql
-from .rowcache import RowCache
 from .usage import UsageRecorder
-
-
-# What a row read selects (a worker reads each key's row once after it starts, and again after
-# each change), with the column types that turn the driver's values into KeyRecord's.
-_RECORD_NAMES = tuple(KeyRecord.__dataclass_fields__)
-_RECORD_COLUMNS = [ApiKey.__table__.c[name] for name in _RECORD_NAMES]
-_RECORD_SQL = f"SELECT {', '.join(_RECORD_NAMES)} FROM {ApiKey.__tablename__} WHERE id = :key_id"
-_ROLE_SCOPES_SQL = f"SELECT scopes FROM {Role.__tablename__} WHERE name IN"
-# updated_at is for changes of settings, not for uses: these leave it as it is. A rotated key's
-# uses are its successor's (quota_key_id), looked up in the same statement, never from a copy.
-_QUOTA_KEY = f"COALESCE((SELECT quota_key_id FROM {ApiKey.__tablename__} WHERE id = :key_id), :key_id)"
-_TAKE_ONE_USE = (
-    f"UPDATE {ApiKey.__tablename__} SET remaining = remaining - 1, usage_exhausted_at = NULL"
-    f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR remaining > 0) RETURNING remaining"
-)
-# A refill due (once per interval: past the day's or month's start) and the use in the same
-# statement: the use is taken from the refilled amount.
-_REFILL_DUE = "refill_amount IS NOT NULL AND (refilled_at IS NULL OR refilled_at < :boundary)"
-_REFILL_AND_TAKE_ONE_USE = (
-    f"UPDATE {ApiKey.__tablename__}"
-    f" SET remaining = CASE WHEN {_REFILL_DUE} THEN refill_amount ELSE remaining END - 1,"
-    f" refilled_at = CASE WHEN {_REFILL_DUE} THEN :now ELSE refilled_at END"
-    f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR remaining > 0 OR {_REFILL_DUE}) RETURNING remaining"
-)
-# PostgreSQL commits a use without waiting for its WAL to reach the disk: the WAL writer
-# flushes it within 3 x wal_writer_delay (200 ms). A crash of the server can lose the uses
-# of that last moment (they come back to the key), never count one twice. For this
-# transaction only (the statement's own, in autocommit mode), set from within the statement
-# itself: no extra round trip.
-_WITHOUT_WAITING_FOR_THE_WAL = {
-    "postgresql": " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit",
-    "sqlite": "",
-}
-
-
-@functools.lru_cache(maxsize=4)
-def _record_processors(dialect: Dialect) -> list[Callable[[Any], Any]]:
-    return rawsql.result_processors(dialect, _RECORD_COLUMNS)
-
-
-@functools.lru_cache(maxsize=4)
-def _role_scopes_processor(dialect: Dialect) -> Callable[[Any], Any]:
-    [process] = rawsql.result_processors(dialect, [Role.__table__.c.scopes])
-    return process
-
-
-@functools.lru_cache(maxsize=8)
-def _quota_statement(sql: str, dialect: str) -> str:
-    head, returning = sql.split(" WHERE ", 1)
-    return f"{head}{_WITHOUT_WAITING_FOR_THE_WAL[dialect]} WHERE {returning}"
 
 
 @dataclass(frozen=True)
@@ -135,22 +88,10 @@ class _Shared:
     budgets: WindowStore
 
 
-@functools.lru_cache(maxsize=4)
-def _timestamp_binder(dialect: Dialect) -> Callable[[datetime], Any]:
-    """How the dialect stores a timestamp column's value (SQLite: a string of its own format)."""
-    return DateTime(timezone=True).bind_processor(dialect) or (lambda value: value)
-
-
 def _database_unavailable(error: SQLAlchemyError) -> VerificationResult:
     # The class only: the error's text holds the statement's parameters (a key id, a hash).
     current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
     return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
-
-
-def refill_boundary(now: datetime, interval: str) -> datetime:
-    """The start (UTC) of the day or month ``now`` is in: a refill is due once past it."""
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day if interval == "daily" else day.replace(day=1)
 
 
 class Verifier:
@@ -158,19 +99,22 @@ class Verifier:
 
     def __init__(self, settings: Settings, db: SQLAlchemy,
                  on_usage_exhausted: Callable[[Session, str], None] | None = None) -> None:
+        def engine() -> Engine:
+            return db.engine  # the app's, known in an app context
+
         self._settings = settings
-        self._on_usage_exhausted = on_usage_exhausted
-        self._db = db
+        self._engine = engine
         self._ratelimiter = RateLimiter(settings.ratelimit_storage_url, db)
-        self._rows: RowCache[_VerifiedKey] = RowCache(lambda: db.engine, settings.cache_size, settings.cache_ttl,
+        self._rows: RowCache[_VerifiedKey] = RowCache(engine, settings.cache_size, settings.cache_ttl,
                                                       settings.cache_max_age)
         self._budgets = FailedCheckBudgets(settings.failed_verify_limit_per_client,
                                            settings.failed_verify_limit_per_key, lambda: self._shared().budgets)
+        self._load = KeyRows(engine).load
+        self._take_one_use = Quota(engine, on_usage_exhausted, settings.cache_size).take_one
         self._lock = threading.Lock()
         self._shared_stores: _Shared | None = None
         self._checking: dict[bytes, tuple[threading.Lock, int]] = {}  # digest -> its lock, threads at it
         self._usage = UsageRecorder(db, settings.usage_flush_interval)
-        self._exhaustion_tried: TTLCache[str, bool] = TTLCache(maxsize=settings.cache_size, ttl=1.0)
 
     def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
         """Check ``key`` and that it holds every scope in ``scopes``; count it in the
@@ -243,7 +187,7 @@ class Verifier:
         if self._shared_stores is None:
             with self._lock:
                 if self._shared_stores is None:
-                    database_url = self._db.engine.url.render_as_string(hide_password=False)
+                    database_url = self._engine().url.render_as_string(hide_password=False)
                     storage_url = self._settings.ratelimit_storage_url
                     self._shared_stores = _Shared(
                         hmac_sha256(deployment_secret(self._settings.secret_key, path_for(database_url, "secret"))),
@@ -276,37 +220,8 @@ class Verifier:
         if record.remaining is not None:
             taken, remaining = self._take_one_use(record)
             if not taken:
-                self._announce_exhausted(record.id)
                 return VerificationResult(Outcome.USAGE_EXCEEDED, key_id=record.id, remaining=0, ratelimit=ratelimit)
         return dataclasses.replace(valid, remaining=remaining, ratelimit=ratelimit)
-
-    def _take_one_use(self, record: KeyRecord) -> tuple[bool, int | None]:
-        """Atomically take one use: whether one was left, and how many are left after it
-        (None if the key has become unlimited). A due refill comes first, once per interval:
-        one statement either way."""
-        dialect = self._db.engine.dialect
-        params: dict[str, Any] = {"key_id": record.id}
-        sql = _TAKE_ONE_USE
-        if record.refill_interval is not None:
-            now = utcnow()
-            as_column = _timestamp_binder(dialect)
-            params |= {"now": as_column(now), "boundary": as_column(refill_boundary(now, record.refill_interval))}
-            sql = _REFILL_AND_TAKE_ONE_USE
-        row = rawsql.execute_one(self._db.engine, _quota_statement(sql, dialect.name), params)
-        return (False, 0) if row is None else (True, row[0])
-
-    def _announce_exhausted(self, key_id: str) -> None:
-        """Tell ``on_usage_exhausted`` (:func:`keyservice.store.announce_usage_exhausted`) in a
-        transaction of its own; this worker at most once a second per key, so that a flood of
-        429s is no flood of writes."""
-        if self._on_usage_exhausted is None:
-            return
-        with self._lock:
-            if key_id in self._exhaustion_tried:
-                return
-            self._exhaustion_tried[key_id] = True
-        with Session(self._db.engine) as session, session.begin():
-            self._on_usage_exhausted(session, key_id)
 
     def ratelimit_storage_answers(self) -> bool:
         """Whether the rate-limit storage answers now (for the readiness check)."""
@@ -383,29 +298,6 @@ class Verifier:
         if missing_scopes(record.scopes, required):
             return VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=record.id, required_scopes=required)
         return verified.valid
-
-    def _load(self, key_id: str) -> KeyRecord | None:
-        # Through rawsql, not a SQLAlchemy Connection: a worker's first request with each key
-        # after a start reads its row, and the Connection's machinery tripled that read's cost.
-        engine = self._db.engine
-        rows = rawsql.execute(engine, _RECORD_SQL, {"key_id": key_id}, writes=False)
-        if not rows:
-            return None
-        values = {name: process(value) for name, process, value
-                  in zip(_RECORD_NAMES, _record_processors(engine.dialect), rows[0])}
-        scopes = list(values["scopes"])
-        if values["roles"]:
-            names = {f"role{index}": name for index, name in enumerate(values["roles"])}
-            placeholders = ", ".join(f":{parameter}" for parameter in names)
-            process = _role_scopes_processor(engine.dialect)
-            for (role_scopes,) in rawsql.execute(engine, f"{_ROLE_SCOPES_SQL} ({placeholders})", names, writes=False):
-                scopes.extend(process(role_scopes))
-        return KeyRecord(**values | {
-            "scopes": tuple(dict.fromkeys(scopes)),
-            "roles": tuple(values["roles"]),
-            "expires_at": as_utc(values["expires_at"]),
-            "revoked_at": as_utc(values["revoked_at"]),
-        })
 
 
 def verify_key(key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keyservice"
 LAYERS = [
     {"outcomes", "scopes", "crypto", "config", "models", "dberrors", "rawsql", "jsonguard", "errors", "state"},
     {"slidingwindow", "lmdbwindows", "rediswindows", "ratelimit", "usage", "metrics", "changefeed", "rowcache",
-     "checkedkeys", "deploymentsecret", "failedchecks", "verification", "signingkeys",
+     "checkedkeys", "deploymentsecret", "failedchecks", "keyrows", "quota", "verification", "signingkeys",
      "tokens", "decorators"},
     {"loosening", "schemas", "store", "webhooks", "addresses", "sender", "principals", "apirules", "api",
      "webhooks_api", "oauth", "openapi", "scan", "cli", "secret_scanning", "dashboard"},
