@@ -7,12 +7,11 @@ from flask_smorest import Api
 
 from .api import keys_blueprint, roles_blueprint
 from .oauth import oauth
+from .state import state_of
 from .webhooks_api import webhooks_blueprint
 
 # The management API's blueprints and the token endpoint's, registered together (and documented) by register_api.
 API_BLUEPRINTS = (keys_blueprint, roles_blueprint, webhooks_blueprint, oauth)
-
-OPENAPI_SETTINGS = {"KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json"}
 
 
 class _ManagementApi(Api):  # type: ignore[misc]
@@ -28,9 +27,9 @@ class _ManagementApi(Api):  # type: ignore[misc]
 def register_api(app: Flask, url_prefix: str = "") -> None:
     """Register the ``keys`` and ``roles`` blueprints and the generated OpenAPI document,
     under ``url_prefix`` (``<prefix>/keys``, ``<prefix>/roles``, ``<prefix>/openapi.json``)."""
-    app.config.setdefault("KEYSERVICE_OPENAPI_URL_PREFIX", url_prefix or "/")
-    for name, value in OPENAPI_SETTINGS.items():
-        app.config.setdefault(name, value)
+    openapi = dict(state_of(app).settings.openapi)
+    openapi["KEYSERVICE_OPENAPI_URL_PREFIX"] = openapi["KEYSERVICE_OPENAPI_URL_PREFIX"] or url_prefix or "/"
+    app.config.update(openapi)  # the checked values, where flask-smorest reads them
     api = _ManagementApi(app, config_prefix="KEYSERVICE_", spec_kwargs={
         "title": "keyservice", "version": "1", "openapi_version": "3.0.3",
         "security": [{"bearer": []}],
