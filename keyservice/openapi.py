@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
 
 from .api import keys_blueprint, roles_blueprint
 from .oauth import oauth
@@ -18,10 +19,14 @@ class _ManagementApi(Api):  # type: ignore[misc]
     # Each route documents its own problem responses; no catch-all "default" of another shape.
     DEFAULT_ERROR_RESPONSE_NAME = None
 
-    def _register_error_handlers(self) -> None:
-        # flask-smorest would answer every HTTP error of the whole app; keyservice
-        # leaves the host's errors alone and answers its own blueprints' errors.
-        pass
+    def handle_http_exception(self, error: HTTPException) -> HTTPException:
+        """Hand every HTTP error back to Flask, which answers it as if no handler were registered.
+
+        flask-smorest registers this app-wide, for every ``HTTPException``; keyservice's own
+        blueprints answer theirs with problem responses (``apirules``, ``oauth``), and the
+        host's errors are the host's.
+        """
+        return error
 
 
 def register_api(app: Flask, url_prefix: str = "") -> None:

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import flask_migrate
 import pytest
-from flask import Flask
+from flask import Flask, abort
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import inspect
+from werkzeug.exceptions import HTTPException
 
 from keyservice import KeyService
+from keyservice.principals import Principal
 
 from .host_app import Team, create_host_app, db, keys
 
@@ -74,6 +76,21 @@ def test_keyservices_own_responses_in_a_host_app_say_nosniff(host: Flask) -> Non
     for path in ("/teams/report", "/keys", "/roles", "/openapi.json", "/dashboard"):
         with client.get(path) as response:
             assert response.headers["X-Content-Type-Options"] == "nosniff", path
+
+
+def test_a_hosts_own_http_error_handler_answers_its_errors_and_keyservice_answers_its_own(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'host.db'}"
+    SQLAlchemy(app)
+    KeyService(app, principal_loader=lambda: Principal(id="ops", scopes=("keys:admin",), client_ids=None))
+    app.register_error_handler(HTTPException, lambda error: ({"host_error": error.code}, error.code or 500))
+    app.add_url_rule("/conflict", "conflict", lambda: abort(409))
+    client = app.test_client()
+    assert client.get("/conflict").get_json() == {"host_error": 409}
+    assert client.get("/no-such-page").get_json() == {"host_error": 404}
+    refused = client.post("/keys", data="name=x", content_type="application/x-www-form-urlencoded")
+    assert (refused.status_code, refused.mimetype) == (415, "application/problem+json")
+    assert refused.get_json()["code"] == "HTTP_UNSUPPORTED_MEDIA_TYPE"
 
 
 def test_host_cli_gets_the_keys_commands(host: Flask) -> None:
