@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 from cryptography.fernet import Fernet
 from limits import RateLimitItem, parse
 from sqlalchemy.engine import make_url
@@ -67,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
 # The OpenAPI document's viewers, each served at its path only with the URL of its script.
 OPENAPI_VIEWERS = ("REDOC", "SWAGGER_UI", "RAPIDOC")
 
+# The databases keyservice has SQL for: some of its statements are written per dialect.
+SUPPORTED_DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
 # Redis URLs as redis-py reads them; the default ("") is the embedded LMDB file.
 RATELIMIT_SCHEMES = ("redis", "rediss", "unix")
 SECRET_KEY_MIN_LENGTH = 32
@@ -78,8 +82,12 @@ HEADER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 URL_PATH_PATTERN = re.compile(r"/?([A-Za-z0-9._~-]+/?)*")
 
 
-class ConfigError(ValueError):
-    """A setting has a value keyservice cannot run with."""
+class ConfigError(click.ClickException, ValueError):
+    """A setting has a value keyservice cannot run with.
+
+    A click error too: when ``flask --app keyservice ...`` builds the app, the CLI prints
+    ``Error: <the message>`` and exits 1 instead of a traceback.
+    """
 
 
 @dataclass(frozen=True)
@@ -291,6 +299,14 @@ def config_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str
     return config
 
 
+def check_database(dialect: str, setting: str) -> None:
+    """Refuse a database keyservice has no SQL for; ``dialect`` is SQLAlchemy's name for it,
+    ``setting`` where it was given."""
+    if dialect not in SUPPORTED_DATABASES:
+        raise ConfigError(f"{setting} must be a {' or '.join(SUPPORTED_DATABASES.values())} database"
+                          f" (keyservice's SQL is written for those), not {dialect}")
+
+
 def check_database_url(url: str) -> str:
     """Return ``url`` as SQLAlchemy should use it: SQLite, or PostgreSQL through psycopg 3
     (``postgresql://`` and ``postgres://`` name no driver, and SQLAlchemy's default is psycopg2)."""
@@ -300,8 +316,9 @@ def check_database_url(url: str) -> str:
         raise ConfigError("DATABASE_URL is not a database URL SQLAlchemy can read") from None
     if parsed.get_backend_name() == "postgres":
         parsed = parsed.set(drivername="postgresql")
+    check_database(parsed.get_backend_name(), "DATABASE_URL")
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+        raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL (driver psycopg), not {parsed.drivername}")
     return parsed.render_as_string(hide_password=False)

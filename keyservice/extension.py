@@ -10,7 +10,7 @@ from flask_sqlalchemy import SQLAlchemy
 from .cli import keys_cli, roles_cli, webhooks_cli
 from .openapi import register_api
 from .principals import PrincipalLoader
-from .config import DEFAULTS, load_settings
+from .config import DEFAULTS, check_database, load_settings
 from .dashboard import dashboard as dashboard_blueprint
 from .secret_scanning import GitHubKeys, secret_scanning
 from .sender import WebhookSender
@@ -73,6 +73,9 @@ class KeyService:
                 "KeyService needs Flask-SQLAlchemy on this app: call db.init_app(app)"
                 " before KeyService(app) or keys.init_app(app)."
             )
+        with app.app_context():
+            # The engine's dialect, read from its URL: nothing connects.
+            check_database(db.engine.dialect.name, "SQLALCHEMY_DATABASE_URI")
         for name, value in DEFAULTS.items():
             app.config.setdefault(name, value)
         settings = load_settings(app.config)

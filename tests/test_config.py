@@ -12,6 +12,7 @@ from keyservice import create_app
 from keyservice.config import DEFAULTS, ConfigError, config_from_environment
 
 from .conftest import TEST_CONFIG
+from .servers import flask_cli, service_environment
 
 REDOC_SCRIPT = "https://cdn.example.com/redoc.standalone.js"
 
@@ -83,3 +84,20 @@ def test_a_bad_openapi_setting_in_the_app_config_is_refused_the_same_way(
 def test_an_unknown_name_in_the_environment_is_still_refused() -> None:
     with pytest.raises(ConfigError, match="KEYSERVICE_OPENAPI_JSON_PAHT is not a keyservice setting"):
         config_from_environment({"KEYSERVICE_OPENAPI_JSON_PAHT": "openapi.json"})
+
+
+def test_a_database_url_of_another_database_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql+pymysql://u@localhost/keys")
+    with pytest.raises(ConfigError) as refused:
+        create_app(TEST_CONFIG)
+    assert str(refused.value) == ("DATABASE_URL must be a SQLite or PostgreSQL database"
+                                  " (keyservice's SQL is written for those), not mysql")
+
+
+@pytest.mark.slow
+def test_the_installed_packages_cli_prints_a_wrong_setting_without_a_traceback(tmp_path: Path) -> None:
+    result = flask_cli(service_environment("oracle://u@localhost/keys"), "keys", "list", app="keyservice")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == ("Error: DATABASE_URL must be a SQLite or PostgreSQL database"
+                             " (keyservice's SQL is written for those), not oracle\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import inspect
 from werkzeug.exceptions import HTTPException
 
 from keyservice import KeyService
+from keyservice.config import ConfigError
 from keyservice.principals import Principal
 
 from .host_app import Team, create_host_app, db, keys
@@ -112,6 +114,20 @@ def test_an_app_without_flask_sqlalchemy_is_refused() -> None:
     app = Flask(__name__)
     with pytest.raises(RuntimeError, match="db.init_app"):
         KeyService(app, db=SQLAlchemy())
+
+
+@pytest.mark.parametrize("uri, dialect", [("mysql+pymysql://u@localhost/db", "mysql"),
+                                          ("mssql+pymssql://u@localhost/db", "mssql")])
+def test_an_app_on_another_database_is_refused_at_init_app_naming_it(uri: str, dialect: str) -> None:
+    app = Flask(__name__)
+    # Its driver is not installed: the engine gets the sqlite3 module as its DBAPI, and never connects.
+    app.config.update(SQLALCHEMY_DATABASE_URI=uri, SQLALCHEMY_ENGINE_OPTIONS={"module": sqlite3})
+    SQLAlchemy(app)
+    with pytest.raises(ConfigError) as refused:
+        KeyService(app)
+    assert str(refused.value) == ("SQLALCHEMY_DATABASE_URI must be a SQLite or PostgreSQL database"
+                                  f" (keyservice's SQL is written for those), not {dialect}")
+    assert "keyservice" not in app.extensions and not app.blueprints
 
 
 def test_an_outage_answers_503_on_keyservices_routes_and_leaves_the_hosts_views_alone(tmp_path: Path) -> None:
