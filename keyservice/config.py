@@ -320,5 +320,6 @@ def check_database_url(url: str) -> str:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise ConfigError(f"DATABASE_URL must be a sqlite:/// or postgresql:// URL (driver psycopg), not {parsed.drivername}")
+        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL (driver psycopg),"
+                          f" not {parsed.drivername}")
     return parsed.render_as_string(hide_password=False)

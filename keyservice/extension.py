@@ -8,18 +8,18 @@ from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 
 from .cli import keys_cli, roles_cli, webhooks_cli
-from .openapi import register_api
-from .principals import PrincipalLoader
 from .config import DEFAULTS, check_database, load_settings
 from .dashboard import dashboard as dashboard_blueprint
+from .errors import nosniff, register_error_handlers
+from .models import ApiKey, Base
+from .openapi import register_api
+from .principals import PrincipalLoader
 from .secret_scanning import GitHubKeys, secret_scanning
 from .sender import WebhookSender
 from .signingkeys import SigningKeys
-from .tokens import TokenVerifier
-from .errors import nosniff, register_error_handlers
-from .models import ApiKey, Base
 from .state import EXTENSION_NAME, KeyServiceState, current_state
 from .store import announce_usage_exhausted, create_key
+from .tokens import TokenVerifier
 from .verification import Verifier
 
 # keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports, tokens.

@@ -109,10 +109,10 @@ def test_registering_twice_is_refused(host: Flask) -> None:
 
 
 def test_an_app_without_flask_sqlalchemy_is_refused() -> None:
-    with pytest.raises(RuntimeError, match="db.init_app"):
+    with pytest.raises(RuntimeError, match=r"db\.init_app"):
         KeyService(Flask(__name__))
     app = Flask(__name__)
-    with pytest.raises(RuntimeError, match="db.init_app"):
+    with pytest.raises(RuntimeError, match=r"db\.init_app"):
         KeyService(app, db=SQLAlchemy())
 
 
