@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 from cryptography.fernet import Fernet
 from limits import RateLimitItem, parse
 from sqlalchemy.engine import make_url
@@ -52,7 +53,23 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_TOKEN_AUDIENCE": "",
     "KEYSERVICE_JWKS_MAX_AGE": 300,
     "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY": "",
+    # Where the management API's OpenAPI document (and, if asked for, a viewer of it) is served;
+    # flask-smorest reads these names (keyservice's Api has the config prefix KEYSERVICE_).
+    "KEYSERVICE_OPENAPI_URL_PREFIX": "",  # "": the extension's url_prefix
+    "KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json",
+    "KEYSERVICE_OPENAPI_REDOC_PATH": "",
+    "KEYSERVICE_OPENAPI_REDOC_URL": "",
+    "KEYSERVICE_OPENAPI_SWAGGER_UI_PATH": "",
+    "KEYSERVICE_OPENAPI_SWAGGER_UI_URL": "",
+    "KEYSERVICE_OPENAPI_RAPIDOC_PATH": "",
+    "KEYSERVICE_OPENAPI_RAPIDOC_URL": "",
 }
+
+# The OpenAPI document's viewers, each served at its path only with the URL of its script.
+OPENAPI_VIEWERS = ("REDOC", "SWAGGER_UI", "RAPIDOC")
+
+# The databases keyservice has SQL for: some of its statements are written per dialect.
+SUPPORTED_DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 # Redis URLs as redis-py reads them; the default ("") is the embedded LMDB file.
 RATELIMIT_SCHEMES = ("redis", "rediss", "unix")
@@ -61,10 +78,16 @@ BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "n
 
 
 HEADER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+# A path of plain segments: no "//", no werkzeug "<converter>", no query or fragment.
+URL_PATH_PATTERN = re.compile(r"/?([A-Za-z0-9._~-]+/?)*")
 
 
-class ConfigError(ValueError):
-    """A setting has a value keyservice cannot run with."""
+class ConfigError(click.ClickException, ValueError):
+    """A setting has a value keyservice cannot run with.
+
+    A click error too: when ``flask --app keyservice ...`` builds the app, the CLI prints
+    ``Error: <the message>`` and exits 1 instead of a traceback.
+    """
 
 
 @dataclass(frozen=True)
@@ -99,6 +122,7 @@ class Settings:
     token_audience: str  # "": the issuer
     jwks_max_age: int  # seconds a client may cache the JWKS; a rotated-in key signs only after longer
     signing_keys_encryption_keys: tuple[str, ...]  # Fernet keys for the private signing keys; (): stored in the clear
+    openapi: tuple[tuple[str, str | None], ...]  # the KEYSERVICE_OPENAPI_* names and values flask-smorest reads
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -190,6 +214,32 @@ def _issuer(config: Mapping[str, Any]) -> str:
     return url.rstrip("/")
 
 
+def _url_path(config: Mapping[str, Any], name: str) -> str:
+    path = "" if config[name] is None else str(config[name]).strip()  # None: flask-smorest's "not served"
+    if not URL_PATH_PATTERN.fullmatch(path):
+        raise ConfigError(f"{name} must be a URL path (letters, digits, . _ ~ - between single slashes), not {path!r}")
+    return path
+
+
+def _openapi(config: Mapping[str, Any]) -> tuple[tuple[str, str | None], ...]:
+    """The OpenAPI settings as flask-smorest reads them: an unset viewer is ``None`` (not served)."""
+    json_path = _url_path(config, "KEYSERVICE_OPENAPI_JSON_PATH")
+    if not json_path.strip("/"):
+        raise ConfigError("KEYSERVICE_OPENAPI_JSON_PATH must be a path like openapi.json, not empty")
+    checked: dict[str, str | None] = {
+        "KEYSERVICE_OPENAPI_URL_PREFIX": _url_path(config, "KEYSERVICE_OPENAPI_URL_PREFIX"),
+        "KEYSERVICE_OPENAPI_JSON_PATH": json_path,
+    }
+    for viewer in OPENAPI_VIEWERS:
+        path_name, url_name = f"KEYSERVICE_OPENAPI_{viewer}_PATH", f"KEYSERVICE_OPENAPI_{viewer}_URL"
+        path = _url_path(config, path_name) or None
+        url = _http_url(config, url_name) if str(config[url_name] or "").strip() else None
+        if path is not None and url is None:
+            raise ConfigError(f"{path_name} needs {url_name}, the URL of the viewer's script")
+        checked[path_name], checked[url_name] = path, url
+    return tuple(checked.items())
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
@@ -226,6 +276,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         token_audience=str(config["KEYSERVICE_TOKEN_AUDIENCE"]).strip(),
         jwks_max_age=_number(config, "KEYSERVICE_JWKS_MAX_AGE", int, 0, 86_400),
         signing_keys_encryption_keys=_fernet_keys(config, "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"),
+        openapi=_openapi(config),
     )
 
 
@@ -248,6 +299,14 @@ def config_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str
     return config
 
 
+def check_database(dialect: str, setting: str) -> None:
+    """Refuse a database keyservice has no SQL for; ``dialect`` is SQLAlchemy's name for it,
+    ``setting`` where it was given."""
+    if dialect not in SUPPORTED_DATABASES:
+        raise ConfigError(f"{setting} must be a {' or '.join(SUPPORTED_DATABASES.values())} database"
+                          f" (keyservice's SQL is written for those), not {dialect}")
+
+
 def check_database_url(url: str) -> str:
     """Return ``url`` as SQLAlchemy should use it: SQLite, or PostgreSQL through psycopg 3
     (``postgresql://`` and ``postgres://`` name no driver, and SQLAlchemy's default is psycopg2)."""
@@ -257,8 +316,10 @@ def check_database_url(url: str) -> str:
         raise ConfigError("DATABASE_URL is not a database URL SQLAlchemy can read") from None
     if parsed.get_backend_name() == "postgres":
         parsed = parsed.set(drivername="postgresql")
+    check_database(parsed.get_backend_name(), "DATABASE_URL")
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL")
+        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL (driver psycopg),"
+                          f" not {parsed.drivername}")
     return parsed.render_as_string(hide_password=False)

@@ -8,18 +8,18 @@ from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 
 from .cli import keys_cli, roles_cli, webhooks_cli
+from .config import DEFAULTS, check_database, load_settings
+from .dashboard import dashboard as dashboard_blueprint
+from .errors import nosniff, register_error_handlers
+from .models import ApiKey, Base
 from .openapi import register_api
 from .principals import PrincipalLoader
-from .config import DEFAULTS, load_settings
-from .dashboard import dashboard as dashboard_blueprint
 from .secret_scanning import GitHubKeys, secret_scanning
 from .sender import WebhookSender
 from .signingkeys import SigningKeys
-from .tokens import TokenVerifier
-from .errors import nosniff, register_error_handlers
-from .models import ApiKey, Base
 from .state import EXTENSION_NAME, KeyServiceState, current_state
 from .store import announce_usage_exhausted, create_key
+from .tokens import TokenVerifier
 from .verification import Verifier
 
 # keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports, tokens.
@@ -73,6 +73,9 @@ class KeyService:
                 "KeyService needs Flask-SQLAlchemy on this app: call db.init_app(app)"
                 " before KeyService(app) or keys.init_app(app)."
             )
+        with app.app_context():
+            # The engine's dialect, read from its URL: nothing connects.
+            check_database(db.engine.dialect.name, "SQLALCHEMY_DATABASE_URI")
         for name, value in DEFAULTS.items():
             app.config.setdefault(name, value)
         settings = load_settings(app.config)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import flask_migrate
 import pytest
-from flask import Flask
+from flask import Flask, abort
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import inspect
+from werkzeug.exceptions import HTTPException
 
 from keyservice import KeyService
+from keyservice.config import ConfigError
+from keyservice.principals import Principal
 
 from .host_app import Team, create_host_app, db, keys
 
@@ -76,6 +80,21 @@ def test_keyservices_own_responses_in_a_host_app_say_nosniff(host: Flask) -> Non
             assert response.headers["X-Content-Type-Options"] == "nosniff", path
 
 
+def test_a_hosts_own_http_error_handler_answers_its_errors_and_keyservice_answers_its_own(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'host.db'}"
+    SQLAlchemy(app)
+    KeyService(app, principal_loader=lambda: Principal(id="ops", scopes=("keys:admin",), client_ids=None))
+    app.register_error_handler(HTTPException, lambda error: ({"host_error": error.code}, error.code or 500))
+    app.add_url_rule("/conflict", "conflict", lambda: abort(409))
+    client = app.test_client()
+    assert client.get("/conflict").get_json() == {"host_error": 409}
+    assert client.get("/no-such-page").get_json() == {"host_error": 404}
+    refused = client.post("/keys", data="name=x", content_type="application/x-www-form-urlencoded")
+    assert (refused.status_code, refused.mimetype) == (415, "application/problem+json")
+    assert refused.get_json()["code"] == "HTTP_UNSUPPORTED_MEDIA_TYPE"
+
+
 def test_host_cli_gets_the_keys_commands(host: Flask) -> None:
     runner = host.test_cli_runner()
     created = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "team-7"])
@@ -90,11 +109,25 @@ def test_registering_twice_is_refused(host: Flask) -> None:
 
 
 def test_an_app_without_flask_sqlalchemy_is_refused() -> None:
-    with pytest.raises(RuntimeError, match="db.init_app"):
+    with pytest.raises(RuntimeError, match=r"db\.init_app"):
         KeyService(Flask(__name__))
     app = Flask(__name__)
-    with pytest.raises(RuntimeError, match="db.init_app"):
+    with pytest.raises(RuntimeError, match=r"db\.init_app"):
         KeyService(app, db=SQLAlchemy())
+
+
+@pytest.mark.parametrize("uri, dialect", [("mysql+pymysql://u@localhost/db", "mysql"),
+                                          ("mssql+pymssql://u@localhost/db", "mssql")])
+def test_an_app_on_another_database_is_refused_at_init_app_naming_it(uri: str, dialect: str) -> None:
+    app = Flask(__name__)
+    # Its driver is not installed: the engine gets the sqlite3 module as its DBAPI, and never connects.
+    app.config.update(SQLALCHEMY_DATABASE_URI=uri, SQLALCHEMY_ENGINE_OPTIONS={"module": sqlite3})
+    SQLAlchemy(app)
+    with pytest.raises(ConfigError) as refused:
+        KeyService(app)
+    assert str(refused.value) == ("SQLALCHEMY_DATABASE_URI must be a SQLite or PostgreSQL database"
+                                  f" (keyservice's SQL is written for those), not {dialect}")
+    assert "keyservice" not in app.extensions and not app.blueprints
 
 
 def test_an_outage_answers_503_on_keyservices_routes_and_leaves_the_hosts_views_alone(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ one the document declares (status, content type and body schema).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,11 +19,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
-    content_type_conformance, response_schema_conformance, status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
 )
 
 from keyservice.app import db
 from keyservice.store import put_role
+
 from .conftest import IssueKey
 
 # The management table of the SPEC, and the roles routes.
@@ -90,12 +93,12 @@ def stand_ins(app: Flask, issue_key: IssueKey) -> Callable[[schemathesis.Case], 
 
     def make_key(kind: str) -> str:
         if kind == "revoked-key":
-            return issue_key(revoked_at=datetime.now(timezone.utc), revocation_reason="test")[0]
+            return issue_key(revoked_at=datetime.now(UTC), revocation_reason="test")[0]
         if kind == "key-with-everything":
             put_reader_role()
             return issue_key(name="everything", external_client_id="globex", scopes=("docs:*", "billing:read"),
                              roles=[ROLE], meta={"team": "a", "nested": [1, {"x": None}]},
-                             expires_at=datetime.now(timezone.utc) + timedelta(days=30))[0]
+                             expires_at=datetime.now(UTC) + timedelta(days=30))[0]
         return issue_key()[0]
 
     def replace(case: schemathesis.Case) -> None:
