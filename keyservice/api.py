@@ -15,7 +15,7 @@ from flask import g, request
 from flask_smorest import Blueprint
 
 from .crypto import parse_key
-from .errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
+from .errors import InvalidInput, NotAllowed, ResourceNotFound, StorageUnavailable
 from .apirules import apply_api_rules, no_store, problems
 from .outcomes import Outcome, VerificationResult
 from .models import ApiKey
@@ -52,7 +52,7 @@ def _principal() -> Principal:
 def _check_managed(api_key: ApiKey) -> None:
     """404, exactly as for a key that does not exist, unless the principal manages the key's client."""
     if not _principal().manages(api_key.external_client_id):
-        raise NotFound(NO_SUCH_KEY)
+        raise ResourceNotFound(NO_SUCH_KEY)
 
 
 def _managed_key(key_id: str) -> ApiKey:
@@ -78,7 +78,7 @@ def _check_grantable(scopes: list[str], roles: list[str]) -> None:
     role_scopes = scopes_of_roles(current_state().db.session, roles)
     ungrantable = _principal().ungrantable([*scopes, *role_scopes])
     if ungrantable:
-        raise Forbidden(f"You cannot grant a scope you do not hold: {ungrantable[0]}.")
+        raise NotAllowed(f"You cannot grant a scope you do not hold: {ungrantable[0]}.")
 
 
 @keys_blueprint.route("", methods=["POST"])
@@ -89,7 +89,7 @@ def _check_grantable(scopes: list[str], roles: list[str]) -> None:
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Issue a key. The response holds the full key, this once."""
     if not _principal().manages(fields["external_client_id"]):
-        raise Forbidden("You cannot create keys for that client.")
+        raise NotAllowed("You cannot create keys for that client.")
     _check_grantable(fields["scopes"], fields["roles"])
     state = current_state()
     api_key, key = create_key(state.db.session, state.settings, created_by=_principal().id, **fields)

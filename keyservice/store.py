@@ -21,7 +21,7 @@ from sqlalchemy import CursorResult, and_, func, or_, select, text, update
 from .changefeed import serialise_changes
 from .config import Settings
 from .crypto import NewKey, generate_key, is_key_id
-from .errors import Conflict, InvalidInput, NeedsAdmin, NotFound
+from .errors import Conflict, InvalidInput, NeedsAdmin, ResourceNotFound
 from .loosening import loosened
 from .models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
 from .schemas import ROLE_NAME
@@ -113,23 +113,23 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
 
 
 def get_key(session: AnySession, key_id: str) -> ApiKey:
-    """The key with id ``key_id``; raises :class:`NotFound`."""
+    """The key with id ``key_id``; raises :class:`ResourceNotFound`."""
     # No id of another form exists, and PostgreSQL would refuse one with a NUL (a 500).
     api_key = session.get(ApiKey, key_id) if is_key_id(key_id) else None
     if api_key is None:
-        raise NotFound(NO_SUCH_KEY)
+        raise ResourceNotFound(NO_SUCH_KEY)
     return api_key
 
 
 def lock_key(session: AnySession, key_id: str) -> ApiKey:
     """The key with id ``key_id``, read afresh under a lock held until the transaction ends
     (its row's on PostgreSQL, the write lock on SQLite): changes of one key are serialised
-    by the database, never by a check in Python. Raises :class:`NotFound`."""
+    by the database, never by a check in Python. Raises :class:`ResourceNotFound`."""
     if not is_key_id(key_id):
-        raise NotFound(NO_SUCH_KEY)
+        raise ResourceNotFound(NO_SUCH_KEY)
     serialise_changes(session)  # before the row's lock: see changefeed.py
     if cast(CursorResult[Any], session.execute(_LOCK_KEY, {"key_id": key_id})).rowcount == 0:
-        raise NotFound(NO_SUCH_KEY)
+        raise ResourceNotFound(NO_SUCH_KEY)
     return cast(ApiKey, session.get(ApiKey, key_id, populate_existing=True))
 
 
@@ -349,5 +349,5 @@ def delete_role(session: AnySession, name: str) -> None:
     """Delete a role; keys that held it lose its scopes."""
     role = session.get(Role, name) if ROLE_NAME.fullmatch(name) else None
     if role is None:
-        raise NotFound(f"no role is named {name!r}")
+        raise ResourceNotFound(f"no role is named {name!r}")
     session.delete(role)
