@@ -16,7 +16,7 @@ from flask_smorest import Blueprint
 
 from .crypto import parse_key
 from .errors import InvalidInput, NotAllowed, ResourceNotFound, StorageUnavailable
-from .apirules import apply_api_rules, no_store, problems
+from .apirules import apply_api_rules, no_store, problem_for, problems
 from .outcomes import Outcome, VerificationResult
 from .models import ApiKey
 from .principals import requires
@@ -27,6 +27,7 @@ from .schemas import (
     ROLE_NAME, RotateSchema, UsageArgsSchema, UsageSchema, VerifyRequestSchema, VerifyResponseSchema,
 )
 from .state import current_state
+from .storeerrors import InvalidValue
 from .store import (
     NO_SUCH_KEY, create_key, delete_role, get_key, key_events, key_usage, list_keys, list_roles, lock_key, put_role,
     revoke_key, rotate_key, scopes_of_roles, update_key,
@@ -108,9 +109,12 @@ def list_(args: dict[str, Any]) -> dict[str, Any]:
     client_ids: set[str] | frozenset[str] | None = principal.client_ids
     if "external_client_id" in args:
         client_ids = {args["external_client_id"]} if principal.manages(args["external_client_id"]) else set()
-    items, next_cursor = list_keys(current_state().db.session, client_ids=client_ids,
-                                   include_revoked=args["include_revoked"], limit=args["limit"],
-                                   cursor=args.get("cursor"))
+    try:
+        items, next_cursor = list_keys(current_state().db.session, client_ids=client_ids,
+                                       include_revoked=args["include_revoked"], limit=args["limit"],
+                                       cursor=args.get("cursor"))
+    except InvalidValue as error:  # the cursor, which came in the query
+        raise problem_for(error, location="query") from None
     return {"items": items, "next_cursor": next_cursor}
 
 

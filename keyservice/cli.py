@@ -32,6 +32,7 @@ from .schemas import (
 )
 from .models import ApiKey, utcnow
 from .state import current_state
+from .storeerrors import StoreError
 from .tokens import issue_token, issuer
 from .verification import verify_key
 
@@ -58,6 +59,8 @@ class OneLineErrorGroup(AppGroup):
             raise CliError(error.format_message()) from None
         except KeyServiceError as error:
             raise CliError(error.detail) from None
+        except StoreError as error:
+            raise CliError(error.message) from None
         except ValidationError as error:
             raise CliError(first_error(error)) from None
         except SQLAlchemyError:

@@ -127,8 +127,8 @@ class NeedsAdmin(NotAllowed):
     code = "LOOSENING_NEEDS_ADMIN"
     title = "Only keys:admin can loosen a key's limits"
 
-    def __init__(self, fields: list[str]) -> None:
-        super().__init__(f"Only keys:admin can raise, extend, clear or re-enable: {', '.join(fields)}.")
+    def __init__(self, detail: str, fields: list[str]) -> None:
+        super().__init__(detail)
         self.fields = fields
 
     def to_response(self) -> Response:
