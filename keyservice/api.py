@@ -15,7 +15,7 @@ from flask import g, request
 from flask_smorest import Blueprint
 
 from .crypto import parse_key
-from .errors import InvalidInput, NotAllowed, ResourceNotFound, StorageUnavailable
+from .errors import NotAllowed, ResourceNotFound, StorageUnavailable
 from .apirules import apply_api_rules, no_store, problem_for, problems
 from .outcomes import Outcome, VerificationResult
 from .models import ApiKey
@@ -24,7 +24,7 @@ from .scopes import Principal
 from .schemas import (
     EventListSchema, KeyCreatedSchema, KeyCreateSchema, KeyListArgsSchema, KeyListSchema, KeySchema,
     KeyUpdateSchema, RevokeArgsSchema, RoleInSchema, RoleListSchema, RoleSchema,
-    ROLE_NAME, RotateSchema, UsageArgsSchema, UsageSchema, VerifyRequestSchema, VerifyResponseSchema,
+    RotateSchema, UsageArgsSchema, UsageSchema, VerifyRequestSchema, VerifyResponseSchema,
 )
 from .state import current_state
 from .storeerrors import InvalidValue
@@ -239,10 +239,10 @@ def roles() -> dict[str, Any]:
 @problems(roles_blueprint, 413, 415, 422)
 def set_role(body: dict[str, Any], name: str) -> Any:
     """Create or replace a role; keys holding it follow its scopes within a second."""
-    if not ROLE_NAME.fullmatch(name):
-        raise InvalidInput("a role name is 1 to 100 of a-z 0-9 _ . : -",
-                           errors={"path": {"name": ["Must be 1 to 100 of a-z 0-9 _ . : -."]}})
-    role = put_role(current_state().db.session, name, body["scopes"])
+    try:
+        role = put_role(current_state().db.session, name, body["scopes"])
+    except InvalidValue as error:  # the name, which came in the path
+        raise problem_for(error, location="path") from None
     current_state().db.session.commit()
     return role
 

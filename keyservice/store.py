@@ -25,7 +25,7 @@ from .config import Settings
 from .crypto import NewKey, generate_key, is_key_id
 from .loosening import loosened
 from .models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
-from .schemas import ROLE_NAME
+from .rolenames import ROLE_NAME_RULE, is_role_name
 from .storeerrors import AdminOnly, InvalidValue, RecordNotFound, StateConflict
 from .webhooks import enqueue_key_event
 
@@ -334,7 +334,10 @@ def scopes_of_roles(session: AnySession, roles: Iterable[str]) -> list[str]:
 
 
 def put_role(session: AnySession, name: str, scopes: list[str]) -> Role:
-    """Create or replace the role ``name``; keys holding it follow its new scopes."""
+    """Create or replace the role ``name``; keys holding it follow its new scopes.
+    Raises :class:`InvalidValue` for a name no role may have."""
+    if not is_role_name(name):
+        raise InvalidValue(f"a role name is {ROLE_NAME_RULE}", "name", [f"Must be {ROLE_NAME_RULE}."])
     role = session.get(Role, name) or Role(name=name)
     role.scopes = list(dict.fromkeys(scopes))
     session.add(role)
@@ -348,7 +351,7 @@ def list_roles(session: AnySession) -> list[Role]:
 
 def delete_role(session: AnySession, name: str) -> None:
     """Delete a role; keys that held it lose its scopes. Raises :class:`RecordNotFound`."""
-    role = session.get(Role, name) if ROLE_NAME.fullmatch(name) else None
+    role = session.get(Role, name) if is_role_name(name) else None
     if role is None:
         raise RecordNotFound(f"no role is named {name!r}")
     session.delete(role)

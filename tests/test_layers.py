@@ -13,7 +13,7 @@ LAYERS = [
     {"slidingwindow", "lmdbwindows", "rediswindows", "ratelimit", "usage", "metrics", "changefeed", "rowcache",
      "checkedkeys", "deploymentsecret", "failedchecks", "verification", "signingkeys",
      "tokens", "decorators"},
-    {"storeerrors", "loosening", "schemas", "store", "webhooks", "addresses", "sender", "principals", "apirules", "api",
+    {"storeerrors", "rolenames", "loosening", "schemas", "store", "webhooks", "addresses", "sender", "principals", "apirules", "api",
      "webhooks_api", "oauth", "openapi", "scan", "cli", "secret_scanning", "dashboard"},
     {"__init__", "extension", "app", "routes", "health", "requestlog", "accesslog", "gunicorn_conf"},
 ]

@@ -68,6 +68,15 @@ def test_an_unknown_role_is_a_record_not_found(session: Any) -> None:
     assert refused(raised).message == "no role is named 'nope'"
 
 
+def test_role_names_follow_one_rule(session: Any) -> None:
+    with pytest.raises(InvalidValue) as raised:
+        store.put_role(session, "Not A Name", ["reports:read"])
+    assert (refused(raised).message, raised.value.field) == ("a role name is 1 to 100 of a-z 0-9 _ . : -", "name")
+    with pytest.raises(RecordNotFound):
+        store.delete_role(session, "Not A Name")
+    assert store.put_role(session, "a" * 100, []).name == "a" * 100
+
+
 def test_loosening_without_leave_is_admin_only_naming_the_fields(session: Any) -> None:
     api_key, _ = KeyService.create_key(name="n", external_client_id="acme", remaining=5,
                                        expires_at=utcnow() + timedelta(days=1))
