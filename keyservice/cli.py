@@ -145,14 +145,6 @@ def _session() -> Any:
     return current_state().db.session
 
 
-def _status(api_key: ApiKey) -> str:
-    if api_key.revoked_at is not None:
-        return "leaked" if api_key.revocation_reason == store.LEAKED else "revoked"
-    if api_key.expires_at is not None and api_key.expires_at <= utcnow():
-        return "expired"
-    return "active" if api_key.enabled else "disabled"
-
-
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
@@ -209,7 +201,7 @@ def list_command(external_client_id: str | None, include_revoked: bool, as_json:
         _echo_json(KeySchema(many=True).dump(api_keys))
         return
     rows = [("ID", "STATUS", "CLIENT", "NAME", "SCOPES")] + [
-        (api_key.id, _status(api_key), api_key.external_client_id, api_key.name, " ".join(api_key.scopes))
+        (api_key.id, api_key.status, api_key.external_client_id, api_key.name, " ".join(api_key.scopes))
         for api_key in api_keys]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
@@ -226,7 +218,6 @@ def show_command(key_id: str, as_json: bool) -> None:
     if as_json:
         _echo_json(shown)
         return
-    shown["status"] = _status(api_key)
     for field, value in shown.items():
         click.echo(f"{field:19}{json.dumps(value) if isinstance(value, (list, dict)) else value}")
 
@@ -376,7 +367,7 @@ def scan_command(paths: tuple[Path, ...], revoke: bool) -> None:
         if api_key is None or not check_secret(item.key.secret, api_key.secret_hash):
             click.echo(f"{item.where}: {item.key.key_id} not a key of this service (no such key here)")
             continue
-        status = "live" if _status(api_key) == "active" else _status(api_key)
+        status = "live" if api_key.status == "active" else api_key.status
         if revoke and api_key.revoked_at is None:
             store.report_leak(session, api_key.id, "cli", {"url": str(item.path.resolve()), "source": "keys scan"})
             session.commit()

@@ -14,6 +14,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .jsonguard import UNSTORABLE_TEXT, is_storable_text, unstorable
+from .keystatus import STATUSES
 from .rolenames import ROLE_NAME_PATTERN, ROLE_NAME_RULE, is_role_name
 
 MAX_META_BYTES = 4096
@@ -184,6 +185,9 @@ class KeySchema(Schema):
     remaining = fields.Integer(allow_none=True)
     refill = fields.Nested(RefillSchema, allow_none=True)
     ratelimit = fields.Nested(RateLimitSchema, allow_none=True)
+    status = fields.String(dump_only=True, metadata={
+        "enum": list(STATUSES), "description": "Whether the key works now: active, or why not (leaked: revoked as"
+                                               " reported leaked). The dashboard and the CLI show it as it is."})
 
 
 class KeyCreatedSchema(KeySchema):

@@ -23,6 +23,7 @@ from sqlalchemy import CursorResult, and_, func, or_, select, text, update
 from .changefeed import serialise_changes
 from .config import Settings
 from .crypto import NewKey, generate_key, is_key_id
+from .keystatus import LEAKED
 from .loosening import loosened
 from .models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
 from .rolenames import ROLE_NAME_RULE, is_role_name
@@ -34,8 +35,6 @@ CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expire
                 "refill", "ratelimit")
 # The same answer for a key that does not exist and one that is not the caller's: no id echoed.
 NO_SUCH_KEY = "No key has this id."
-# The revocation reason of a key reported leaked (GitHub's secret scanning, `keys scan --revoke`).
-LEAKED = "leaked"
 # Takes the key's row lock on PostgreSQL and the database's write lock on SQLite, changing nothing.
 _LOCK_KEY = text(f"UPDATE {ApiKey.__tablename__} SET enabled = enabled WHERE id = :key_id")
 

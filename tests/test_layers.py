@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keyservice"
 
 # Bottom first. management may use the request path (principals check management keys with it).
 LAYERS = [
-    {"outcomes", "scopes", "crypto", "config", "models", "dberrors", "rawsql", "jsonguard", "errors", "state"},
+    {"outcomes", "keystatus", "scopes", "crypto", "config", "models", "dberrors", "rawsql", "jsonguard", "errors", "state"},
     {"slidingwindow", "lmdbwindows", "rediswindows", "ratelimit", "usage", "metrics", "changefeed", "rowcache",
      "checkedkeys", "deploymentsecret", "failedchecks", "verification", "signingkeys",
      "tokens", "decorators"},
