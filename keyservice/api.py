@@ -15,8 +15,8 @@ from flask import g, request
 from flask_smorest import Blueprint
 
 from .crypto import parse_key
-from .errors import Forbidden, InvalidInput, NotFound, StorageUnavailable
-from .apirules import apply_api_rules, no_store, problems
+from .errors import NotAllowed, ResourceNotFound, StorageUnavailable
+from .apirules import apply_api_rules, no_store, problem_for, problems
 from .outcomes import Outcome, VerificationResult
 from .models import ApiKey
 from .principals import requires
@@ -24,9 +24,10 @@ from .scopes import Principal
 from .schemas import (
     EventListSchema, KeyCreatedSchema, KeyCreateSchema, KeyListArgsSchema, KeyListSchema, KeySchema,
     KeyUpdateSchema, RevokeArgsSchema, RoleInSchema, RoleListSchema, RoleSchema,
-    ROLE_NAME, RotateSchema, UsageArgsSchema, UsageSchema, VerifyRequestSchema, VerifyResponseSchema,
+    RotateSchema, UsageArgsSchema, UsageSchema, VerifyRequestSchema, VerifyResponseSchema,
 )
 from .state import current_state
+from .storeerrors import InvalidValue
 from .store import (
     NO_SUCH_KEY, create_key, delete_role, get_key, key_events, key_usage, list_keys, list_roles, lock_key, put_role,
     revoke_key, rotate_key, scopes_of_roles, update_key,
@@ -52,7 +53,7 @@ def _principal() -> Principal:
 def _check_managed(api_key: ApiKey) -> None:
     """404, exactly as for a key that does not exist, unless the principal manages the key's client."""
     if not _principal().manages(api_key.external_client_id):
-        raise NotFound(NO_SUCH_KEY)
+        raise ResourceNotFound(NO_SUCH_KEY)
 
 
 def _managed_key(key_id: str) -> ApiKey:
@@ -78,7 +79,7 @@ def _check_grantable(scopes: list[str], roles: list[str]) -> None:
     role_scopes = scopes_of_roles(current_state().db.session, roles)
     ungrantable = _principal().ungrantable([*scopes, *role_scopes])
     if ungrantable:
-        raise Forbidden(f"You cannot grant a scope you do not hold: {ungrantable[0]}.")
+        raise NotAllowed(f"You cannot grant a scope you do not hold: {ungrantable[0]}.")
 
 
 @keys_blueprint.route("", methods=["POST"])
@@ -89,7 +90,7 @@ def _check_grantable(scopes: list[str], roles: list[str]) -> None:
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Issue a key. The response holds the full key, this once."""
     if not _principal().manages(fields["external_client_id"]):
-        raise Forbidden("You cannot create keys for that client.")
+        raise NotAllowed("You cannot create keys for that client.")
     _check_grantable(fields["scopes"], fields["roles"])
     state = current_state()
     api_key, key = create_key(state.db.session, state.settings, created_by=_principal().id, **fields)
@@ -108,9 +109,12 @@ def list_(args: dict[str, Any]) -> dict[str, Any]:
     client_ids: set[str] | frozenset[str] | None = principal.client_ids
     if "external_client_id" in args:
         client_ids = {args["external_client_id"]} if principal.manages(args["external_client_id"]) else set()
-    items, next_cursor = list_keys(current_state().db.session, client_ids=client_ids,
-                                   include_revoked=args["include_revoked"], limit=args["limit"],
-                                   cursor=args.get("cursor"))
+    try:
+        items, next_cursor = list_keys(current_state().db.session, client_ids=client_ids,
+                                       include_revoked=args["include_revoked"], limit=args["limit"],
+                                       cursor=args.get("cursor"))
+    except InvalidValue as error:  # the cursor, which came in the query
+        raise problem_for(error, location="query") from None
     return {"items": items, "next_cursor": next_cursor}
 
 
@@ -235,10 +239,10 @@ def roles() -> dict[str, Any]:
 @problems(roles_blueprint, 413, 415, 422)
 def set_role(body: dict[str, Any], name: str) -> Any:
     """Create or replace a role; keys holding it follow its scopes within a second."""
-    if not ROLE_NAME.fullmatch(name):
-        raise InvalidInput("a role name is 1 to 100 of a-z 0-9 _ . : -",
-                           errors={"path": {"name": ["Must be 1 to 100 of a-z 0-9 _ . : -."]}})
-    role = put_role(current_state().db.session, name, body["scopes"])
+    try:
+        role = put_role(current_state().db.session, name, body["scopes"])
+    except InvalidValue as error:  # the name, which came in the path
+        raise problem_for(error, location="path") from None
     current_state().db.session.commit()
     return role
 

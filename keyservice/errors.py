@@ -3,8 +3,8 @@
     KeyServiceError            any error keyservice answers with a problem body
     ├── VerificationFailed     a protected view refused its caller (401/400/403/429/503)
     ├── InvalidInput           input keyservice cannot accept (422), with per-field errors
-    ├── NotFound               no such key or role, or not the caller's to see (404)
-    ├── Forbidden              a scope the caller may not grant (403)
+    ├── ResourceNotFound       no such key, role or endpoint, or not the caller's to see (404)
+    ├── NotAllowed             the caller may not do this, e.g. grant a scope it does not hold (403)
     │   └── NeedsAdmin         a change that loosens a limit, by a principal without keys:admin (403)
     ├── Conflict               the key's state forbids it, e.g. rotating a revoked key (409)
     └── StorageUnavailable     the database cannot be read or written now (503, Retry-After)
@@ -105,7 +105,7 @@ class InvalidInput(KeyServiceError):
         return problem(self.status, self.code, self.title, self.detail, errors=self.errors)
 
 
-class NotFound(KeyServiceError):
+class ResourceNotFound(KeyServiceError):
     """Raised for a key or role that does not exist, or is not the caller's to see."""
 
     status = 404
@@ -113,7 +113,7 @@ class NotFound(KeyServiceError):
     title = "Not found"
 
 
-class Forbidden(KeyServiceError):
+class NotAllowed(KeyServiceError):
     """Raised when the caller may not do this, e.g. grant a scope it does not hold."""
 
     status = 403
@@ -121,14 +121,14 @@ class Forbidden(KeyServiceError):
     title = "Forbidden"
 
 
-class NeedsAdmin(Forbidden):
+class NeedsAdmin(NotAllowed):
     """Raised when a principal without ``keys:admin`` tries to loosen a key's limits."""
 
     code = "LOOSENING_NEEDS_ADMIN"
     title = "Only keys:admin can loosen a key's limits"
 
-    def __init__(self, fields: list[str]) -> None:
-        super().__init__(f"Only keys:admin can raise, extend, clear or re-enable: {', '.join(fields)}.")
+    def __init__(self, detail: str, fields: list[str]) -> None:
+        super().__init__(detail)
         self.fields = fields
 
     def to_response(self) -> Response:

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 
+from .apirules import answer_store_errors
 from .cli import keys_cli, roles_cli, webhooks_cli
 from .config import DEFAULTS, check_database, load_settings
 from .dashboard import dashboard as dashboard_blueprint
@@ -89,6 +90,7 @@ class KeyService:
                                 TokenVerifier(settings, signing_keys, verifier))
         app.extensions[EXTENSION_NAME] = state
         register_error_handlers(app)
+        answer_store_errors(app)
         app.after_request(_after_request)
         # Leak reports are not management: GitHub calls them whatever the host leaves out.
         app.register_blueprint(secret_scanning, url_prefix=f"{self._url_prefix}{secret_scanning.url_prefix}")

@@ -14,6 +14,8 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from .keystatus import key_status
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -101,6 +103,12 @@ class ApiKey(Base):
         if self.ratelimit_limit is None or self.ratelimit_period is None:
             return None
         return {"limit": self.ratelimit_limit, "period": self.ratelimit_period}
+
+    @property
+    def status(self) -> str:
+        """``active``, ``disabled``, ``expired``, ``revoked`` or ``leaked``, as of now
+        (:func:`keyservice.keystatus.key_status`)."""
+        return key_status(self, utcnow())
 
     def revoke(self, reason: str | None = None) -> bool:
         """Revoke the key; return False when it already was (revocation is final)."""

@@ -8,18 +8,18 @@ input through the same schemas, so both front doors apply the same rules.
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime, timezone
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from .jsonguard import UNSTORABLE_TEXT, is_storable_text, unstorable
+from .keystatus import STATUSES
+from .rolenames import ROLE_NAME_PATTERN, ROLE_NAME_RULE, is_role_name
 
 MAX_META_BYTES = 4096
 MAX_SCOPES = 100
 MAX_GRACE_SECONDS = 30 * 24 * 3600
-ROLE_NAME = re.compile(r"[a-z0-9_.:-]{1,100}\Z")
 USAGE_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -79,9 +79,13 @@ def _scopes(**kwargs: Any) -> fields.List[str]:
     return fields.List(_scope(), validate=validate.Length(max=MAX_SCOPES), **kwargs)
 
 
+def _role_name(value: str) -> None:
+    if not is_role_name(value):
+        raise ValidationError(f"Must be {ROLE_NAME_RULE}.")
+
+
 def _role_names(**kwargs: Any) -> fields.List[str]:
-    return fields.List(Text(validate=validate.Regexp(ROLE_NAME, error="Must be 1 to 100 of a-z 0-9 _ . : -."),
-                                     metadata={"pattern": "^[a-z0-9_.:-]{1,100}$"}),
+    return fields.List(Text(validate=_role_name, metadata={"pattern": f"^{ROLE_NAME_PATTERN}$"}),
                        validate=validate.Length(max=MAX_SCOPES), **kwargs)
 
 
@@ -181,6 +185,9 @@ class KeySchema(Schema):
     remaining = fields.Integer(allow_none=True)
     refill = fields.Nested(RefillSchema, allow_none=True)
     ratelimit = fields.Nested(RateLimitSchema, allow_none=True)
+    status = fields.String(dump_only=True, metadata={
+        "enum": list(STATUSES), "description": "Whether the key works now: active, or why not (leaked: revoked as"
+                                               " reported leaked). The dashboard and the CLI show it as it is."})
 
 
 class KeyCreatedSchema(KeySchema):

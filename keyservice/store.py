@@ -3,7 +3,9 @@
 The input here is already checked against :mod:`keyservice.schemas`. These
 functions add to or read from ``session``; committing is the caller's job (the
 view, the CLI command, or the host app's own code). Every change to a key is
-recorded as a :class:`KeyEvent`, and no event ever holds a secret.
+recorded as a :class:`KeyEvent`, and no event ever holds a secret. What they refuse
+they raise as :mod:`keyservice.storeerrors`, which the API and the CLI each answer in
+their own shape.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from sqlalchemy import CursorResult, and_, func, or_, select, text, update
 from .changefeed import serialise_changes
 from .config import Settings
 from .crypto import NewKey, generate_key, is_key_id
-from .errors import Conflict, InvalidInput, NeedsAdmin, NotFound
+from .keystatus import LEAKED
 from .loosening import loosened
 from .models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
-from .schemas import ROLE_NAME
+from .rolenames import ROLE_NAME_RULE, is_role_name
+from .storeerrors import AdminOnly, InvalidValue, RecordNotFound, StateConflict
 from .webhooks import enqueue_key_event
 
 # The settings a rotated key carries over from the key it replaces.
@@ -32,8 +35,6 @@ CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expire
                 "refill", "ratelimit")
 # The same answer for a key that does not exist and one that is not the caller's: no id echoed.
 NO_SUCH_KEY = "No key has this id."
-# The revocation reason of a key reported leaked (GitHub's secret scanning, `keys scan --revoke`).
-LEAKED = "leaked"
 # Takes the key's row lock on PostgreSQL and the database's write lock on SQLite, changing nothing.
 _LOCK_KEY = text(f"UPDATE {ApiKey.__tablename__} SET enabled = enabled WHERE id = :key_id")
 
@@ -60,13 +61,13 @@ def _check_roles(session: AnySession, roles: list[str]) -> None:
         return
     unknown = sorted(set(roles) - set(session.scalars(select(Role.name).where(Role.name.in_(roles)))))
     if unknown:
-        raise InvalidInput(f"no role is named {unknown[0]!r}", errors={"json": {"roles": [f"Unknown role: {name}" for name in unknown]}})
+        raise InvalidValue(f"no role is named {unknown[0]!r}", "roles", [f"Unknown role: {name}" for name in unknown])
 
 
 def _check_refill(api_key: ApiKey) -> None:
     if api_key.refill_amount is not None and api_key.remaining is None:
-        raise InvalidInput("a refill needs remaining: it is the count a refill restores",
-                           errors={"json": {"remaining": ["Required with refill."]}})
+        raise InvalidValue("a refill needs remaining: it is the count a refill restores", "remaining",
+                           ["Required with refill."])
 
 
 def record_event(session: AnySession, key_id: str, action: str, actor: str | None,
@@ -113,23 +114,23 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
 
 
 def get_key(session: AnySession, key_id: str) -> ApiKey:
-    """The key with id ``key_id``; raises :class:`NotFound`."""
+    """The key with id ``key_id``; raises :class:`RecordNotFound`."""
     # No id of another form exists, and PostgreSQL would refuse one with a NUL (a 500).
     api_key = session.get(ApiKey, key_id) if is_key_id(key_id) else None
     if api_key is None:
-        raise NotFound(NO_SUCH_KEY)
+        raise RecordNotFound(NO_SUCH_KEY)
     return api_key
 
 
 def lock_key(session: AnySession, key_id: str) -> ApiKey:
     """The key with id ``key_id``, read afresh under a lock held until the transaction ends
     (its row's on PostgreSQL, the write lock on SQLite): changes of one key are serialised
-    by the database, never by a check in Python. Raises :class:`NotFound`."""
+    by the database, never by a check in Python. Raises :class:`RecordNotFound`."""
     if not is_key_id(key_id):
-        raise NotFound(NO_SUCH_KEY)
+        raise RecordNotFound(NO_SUCH_KEY)
     serialise_changes(session)  # before the row's lock: see changefeed.py
     if cast(CursorResult[Any], session.execute(_LOCK_KEY, {"key_id": key_id})).rowcount == 0:
-        raise NotFound(NO_SUCH_KEY)
+        raise RecordNotFound(NO_SUCH_KEY)
     return cast(ApiKey, session.get(ApiKey, key_id, populate_existing=True))
 
 
@@ -141,13 +142,13 @@ def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], ac
                may_loosen: bool) -> None:
     """Apply ``changes`` (field to new value) to ``api_key`` (locked: :func:`lock_key`) and record
     what really changed. Loosening a limit needs ``may_loosen`` (see :mod:`keyservice.loosening`);
-    raises :class:`NeedsAdmin` without it."""
+    raises :class:`AdminOnly` without it."""
     if "expires_at" in changes:
         changes["expires_at"] = _utc(changes["expires_at"])
     if not may_loosen and (fields := loosened(api_key, changes)):
-        raise NeedsAdmin(fields)
+        raise AdminOnly(fields)
     if ("remaining" in changes or "refill" in changes) and api_key.quota_key_id is not None:
-        raise Conflict("this key's uses are its successor's since it was rotated: change the successor")
+        raise StateConflict("this key's uses are its successor's since it was rotated: change the successor")
     if changes.get("enabled") is False and api_key.enabled:
         api_key.disabled_by_admin = may_loosen
     if "roles" in changes:
@@ -236,7 +237,7 @@ def rotate_key(session: AnySession, settings: Settings, key_id: str, grace_secon
     key expires ``grace_seconds`` from now, and its uses are the new key's meanwhile (one quota).
 
     The old key is locked (:func:`lock_key`) and ``check`` runs on it (the caller's rules);
-    a key revoked, expired or rotated already is a :class:`Conflict`.
+    a key revoked, expired or rotated already is a :class:`StateConflict`.
     """
     new = generate_key(settings.key_prefix, settings.bcrypt_rounds)  # bcrypt before taking the lock
     api_key = lock_key(session, key_id)
@@ -244,9 +245,9 @@ def rotate_key(session: AnySession, settings: Settings, key_id: str, grace_secon
     now = utcnow()
     expires_at = as_utc(api_key.expires_at)
     if api_key.revoked_at is not None or (expires_at is not None and expires_at <= now):
-        raise Conflict("a revoked or expired key cannot be rotated")
+        raise StateConflict("a revoked or expired key cannot be rotated")
     if api_key.rotated_to is not None:
-        raise Conflict("this key has been rotated already: rotate its successor")
+        raise StateConflict("this key has been rotated already: rotate its successor")
     new_key, key = create_key(session, settings, created_by=actor, rotated_from=api_key.id, new=new,
                               **{field: getattr(api_key, field) for field in CARRIED_OVER})
     new_key.refilled_at = api_key.refilled_at  # a refill that is due stays due
@@ -303,8 +304,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
             return position, key_id
     except (ValueError, TypeError, OverflowError, binascii.Error):
         pass
-    raise InvalidInput("cursor is not one this API gave out",
-                       errors={"query": {"cursor": ["Not a cursor this API gave out."]}})
+    raise InvalidValue("cursor is not one this API gave out", "cursor", ["Not a cursor this API gave out."])
 
 
 def list_keys(session: AnySession, *, client_ids: Iterable[str] | None = None, include_revoked: bool = False,
@@ -333,7 +333,10 @@ def scopes_of_roles(session: AnySession, roles: Iterable[str]) -> list[str]:
 
 
 def put_role(session: AnySession, name: str, scopes: list[str]) -> Role:
-    """Create or replace the role ``name``; keys holding it follow its new scopes."""
+    """Create or replace the role ``name``; keys holding it follow its new scopes.
+    Raises :class:`InvalidValue` for a name no role may have."""
+    if not is_role_name(name):
+        raise InvalidValue(f"a role name is {ROLE_NAME_RULE}", "name", [f"Must be {ROLE_NAME_RULE}."])
     role = session.get(Role, name) or Role(name=name)
     role.scopes = list(dict.fromkeys(scopes))
     session.add(role)
@@ -346,8 +349,8 @@ def list_roles(session: AnySession) -> list[Role]:
 
 
 def delete_role(session: AnySession, name: str) -> None:
-    """Delete a role; keys that held it lose its scopes."""
-    role = session.get(Role, name) if ROLE_NAME.fullmatch(name) else None
+    """Delete a role; keys that held it lose its scopes. Raises :class:`RecordNotFound`."""
+    role = session.get(Role, name) if is_role_name(name) else None
     if role is None:
-        raise NotFound(f"no role is named {name!r}")
+        raise RecordNotFound(f"no role is named {name!r}")
     session.delete(role)

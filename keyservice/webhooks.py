@@ -23,7 +23,7 @@ from sqlalchemy import CursorResult, delete, or_, select, update
 
 from .addresses import check_url
 from .config import Settings
-from .errors import Conflict, KeyServiceError, NotFound
+from .errors import Conflict, KeyServiceError, ResourceNotFound
 from .models import AnySession, ApiKey, WebhookDelivery, WebhookEndpoint, WebhookMessage, utcnow
 from .schemas import KeySchema
 
@@ -81,10 +81,10 @@ def list_endpoints(session: AnySession, client_ids: frozenset[str] | None) -> li
 
 
 def get_endpoint(session: AnySession, endpoint_id: str, client_ids: frozenset[str] | None) -> WebhookEndpoint:
-    """The endpoint, if it is one of ``client_ids``' (None: any); else :class:`NotFound`."""
+    """The endpoint, if it is one of ``client_ids``' (None: any); else :class:`ResourceNotFound`."""
     endpoint = session.get(WebhookEndpoint, endpoint_id) if len(endpoint_id) <= 40 else None
     if endpoint is None or (client_ids is not None and endpoint.external_client_id not in client_ids):
-        raise NotFound(NO_SUCH_ENDPOINT)
+        raise ResourceNotFound(NO_SUCH_ENDPOINT)
     return endpoint
 
 
@@ -146,7 +146,7 @@ def redeliver(session: AnySession, endpoint: WebhookEndpoint, delivery_id: int) 
     ``KEYSERVICE_WEBHOOKS_RETRY_FOR`` of retries; a pending one is a :class:`Conflict`."""
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None or delivery.endpoint_id != endpoint.id:
-        raise NotFound("This endpoint has no delivery with this id.")
+        raise ResourceNotFound("This endpoint has no delivery with this id.")
     now = utcnow()
     changed = session.execute(update(WebhookDelivery).where(
         WebhookDelivery.id == delivery_id, WebhookDelivery.status != "pending").values(

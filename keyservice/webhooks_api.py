@@ -13,7 +13,7 @@ from flask import g
 from flask_smorest import Blueprint
 
 from .apirules import apply_api_rules, no_store, problems
-from .errors import Forbidden, InvalidInput
+from .errors import InvalidInput, NotAllowed
 from .models import WebhookEndpoint
 from .principals import requires
 from .scopes import Principal
@@ -38,7 +38,7 @@ def _owner(asked: str | None) -> str | None:
     principal = _principal()
     if asked is not None:
         if not principal.manages(asked):
-            raise Forbidden("You cannot register endpoints for that client.")
+            raise NotAllowed("You cannot register endpoints for that client.")
         return asked
     if principal.client_ids is None:
         return None

@@ -22,6 +22,7 @@ from werkzeug.test import TestResponse
 
 from keyservice import KeyService, require_key
 from keyservice.app import db
+from keyservice.models import ApiKey, utcnow
 
 from .conftest import migrated_app
 from .helpers import assert_problem, describe
@@ -473,6 +474,24 @@ def test_delete_revokes_with_the_reason_and_the_key_is_refused(api: Api) -> None
     response = api.protected(created["key"])
     assert_problem(response, 401, "REVOKED")
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="keyservice", error="invalid_token"'
+
+
+def test_every_key_object_carries_its_status(api: Api) -> None:
+    manager = api.manager(*READ_WRITE)
+    created = {status: api.create(manager, name=status) for status in ("active", "disabled", "expired", "revoked",
+                                                                        "leaked")}
+    assert {body["status"] for body in created.values()} == {"active"}
+    patched = api.call("PATCH", f"/keys/{created['disabled']['id']}", manager, json={"enabled": False})
+    assert patched.get_json()["status"] == "disabled"
+    with api.app.app_context():
+        db.session.get(ApiKey, created["expired"]["id"]).expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    api.call("DELETE", f"/keys/{created['revoked']['id']}", manager)
+    api.call("DELETE", f"/keys/{created['leaked']['id']}?reason=leaked", manager)
+    assert api.show(manager, created["expired"]["id"])["status"] == "expired"
+    listed = api.call("GET", "/keys?include_revoked=true", manager).get_json()["items"]
+    assert {item["name"]: item["status"] for item in listed if item["name"] != "manager"} == {
+        status: status for status in created}
 
 
 def test_delete_is_idempotent_and_keeps_the_first_revocation(api: Api) -> None:

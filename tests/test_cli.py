@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskCliRunner
 
-from .helpers import KEY_FORMAT
+from keyservice.app import db
+from keyservice.models import ApiKey, utcnow
+
+from .helpers import KEY_FORMAT, bearer
 from .servers import flask_cli, service_environment
 
 
@@ -191,3 +196,24 @@ def test_a_wrong_setting_stops_start_up_with_one_line_naming_it(tmp_path: Path, 
     assert result.returncode == 1
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("keyservice: ") and name in result.stderr
+
+
+def test_list_show_and_the_api_give_each_key_the_same_status(app: Flask, runner: FlaskCliRunner) -> None:
+    statuses = ("active", "disabled", "expired", "revoked", "leaked")
+    ids = {status: create(runner).split("_")[1] for status in statuses}
+    runner.invoke(args=["keys", "disable", ids["disabled"]])
+    runner.invoke(args=["keys", "revoke", ids["revoked"]])
+    runner.invoke(args=["keys", "revoke", ids["leaked"], "--reason", "leaked"])
+    with app.app_context():
+        db.session.get(ApiKey, ids["expired"]).expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    admin = create(runner, "--scope", "keys:admin")
+    listed = runner.invoke(args=["keys", "list", "--include-revoked"]).stdout.splitlines()[1:]
+    in_list = {row.split()[0]: row.split()[1] for row in listed}
+    in_api = {item["id"]: item["status"] for item in app.test_client().get(
+        "/keys?include_revoked=true", headers=bearer(admin)).get_json()["items"]}
+    for status, key_id in ids.items():
+        shown = runner.invoke(args=["keys", "show", key_id]).stdout
+        assert f"status             {status}\n" in shown
+        assert json.loads(runner.invoke(args=["keys", "show", key_id, "--json"]).stdout)["status"] == status
+        assert in_list[key_id] == in_api[key_id] == status

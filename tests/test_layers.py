@@ -9,11 +9,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "keyservice"
 
 # Bottom first. management may use the request path (principals check management keys with it).
 LAYERS = [
-    {"outcomes", "scopes", "crypto", "config", "models", "dberrors", "rawsql", "jsonguard", "errors", "state"},
+    {"outcomes", "keystatus", "scopes", "crypto", "config", "models", "dberrors", "rawsql", "jsonguard", "errors", "state"},
     {"slidingwindow", "lmdbwindows", "rediswindows", "ratelimit", "usage", "metrics", "changefeed", "rowcache",
      "checkedkeys", "deploymentsecret", "failedchecks", "keyrows", "quota", "verification", "signingkeys",
      "tokens", "decorators"},
-    {"loosening", "schemas", "store", "webhooks", "addresses", "sender", "principals", "apirules", "api",
+    {"storeerrors", "rolenames", "loosening", "schemas", "store", "webhooks", "addresses", "sender", "principals", "apirules", "api",
      "webhooks_api", "oauth", "openapi", "scan", "cli", "secret_scanning", "dashboard"},
     {"__init__", "extension", "app", "routes", "health", "requestlog", "accesslog", "gunicorn_conf"},
 ]

@@ -124,6 +124,15 @@ def test_openapi_document(app: Flask) -> None:
     assert {"bearer": []} in document["security"]
 
 
+def test_the_document_gives_each_keys_status_and_its_values(app: Flask) -> None:
+    document: dict[str, Any] = app.test_client().get("/openapi.json").get_json()
+    key_object = document["paths"]["/keys/{key_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    name = key_object["schema"]["$ref"].rsplit("/", 1)[1]
+    status = document["components"]["schemas"][name]["properties"]["status"]
+    assert status["type"] == "string" and status["readOnly"] is True
+    assert sorted(status["enum"]) == ["active", "disabled", "expired", "leaked", "revoked"]
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 

@@ -65,12 +65,6 @@ function showError(error) {
 
 function clearError() { $("error").hidden = true; $("error").textContent = ""; }
 
-function status(key) {
-  if (key.revoked_at) return key.revocation_reason === "leaked" ? "leaked" : "revoked";
-  if (key.expires_at && new Date(key.expires_at) <= new Date()) return "expired";
-  return key.enabled ? "active" : "disabled";
-}
-
 const COLUMNS = ["Name", "Id", "Client", "Status", "Last used"];
 
 function cell(text, label) {
@@ -91,7 +85,7 @@ function row(key) {
   tr.dataset.name = key.name.toLowerCase();
   tr.dataset.id = key.id;
   const when = key.last_used_at ? new Date(key.last_used_at).toLocaleString() : "never";
-  [key.name, key.id, key.external_client_id, status(key), when].forEach((text, n) => tr.append(cell(text, COLUMNS[n])));
+  [key.name, key.id, key.external_client_id, key.status, when].forEach((text, n) => tr.append(cell(text, COLUMNS[n])));
   const actions = document.createElement("td");
   actions.append(button("Usage", `Usage of ${key.name}`, () => showUsage(key)));
   if (!key.revoked_at) {
