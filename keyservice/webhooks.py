@@ -23,9 +23,10 @@ from sqlalchemy import CursorResult, delete, or_, select, update
 
 from .addresses import check_url
 from .config import Settings
-from .errors import Conflict, KeyServiceError, ResourceNotFound
+from .errors import KeyServiceError
 from .models import AnySession, ApiKey, WebhookDelivery, WebhookEndpoint, WebhookMessage, utcnow
 from .schemas import KeySchema
+from .storeerrors import RecordNotFound, StateConflict
 
 SECRET_PREFIX = "whsec_"
 TEST_EVENT = "webhook.test"
@@ -81,10 +82,10 @@ def list_endpoints(session: AnySession, client_ids: frozenset[str] | None) -> li
 
 
 def get_endpoint(session: AnySession, endpoint_id: str, client_ids: frozenset[str] | None) -> WebhookEndpoint:
-    """The endpoint, if it is one of ``client_ids``' (None: any); else :class:`ResourceNotFound`."""
+    """The endpoint, if it is one of ``client_ids``' (None: any); else :class:`RecordNotFound`."""
     endpoint = session.get(WebhookEndpoint, endpoint_id) if len(endpoint_id) <= 40 else None
     if endpoint is None or (client_ids is not None and endpoint.external_client_id not in client_ids):
-        raise ResourceNotFound(NO_SUCH_ENDPOINT)
+        raise RecordNotFound(NO_SUCH_ENDPOINT)
     return endpoint
 
 
@@ -143,13 +144,13 @@ def list_deliveries(session: AnySession, endpoint: WebhookEndpoint, limit: int =
 
 def redeliver(session: AnySession, endpoint: WebhookEndpoint, delivery_id: int) -> None:
     """Send a delivery that is not pending (failed, or delivered) again from now on, with a new
-    ``KEYSERVICE_WEBHOOKS_RETRY_FOR`` of retries; a pending one is a :class:`Conflict`."""
+    ``KEYSERVICE_WEBHOOKS_RETRY_FOR`` of retries; a pending one is a :class:`StateConflict`."""
     delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None or delivery.endpoint_id != endpoint.id:
-        raise ResourceNotFound("This endpoint has no delivery with this id.")
+        raise RecordNotFound("This endpoint has no delivery with this id.")
     now = utcnow()
     changed = session.execute(update(WebhookDelivery).where(
         WebhookDelivery.id == delivery_id, WebhookDelivery.status != "pending").values(
         status="pending", next_attempt_at=now, retry_from=now, lease_until=None))
     if cast(CursorResult[Any], changed).rowcount == 0:
-        raise Conflict("This delivery is pending already.")
+        raise StateConflict("This delivery is pending already.")
