@@ -4,7 +4,6 @@ shared failed-check budgets, and what the shared stores hold. Through gunicorn w
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
@@ -30,14 +29,13 @@ from keyservice.models import ApiKey, KeyChange
 from keyservice.store import put_role
 
 from .conftest import migrated_app, postgres_database
-from .helpers import bearer
+from .helpers import bearer, issue, wrong_secret
 from .load import outcome
 from .servers import (KeysCli, flask_cli, gunicorn, gunicorn_workers, labelled_metric, request,
                       service_environment)
 from .services import PostgresServer
 from .test_scale_out import start_fleet
 from .test_storage_at_rest import raw_database
-from .test_verify_key import issue, wrong_secret
 
 SECRET_KEY = "a-deployment-secret-of-at-least-32-characters"
 

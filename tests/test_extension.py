@@ -14,6 +14,7 @@ from sqlalchemy import inspect
 
 from keyservice import KeyService
 
+from .helpers import bearer
 from .host_app import Team, create_host_app, db, keys
 
 
@@ -50,7 +51,7 @@ def test_host_view_gets_the_caller_from_g_auth(host: Flask) -> None:
         db.session.commit()
         key_id = api_key.id
     client = host.test_client()
-    response = client.get("/teams/report", headers={"Authorization": f"Bearer {key}"})
+    response = client.get("/teams/report", headers=bearer(key))
     assert response.status_code == 200
     assert response.get_json() == {"team": "team-7", "key": key_id}
 
@@ -105,7 +106,7 @@ def test_an_outage_answers_503_on_keyservices_routes_and_leaves_the_hosts_views_
             _, key = keys.create_key(name="ops", external_client_id="team-7", scopes=["keys:admin", "reports:*"])
             db.session.commit()
         client = host.test_client()
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = bearer(key)
         assert client.get("/keys", headers=headers).status_code == 200
         assert client.get("/teams/report", headers=headers).status_code == 200
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import bearer
+from .helpers import assert_unavailable, bearer
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .test_database_outage import assert_no_error_text
 
@@ -58,13 +58,6 @@ def fill(path: Path) -> None:
         assert error.errno == errno.ENOSPC, error
     finally:
         os.close(descriptor)
-
-
-def assert_unavailable(response: Response) -> None:
-    assert response.status == 503, (response.status, response.body)
-    assert response.headers["Content-Type"] == "application/problem+json"
-    assert json.loads(response.body)["code"] == "UNAVAILABLE"
-    assert response.headers["Retry-After"] == "1"
 
 
 def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_freed(tmp_path: Path) -> None:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import bearer
+from .helpers import bearer, wrong_secret
 from .servers import KeysCli, Response, flask_cli, gunicorn, labelled_metric, request, service_environment
 from .test_storage_at_rest import raw_database
-from .test_verify_key import wrong_secret
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 

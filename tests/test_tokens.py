@@ -33,9 +33,9 @@ from keyservice.state import current_state
 from keyservice.store import get_key, key_usage
 
 from .conftest import IssueKey, migrated_app
+from .helpers import assert_problem, bearer, wrong_secret
 from .test_hostile_input import hostile_raw_bodies, hostile_text
-from .test_require_key import assert_invalid_token, assert_problem, bearer
-from .test_verify_key import wrong_secret
+from .test_require_key import assert_invalid_token
 from .tokens import basic
 
 TOKEN = "/oauth/token"

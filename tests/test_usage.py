@@ -22,14 +22,9 @@ from keyservice.requestlog import log_request
 from keyservice.state import current_state
 
 from .conftest import IssueKey
-from .helpers import bearer
-from .test_verify_key import wrong_secret
+from .helpers import bearer, parse_time, wrong_secret
 
 PROTECTED = "/protected-with-key"
-
-
-def parse(timestamp: str) -> datetime:
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
 def flush(app: Flask) -> None:
@@ -86,9 +81,9 @@ def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, cli
     [hour] = by_hour["items"]
     assert hour["counts"] == {"VALID": 4, "NOT_FOUND": 2, "INSUFFICIENT_SCOPE": 1, "REVOKED": 3}
     assert hour["total"] == 10
-    assert parse(hour["start"]) == datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    assert parse_time(hour["start"]) == datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     [day] = usage(client, admin, key_id, granularity="day")["items"]
-    assert day["counts"] == hour["counts"] and parse(day["start"]) == parse(hour["start"]).replace(hour=0)
+    assert day["counts"] == hour["counts"] and parse_time(day["start"]) == parse_time(hour["start"]).replace(hour=0)
 
 
 def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient, issue_key: IssueKey,
@@ -101,10 +96,10 @@ def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient,
                 assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
             flush(app)
     query = {"since": "2030-01-01T00:00:00Z", "until": "2030-01-02T00:00:00Z"}
-    assert [(parse(item["start"]), item["total"]) for item in usage(client, admin, key_id, **query)["items"]] == [
+    assert [(parse_time(item["start"]), item["total"]) for item in usage(client, admin, key_id, **query)["items"]] == [
         (start.replace(minute=0), 5), (start.replace(hour=10, minute=0), 4)]
     by_day = usage(client, admin, key_id, granularity="day", **query)["items"]
-    assert [(parse(item["start"]), item["total"]) for item in by_day] == [(start.replace(hour=0, minute=0), 9)]
+    assert [(parse_time(item["start"]), item["total"]) for item in by_day] == [(start.replace(hour=0, minute=0), 9)]
     later = usage(client, admin, key_id, since="2030-01-01T10:00:00Z", until="2030-01-01T11:00:00Z")
     assert [item["total"] for item in later["items"]] == [4]
 
@@ -127,7 +122,7 @@ def test_last_used_at_follows_valid_uses_without_touching_updated_at(app: Flask,
     client.post(PROTECTED, headers=bearer(wrong_secret(key)))
     flush(app)
     after = client.get(f"/keys/{key_id}", headers=bearer(admin)).get_json()
-    used = parse(after["last_used_at"])
+    used = parse_time(after["last_used_at"])
     assert abs((datetime.now(timezone.utc) - used).total_seconds()) < 5
     assert after["updated_at"] == shown["updated_at"]
 

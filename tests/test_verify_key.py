@@ -10,19 +10,12 @@ from flask import Flask
 
 from keyservice import Outcome, verify_key
 from keyservice.app import db
-from keyservice.crypto import checksum
 from keyservice.models import ApiKey, utcnow
 from keyservice.slidingwindow import SLOTS
 from keyservice.store import get_key
 
 from .conftest import IssueKey, migrated_app
-from .helpers import issue
-
-
-def wrong_secret(key: str, n: int = 0) -> str:
-    """The same prefix and id with another secret, and a checksum that holds."""
-    body = key[:20] + f"{n:032d}"
-    return body + checksum(body)
+from .helpers import issue, wrong_secret
 
 
 def test_valid_key_gives_the_caller(app: Flask, issue_key: IssueKey) -> None:
