@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,15 +17,16 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import Connection, event, func, select
 from werkzeug.test import TestResponse
 
 from keyservice.app import db
-from keyservice.models import ApiKey
+from keyservice.models import ApiKey, KeyUsage
 from keyservice.requestlog import log_request
 from keyservice.state import current_state
 
-from .conftest import IssueKey
-from .helpers import bearer, parse_time, wrong_secret
+from .conftest import IssueKey, migrated_app
+from .helpers import bearer, issue, parse_time, wait_until, wrong_secret
 
 PROTECTED = "/protected-with-key"
 
@@ -157,6 +161,72 @@ def test_cli_usage(app: Flask, client: FlaskClient, runner: FlaskCliRunner, issu
     assert [item["counts"] for item in as_json["items"]] == [{"VALID": 2}]
     bad = runner.invoke(args=["keys", "usage", key_id, "--since", "soon"])
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+
+
+
+# --- the flush thread: a failure of any kind, and many threads counting at once ----------------------
+
+FLUSH_THREAD = "keyservice-usage-flush"
+
+
+def stored_counts(app: Flask, key_id: str) -> Counter[str]:
+    """The key's usage as the database holds it, by outcome (over every hour)."""
+    with app.app_context():
+        return Counter(dict(db.session.execute(select(KeyUsage.outcome, func.sum(KeyUsage.count))
+                                               .where(KeyUsage.key_id == key_id).group_by(KeyUsage.outcome)).all()))
+
+
+def test_a_flush_failing_with_an_error_of_any_kind_keeps_its_counts_and_the_thread_flushes_them_later(
+        database_url: str) -> None:
+    with migrated_app(database_url, KEYSERVICE_USAGE_FLUSH_INTERVAL=0.1) as app:
+        key_id, key = issue(app)
+        failed: list[str] = []
+
+        def fail_the_first_flush(connection: Connection) -> None:
+            if threading.current_thread().name == FLUSH_THREAD and not failed:
+                failed.append(threading.current_thread().name)
+                raise RuntimeError("not a database error")
+
+        with app.app_context():
+            engine = db.engine
+        event.listen(engine, "begin", fail_the_first_flush)
+        try:
+            client = app.test_client()
+            for _ in range(5):
+                assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+            wait_until(lambda: failed, 5, "a failed flush")
+            wait_until(lambda: stored_counts(app, key_id) == {"VALID": 5}, 5, "the kept counts flushed by the thread")
+            for _ in range(2):  # the thread lives on
+                assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+            wait_until(lambda: stored_counts(app, key_id) == {"VALID": 7}, 5, "the next counts flushed by the thread")
+        finally:
+            event.remove(engine, "begin", fail_the_first_flush)
+        with app.app_context():
+            assert db.session.get(ApiKey, key_id).last_used_at is not None  # type: ignore[union-attr]
+
+
+def test_counts_from_many_threads_at_once_add_up_exactly(database_url: str) -> None:
+    threads, requests = 8, 25
+    with migrated_app(database_url, KEYSERVICE_USAGE_FLUSH_INTERVAL=0.1) as app:  # flushes during the load
+        key_id, key = issue(app)
+        _, refused = issue(app)
+        with app.app_context():
+            db.session.get(ApiKey, refused.split("_")[1]).revoke()  # type: ignore[union-attr]
+            db.session.commit()
+        start = threading.Barrier(threads)
+
+        def send() -> list[int]:
+            client = app.test_client()
+            start.wait(timeout=30)
+            return [client.post(PROTECTED, headers=bearer(used)).status_code
+                    for _ in range(requests) for used in (key, refused)]
+
+        with ThreadPoolExecutor(threads) as pool:
+            statuses = [status for sent in pool.map(lambda _: send(), range(threads)) for status in sent]
+        assert Counter(statuses) == {200: threads * requests, 401: threads * requests}
+        flush(app)
+        assert stored_counts(app, key_id) == {"VALID": threads * requests}
+        assert stored_counts(app, refused.split("_")[1]) == {"REVOKED": threads * requests}
 
 
 # --- /metrics ----------------------------------------------------------------------------------------
