@@ -21,10 +21,11 @@ import pytest
 from flask import Flask, g
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from keyservice import KeyService, create_app, require_key
+from keyservice import create_app, require_key
 from keyservice.app import db
 from keyservice.state import current_state
 
+from .helpers import issue
 from .servers import REPO
 from .services import PostgresServer, postgres_server, redis_server
 
@@ -190,17 +191,17 @@ def issue_key(app: Flask) -> IssueKey:
     """Issue a key through the Python API, then apply ``changes`` to its row
     (e.g. a past ``expires_at``); return (key id, full key)."""
 
-    def issue(name: str = "test key", external_client_id: str = "acme",
-              scopes: tuple[str, ...] = (), **changes: Any) -> tuple[str, str]:
-        with app.app_context():
-            api_key, key = KeyService.create_key(name=name, external_client_id=external_client_id,
-                                                 scopes=scopes)
-            for field, value in changes.items():
-                setattr(api_key, field, value)
-            db.session.commit()
-            return api_key.id, key
+    def issue_with_changes(name: str = "test key", external_client_id: str = "acme",
+                           scopes: tuple[str, ...] = (), **changes: Any) -> tuple[str, str]:
+        return issue(app, *scopes, name=name, external_client_id=external_client_id, columns=changes)
 
-    return issue
+    return issue_with_changes
+
+
+@pytest.fixture
+def admin_key(issue_key: IssueKey) -> str:
+    """A keys:admin key of client ``ops``."""
+    return issue_key(name="operator", external_client_id="ops", scopes=("keys:admin",))[1]
 
 
 def _fail_if_ci_skipped(session: pytest.Session) -> None:

@@ -20,12 +20,12 @@ from flask import Flask, g
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from keyservice import KeyService, require_key
+from keyservice import require_key
 from keyservice.app import db
 from keyservice.models import ApiKey, utcnow
 
 from .conftest import migrated_app
-from .helpers import assert_problem, describe
+from .helpers import assert_problem, bearer, describe, issue, parse_time
 
 ADMIN = ("keys:admin",)
 READ_WRITE = ("keys:read", "keys:write")
@@ -44,10 +44,6 @@ def secret_of(key: str) -> str:
     return key.split("_")[2][:32]
 
 
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 @dataclass
 class Api:
     """The test client, for the management API; every response is checked for leaked secrets."""
@@ -58,10 +54,7 @@ class Api:
 
     def issue(self, *scopes: str, client_id: str = "acme", name: str = "test key") -> tuple[str, str]:
         """Issue a key through the Python API; return (id, key)."""
-        with self.app.app_context():
-            api_key, key = KeyService.create_key(name=name, external_client_id=client_id, scopes=scopes)
-            db.session.commit()
-            key_id = api_key.id
+        key_id, key = issue(self.app, *scopes, name=name, external_client_id=client_id)
         self.secrets.append(secret_of(key))
         return key_id, key
 
@@ -71,7 +64,7 @@ class Api:
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any) -> TestResponse:
         headers = dict(kwargs.pop("headers", {}))
         if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
+            headers.update(bearer(key))
         response = self.client.open(path, method=method, headers=headers, **kwargs)
         self._check_no_secret(method, path, response)
         return response

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from .helpers import bearer
+from .helpers import bearer, wait_until
 from .load import outcome
 from .receivers import Receiver, serving, webhook_settings
 from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
@@ -94,7 +94,9 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(
     row = page.locator("tr", has_text="ci runner")
     assert "active" in (row.text_content() or "")
     if database_url.startswith("sqlite"):
-        time.sleep(1)  # the use reaches the usage table at the workers' next flush (0.5 s)
+        usage = base + f"/keys/{key.split('_')[1]}/usage"
+        wait_until(lambda: json.loads(request(usage, "GET", bearer(admin)).body)["items"], 10,
+                   "the use reaching the usage table (at the workers' next flush, 0.5 s)")
         row.get_by_role("button", name="Usage").click()
         page.locator("#usage-chart svg").wait_for()
         # No key goes into the repository, not even a test's: the page's copy is replaced first

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from examples import saas_app
 
+from .helpers import bearer
 from .servers import REPO
 
 ALICE = ("alice@a.example", "team-a", "alice's password")
@@ -45,7 +46,7 @@ def test_a_signed_in_user_creates_a_key_that_calls_as_their_team(saas: Flask) ->
     key = created.get_json()["key"]
     assert key.split("_")[1] == created.get_json()["id"]
     machine = saas.test_client()
-    answered = machine.post("/protected-with-key", headers={"Authorization": f"Bearer {key}"})
+    answered = machine.post("/protected-with-key", headers=bearer(key))
     assert (answered.status_code, answered.get_json()) == (200, {"protected": True, "external_client_id": "team-a"})
     bobs_key = signed_in(saas, BOB).post("/create-key", json={"name": "ci"}).get_json()["key"]
     assert machine.post("/protected-with-key", headers={"X-API-Key": bobs_key}).get_json()["external_client_id"] == (

@@ -18,6 +18,7 @@ from keyservice import KeyService
 from keyservice.config import ConfigError
 from keyservice.principals import Principal
 
+from .helpers import bearer
 from .host_app import Team, create_host_app, db, keys
 
 
@@ -54,7 +55,7 @@ def test_host_view_gets_the_caller_from_g_auth(host: Flask) -> None:
         db.session.commit()
         key_id = api_key.id
     client = host.test_client()
-    response = client.get("/teams/report", headers={"Authorization": f"Bearer {key}"})
+    response = client.get("/teams/report", headers=bearer(key))
     assert response.status_code == 200
     assert response.get_json() == {"team": "team-7", "key": key_id}
 
@@ -138,7 +139,7 @@ def test_an_outage_answers_503_on_keyservices_routes_and_leaves_the_hosts_views_
             _, key = keys.create_key(name="ops", external_client_id="team-7", scopes=["keys:admin", "reports:*"])
             db.session.commit()
         client = host.test_client()
-        headers = {"Authorization": f"Bearer {key}"}
+        headers = bearer(key)
         assert client.get("/keys", headers=headers).status_code == 200
         assert client.get("/teams/report", headers=headers).status_code == 200
 

@@ -15,6 +15,8 @@ from flask_sqlalchemy import SQLAlchemy
 from examples import host_app
 from keyservice import KeyService, require_key
 
+from .helpers import bearer, issue
+
 TEST_SETTINGS = {"TESTING": True, "KEYSERVICE_BCRYPT_ROUNDS": 4}
 
 
@@ -27,18 +29,9 @@ def host(empty_database_url: str) -> Iterator[Flask]:
         host_app.db.engine.dispose()
 
 
-def issue(app: Flask, *scopes: str, meta: dict[str, Any] | None = None) -> dict[str, str]:
-    """A key of client ``acme`` issued by the app's own code; its Authorization header."""
-    with app.app_context():
-        _, key = KeyService.create_key(name="test", external_client_id="acme", scopes=list(scopes),
-                                       meta=meta or {})
-        app.extensions["sqlalchemy"].session.commit()
-    return {"Authorization": f"Bearer {key}"}
-
-
 def test_url_prefix_moves_every_route_keyservice_adds(host: Flask) -> None:
     client = host.test_client()
-    admin = issue(host, "keys:admin")
+    admin = bearer(issue(host, "keys:admin")[1])
     assert client.get("/auth/keys", headers=admin).status_code == 200
     assert client.get("/auth/roles", headers=admin).status_code == 200
     assert client.get("/auth/keys").get_json()["code"] == "MISSING"
@@ -61,13 +54,13 @@ def test_url_prefix_moves_every_route_keyservice_adds(host: Flask) -> None:
                                          ("/reports/daily", "reports:read")])
 def test_async_views_a_method_view_and_a_blueprint_take_a_key(host: Flask, path: str, scope: str | None) -> None:
     client = host.test_client()
-    answered = client.get(path, headers=issue(host, *filter(None, [scope])))
+    answered = client.get(path, headers=bearer(issue(host, *filter(None, [scope]))[1]))
     assert answered.status_code == 200
     assert answered.get_json()["client"] == "acme"
     refused = client.get(path)
     assert (refused.status_code, refused.get_json()["code"]) == (401, "MISSING")
     if scope is not None:
-        other = client.get(path, headers=issue(host, "other:read"))
+        other = client.get(path, headers=bearer(issue(host, "other:read")[1]))
         assert (other.status_code, other.get_json()["code"]) == (403, "INSUFFICIENT_SCOPE")
     # A CORS preflight carries no credentials: OPTIONS needs no key.
     assert client.options(path).status_code == 200
@@ -87,7 +80,7 @@ def test_g_auth_is_read_only_all_the_way_down(host: Flask) -> None:
                 attempts.append(type(error).__name__)
         return {"scopes": type(g.auth.scopes).__name__}
 
-    headers = issue(host, "a:read", meta={"plan": {"tier": "pro", "limits": [1, 2]}})
+    headers = bearer(issue(host, "a:read", meta={"plan": {"tier": "pro", "limits": [1, 2]}})[1])
     client = host.test_client()
     assert client.get("/tamper", headers=headers).get_json() == {"scopes": "tuple"}
     assert attempts == ["TypeError", "TypeError", "TypeError", "FrozenInstanceError"]

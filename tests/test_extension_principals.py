@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from .helpers import assert_problem
+from .helpers import assert_problem, bearer, listed_ids
 from .host_app_with_users import User, create_host_app, db, keys
 
 ALICE = "alice@a.example"  # team-a
@@ -56,12 +56,6 @@ def create(client: FlaskClient, team: str, **fields: Any) -> TestResponse:
     return client.post("/keys", json={"name": "ci", "external_client_id": team, **fields})
 
 
-def listed_ids(client: FlaskClient, query: str = "") -> list[str]:
-    response = client.get(f"/keys{query}")
-    assert response.status_code == 200
-    return [item["id"] for item in response.get_json()["items"]]
-
-
 def test_host_migrations_hold_the_users_and_the_keyservice_tables(host: Flask, tmp_path: Path) -> None:
     generated = "".join(p.read_text() for p in (tmp_path / "migrations" / "versions").glob("*.py"))
     assert "'users'" in generated and "keyservice_api_keys" in generated and "keyservice_roles" in generated
@@ -79,7 +73,7 @@ def test_signed_in_user_creates_a_key_for_their_team(host: Flask) -> None:
 def test_the_created_key_reaches_a_host_view_as_its_team(host: Flask) -> None:
     key = create(signed_in(host, ALICE), "team-a").get_json()["key"]
     machine = host.test_client()
-    response = machine.get("/team/whoami", headers={"Authorization": f"Bearer {key}"})
+    response = machine.get("/team/whoami", headers=bearer(key))
     assert response.status_code == 200
     assert response.get_json() == {"team": "team-a"}
 
@@ -136,5 +130,5 @@ def test_a_key_is_not_a_way_around_the_hosts_sign_in(host: Flask) -> None:
     """With a principal_loader, the host decides who calls: an API key alone signs nobody in."""
     _, key = key_made_in_code(host, "team-a", scopes=("keys:admin",))
     machine = host.test_client()
-    assert_problem(machine.get("/keys", headers={"Authorization": f"Bearer {key}"}), 401, "MISSING")
+    assert_problem(machine.get("/keys", headers=bearer(key)), 401, "MISSING")
     assert_problem(create(machine, "team-a"), 401, "MISSING")

@@ -15,20 +15,20 @@ import errno
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from .helpers import bearer
+from .helpers import assert_unavailable, bearer, wait_until
 from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
 from .test_database_outage import assert_no_error_text
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 NEW_KEY: dict[str, object] = {"name": "n", "external_client_id": "acme"}
+USAGE_NOT_SAVED = "usage not saved yet"  # what keyservice/usage.py logs when a flush fails
 
 
 @contextmanager
@@ -58,13 +58,6 @@ def fill(path: Path) -> None:
         assert error.errno == errno.ENOSPC, error
     finally:
         os.close(descriptor)
-
-
-def assert_unavailable(response: Response) -> None:
-    assert response.status == 503, (response.status, response.body)
-    assert response.headers["Content-Type"] == "application/problem+json"
-    assert json.loads(response.body)["code"] == "UNAVAILABLE"
-    assert response.headers["Retry-After"] == "1"
 
 
 def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_freed(tmp_path: Path) -> None:
@@ -104,10 +97,13 @@ def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_f
             assert call("GET", "/healthz").status == 200
             assert call("GET", "/keys").status == 200
             assert call("GET", f"/keys/{target_id}").status == 200
+            failed_flushes = log.read_text().count(USAGE_NOT_SAVED)
             for _ in range(10):
                 assert call("POST", "/protected-with-key", plain).status == 200
                 verified += 1
-            time.sleep(2)  # the workers' usage flushes fail and keep their counts
+            # Flushes after those uses fail (every second per worker with counts) and keep their counts.
+            wait_until(lambda: log.read_text().count(USAGE_NOT_SAVED) >= failed_flushes + 2, 10,
+                       "two failed usage flushes")
 
             (volume / "filler").unlink()
             assert call("GET", "/readyz").status == 200
@@ -116,14 +112,9 @@ def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_f
             assert call("POST", f"/keys/{target_id}/rotate", body={}).status == 201
             assert call("DELETE", f"/keys/{target_id}").status == 204
             assert call("POST", "/protected-with-key", counted).status == 200
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                usage = json.loads(call("GET", f"/keys/{plain_id}/usage").body)
-                if sum(item["counts"].get("VALID", 0) for item in usage["items"]) == verified:
-                    break
-                time.sleep(0.2)
-            else:
-                pytest.fail(f"usage counted while the disk was full did not reach the database: {usage}")
+            wait_until(lambda: sum(item["counts"].get("VALID", 0) for item in json.loads(
+                call("GET", f"/keys/{plain_id}/usage").body)["items"]) == verified, 10,
+                "the usage counted while the disk was full reaching the database")
 
     for line in log.read_text().splitlines():
         assert_no_error_text(line, admin, plain, counted)

@@ -14,10 +14,9 @@ from keyservice.app import db
 from keyservice.models import ReadinessProbe
 
 from .conftest import migrated_app, postgres_database
-from .helpers import free_port
+from .helpers import assert_unavailable, free_port
 from .services import PostgresServer
 from .test_api_keys import Api
-from .test_database_outage import assert_unavailable
 
 NEW_KEY = {"name": "n", "external_client_id": "acme"}
 

@@ -37,7 +37,7 @@ from keyservice.models import ApiKey
 from keyservice.slidingwindow import SLOTS
 
 from .conftest import TEST_CONFIG, migrated_app
-from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, describe, free_port, issue
+from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, cli_create, describe, free_port, issue
 
 RATELIMIT_FIELD = re.compile(r'"default";r=(\d+);t=(\d+)')
 MANAGEMENT = ("keys:read", "keys:write", "keys:verify")
@@ -605,13 +605,6 @@ def test_a_rate_limit_setting_from_the_environment_is_checked(monkeypatch: pytes
 
 
 # --- the CLI -----------------------------------------------------------------------------------------
-
-def cli_create(runner: FlaskCliRunner, *extra: str) -> dict[str, Any]:
-    result = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "c", *extra, "--json"])
-    assert result.exit_code == 0, result.stderr
-    created: dict[str, Any] = json.loads(result.stdout)
-    return created
-
 
 def test_cli_create_with_remaining_and_ratelimit(runner: FlaskCliRunner) -> None:
     created = cli_create(runner, "--remaining", "5", "--ratelimit", "100/60s")

@@ -15,20 +15,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from keyservice import KeyService
-from keyservice.app import db
+from .helpers import bearer, issue
 
 MANAGER = ("keys:read", "keys:write", "keys:verify")
 SOON, LATER = "2090-01-01T00:00:00Z", "2099-01-01T00:00:00Z"
 LIMITED = {"remaining": 10, "ratelimit": {"limit": 100, "period": 60}, "expires_at": LATER,
            "refill": {"amount": 10, "interval": "monthly"}}
-
-
-def issue(app: Flask, *scopes: str, client: str = "acme") -> str:
-    with app.app_context():
-        _, key = KeyService.create_key(name="principal", external_client_id=client, scopes=scopes)
-        db.session.commit()
-        return key
 
 
 def shown(value: Any) -> Any:
@@ -37,17 +29,17 @@ def shown(value: Any) -> Any:
 
 
 def call(client: FlaskClient, key: str, method: str, path: str, body: Any = None) -> TestResponse:
-    return client.open(path, method=method, headers={"Authorization": f"Bearer {key}"}, json=body)
+    return client.open(path, method=method, headers=bearer(key), json=body)
 
 
 @pytest.fixture
 def manager(app: Flask) -> str:
-    return issue(app, *MANAGER)
+    return issue(app, *MANAGER, name="principal")[1]
 
 
 @pytest.fixture
 def admin(app: Flask) -> str:
-    return issue(app, "keys:admin", client="ops")
+    return issue(app, "keys:admin", name="principal", external_client_id="ops")[1]
 
 
 @pytest.fixture

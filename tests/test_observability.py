@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import bearer
+from .helpers import bearer, wait_until, wrong_secret
 from .servers import KeysCli, Response, flask_cli, gunicorn, labelled_metric, request, service_environment
 from .test_storage_at_rest import raw_database
-from .test_verify_key import wrong_secret
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
@@ -61,13 +60,23 @@ def metric_samples(served: Served, name: str) -> dict[str, float]:
     return labelled_metric(served.base, name, "outcome")
 
 
+def usage_counts(served: Served, key_id: str, reader: str) -> Counter[str]:
+    """The key's usage by outcome over every period, as ``GET /keys/<id>/usage`` shows it to ``reader``."""
+    counts: Counter[str] = Counter()
+    for period in json.loads(served.call("GET", f"/keys/{key_id}/usage", reader).body)["items"]:
+        counts.update(period["counts"])
+    return counts
+
+
 def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served) -> None:
     key_id, key = served.create_key()
     _, reader = served.create_key("--scope", "keys:read")
     statuses = [served.post("/protected-with-key", key).status for _ in range(KNOWN["VALID"])]
     statuses += [served.post("/protected-with-key", wrong_secret(key)).status for _ in range(KNOWN["NOT_FOUND"])]
     assert flask_cli(served.environ, "keys", "revoke", key_id).returncode == 0
-    time.sleep(1)  # every worker re-reads the row within KEYSERVICE_CACHE_TTL
+    # A fixed wait, past the bound under test: every worker re-reads the row within
+    # KEYSERVICE_CACHE_TTL (0.5 s). Sending until one refusal would prove it of one worker only.
+    time.sleep(1)
     statuses += [served.post("/protected-with-key", key).status for _ in range(KNOWN["REVOKED"])]
     assert statuses == [200] * 7 + [401] * 5
 
@@ -75,16 +84,8 @@ def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served
     counted = {code: value for code, value in metric_samples(served, "keyservice_verifications_total").items() if value}
     assert counted == KNOWN
 
-    deadline = time.monotonic() + 10
-    while True:  # the counts reach the database at each worker's next flush (0.5 s here)
-        usage = json.loads(served.call("GET", f"/keys/{key_id}/usage", reader).body)
-        counts = Counter()
-        for period in usage["items"]:
-            counts.update(period["counts"])
-        if counts == KNOWN or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert counts == KNOWN
+    wait_until(lambda: usage_counts(served, key_id, reader) == KNOWN, 10,
+               "the known traffic in the usage (at each worker's next flush, 0.5 s here)")
     assert served.show(key_id)["last_used_at"] is not None
 
     lines = [line for line in served.json_lines() if line.get("logger") == "keyservice.request"
@@ -146,7 +147,9 @@ def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pyt
     keys.append(cli_rotated.stdout.strip())
     assert served.call("DELETE", f"/keys/{key_id}", admin).status == 204
     assert served.post("/protected-with-key", key).status == 401
-    time.sleep(1.5)  # the usage flush
+    http_key_id = json.loads(created.body)["id"]
+    wait_until(lambda: usage_counts(served, http_key_id, admin).total() >= 3, 10,
+               "the HTTP key's 3 uses over HTTP flushed (every 0.5 s)")
 
     logged = served.log.read_text()
     assert served.json_lines(), "no JSON log line was written"

@@ -6,35 +6,21 @@ Through the HTTP API (POST /keys/<id>/rotate) and the CLI (flask keys rotate).
 from __future__ import annotations
 
 import json
-import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from flask.testing import FlaskClient, FlaskCliRunner
 from werkzeug.test import TestResponse
 
 from keyservice.models import utcnow
 
 from .conftest import IssueKey
-from .helpers import KEY_FORMAT, bearer
+from .helpers import KEY_FORMAT, bearer, cli_create, outcome_of, parse_time
 
+VALID = (200, None)
 CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at")
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def outcome(client: FlaskClient, key: str) -> str:
-    """VALID, or the code the example protected view refuses ``key`` with."""
-    response = client.post("/protected-with-key", headers=bearer(key))
-    return "VALID" if response.status_code == 200 else response.get_json()["code"]
-
-
-@pytest.fixture
-def admin_key(issue_key: IssueKey) -> str:
-    return issue_key(name="operator", external_client_id="ops", scopes=("keys:admin",))[1]
 
 
 @pytest.fixture
@@ -94,12 +80,12 @@ def test_the_old_key_works_during_the_grace_and_expires_after_it(
 ) -> None:
     before = utcnow()
     new = rotated(client, admin_key, original["id"], {"grace_seconds": 2})
-    assert outcome(client, original["key"]) == "VALID"
+    assert outcome_of(client, original["key"]) == VALID
     grace_ends = parse_time(shown(client, admin_key, original["id"])["expires_at"])
     assert before + timedelta(seconds=2) <= grace_ends <= utcnow() + timedelta(seconds=2)
-    time.sleep(2.2)
-    assert outcome(client, original["key"]) == "EXPIRED"
-    assert outcome(client, new["key"]) == "VALID"
+    with time_machine.travel(grace_ends + timedelta(seconds=1)):
+        assert outcome_of(client, original["key"]) == (401, "EXPIRED")
+        assert outcome_of(client, new["key"]) == VALID
 
 
 @pytest.mark.parametrize("body", [None, {}, {"grace_seconds": 0}])
@@ -107,8 +93,8 @@ def test_without_grace_the_old_key_expires_at_once(
     client: FlaskClient, admin_key: str, original: dict[str, Any], body: Any
 ) -> None:
     new = rotated(client, admin_key, original["id"], body)
-    assert outcome(client, original["key"]) == "EXPIRED"
-    assert outcome(client, new["key"]) == "VALID"
+    assert outcome_of(client, original["key"]) == (401, "EXPIRED")
+    assert outcome_of(client, new["key"]) == VALID
 
 
 def test_a_grace_longer_than_the_old_keys_life_does_not_extend_it(
@@ -131,7 +117,7 @@ def test_rotating_a_disabled_key_gives_a_disabled_key(
     assert disabled.status_code == 200
     new = rotated(client, admin_key, original["id"], {"grace_seconds": 60})
     assert new["enabled"] is False
-    assert outcome(client, new["key"]) == "DISABLED"
+    assert outcome_of(client, new["key"]) == (401, "DISABLED")
 
 
 def test_rotation_is_in_the_old_keys_audit_trail(
@@ -171,7 +157,7 @@ def test_a_wrong_grace_is_422(client: FlaskClient, admin_key: str, original: dic
     response = rotate(client, admin_key, original["id"], {"grace_seconds": grace})
     assert response.status_code == 422
     assert response.get_json()["code"] == "INVALID_INPUT"
-    assert outcome(client, original["key"]) == "VALID"
+    assert outcome_of(client, original["key"]) == VALID
 
 
 def test_an_unknown_field_is_422(client: FlaskClient, admin_key: str, original: dict[str, Any]) -> None:
@@ -181,11 +167,9 @@ def test_an_unknown_field_is_422(client: FlaskClient, admin_key: str, original: 
 # The CLI
 
 
-def cli_create(runner: FlaskCliRunner) -> dict[str, Any]:
-    result = runner.invoke(args=["keys", "create", "--name", "deploy bot", "--client-id", "acme",
-                                 "--scope", "deploy:run", "--meta", '{"plan": "pro"}', "--json"])
-    assert result.exit_code == 0, result.stderr
-    return json.loads(result.stdout)
+def cli_create_deploy_bot(runner: FlaskCliRunner) -> dict[str, Any]:
+    return cli_create(runner, "--scope", "deploy:run", "--meta", '{"plan": "pro"}', name="deploy bot",
+                      client_id="acme")
 
 
 def cli_verify(runner: FlaskCliRunner, key: str) -> str:
@@ -193,7 +177,7 @@ def cli_verify(runner: FlaskCliRunner, key: str) -> str:
 
 
 def test_cli_rotate_prints_the_new_key_once_and_keeps_the_old_one_for_the_grace(runner: FlaskCliRunner) -> None:
-    old = cli_create(runner)
+    old = cli_create_deploy_bot(runner)
     result = runner.invoke(args=["keys", "rotate", old["id"], "--grace", "1h"])
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
@@ -207,7 +191,7 @@ def test_cli_rotate_prints_the_new_key_once_and_keeps_the_old_one_for_the_grace(
 
 
 def test_cli_rotate_json_gives_the_new_object_with_rotated_from(runner: FlaskCliRunner) -> None:
-    old = cli_create(runner)
+    old = cli_create_deploy_bot(runner)
     result = runner.invoke(args=["keys", "rotate", old["id"], "--grace", "1h", "--json"])
     assert result.exit_code == 0, result.stderr
     new = json.loads(result.stdout)
@@ -219,7 +203,7 @@ def test_cli_rotate_json_gives_the_new_object_with_rotated_from(runner: FlaskCli
 
 @pytest.mark.parametrize("grace", [[], ["--grace", "0"], ["--grace", "0s"]])
 def test_cli_rotate_without_grace_expires_the_old_key_at_once(runner: FlaskCliRunner, grace: list[str]) -> None:
-    old = cli_create(runner)
+    old = cli_create_deploy_bot(runner)
     result = runner.invoke(args=["keys", "rotate", old["id"], *grace])
     assert result.exit_code == 0, result.stderr
     assert cli_verify(runner, old["key"]) == "EXPIRED"
@@ -228,7 +212,7 @@ def test_cli_rotate_without_grace_expires_the_old_key_at_once(runner: FlaskCliRu
 
 @pytest.mark.parametrize("grace", ["soon", "-5m", "1 fortnight", "31d"])
 def test_cli_rotate_with_a_bad_grace_is_one_line_and_exit_2(runner: FlaskCliRunner, grace: str) -> None:
-    old = cli_create(runner)
+    old = cli_create_deploy_bot(runner)
     result = runner.invoke(args=["keys", "rotate", old["id"], "--grace", grace])
     assert result.exit_code == 2
     assert result.stdout == ""
@@ -250,7 +234,7 @@ def test_cli_rotate_of_no_key_is_one_line_and_exit_2(runner: FlaskCliRunner, arg
 
 
 def test_cli_rotate_of_a_revoked_key_is_refused(runner: FlaskCliRunner) -> None:
-    old = cli_create(runner)
+    old = cli_create_deploy_bot(runner)
     assert runner.invoke(args=["keys", "revoke", old["id"]]).exit_code == 0
     result = runner.invoke(args=["keys", "rotate", old["id"]])
     assert result.exit_code == 2

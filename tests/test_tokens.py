@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 import jwt
 import pytest
+import time_machine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from cryptography.fernet import Fernet
@@ -33,9 +34,9 @@ from keyservice.state import current_state
 from keyservice.store import get_key, key_usage
 
 from .conftest import IssueKey, migrated_app
+from .helpers import assert_problem, bearer, wait_until, wrong_secret
 from .test_hostile_input import hostile_raw_bodies, hostile_text
-from .test_require_key import assert_invalid_token, assert_problem, bearer
-from .test_verify_key import wrong_secret
+from .test_require_key import assert_invalid_token
 from .tokens import basic
 
 TOKEN = "/oauth/token"
@@ -363,8 +364,8 @@ def test_a_remembered_token_is_refused_once_it_expires(database_url: str) -> Non
         client = app.test_client()
         token = token_of(client, key)
         assert client.post(PROTECTED, headers=bearer(token)).status_code == 200
-        time.sleep(claims_of(token)["exp"] - time.time() + 0.05)
-        assert_invalid_token(client.post(PROTECTED, headers=bearer(token)), "TOKEN_EXPIRED")
+        with time_machine.travel(claims_of(token)["exp"] + 0.05):
+            assert_invalid_token(client.post(PROTECTED, headers=bearer(token)), "TOKEN_EXPIRED")
 
 
 # --- metadata -------------------------------------------------------------------------------------------
@@ -430,12 +431,19 @@ def test_a_rotation_publishes_first_signs_later_and_retires_after_the_token_life
         new = rotate_signing_keys(db.session, current_state().settings, timedelta(seconds=1.5))
         db.session.commit()
         new_kid = new.kid
-    time.sleep(1.1)  # every worker has read the new key (REFRESH_INTERVAL)
-    assert [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]] == [new_kid, old_kid]
+
+    def published_kids() -> list[str]:
+        return [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]]
+
+    wait_until(lambda: new_kid in published_kids(), 5, "the new key published (read every REFRESH_INTERVAL)")
+    assert published_kids() == [new_kid, old_kid]
     assert jwt.get_unverified_header(token_of(client, key))["kid"] == old_kid
-    time.sleep(0.5)
-    new_token = token_of(client, key)
-    assert jwt.get_unverified_header(new_token)["kid"] == new_kid
+
+    def signed_with_the_new_key() -> str | None:
+        token = token_of(client, key)
+        return token if jwt.get_unverified_header(token)["kid"] == new_kid else None
+
+    new_token = wait_until(signed_with_the_new_key, 5, "a token signed with the new key once it is active")
     for token in (old_token, new_token):
         assert client.post(PROTECTED, headers=bearer(token)).status_code == 200
     old, new_row = signing_keys(app)

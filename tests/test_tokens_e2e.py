@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from .conftest import postgres_database
-from .helpers import bearer
+from .helpers import bearer, wait_until
 from .load import together
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
@@ -106,19 +106,24 @@ def test_tokens_signed_before_and_after_a_rotation_verify_at_every_moment(databa
                         verdict = False
                     seen.append((which, jwt.get_unverified_header(token)["kid"], status, verdict))
 
+        def fresh_kids() -> list[str]:
+            return [kid for which, kid, _, _ in seen if which == "fresh"]
+
         thread = threading.Thread(target=traffic)
         thread.start()
         try:
-            time.sleep(1)
+            wait_until(lambda: len(seen) >= 10, 10, "traffic before the rotation")
             rotated = flask_cli(environ, "keys", "signing-keys", "rotate", "--delay", "2s")
             assert rotated.returncode == 0, rotated.stderr
-            time.sleep(4)  # past the new key's activation, and a refresh of every worker
+            new_kid = rotated.stdout.split()[1].rstrip(";")
+            # Past the new key's activation, once every worker has re-read the keys, every fresh
+            # token carries the new kid: the last few in a row do.
+            wait_until(lambda: fresh_kids()[-6:] == [new_kid] * 6, 20, "fresh tokens signed with the new key")
         finally:
             stop.set()
             thread.join(30)
     old_kid = jwt.get_unverified_header(before)["kid"]
-    new_kid = rotated.stdout.split()[1].rstrip(";")
-    kids = [kid for which, kid, _, _ in seen if which == "fresh"]
+    kids = fresh_kids()
     assert kids[0] == old_kid and kids[-1] == new_kid and set(kids) == {old_kid, new_kid}
     assert [(status, verdict) for _, _, status, verdict in seen] == [(200, True)] * len(seen)
     assert sum(1 for which, *_ in seen if which == "before") > 20

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -14,22 +17,18 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import Connection, event, func, select
 from werkzeug.test import TestResponse
 
 from keyservice.app import db
-from keyservice.models import ApiKey
+from keyservice.models import ApiKey, KeyUsage
 from keyservice.requestlog import log_request
 from keyservice.state import current_state
 
-from .conftest import IssueKey
-from .helpers import bearer
-from .test_verify_key import wrong_secret
+from .conftest import IssueKey, migrated_app
+from .helpers import bearer, issue, parse_time, wait_until, wrong_secret
 
 PROTECTED = "/protected-with-key"
-
-
-def parse(timestamp: str) -> datetime:
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
 def flush(app: Flask) -> None:
@@ -86,9 +85,9 @@ def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, cli
     [hour] = by_hour["items"]
     assert hour["counts"] == {"VALID": 4, "NOT_FOUND": 2, "INSUFFICIENT_SCOPE": 1, "REVOKED": 3}
     assert hour["total"] == 10
-    assert parse(hour["start"]) == datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    assert parse_time(hour["start"]) == datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     [day] = usage(client, admin, key_id, granularity="day")["items"]
-    assert day["counts"] == hour["counts"] and parse(day["start"]) == parse(hour["start"]).replace(hour=0)
+    assert day["counts"] == hour["counts"] and parse_time(day["start"]) == parse_time(hour["start"]).replace(hour=0)
 
 
 def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient, issue_key: IssueKey,
@@ -101,10 +100,10 @@ def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient,
                 assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
             flush(app)
     query = {"since": "2030-01-01T00:00:00Z", "until": "2030-01-02T00:00:00Z"}
-    assert [(parse(item["start"]), item["total"]) for item in usage(client, admin, key_id, **query)["items"]] == [
+    assert [(parse_time(item["start"]), item["total"]) for item in usage(client, admin, key_id, **query)["items"]] == [
         (start.replace(minute=0), 5), (start.replace(hour=10, minute=0), 4)]
     by_day = usage(client, admin, key_id, granularity="day", **query)["items"]
-    assert [(parse(item["start"]), item["total"]) for item in by_day] == [(start.replace(hour=0, minute=0), 9)]
+    assert [(parse_time(item["start"]), item["total"]) for item in by_day] == [(start.replace(hour=0, minute=0), 9)]
     later = usage(client, admin, key_id, since="2030-01-01T10:00:00Z", until="2030-01-01T11:00:00Z")
     assert [item["total"] for item in later["items"]] == [4]
 
@@ -127,7 +126,7 @@ def test_last_used_at_follows_valid_uses_without_touching_updated_at(app: Flask,
     client.post(PROTECTED, headers=bearer(wrong_secret(key)))
     flush(app)
     after = client.get(f"/keys/{key_id}", headers=bearer(admin)).get_json()
-    used = parse(after["last_used_at"])
+    used = parse_time(after["last_used_at"])
     assert abs((datetime.now(timezone.utc) - used).total_seconds()) < 5
     assert after["updated_at"] == shown["updated_at"]
 
@@ -162,6 +161,72 @@ def test_cli_usage(app: Flask, client: FlaskClient, runner: FlaskCliRunner, issu
     assert [item["counts"] for item in as_json["items"]] == [{"VALID": 2}]
     bad = runner.invoke(args=["keys", "usage", key_id, "--since", "soon"])
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
+
+
+
+# --- the flush thread: a failure of any kind, and many threads counting at once ----------------------
+
+FLUSH_THREAD = "keyservice-usage-flush"
+
+
+def stored_counts(app: Flask, key_id: str) -> Counter[str]:
+    """The key's usage as the database holds it, by outcome (over every hour)."""
+    with app.app_context():
+        return Counter(dict(db.session.execute(select(KeyUsage.outcome, func.sum(KeyUsage.count))
+                                               .where(KeyUsage.key_id == key_id).group_by(KeyUsage.outcome)).all()))
+
+
+def test_a_flush_failing_with_an_error_of_any_kind_keeps_its_counts_and_the_thread_flushes_them_later(
+        database_url: str) -> None:
+    with migrated_app(database_url, KEYSERVICE_USAGE_FLUSH_INTERVAL=0.1) as app:
+        key_id, key = issue(app)
+        failed: list[str] = []
+
+        def fail_the_first_flush(connection: Connection) -> None:
+            if threading.current_thread().name == FLUSH_THREAD and not failed:
+                failed.append(threading.current_thread().name)
+                raise RuntimeError("not a database error")
+
+        with app.app_context():
+            engine = db.engine
+        event.listen(engine, "begin", fail_the_first_flush)
+        try:
+            client = app.test_client()
+            for _ in range(5):
+                assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+            wait_until(lambda: failed, 5, "a failed flush")
+            wait_until(lambda: stored_counts(app, key_id) == {"VALID": 5}, 5, "the kept counts flushed by the thread")
+            for _ in range(2):  # the thread lives on
+                assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+            wait_until(lambda: stored_counts(app, key_id) == {"VALID": 7}, 5, "the next counts flushed by the thread")
+        finally:
+            event.remove(engine, "begin", fail_the_first_flush)
+        with app.app_context():
+            assert db.session.get(ApiKey, key_id).last_used_at is not None  # type: ignore[union-attr]
+
+
+def test_counts_from_many_threads_at_once_add_up_exactly(database_url: str) -> None:
+    threads, requests = 8, 25
+    with migrated_app(database_url, KEYSERVICE_USAGE_FLUSH_INTERVAL=0.1) as app:  # flushes during the load
+        key_id, key = issue(app)
+        _, refused = issue(app)
+        with app.app_context():
+            db.session.get(ApiKey, refused.split("_")[1]).revoke()  # type: ignore[union-attr]
+            db.session.commit()
+        start = threading.Barrier(threads)
+
+        def send() -> list[int]:
+            client = app.test_client()
+            start.wait(timeout=30)
+            return [client.post(PROTECTED, headers=bearer(used)).status_code
+                    for _ in range(requests) for used in (key, refused)]
+
+        with ThreadPoolExecutor(threads) as pool:
+            statuses = [status for sent in pool.map(lambda _: send(), range(threads)) for status in sent]
+        assert Counter(statuses) == {200: threads * requests, 401: threads * requests}
+        flush(app)
+        assert stored_counts(app, key_id) == {"VALID": threads * requests}
+        assert stored_counts(app, refused.split("_")[1]) == {"REVOKED": threads * requests}
 
 
 # --- /metrics ----------------------------------------------------------------------------------------

@@ -10,19 +10,12 @@ from flask import Flask
 
 from keyservice import Outcome, verify_key
 from keyservice.app import db
-from keyservice.crypto import checksum
 from keyservice.models import ApiKey, utcnow
 from keyservice.slidingwindow import SLOTS
 from keyservice.store import get_key
 
 from .conftest import IssueKey, migrated_app
-from .helpers import issue
-
-
-def wrong_secret(key: str, n: int = 0) -> str:
-    """The same prefix and id with another secret, and a checksum that holds."""
-    body = key[:20] + f"{n:032d}"
-    return body + checksum(body)
+from .helpers import issue, wrong_secret
 
 
 def test_valid_key_gives_the_caller(app: Flask, issue_key: IssueKey) -> None:
@@ -67,7 +60,7 @@ def test_a_change_reaches_a_warm_cache_within_the_ttl(cached_app: Flask, make_ch
     with cached_app.app_context():
         assert verify_key(key).valid
     change(cached_app, key_id, make_change)
-    time.sleep(0.6)
+    time.sleep(0.6)  # fixed: the change must arrive within the cache TTL (0.5 s), the bound under test
     with cached_app.app_context():
         assert verify_key(key).code is code
 
@@ -111,7 +104,7 @@ def test_a_rotated_secret_hash_is_checked_again(cached_app: Flask) -> None:
         assert verify_key(key).valid
         replacement_hash = db.session.get(ApiKey, replacement.split("_")[1]).secret_hash
     change(cached_app, key_id, lambda api_key: setattr(api_key, "secret_hash", replacement_hash))
-    time.sleep(0.6)
+    time.sleep(0.6)  # fixed: the change must arrive within the cache TTL (0.5 s), the bound under test
     with cached_app.app_context():
         assert verify_key(key).code is Outcome.NOT_FOUND
 

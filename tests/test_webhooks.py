@@ -23,7 +23,7 @@ from keyservice.models import utcnow
 from keyservice.state import current_state
 
 from .conftest import IssueKey, migrated_app
-from .helpers import bearer
+from .helpers import bearer, wait_until
 from .receivers import Receiver, serving, webhook_settings
 
 
@@ -191,10 +191,12 @@ def test_used_up_and_expiring_keys_are_announced_once(
     # More uses, then used up again: announced again. A new expiry: announced again.
     client.patch(f"/keys/{made['id']}", headers=bearer(admin), json={
         "remaining": 1, "expires_at": (utcnow() + timedelta(days=2)).isoformat()})
-    for _ in range(3):
+    def announced_twice() -> bool:  # this worker tries to announce at most once a second per key
         client.post("/keys/verify", headers=bearer(admin), json={"key": made["key"]})
-    time.sleep(1.1)  # this worker tries to announce at most once a second per key
-    client.post("/keys/verify", headers=bearer(admin), json={"key": made["key"]})
+        events = client.get(f"/keys/{made['id']}/events", headers=bearer(admin)).get_json()["items"]
+        return [event["action"] for event in events].count("usage_exhausted") == 2
+
+    wait_until(announced_twice, 5, "a second key.usage_exhausted")
     send_due(app)
     assert sorted(item.payload["type"] for item in receiver.accepted()) == [
         "key.expiring", "key.expiring", "key.usage_exhausted", "key.usage_exhausted"]

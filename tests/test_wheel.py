@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import bearer
 from .servers import REPO, request, serving
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
@@ -62,7 +63,7 @@ def test_a_built_wheel_installs_migrates_serves_and_issues_keys(tmp_path: Path) 
 
     command = [str(bin_ / "gunicorn"), "-c", "python:keyservice.gunicorn_conf", "-w", "2", "keyservice:create_app()"]
     with serving(command, environ, tmp_path / "gunicorn.log", cwd=site) as base:
-        answers = [request(base + "/protected-with-key", "POST", {"Authorization": f"Bearer {key}"})
+        answers = [request(base + "/protected-with-key", "POST", bearer(key))
                    for _ in range(10)]
         refused = request(base + "/protected-with-key", "POST")
         metrics = request(base + "/metrics").body.decode()
