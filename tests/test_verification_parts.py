@@ -29,8 +29,7 @@ from keyservice.rowcache import RowCache
 from keyservice.slidingwindow import Hit, WindowStorageError
 
 from .conftest import migrated_app
-from .helpers import issue
-from .test_verify_key import wrong_secret
+from .helpers import issue, wrong_secret
 
 NOON = datetime(2026, 3, 30, 12, 0, tzinfo=timezone.utc)
 
