@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 from .helpers import bearer
 from .load import outcome
 from .receivers import Receiver, serving, webhook_settings
-from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import missing
 from .tokens import fetch_token
 

@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 
 from .load import outcome
-from .servers import (REPO, Response, answers_by_worker, flask_cli, gunicorn, gunicorn_workers, request,
-                      service_environment)
+from .servers import (
+    REPO,
+    Response,
+    answers_by_worker,
+    flask_cli,
+    gunicorn,
+    gunicorn_workers,
+    request,
+    service_environment,
+)
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 

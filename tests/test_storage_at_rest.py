@@ -9,12 +9,12 @@ import flask_migrate
 import pytest
 from flask import Flask
 from flask.testing import FlaskCliRunner
+from sqlalchemy import update
+from sqlalchemy.engine import make_url
 
 from keyservice import KeyService, create_app
 from keyservice.app import db
 from keyservice.models import ApiKey
-from sqlalchemy import update
-from sqlalchemy.engine import make_url
 
 from .conftest import IssueKey
 from .services import PostgresServer
