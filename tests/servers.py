@@ -171,17 +171,17 @@ def _workers_that_answered(log: Path, request_ids: set[str]) -> dict[str, int]:
 
 
 def answers_by_worker(base: str, log: Path, send: Callable[[], Response], batch: int = 10,
-                      at_most: int = 400) -> dict[int, list[Response]]:
+                      within: float = 30) -> dict[int, list[Response]]:
     """Call ``send`` (one request to the gunicorn at ``base``, which logs JSON to ``log``) in
-    batches until each of its workers has answered at least once; return the answers by the
+    batches until each of its workers has answered at least once (a worker just forked may
+    take a moment to load the app), for up to ``within`` seconds; return the answers by the
     process id of the worker that answered each, as its request line says."""
     workers = gunicorn_workers(base)
     by_worker: dict[int, list[Response]] = {}
-    sent_so_far = 0
+    deadline = time.monotonic() + within
     while set(by_worker) != workers:
-        assert sent_so_far < at_most, f"after {sent_so_far} requests only {set(by_worker)} of {workers} answered"
+        assert time.monotonic() < deadline, f"in {within} s only {set(by_worker)} of {workers} answered"
         sent = {response.headers["X-Request-ID"]: response for response in (send() for _ in range(batch))}
-        sent_so_far += batch
         for request_id, worker in _workers_that_answered(log, set(sent)).items():
             by_worker.setdefault(worker, []).append(sent[request_id])
     return by_worker
