@@ -1,7 +1,7 @@
 """gunicorn's logger for the service (``logger_class`` in gunicorn.conf.py): one line per request.
 
 After each request it writes the request's line (``requestlog.py``: id, client, key
-id, outcome, latency) on the logger ``keyservice.request``, set up here in JSON or
+id, outcome, latency, worker) on the logger ``keyservice.request``, set up here in JSON or
 text (``KEYSERVICE_LOG_FORMAT``), so that the line is the same for any app served
 with these settings. gunicorn's own access log stays off unless an operator turns
 it on (``--access-logfile``); then it is a second line per request, escaped as follows.

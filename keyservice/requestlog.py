@@ -1,5 +1,5 @@
 """One log line per request: its id, the client's address, method, path, status, the key's id and
-outcome, the latency.
+outcome, the latency, and the worker (process id) that answered.
 
 gunicorn writes it, once the response is sent, through the logger class of the
 service's gunicorn settings (``accesslog.py``): the line replaces gunicorn's access
@@ -20,6 +20,7 @@ handler on stderr, in JSON (one object per line) or text
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import sys
@@ -43,13 +44,25 @@ def escape(sent: str | bytes) -> str:
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-FIELDS = ("request_id", "client", "method", "path", "status", "key_id", "code", "latency_ms")
+FIELDS = ("request_id", "client", "method", "path", "status", "key_id", "code", "latency_ms", "worker")
 
 
 # Where the app leaves its part of the line, in the request's WSGI environ.
 REQUEST_ID = "keyservice.request_id"
 KEY_ID = "keyservice.key_id"
 CODE = "keyservice.code"
+
+
+_worker = os.getpid()
+
+
+def _note_worker() -> None:
+    # Read once per process, not per request: a forked worker learns its own id here.
+    global _worker
+    _worker = os.getpid()
+
+
+os.register_at_fork(after_in_child=_note_worker)
 
 
 def _new_request_id() -> str:
@@ -90,6 +103,7 @@ def log_request(environ: dict[str, Any], status: int | None, seconds: float) -> 
         "key_id": environ.get(KEY_ID),
         "code": environ.get(CODE),
         "latency_ms": round(seconds * 1000, 3),
+        "worker": _worker,
     }
     logger.info("%s %s %s", method, path, status, extra=fields)
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .helpers import free_port
 
@@ -150,3 +150,38 @@ def gunicorn_workers(base: str) -> set[int]:
     parents = {pid: int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
                for pid in serving}
     return {pid for pid, parent in parents.items() if parent in serving}
+
+
+def request_lines(log: Path) -> list[dict[str, Any]]:
+    """The service's JSON request lines (logger ``keyservice.request``) in a gunicorn ``log``."""
+    lines = (json.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("logger") == "keyservice.request"]
+
+
+def _workers_that_answered(log: Path, request_ids: set[str]) -> dict[str, int]:
+    # gunicorn writes a request's line once it has sent the response: wait for them all.
+    deadline = time.monotonic() + 5
+    while True:
+        answered = {line["request_id"]: line["worker"] for line in request_lines(log)
+                    if line["request_id"] in request_ids}
+        if len(answered) == len(request_ids) or time.monotonic() > deadline:
+            assert len(answered) == len(request_ids), f"no log line for {request_ids - set(answered)}"
+            return answered
+        time.sleep(0.05)
+
+
+def answers_by_worker(base: str, log: Path, send: Callable[[], Response], batch: int = 10,
+                      within: float = 30) -> dict[int, list[Response]]:
+    """Call ``send`` (one request to the gunicorn at ``base``, which logs JSON to ``log``) in
+    batches until each of its workers has answered at least once (a worker just forked may
+    take a moment to load the app), for up to ``within`` seconds; return the answers by the
+    process id of the worker that answered each, as its request line says."""
+    workers = gunicorn_workers(base)
+    by_worker: dict[int, list[Response]] = {}
+    deadline = time.monotonic() + within
+    while set(by_worker) != workers:
+        assert time.monotonic() < deadline, f"in {within} s only {set(by_worker)} of {workers} answered"
+        sent = {response.headers["X-Request-ID"]: response for response in (send() for _ in range(batch))}
+        for request_id, worker in _workers_that_answered(log, set(sent)).items():
+            by_worker.setdefault(worker, []).append(sent[request_id])
+    return by_worker

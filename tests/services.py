@@ -96,6 +96,7 @@ class PostgresServer:
     """A PostgreSQL cluster of its own in ``directory`` (which the server's user must be
     able to reach: not under a root-only temp folder), on a free port of 127.0.0.1.
 
+    ``data`` is its data directory (PGDATA), to read as it is on disk.
     ``stop()`` and ``start()`` again keep its data and its port, for outage tests.
     ``fast`` trades durability for speed (no fsync): right for tests, not for benchmarks.
     """
@@ -134,7 +135,7 @@ class PostgresServer:
         return f"postgresql+psycopg://{self.USER}@127.0.0.1:{self.port}/{database}"
 
     def administer(self, statement: str) -> None:
-        """Run one statement (CREATE or DROP DATABASE) outside a transaction."""
+        """Run one statement (CREATE or DROP DATABASE, CHECKPOINT) outside a transaction."""
         engine = sqlalchemy.create_engine(self.url(), isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text(statement))

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, sync_playwright
 
 from .helpers import bearer, wait_until
 from .load import outcome
 from .receivers import Receiver, serving, webhook_settings
-from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import missing
 from .tokens import fetch_token
 
@@ -59,11 +59,28 @@ def service(database_url: str, tmp_path: Path) -> Iterator[tuple[str, KeysCli]]:
 
 
 def page_at(browser: Browser, base: str, viewport: dict[str, int] = DESKTOP) -> Page:
+    """The dashboard in a new browser context (a tab of its own). Playwright dismisses any dialog
+    the page opens unless a test answers it (:class:`Dialogs`)."""
     context = browser.new_context(viewport={"width": viewport["width"], "height": viewport["height"]})
     page = context.new_page()
-    page.on("dialog", lambda dialog: dialog.accept())  # the confirmations of rotate and revoke
     page.goto(base + "/dashboard")
     return page
+
+
+class Dialogs:
+    """The dialogs a page opens, as (type, message), each accepted (or, unless ``accept``, dismissed)."""
+
+    def __init__(self, page: Page, accept: bool = True) -> None:
+        self.opened: list[tuple[str, str]] = []
+        self._accept = accept
+        page.on("dialog", self._answer)
+
+    def _answer(self, dialog: Dialog) -> None:
+        self.opened.append((dialog.type, dialog.message))
+        if self._accept:
+            dialog.accept()
+        else:
+            dialog.dismiss()
 
 
 def sign_in(page: Page, key: str) -> None:
@@ -71,11 +88,23 @@ def sign_in(page: Page, key: str) -> None:
     page.get_by_role("button", name="Sign in").click()
 
 
+def once_refused(base: str, key: str, within: float = 2) -> tuple[int, str | None]:
+    """The outcome of ``key`` at the protected route once it is refused (every worker re-reads
+    a key's row within KEYSERVICE_CACHE_TTL), or still valid after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        answered = outcome(request(base + "/protected-with-key", "POST", bearer(key)))
+        if answered != (200, None) or time.monotonic() > deadline:
+            return answered
+        time.sleep(0.1)
+
+
 def test_sign_in_create_use_and_revoke_a_key_from_the_page(
         browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str) -> None:
     base, cli = service
     _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
     page = page_at(browser, base)
+    dialogs = Dialogs(page)
     sign_in(page, admin)
     page.get_by_label("Name", exact=True).fill("ci runner")
     page.get_by_label("Client id", exact=True).fill("acme")
@@ -105,14 +134,84 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(
         page.screenshot(path=screenshots / "dashboard-desktop.png", full_page=True)
     row.get_by_role("button", name="Revoke").click()
     row.wait_for(state="detached")  # the list without revoked keys no longer has it
+    [(kind, message)] = dialogs.opened  # asked first
+    assert kind == "confirm" and message.startswith('Revoke "ci runner"?') and "cannot be undone" in message
+    assert once_refused(base, key) == (401, "REVOKED")
 
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        refused = request(base + "/protected-with-key", "POST", bearer(key))
-        if refused.status != 200:
-            break
-        time.sleep(0.1)
-    assert outcome(refused) == (401, "REVOKED")
+
+def test_rotate_asks_first_then_shows_the_new_key_once_and_the_old_one_stops(
+        browser: Browser, service: tuple[str, KeysCli]) -> None:
+    base, cli = service
+    _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
+    created = flask_cli(cli.environ, "keys", "create", "--name", "nightly job", "--client-id", "acme")
+    old_key = created.stdout.strip()
+    assert once_refused(base, old_key, within=0) == (200, None)
+    page = page_at(browser, base)
+    dialogs = Dialogs(page)
+    sign_in(page, admin)
+    page.locator("tr", has_text="nightly job").get_by_role("button", name="Rotate").click()
+    shown = page.locator("#new-key-value")
+    shown.wait_for()
+    new_key = shown.text_content() or ""
+    [(kind, message)] = dialogs.opened
+    assert kind == "confirm" and message.startswith('Rotate "nightly job"?') and "old key stops working" in message
+
+    assert new_key != old_key and new_key.split("_")[1] != old_key.split("_")[1]
+    assert once_refused(base, new_key, within=0) == (200, None)
+    assert once_refused(base, old_key) == (401, "EXPIRED")  # the page rotates with no grace
+    page.locator("#keys tbody tr", has_text=new_key.split("_")[1]).wait_for()  # the list has the successor
+
+    page.get_by_role("button", name="Done").click()
+    assert new_key not in page.content()
+    page.reload()  # still signed in (the tab's sessionStorage), and the key is not shown again
+    page.locator("#keys tbody tr").first.wait_for()
+    assert new_key not in page.content() and page.locator("#new-key").is_hidden()
+
+
+def test_dismissing_the_confirmation_leaves_the_key_alone(browser: Browser, service: tuple[str, KeysCli]) -> None:
+    base, cli = service
+    _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
+    key_id, key = cli.create_key()
+    page = page_at(browser, base)
+    dialogs = Dialogs(page, accept=False)
+    sign_in(page, admin)
+    row = page.locator("tr", has_text=key_id)
+    for action in ("Rotate", "Revoke"):
+        row.get_by_role("button", name=action).click()
+    page.wait_for_load_state("networkidle")  # any request the page would send has been sent
+    assert [(kind, message.split(" ", 1)[0]) for kind, message in dialogs.opened] == [
+        ("confirm", "Rotate"), ("confirm", "Revoke")]
+    shown = cli.show(key_id)
+    assert (shown["revoked_at"], shown["expires_at"]) == (None, None)
+    assert page.locator("#new-key").is_hidden() and row.is_visible()
+    assert once_refused(base, key, within=1) == (200, None)
+
+
+def test_the_management_key_stays_in_the_tabs_session_storage_until_sign_out(
+        browser: Browser, service: tuple[str, KeysCli]) -> None:
+    base, cli = service
+    _, reader = cli.create_key("--scope", "keys:read")
+    page = page_at(browser, base)
+    sign_in(page, reader)
+    page.locator("#keys tbody tr").first.wait_for()
+
+    def stored() -> dict[str, object]:
+        held: dict[str, object] = page.evaluate(
+            "() => ({session: {...sessionStorage}, local: {...localStorage}, cookie: document.cookie})")
+        return held
+
+    assert stored() == {"session": {"keyservice.managementKey": reader}, "local": {}, "cookie": ""}
+    assert not [cookie for cookie in page.context.cookies() if reader in cookie["value"]]
+    assert reader not in page.url and page.get_by_label("Management key").input_value() == ""
+    other_tab = page.context.new_page()  # the same browser profile, another tab: not signed in
+    other_tab.goto(base + "/dashboard")
+    assert other_tab.locator("#sign-in").is_visible() and other_tab.locator("#signed-in").is_hidden()
+
+    page.get_by_role("button", name="Sign out").click()
+    assert stored() == {"session": {}, "local": {}, "cookie": ""}
+    assert page.locator("#sign-in").is_visible() and page.locator("#keys tbody tr").count() == 0
+    page.reload()
+    assert page.locator("#sign-in").is_visible() and page.locator("#signed-in").is_hidden()
 
 
 def test_without_signing_in_the_page_shows_no_key_data(

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from .helpers import bearer, wait_until, wrong_secret
-from .servers import KeysCli, Response, flask_cli, gunicorn, labelled_metric, request, service_environment
+from .servers import (KeysCli, Response, flask_cli, gunicorn, gunicorn_workers, labelled_metric, request,
+                      service_environment)
 from .test_storage_at_rest import raw_database
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
@@ -119,6 +120,7 @@ def test_one_log_line_per_request_with_its_id_key_outcome_and_client(served: Ser
         ("/protected-with-key", 401, None, "MISSING"), ("/unprotected", 200, None, None),
         ("/no-such-page", 404, None, None)]
     assert {line["client"] for line in lines} == {"127.0.0.1"}
+    assert {line["worker"] for line in lines} <= gunicorn_workers(served.base)  # the pid of the one that answered
     assert [line["request_id"] for line in lines] == [response.headers["X-Request-ID"] for response in sent]
     assert lines[0]["request_id"] == "trace-1"
     assert key not in logged and key.split("_")[2] not in logged
