@@ -2,14 +2,15 @@
 
 Every test that takes ``app`` (or ``database_url``) runs twice: on SQLite and on
 PostgreSQL. The PostgreSQL server and a Redis server start once per run (see
-``services.py``); each PostgreSQL test gets a database of its own, copied from
-a template migrated once.
+``services.py``); each test gets a database of its own, copied from a template
+migrated once (a template database on PostgreSQL, a template file on SQLite).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -108,12 +109,28 @@ def postgres_database(server: PostgresServer, migrated: bool = True) -> Iterator
         server.administer(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once for the run, which each migrated SQLite database copies:
+    the migrations take most of a small test's time."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "keys.db"
+    with migrated_app(f"sqlite:///{path}"):
+        pass
+    # Closing the last connection folded the WAL into the file: the file alone is the database.
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
 @contextmanager
 def database_for(kind: str, request: pytest.FixtureRequest, folder: Path, migrated: bool = True) -> Iterator[str]:
-    """The URL of a new database of ``kind``: PostgreSQL's already ``migrated`` (or empty),
-    SQLite's a file in ``folder`` that the first migration makes."""
+    """The URL of a new database of ``kind``, already ``migrated`` (or empty): PostgreSQL's
+    copied from the template database, SQLite's a file in ``folder``, copied from the template
+    file (or left for the first migration to make)."""
     if kind == "sqlite":
-        yield f"sqlite:///{folder / 'keys.db'}"
+        path = folder / "keys.db"
+        if migrated:
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
     else:
         with postgres_database(request.getfixturevalue("postgres"), migrated) as url:
             yield url
