@@ -49,9 +49,16 @@ def _isolate_from_the_environment() -> None:
         del os.environ[name]
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    """Whether this process is one of pytest-xdist's workers: the controller, which sees every
+    worker's reports, judges the whole run."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     _isolate_from_the_environment()
-    session.config.stash[_STATUS_BEFORE] = _working_tree_status()
+    if not _is_xdist_worker(session.config):
+        session.config.stash[_STATUS_BEFORE] = _working_tree_status()
 
 
 def _fail_if_the_clone_changed(session: pytest.Session) -> None:
@@ -230,5 +237,7 @@ def _fail_if_ci_skipped(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _is_xdist_worker(session.config):
+        return
     _fail_if_the_clone_changed(session)
     _fail_if_ci_skipped(session)
