@@ -2,14 +2,15 @@
 
 Every test that takes ``app`` (or ``database_url``) runs twice: on SQLite and on
 PostgreSQL. The PostgreSQL server and a Redis server start once per run (see
-``services.py``); each PostgreSQL test gets a database of its own, copied from
-a template migrated once.
+``services.py``); each test gets a database of its own, copied from a template
+migrated once (a template database on PostgreSQL, a template file on SQLite).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,9 +50,16 @@ def _isolate_from_the_environment() -> None:
         del os.environ[name]
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    """Whether this process is one of pytest-xdist's workers: the controller, which sees every
+    worker's reports, judges the whole run."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     _isolate_from_the_environment()
-    session.config.stash[_STATUS_BEFORE] = _working_tree_status()
+    if not _is_xdist_worker(session.config):
+        session.config.stash[_STATUS_BEFORE] = _working_tree_status()
 
 
 def _fail_if_the_clone_changed(session: pytest.Session) -> None:
@@ -109,12 +117,28 @@ def postgres_database(server: PostgresServer, migrated: bool = True) -> Iterator
         server.administer(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once for the run, which each migrated SQLite database copies:
+    the migrations take most of a small test's time."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "keys.db"
+    with migrated_app(f"sqlite:///{path}"):
+        pass
+    # Closing the last connection folded the WAL into the file: the file alone is the database.
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
 @contextmanager
 def database_for(kind: str, request: pytest.FixtureRequest, folder: Path, migrated: bool = True) -> Iterator[str]:
-    """The URL of a new database of ``kind``: PostgreSQL's already ``migrated`` (or empty),
-    SQLite's a file in ``folder`` that the first migration makes."""
+    """The URL of a new database of ``kind``, already ``migrated`` (or empty): PostgreSQL's
+    copied from the template database, SQLite's a file in ``folder``, copied from the template
+    file (or left for the first migration to make)."""
     if kind == "sqlite":
-        yield f"sqlite:///{folder / 'keys.db'}"
+        path = folder / "keys.db"
+        if migrated:
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
     else:
         with postgres_database(request.getfixturevalue("postgres"), migrated) as url:
             yield url
@@ -214,5 +238,7 @@ def _fail_if_ci_skipped(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _is_xdist_worker(session.config):
+        return
     _fail_if_the_clone_changed(session)
     _fail_if_ci_skipped(session)

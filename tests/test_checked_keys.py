@@ -68,6 +68,7 @@ def environ(database_url: str) -> dict[str, str]:
     return environ
 
 
+@pytest.mark.slow
 def test_a_key_costs_one_bcrypt_check_per_machine_even_after_a_worker_is_killed(
         environ: dict[str, str], tmp_path: Path) -> None:
     cli = KeysCli(environ)
@@ -92,6 +93,7 @@ def test_a_key_costs_one_bcrypt_check_per_machine_even_after_a_worker_is_killed(
         assert bcrypt_checks(base) == {"accepted": 5}  # the replacement found every key checked
 
 
+@pytest.mark.slow
 def test_a_flood_of_wrong_secrets_from_many_addresses_costs_at_most_the_machines_budget(
         environ: dict[str, str], tmp_path: Path) -> None:
     key_id, key = KeysCli(environ).create_key()
@@ -115,6 +117,7 @@ def test_a_flood_of_wrong_secrets_from_many_addresses_costs_at_most_the_machines
         assert bcrypt_checks(base) == {"accepted": 1, "refused": 10}
 
 
+@pytest.mark.slow
 def test_a_key_checked_on_one_instance_costs_no_bcrypt_on_the_other(
         postgres: PostgresServer, redis_url: str, tmp_path: Path) -> None:
     with postgres_database(postgres) as database_url, ExitStack() as stack:

@@ -114,7 +114,10 @@ def test_one_log_line_per_request_with_its_id_key_outcome_and_client(served: Ser
     while len(about_requests()) < len(sent) and time.monotonic() < deadline:
         time.sleep(0.05)
     logged = served.log.read_text()
-    lines = [json.loads(line) for line in about_requests()]  # every one the service's JSON line
+    # Two workers each write a line once they have answered: a line can come after the next request's.
+    sent_ids = [response.headers["X-Request-ID"] for response in sent]
+    lines = sorted((json.loads(line) for line in about_requests()),  # every one the service's JSON line
+                   key=lambda line: sent_ids.index(line["request_id"]))
     assert [(line["path"], line["status"], line["key_id"], line["code"]) for line in lines] == [
         ("/protected-with-key", 200, key_id, "VALID"), ("/protected-with-key", 401, key_id, "NOT_FOUND"),
         ("/protected-with-key", 401, None, "MISSING"), ("/unprotected", 200, None, None),

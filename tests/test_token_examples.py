@@ -10,10 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from .helpers import bearer, free_port
 from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment, stop
 from .services import _wait_for_port
 from .tokens import access_token
+
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 EXAMPLES = REPO / "examples"
 

@@ -20,6 +20,8 @@ from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
 from .services import PostgresServer
 from .tokens import access_token, fetch_token
 
+pytestmark = pytest.mark.slow  # starts the service, servers or a browser
+
 PROTECTED = "/protected-with-key"
 JWKS = "/.well-known/jwks.json"
 REQUIRED = ["iss", "sub", "client_id", "aud", "iat", "exp", "jti", "scope", "external_client_id"]
