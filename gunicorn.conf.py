@@ -3,4 +3,4 @@
 They live in the package (keyservice/gunicorn_conf.py), so that an installed package has them too.
 """
 
-from keyservice.gunicorn_conf import *  # noqa: F401,F403  (gunicorn reads this module's settings and hooks)
+from keyservice.gunicorn_conf import *  # noqa: F403  (gunicorn reads this module's settings and hooks)

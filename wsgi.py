@@ -4,7 +4,7 @@ package serves ``keyservice:create_app()``)."""
 import sys
 
 from keyservice import create_app
-from keyservice.config import ConfigError
+from keyservice.core.config import ConfigError
 
 try:
     app = create_app()

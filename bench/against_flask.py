@@ -33,8 +33,17 @@ from pathlib import Path
 from tests.servers import gunicorn, service_environment
 
 from .protected_route import (
-    PROTECTED, UNPROTECTED, WORKERS, Variant, flask, measure_overhead, post, print_reproduce, report_server_log,
-    verdict, write_lua,
+    PROTECTED,
+    UNPROTECTED,
+    WORKERS,
+    Variant,
+    flask,
+    measure_overhead,
+    post,
+    print_reproduce,
+    report_server_log,
+    verdict,
+    write_lua,
 )
 
 UNPROTECTED_GOAL = 0.90

@@ -35,9 +35,9 @@ from pathlib import Path
 
 from keyservice import create_app
 from keyservice.app import db
-from keyservice.crypto import NewKey, generate_key
-from keyservice.store import create_key
-from keyservice.state import current_state
+from keyservice.core.crypto import NewKey, generate_key
+from keyservice.core.state import current_state
+from keyservice.management.store import create_key
 from tests.servers import gunicorn, labelled_metric, request, service_environment
 
 from .protected_route import PROTECTED, WORKERS, flask, print_reproduce, report_server_log, verdict

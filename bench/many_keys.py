@@ -31,15 +31,23 @@ from pathlib import Path
 
 from keyservice import create_app
 from keyservice.app import db
-from keyservice.crypto import generate_key
-from keyservice.state import current_state
-from keyservice.store import create_key
+from keyservice.core.crypto import generate_key
+from keyservice.core.state import current_state
+from keyservice.management.store import create_key
 from tests.helpers import bearer
 from tests.servers import gunicorn, labelled_metric, request, service_environment
 from tests.services import postgres_server
 
-from .protected_route import (PROTECTED, WORKERS, Variant, flask, measure_overhead, print_reproduce,
-                              report_server_log, run_wrk)
+from .protected_route import (
+    PROTECTED,
+    WORKERS,
+    Variant,
+    flask,
+    measure_overhead,
+    print_reproduce,
+    report_server_log,
+    run_wrk,
+)
 from .scale_out import create_database
 
 KEYS = 2_000

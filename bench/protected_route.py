@@ -64,7 +64,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keyservice.crypto import BASE62, CHECKSUM_LENGTH, SECRET_LENGTH, checksum
+from keyservice.core.crypto import BASE62, CHECKSUM_LENGTH, SECRET_LENGTH, checksum
 from tests.receivers import Receiver, serving, webhook_settings
 from tests.servers import REPO, flask_cli, gunicorn, gunicorn_workers, request, service_environment
 

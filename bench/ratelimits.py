@@ -34,8 +34,19 @@ from pathlib import Path
 from tests.servers import gunicorn, service_environment
 from tests.services import postgres_server, redis_server
 
-from .protected_route import (PROTECTED, UNPROTECTED, WORKERS, Variant, create_keys, flask, measure_overhead,
-                              print_reproduce, report_server_log, verdict, write_lua)
+from .protected_route import (
+    PROTECTED,
+    UNPROTECTED,
+    WORKERS,
+    Variant,
+    create_keys,
+    flask,
+    measure_overhead,
+    print_reproduce,
+    report_server_log,
+    verdict,
+    write_lua,
+)
 from .scale_out import create_database
 
 # (variant, against which variant, goal)

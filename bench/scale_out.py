@@ -38,8 +38,18 @@ import sqlalchemy
 from tests.servers import gunicorn, service_environment
 from tests.services import PostgresServer, postgres_server, redis_server
 
-from .protected_route import (PROTECTED, WORKERS, Variant, create_keys, flask, measure_overhead, overhead_variants,
-                              print_reproduce, report_server_log, write_lua)
+from .protected_route import (
+    PROTECTED,
+    WORKERS,
+    Variant,
+    create_keys,
+    flask,
+    measure_overhead,
+    overhead_variants,
+    print_reproduce,
+    report_server_log,
+    write_lua,
+)
 
 SCALE_OUT_GOAL = 0.85
 GROWTH_GOAL = 0.95

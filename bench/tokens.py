@@ -35,7 +35,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.protected_route import (
-    PROTECTED, WORKERS, Variant, flask, measure_overhead, post, print_reproduce, report_server_log, write_lua,
+    PROTECTED,
+    WORKERS,
+    Variant,
+    flask,
+    measure_overhead,
+    post,
+    print_reproduce,
+    report_server_log,
+    write_lua,
 )
 from tests.servers import gunicorn, service_environment
 from tests.tokens import access_token

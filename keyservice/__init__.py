@@ -7,18 +7,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import create_app
-    from .decorators import require_key
+    from .core.outcomes import Outcome, VerificationResult
     from .extension import KeyService
-    from .outcomes import Outcome, VerificationResult
-    from .verification import verify_key
+    from .verification.decorators import require_key
+    from .verification.verifier import verify_key
 
 __all__ = ["KeyService", "Outcome", "VerificationResult", "create_app", "require_key", "verify_key"]
 
 # Each public name's module, imported when the name is first used: importing a submodule alone
 # must not load the app's modules. gunicorn's settings (keyservice.gunicorn_conf) choose
 # Prometheus' multiprocess mode, which has to happen before prometheus_client is imported.
-_MODULES = {"KeyService": ".extension", "Outcome": ".outcomes", "VerificationResult": ".outcomes",
-            "create_app": ".app", "require_key": ".decorators", "verify_key": ".verification"}
+_MODULES = {"KeyService": ".extension", "Outcome": ".core.outcomes", "VerificationResult": ".core.outcomes",
+            "create_app": ".app", "require_key": ".verification.decorators", "verify_key": ".verification.verifier"}
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger, SafeAtoms
 
-from .config import DEFAULTS
+from .core.config import DEFAULTS
 from .requestlog import configure_logging, escape, log_request
 
 

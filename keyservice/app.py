@@ -15,11 +15,11 @@ from sqlalchemy import event
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import routes
-from .config import config_from_environment
-from .errors import nosniff, register_http_problem_handlers
+from .core.config import config_from_environment
+from .core.errors import nosniff, register_http_problem_handlers
+from .core.state import state_of
 from .extension import KeyService
 from .requestlog import configure_logging, mark_request
-from .state import state_of
 
 
 def migrations_directory() -> Path:

@@ -7,21 +7,21 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 
-from .apirules import answer_store_errors
-from .cli import keys_cli, roles_cli, webhooks_cli
-from .config import DEFAULTS, check_database, load_settings
-from .dashboard import dashboard as dashboard_blueprint
-from .errors import nosniff, register_error_handlers
-from .models import ApiKey, Base
-from .openapi import register_api
-from .principals import PrincipalLoader
-from .secret_scanning import GitHubKeys, secret_scanning
-from .sender import WebhookSender
-from .signingkeys import SigningKeys
-from .state import EXTENSION_NAME, KeyServiceState, current_state
-from .store import announce_usage_exhausted, create_key
-from .tokens import TokenVerifier
-from .verification import Verifier
+from .core.config import DEFAULTS, check_database, load_settings
+from .core.errors import nosniff, register_error_handlers
+from .core.models import ApiKey, Base
+from .core.state import EXTENSION_NAME, KeyServiceState, current_state
+from .management.apirules import answer_store_errors
+from .management.cli import keys_cli, roles_cli, webhooks_cli
+from .management.dashboard import dashboard as dashboard_blueprint
+from .management.openapi import register_api
+from .management.principals import PrincipalLoader
+from .management.secret_scanning import GitHubKeys, secret_scanning
+from .management.sender import WebhookSender
+from .management.store import announce_usage_exhausted, create_key
+from .verification.signingkeys import SigningKeys
+from .verification.tokens import TokenVerifier
+from .verification.verifier import Verifier
 
 # keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports, tokens.
 OWN_BLUEPRINTS = frozenset({"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning",
@@ -106,7 +106,7 @@ class KeyService:
         """Issue a key for the current app: its row (added to the session, for the
         caller to commit) and the full key, which is never available again.
 
-        Takes the keyword arguments of :func:`keyservice.store.create_key`.
+        Takes the keyword arguments of :func:`keyservice.management.store.create_key`.
         """
         state = current_state()
         return create_key(state.db.session, state.settings, **fields)

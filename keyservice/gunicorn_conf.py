@@ -37,7 +37,7 @@ access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 logger_class = "keyservice.accesslog.EscapingLogger"
 
 
-# Prometheus' multiprocess mode (keyservice/metrics.py): every worker writes its metrics to
+# Prometheus' multiprocess mode (keyservice/verification/metrics.py): every worker writes its metrics to
 # files in this folder, /metrics adds them up. Set here, before any worker imports the app;
 # a folder of our own is removed at exit.
 OWN_METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
@@ -50,7 +50,7 @@ def on_starting(server: Any) -> None:
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     for left_over in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(left_over)
-    from keyservice.config import ConfigError, config_from_environment
+    from keyservice.core.config import ConfigError, config_from_environment
 
     try:
         config_from_environment()

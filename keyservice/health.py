@@ -15,16 +15,17 @@ an error's text, which holds statements and addresses.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from .dberrors import error_name
-from .models import ApiKey, ReadinessProbe, utcnow
-from .state import current_state
+from .core.dberrors import error_name
+from .core.models import ApiKey, ReadinessProbe, utcnow
+from .core.state import current_state
 
 _INSERT: dict[str, Callable[..., Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 # SQLite's default checkpoint size, for a database that has turned automatic checkpoints off.

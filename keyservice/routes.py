@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Blueprint, g, url_for
 
-from .decorators import require_key
-from .errors import StorageUnavailable
+from .core.errors import StorageUnavailable
 from .health import liveness_failure, readiness_failure
-from .metrics import exposition
+from .verification.decorators import require_key
+from .verification.metrics import exposition
 
 bp = Blueprint("service", __name__)
 

@@ -24,7 +24,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from keyservice import create_app, require_key
 from keyservice.app import db
-from keyservice.state import current_state
+from keyservice.core.state import current_state
 
 from .helpers import issue
 from .servers import REPO

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from keyservice import KeyService
-from keyservice.crypto import checksum
+from keyservice.core.crypto import checksum
 
 if TYPE_CHECKING:
     from .servers import Response as HttpResponse

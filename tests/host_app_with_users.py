@@ -12,7 +12,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keyservice import KeyService, require_key
-from keyservice.principals import Principal
+from keyservice.management.principals import Principal
 
 db = SQLAlchemy()
 migrate = Migrate()

@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from keyservice.crypto import checksum
+from keyservice.core.crypto import checksum
 
 from .conftest import IssueKey
 from .helpers import assert_problem, bearer, listed_ids

@@ -22,17 +22,25 @@ from sqlalchemy import func, select
 
 from keyservice import Outcome, verify_key
 from keyservice.app import db
-from keyservice.changefeed import PRUNE_AFTER
-from keyservice.config import ConfigError, DEFAULTS, load_settings
-from keyservice.lmdbwindows import path_for
-from keyservice.models import ApiKey, KeyChange
-from keyservice.store import put_role
+from keyservice.core.config import DEFAULTS, ConfigError, load_settings
+from keyservice.core.models import ApiKey, KeyChange
+from keyservice.management.store import put_role
+from keyservice.verification.changefeed import PRUNE_AFTER
+from keyservice.verification.lmdbwindows import path_for
 
 from .conftest import migrated_app, postgres_database
 from .helpers import bearer, issue, wait_until, wrong_secret
 from .load import outcome
-from .servers import (KeysCli, answers_by_worker, flask_cli, gunicorn, gunicorn_workers, labelled_metric, request,
-                      service_environment)
+from .servers import (
+    KeysCli,
+    answers_by_worker,
+    flask_cli,
+    gunicorn,
+    gunicorn_workers,
+    labelled_metric,
+    request,
+    service_environment,
+)
 from .services import PostgresServer
 from .test_scale_out import start_fleet
 from .test_storage_at_rest import raw_database

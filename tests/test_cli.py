@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskCliRunner
 
 from keyservice.app import db
-from keyservice.models import ApiKey, utcnow
+from keyservice.core.models import ApiKey, utcnow
 
 from .helpers import KEY_FORMAT, bearer
 from .servers import flask_cli, service_environment

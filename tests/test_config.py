@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from keyservice import create_app
-from keyservice.config import DEFAULTS, ConfigError, config_from_environment
+from keyservice.core.config import DEFAULTS, ConfigError, config_from_environment
 
 from .conftest import TEST_CONFIG
 from .servers import flask_cli, service_environment

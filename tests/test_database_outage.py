@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 
 from keyservice.app import db
-from keyservice.config import DEFAULTS
+from keyservice.core.config import DEFAULTS
 
 from .conftest import DATABASES, IssueKey, migrated_app
 from .helpers import assert_problem, assert_unavailable, bearer
@@ -191,6 +191,6 @@ def test_a_database_error_that_is_no_outage_stays_a_500_logged_without_its_text(
     response = client.patch(f"/keys/{key_id}", headers=bearer(key), json={"name": "m"})
     assert_problem(response, 500, "INTERNAL")
     assert "Retry-After" not in response.headers
-    assert any(re.fullmatch(r"unhandled database error \(\w+( \w+)?\) at \w+\.py:\d+", record.getMessage())
+    assert any(re.fullmatch(r"unhandled database error \(\w+( \w+)?\) at [\w/]+\.py:\d+", record.getMessage())
                for record in caplog.records), [record.getMessage() for record in caplog.records]
     assert_nothing_of_the_errors_logged(caplog.records, key)

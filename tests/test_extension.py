@@ -15,8 +15,8 @@ from sqlalchemy import inspect
 from werkzeug.exceptions import HTTPException
 
 from keyservice import KeyService
-from keyservice.config import ConfigError
-from keyservice.principals import Principal
+from keyservice.core.config import ConfigError
+from keyservice.management.principals import Principal
 
 from .helpers import bearer
 from .host_app import Team, create_host_app, db, keys

@@ -28,7 +28,7 @@ from .test_database_outage import assert_no_error_text
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 NEW_KEY: dict[str, object] = {"name": "n", "external_client_id": "acme"}
-USAGE_NOT_SAVED = "usage not saved yet"  # what keyservice/usage.py logs when a flush fails
+USAGE_NOT_SAVED = "usage not saved yet"  # what keyservice/verification/usage.py logs when a flush fails
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from keyservice.app import db
-from keyservice.models import ReadinessProbe
+from keyservice.core.models import ReadinessProbe
 
 from .conftest import migrated_app, postgres_database
 from .helpers import assert_unavailable, free_port

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from keyservice.crypto import checksum
+from keyservice.core.crypto import checksum
 
 from .servers import REPO, KeysCli, flask_cli, service_environment
 
@@ -51,7 +51,7 @@ def test_the_pre_commit_hook_finds_keys_offline(tmp_path: Path) -> None:
     key = body + checksum(body)
     (tmp_path / "a.py").write_text(f"x = '{key}'\n")
     (tmp_path / "b.py").write_text("y = 1\n")
-    hook = [sys.executable, "-c", "from keyservice.scan import main; main()"]
+    hook = [sys.executable, "-c", "from keyservice.management.scan import main; main()"]
     found = subprocess.run([*hook, str(tmp_path / "a.py"), str(tmp_path / "b.py")], cwd=REPO,
                            capture_output=True, text=True, timeout=60, check=False)
     assert found.returncode == 1

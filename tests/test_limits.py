@@ -26,15 +26,14 @@ import redis
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from keyservice import create_app, require_key
 from keyservice.app import db
-from keyservice.config import ConfigError
-from keyservice.lmdbwindows import path_for
-from keyservice.models import ApiKey
-from keyservice.slidingwindow import SLOTS
+from keyservice.core.config import ConfigError
+from keyservice.core.models import ApiKey
+from keyservice.verification.lmdbwindows import path_for
+from keyservice.verification.slidingwindow import SLOTS
 
 from .conftest import TEST_CONFIG, migrated_app
 from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, cli_create, describe, free_port, issue

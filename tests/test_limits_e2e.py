@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from keyservice.slidingwindow import SLOTS
+from keyservice.verification.slidingwindow import SLOTS
 
 from .conftest import database_for
 from .helpers import RATELIMIT_HEADERS, bearer

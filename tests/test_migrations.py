@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
-from flask import Flask
 from alembic.migration import MigrationContext
+from flask import Flask
 from sqlalchemy import create_engine, inspect
 
 from keyservice import create_app

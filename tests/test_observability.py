@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 
 from .helpers import bearer, wait_until, wrong_secret
-from .servers import (KeysCli, Response, flask_cli, gunicorn, gunicorn_workers, labelled_metric, request,
-                      service_environment)
+from .servers import (
+    KeysCli,
+    Response,
+    flask_cli,
+    gunicorn,
+    gunicorn_workers,
+    labelled_metric,
+    request,
+    service_environment,
+)
 from .test_storage_at_rest import raw_database
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from keyservice.app import db
-from keyservice.store import put_role
+from keyservice.management.store import put_role
 
 from .conftest import IssueKey
 from .helpers import bearer

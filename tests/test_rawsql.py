@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from keyservice.rawsql import execute_one, writers_queue
+from keyservice.core.rawsql import execute_one, writers_queue
 
 
 def test_a_write_waits_for_the_writer_ahead_of_it_in_the_same_process(tmp_path: Path) -> None:

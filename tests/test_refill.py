@@ -7,7 +7,7 @@ when its refill is set, so every key here is created inside the travelled time.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 
 from .helpers import bearer, issue
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

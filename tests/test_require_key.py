@@ -11,10 +11,11 @@ from flask import Flask, g
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, event
 
-from keyservice import KeyService, rawsql, require_key
+from keyservice import KeyService, require_key
 from keyservice.app import db
-from keyservice.crypto import checksum
-from keyservice.models import utcnow
+from keyservice.core import rawsql
+from keyservice.core.crypto import checksum
+from keyservice.core.models import utcnow
 
 from .conftest import IssueKey, migrated_app
 from .helpers import assert_problem, bearer
@@ -30,7 +31,7 @@ def flip(key: str, index: int) -> str:
 @pytest.fixture
 def queries(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The SQL statements the app sends while the test runs: through SQLAlchemy, and through
-    keyservice.rawsql (the request path's statements on the driver's connection)."""
+    keyservice.core.rawsql (the request path's statements on the driver's connection)."""
     sent: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany) -> None:

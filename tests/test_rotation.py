@@ -14,7 +14,7 @@ import time_machine
 from flask.testing import FlaskClient, FlaskCliRunner
 from werkzeug.test import TestResponse
 
-from keyservice.models import utcnow
+from keyservice.core.models import utcnow
 
 from .conftest import IssueKey
 from .helpers import KEY_FORMAT, bearer, cli_create, outcome_of, parse_time

@@ -16,7 +16,6 @@ import time_machine
 from flask import Flask
 from flask.testing import FlaskClient
 
-
 from .conftest import IssueKey, migrated_app
 from .helpers import bearer, outcome_of, wrong_secret
 from .load import outcome

@@ -55,9 +55,8 @@ def assert_no_worker_was_killed(log: Path) -> None:
 def test_50_slow_clients_do_not_hold_make_serves_workers(environ: dict[str, str], tmp_path: Path) -> None:
     _, key = KeysCli(environ).create_key()
     log = tmp_path / "gunicorn.log"
-    with gunicorn(environ, log, workers=2) as base:
-        with Tricklers(base, 50) as tricklers:
-            answers = valid_requests_beside(base + "/protected-with-key", key)
+    with gunicorn(environ, log, workers=2) as base, Tricklers(base, 50) as tricklers:
+        answers = valid_requests_beside(base + "/protected-with-key", key)
     assert len(answers) >= SECONDS - 1
     assert [answer for answer in answers if answer[0] != 200 or answer[1] >= 1.0] == [], answers
     # They held on the whole time: gunicorn waits as long as a header keeps coming.

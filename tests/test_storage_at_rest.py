@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from keyservice import KeyService, create_app
 from keyservice.app import db
-from keyservice.models import ApiKey
+from keyservice.core.models import ApiKey
 
 from .conftest import IssueKey
 from .services import PostgresServer

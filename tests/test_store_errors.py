@@ -1,4 +1,4 @@
-"""The store refuses in its own terms (keyservice.storeerrors), with no request and no HTTP
+"""The store refuses in its own terms (keyservice.management.storeerrors), with no request and no HTTP
 status; a host's own view that issues keys still answers what it refuses as a problem."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 import pytest
 from flask import Flask, has_request_context
 
-from keyservice import KeyService, store
-from keyservice.errors import KeyServiceError
-from keyservice.models import utcnow
-from keyservice.state import current_state
-from keyservice.storeerrors import AdminOnly, InvalidValue, RecordNotFound, StateConflict, StoreError
+from keyservice import KeyService
+from keyservice.core.errors import KeyServiceError
+from keyservice.core.models import utcnow
+from keyservice.core.state import current_state
+from keyservice.management import store
+from keyservice.management.storeerrors import AdminOnly, InvalidValue, RecordNotFound, StateConflict, StoreError
 
 from .helpers import assert_problem
 

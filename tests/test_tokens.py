@@ -17,21 +17,21 @@ from urllib.parse import urlencode
 import jwt
 import pytest
 import time_machine
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, g
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from keyservice import KeyService, require_key
 from keyservice.app import db
-from keyservice.models import SigningKey, utcnow
-from keyservice.signingkeys import SigningKeys, rotate_signing_keys
-from keyservice.state import current_state
-from keyservice.store import get_key, key_usage
+from keyservice.core.models import SigningKey, utcnow
+from keyservice.core.state import current_state
+from keyservice.management.store import get_key, key_usage
+from keyservice.verification.signingkeys import SigningKeys, rotate_signing_keys
 
 from .conftest import IssueKey, migrated_app
 from .helpers import assert_problem, bearer, wait_until, wrong_secret

@@ -10,7 +10,7 @@ import re
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,9 +21,9 @@ from sqlalchemy import Connection, event, func, select
 from werkzeug.test import TestResponse
 
 from keyservice.app import db
-from keyservice.models import ApiKey, KeyUsage
+from keyservice.core.models import ApiKey, KeyUsage
+from keyservice.core.state import current_state
 from keyservice.requestlog import log_request
-from keyservice.state import current_state
 
 from .conftest import IssueKey, migrated_app
 from .helpers import bearer, issue, parse_time, wait_until, wrong_secret
@@ -85,7 +85,7 @@ def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, cli
     [hour] = by_hour["items"]
     assert hour["counts"] == {"VALID": 4, "NOT_FOUND": 2, "INSUFFICIENT_SCOPE": 1, "REVOKED": 3}
     assert hour["total"] == 10
-    assert parse_time(hour["start"]) == datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    assert parse_time(hour["start"]) == datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     [day] = usage(client, admin, key_id, granularity="day")["items"]
     assert day["counts"] == hour["counts"] and parse_time(day["start"]) == parse_time(hour["start"]).replace(hour=0)
 
@@ -93,7 +93,7 @@ def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, cli
 def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient, issue_key: IssueKey,
                                                 admin: str) -> None:
     key_id, key = issue_key()
-    start = datetime(2030, 1, 1, 9, 30, tzinfo=timezone.utc)
+    start = datetime(2030, 1, 1, 9, 30, tzinfo=UTC)
     for hours_later, requests in ((0, 2), (0, 3), (1, 4)):
         with time_machine.travel(start + timedelta(hours=hours_later), tick=False):
             for _ in range(requests):
@@ -127,7 +127,7 @@ def test_last_used_at_follows_valid_uses_without_touching_updated_at(app: Flask,
     flush(app)
     after = client.get(f"/keys/{key_id}", headers=bearer(admin)).get_json()
     used = parse_time(after["last_used_at"])
-    assert abs((datetime.now(timezone.utc) - used).total_seconds()) < 5
+    assert abs((datetime.now(UTC) - used).total_seconds()) < 5
     assert after["updated_at"] == shown["updated_at"]
 
 

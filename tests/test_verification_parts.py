@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +19,19 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from keyservice import Outcome, verify_key
-from keyservice.failedchecks import FailedCheckBudgets
-from keyservice.keyrows import KeyRows
-from keyservice.lmdbwindows import LmdbWindows
-from keyservice.models import ApiKey, Role
-from keyservice.outcomes import KeyRecord
-from keyservice.quota import Quota
-from keyservice.rowcache import RowCache
-from keyservice.slidingwindow import Hit, WindowStorageError
+from keyservice.core.models import ApiKey, Role
+from keyservice.core.outcomes import KeyRecord
+from keyservice.verification.failedchecks import FailedCheckBudgets
+from keyservice.verification.keyrows import KeyRows
+from keyservice.verification.lmdbwindows import LmdbWindows
+from keyservice.verification.quota import Quota
+from keyservice.verification.rowcache import RowCache
+from keyservice.verification.slidingwindow import Hit, WindowStorageError
 
 from .conftest import migrated_app
 from .helpers import issue, wrong_secret
 
-NOON = datetime(2026, 3, 30, 12, 0, tzinfo=timezone.utc)
+NOON = datetime(2026, 3, 30, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from flask import Flask
 
 from keyservice import Outcome, verify_key
 from keyservice.app import db
-from keyservice.models import ApiKey, utcnow
-from keyservice.slidingwindow import SLOTS
-from keyservice.store import get_key
+from keyservice.core.models import ApiKey, utcnow
+from keyservice.management.store import get_key
+from keyservice.verification.slidingwindow import SLOTS
 
 from .conftest import IssueKey, migrated_app
 from .helpers import issue, wrong_secret

@@ -19,8 +19,8 @@ from flask.testing import FlaskClient
 
 from keyservice import KeyService
 from keyservice.app import db
-from keyservice.models import utcnow
-from keyservice.state import current_state
+from keyservice.core.models import utcnow
+from keyservice.core.state import current_state
 
 from .conftest import IssueKey, migrated_app
 from .helpers import bearer, wait_until

@@ -1,0 +1,147 @@
+"""The checked keys every worker shares: "this whole key was accepted by bcrypt", and nothing more.
+
+An entry is named by the HMAC-SHA256 of the whole key under the deployment
+secret (``deploymentsecret.py``) and holds the key's id and a digest of the
+``secret_hash`` bcrypt accepted it against (the first 16 bytes of its SHA-256):
+no key, no secret and no bcrypt hash. A worker that meets a key it has not seen
+(just started, or replaced) finds its entry, reads the key's row, and skips
+bcrypt when the id is the key's own and the row's hash still has that digest: a
+new secret (a changed hash) makes the entry worthless. Whether the key is still
+valid is always judged on its row.
+
+By default the entries live in an LMDB file every worker of the machine shares
+(``<database>.checked``, or in the temp folder for PostgreSQL), beside the
+rate-limit windows' file; with ``KEYSERVICE_RATELIMIT_STORAGE_URL`` they live in
+that Redis, shared by every instance. Both are bounded: an entry lasts
+``ENTRY_TTL`` from its bcrypt check (Redis expires it; LMDB's are swept), and the
+LMDB file is mapped at ``lmdbwindows.MAP_SIZE``: full of live entries, it is
+emptied (every key then costs one bcrypt check again, once per machine). The
+cache is an optimisation only: when its store fails, a key is checked with bcrypt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import lmdb
+import redis
+
+from ..core.crypto import ID_LENGTH
+from .lmdbwindows import SWEEP_INTERVAL, environment, path_for, sweep_expired
+
+ENTRY_TTL = 7 * 86_400
+HASH_DIGEST_BYTES = 16
+# expires_at (first, as every swept file's entries), the key id, the hash's digest.
+_ENTRY = struct.Struct(f"<d{ID_LENGTH}s{HASH_DIGEST_BYTES}s")
+
+logger = logging.getLogger("keyservice.verification.checkedkeys")
+
+
+def hash_digest(secret_hash: str) -> bytes:
+    """What identifies a key's current ``secret_hash`` in an entry (not the hash itself)."""
+    return hashlib.sha256(secret_hash.encode()).digest()[:HASH_DIGEST_BYTES]
+
+
+@dataclass(frozen=True)
+class CheckedKey:
+    """An entry: the key id and the digest of the hash bcrypt accepted the key against."""
+
+    key_id: str
+    hash_digest: bytes
+
+    def matches(self, key_id: str, secret_hash: str) -> bool:
+        """Whether the entry vouches for key ``key_id`` whose row's hash is ``secret_hash``."""
+        return (hmac.compare_digest(self.key_id, key_id)
+                and hmac.compare_digest(self.hash_digest, hash_digest(secret_hash)))
+
+
+class CheckedKeys(Protocol):
+    """Where the entries live; both operations are best-effort (a failure is a miss)."""
+
+    def get(self, name: bytes) -> CheckedKey | None:
+        """The entry named ``name`` (an HMAC of the whole key), or None."""
+
+    def put(self, name: bytes, entry: CheckedKey) -> None:
+        """Remember ``entry`` under ``name`` for ``ENTRY_TTL`` seconds."""
+
+
+class LmdbCheckedKeys:
+    """Entries in an LMDB file at ``path``, shared by every worker of the machine."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._next_sweep = 0.0
+        self._swept_to = b""
+
+    def get(self, name: bytes) -> CheckedKey | None:
+        try:
+            with environment(self._path).begin() as transaction:
+                stored = transaction.get(name)
+        except lmdb.Error as error:
+            logger.warning("keyservice: checked keys unreadable (%s)", type(error).__name__)
+            return None
+        if stored is None:
+            return None
+        expires_at, key_id, digest = _ENTRY.unpack(stored)
+        return CheckedKey(key_id.decode(), digest) if expires_at > time.time() else None
+
+    def put(self, name: bytes, entry: CheckedKey) -> None:
+        now = time.time()
+        value = _ENTRY.pack(now + ENTRY_TTL, entry.key_id.encode(), entry.hash_digest)
+        try:
+            try:
+                self._put(name, value)
+            except lmdb.MapFullError:
+                if not sweep_expired(self._path, b"", full=True)[0]:
+                    with environment(self._path).begin(write=True) as transaction:
+                        transaction.drop(environment(self._path).open_db(), delete=False)
+                self._put(name, value)
+            if now >= self._next_sweep:
+                self._next_sweep = now + SWEEP_INTERVAL
+                self._swept_to = sweep_expired(self._path, self._swept_to, full=False)[1]
+        except lmdb.Error as error:
+            logger.warning("keyservice: checked keys unwritable (%s)", type(error).__name__)
+
+    def _put(self, name: bytes, value: bytes) -> None:
+        with environment(self._path).begin(write=True) as transaction:
+            transaction.put(name, value)
+
+
+class RedisCheckedKeys:
+    """Entries in the Redis at ``url``, shared by every instance, each expiring on its own."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+    def get(self, name: bytes) -> CheckedKey | None:
+        try:
+            stored = self._client.get(_redis_name(name))
+        except redis.RedisError as error:
+            logger.warning("keyservice: checked keys unreadable (%s)", type(error).__name__)
+            return None
+        if not isinstance(stored, bytes) or len(stored) != ID_LENGTH + HASH_DIGEST_BYTES:
+            return None
+        return CheckedKey(stored[:ID_LENGTH].decode(errors="replace"), stored[ID_LENGTH:])
+
+    def put(self, name: bytes, entry: CheckedKey) -> None:
+        try:
+            self._client.set(_redis_name(name), entry.key_id.encode() + entry.hash_digest, ex=ENTRY_TTL)
+        except redis.RedisError as error:
+            logger.warning("keyservice: checked keys unwritable (%s)", type(error).__name__)
+
+
+def _redis_name(name: bytes) -> str:
+    return f"keyservice:checked:{name.hex()}"
+
+
+def checked_keys_at(storage_url: str, database_url: str) -> CheckedKeys:
+    """The store of the app on ``database_url``: the Redis at ``storage_url`` if set, else the
+    machine's LMDB file."""
+    return RedisCheckedKeys(storage_url) if storage_url else LmdbCheckedKeys(path_for(database_url, "checked"))

@@ -1,0 +1,48 @@
+"""Per-key rate limits: the slotted sliding window (``slidingwindow.py``) over a storage
+every worker shares.
+
+By default the windows live in an LMDB file beside the app's SQLite database
+(``lmdbwindows.py``), shared by every gunicorn worker of the machine;
+``KEYSERVICE_RATELIMIT_STORAGE_URL`` (``redis://...``) moves them to Redis for
+many machines (``rediswindows.py``). Either way a request is one atomic operation.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from flask_sqlalchemy import SQLAlchemy
+
+from ..core.outcomes import RateLimitState
+from .lmdbwindows import LmdbWindows, path_for
+from .rediswindows import RedisWindows
+from .slidingwindow import WindowStore
+
+
+class RateLimiter:
+    """Counts a key's requests against its ``limit`` per ``period`` seconds."""
+
+    def __init__(self, storage_url: str, db: SQLAlchemy) -> None:
+        self._storage_url = storage_url
+        self._db = db
+        self._windows: WindowStore | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def windows(self) -> WindowStore:
+        """The storage; the embedded one is placed by the app's database, known in an app context."""
+        if self._windows is None:
+            with self._lock:
+                if self._windows is None:
+                    self._windows = (RedisWindows(self._storage_url) if self._storage_url
+                                     else LmdbWindows(path_for(self._db.engine.url.render_as_string())))
+        return self._windows
+
+    def storage_answers(self) -> bool:
+        """Whether the storage answers now (Redis: a PING)."""
+        return self.windows.answers()
+
+    def hit(self, key_id: str, limit: int, period: int) -> RateLimitState:
+        """Count one request; raises ``slidingwindow.WindowStorageError`` when the storage fails."""
+        counted = self.windows.hit(key_id, limit, period)
+        return RateLimitState(counted.allowed, limit, period, max(0, limit - counted.count), counted.reset_at)

@@ -1,0 +1,308 @@
+"""The verification path: from a presented key to an outcome, in one place.
+
+bcrypt at cost 12 takes about a quarter of a second, so it cannot run on every
+request, nor on every worker's first meeting with a key. Keys are found by an
+HMAC-SHA256 of the whole key under the deployment secret (``deploymentsecret.py``):
+
+1. In this worker's copies of rows (``rowcache.py``), trusted while the change
+   feed has been read within ``KEYSERVICE_CACHE_TTL`` (0.5 s): a key found there
+   skips parsing, the database and bcrypt. A database error answers UNAVAILABLE.
+2. Any other key is parsed: anything not in our format, or whose checksum is
+   wrong, is MALFORMED without touching the database.
+3. In the checked keys every worker of the machine (or, with Redis, every
+   instance) shares (``checkedkeys.py``): an entry for this key, of this id and
+   the row's current hash, means bcrypt accepted it before; one row read, no bcrypt.
+4. Otherwise bcrypt (one check at a time per key in a worker), but only once the
+   check is taken from the shared budgets (``failedchecks.py``; given back when
+   bcrypt accepts): per key id and client address, and per key id from
+   everywhere. Past either, the attempt is RATE_LIMITED before the database and
+   bcrypt, so a flood of wrong secrets does bounded work across all workers, and
+   the real key, sent from another address, still gets its check. Only keys
+   bcrypt accepts are remembered, so no flood can evict them.
+
+Rows are read by ``keyrows.py``. Whatever the path, the key is then:
+
+5. judged on its row: revoked, expired (by its ``expires_at``, at each request),
+   disabled, its scopes;
+6. if valid and limited, counted in its rate-limit window (``ratelimit.py``), then
+   one of its remaining uses is taken (``quota.py``: one SQL statement, refill
+   included): RATE_LIMITED or USAGE_EXCEEDED past either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from flask import current_app
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from ..core.config import Settings
+from ..core.crypto import MAX_KEY_LENGTH, ParsedKey, check_secret, hmac_sha256, parse_key
+from ..core.dberrors import error_name
+from ..core.models import utcnow
+from ..core.outcomes import KeyRecord, Outcome, VerificationResult, read_only
+from ..core.scopes import missing_scopes
+from ..core.state import current_state
+from . import metrics
+from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
+from .deploymentsecret import deployment_secret
+from .failedchecks import FailedCheckBudgets
+from .keyrows import KeyRows
+from .lmdbwindows import LmdbWindows, path_for
+from .quota import Quota
+from .ratelimit import RateLimiter
+from .rowcache import RowCache
+from .slidingwindow import WindowStorageError, WindowStore
+from .usage import UsageRecorder
+
+
+@dataclass(frozen=True)
+class _VerifiedKey:
+    """A key bcrypt has accepted (here or in the shared checked keys): its row, and its VALID result."""
+
+    record: KeyRecord
+    valid: VerificationResult
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> _VerifiedKey:
+        valid = VerificationResult(Outcome.VALID, key_id=record.id, external_client_id=record.external_client_id,
+                                   name=record.name, scopes=record.scopes, roles=record.roles, meta=read_only(record.meta))
+        return cls(record, valid)
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What the app's workers share: the HMAC under the deployment secret, the checked keys, the
+    failed-check budgets."""
+
+    digest: Callable[[bytes], bytes]
+    checked: CheckedKeys
+    budgets: WindowStore
+
+
+def _database_unavailable(error: SQLAlchemyError) -> VerificationResult:
+    # The class only: the error's text holds the statement's parameters (a key id, a hash).
+    current_app.logger.warning("keyservice: database unavailable (%s)", error_name(error))
+    return VerificationResult(Outcome.UNAVAILABLE, retry_after=1)
+
+
+class Verifier:
+    """Checks keys for one app in one process; see the module docstring."""
+
+    def __init__(self, settings: Settings, db: SQLAlchemy,
+                 on_usage_exhausted: Callable[[Session, str], None] | None = None) -> None:
+        def engine() -> Engine:
+            return db.engine  # the app's, known in an app context
+
+        self._settings = settings
+        self._engine = engine
+        self._ratelimiter = RateLimiter(settings.ratelimit_storage_url, db)
+        self._rows: RowCache[_VerifiedKey] = RowCache(engine, settings.cache_size, settings.cache_ttl,
+                                                      settings.cache_max_age)
+        self._budgets = FailedCheckBudgets(settings.failed_verify_limit_per_client,
+                                           settings.failed_verify_limit_per_key, lambda: self._shared().budgets)
+        self._load = KeyRows(engine).load
+        self._take_one_use = Quota(engine, on_usage_exhausted, settings.cache_size).take_one
+        self._lock = threading.Lock()
+        self._shared_stores: _Shared | None = None
+        self._checking: dict[bytes, tuple[threading.Lock, int]] = {}  # digest -> its lock, threads at it
+        self._usage = UsageRecorder(db, settings.usage_flush_interval)
+
+    def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
+        """Check ``key`` and that it holds every scope in ``scopes``; count it in the
+        metrics and, if it names a key that exists, in that key's usage.
+
+        ``client`` (the caller's address) keys the failed-check budget, so that
+        one client's wrong secrets do not lock the key out for everyone.
+        """
+        started = time.perf_counter()
+        return self._counted(self._verify(key, scopes, client), started)
+
+    def _counted(self, result: VerificationResult, started: float) -> VerificationResult:
+        metrics.observe(result.code, result.key_id is not None, time.perf_counter() - started)
+        if result.key_id is not None and result.code is not Outcome.UNAVAILABLE:
+            self._usage.record(result.key_id, result.code, result.valid)
+        return result
+
+    # --- A key proven by one of its access tokens (keyservice.verification.tokens), not by its secret. ---
+
+    def verify_token_key(self, key_id: str, granted: tuple[str, ...], scopes: Iterable[str],
+                         started: float) -> VerificationResult:
+        """Judge key ``key_id`` for a request carrying one of its access tokens (checked since
+        ``started``, a ``perf_counter``), which grants ``granted``: as :meth:`verify` judges a key
+        (its row re-read within ``KEYSERVICE_CACHE_TTL``, its limits, usage and metrics), and
+        every scope in ``scopes`` must be both the token's and still the key's."""
+        required = tuple(scopes)
+        # The row cache keeps it by a name no key's digest can be; the change feed keeps it fresh.
+        digest = b"token:" + key_id.encode()
+        try:
+            verified = self._rows.get(digest)
+            if verified is None:
+                generation = self._rows.generation()
+                record = self._load(key_id)
+                if record is None:
+                    return self._counted(VerificationResult(Outcome.NOT_FOUND), started)
+                verified = _VerifiedKey.of(record)
+                self._rows.put(digest, record.id, record.roles, verified, generation)
+            result = self._judge(verified, required)
+            if result.valid and missing_scopes(granted, required):
+                result = VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=key_id, required_scopes=required)
+            if result.valid:
+                result = self._limit(verified.record, dataclasses.replace(result, scopes=granted))
+        except SQLAlchemyError as error:
+            result = _database_unavailable(error)
+        return self._counted(result, started)
+
+    # --- end of access tokens ---
+
+    def _verify(self, key: str, scopes: Iterable[str], client: str | None) -> VerificationResult:
+        key = key.strip()
+        if len(key) > MAX_KEY_LENGTH:
+            return VerificationResult(Outcome.MALFORMED)
+        digest = self._shared().digest(key.encode(errors="replace"))
+        try:
+            verified = self._rows.get(digest)
+            if verified is None:
+                checked = self._check(key, digest, client)
+                if isinstance(checked, VerificationResult):
+                    return checked
+                verified = checked
+            result = self._judge(verified, tuple(scopes))
+            if result.valid:
+                result = self._limit(verified.record, result)
+        except SQLAlchemyError as error:
+            return _database_unavailable(error)
+        return result
+
+    def _shared(self) -> _Shared:
+        # Made on first use, in an app context: where they live follows the app's database.
+        if self._shared_stores is None:
+            with self._lock:
+                if self._shared_stores is None:
+                    database_url = self._engine().url.render_as_string(hide_password=False)
+                    storage_url = self._settings.ratelimit_storage_url
+                    self._shared_stores = _Shared(
+                        hmac_sha256(deployment_secret(self._settings.secret_key, path_for(database_url, "secret"))),
+                        checked_keys_at(storage_url, database_url),
+                        # The windows' Redis; on one machine a file of their own beside the windows'.
+                        self._ratelimiter.windows if storage_url else LmdbWindows(path_for(database_url, "budgets")))
+        return self._shared_stores
+
+    def _limit(self, record: KeyRecord, valid: VerificationResult) -> VerificationResult:
+        """Count the request against the key's rate limit, then take one of its remaining uses
+        (``valid`` as it is for a key without either)."""
+        if not record.ratelimit_limit and record.remaining is None:
+            return valid
+        ratelimit = None
+        if record.ratelimit_limit and record.ratelimit_period:
+            try:
+                ratelimit = self._ratelimiter.hit(record.id, record.ratelimit_limit, record.ratelimit_period)
+            except WindowStorageError as error:
+                # The error's type only: its text can hold the storage URL, and a password with it.
+                reason = type(error.__cause__ or error).__name__
+                if not self._settings.ratelimit_fail_open:
+                    current_app.logger.warning("keyservice: rate-limit storage unavailable (%s)", reason)
+                    return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
+                current_app.logger.warning("keyservice: rate-limit storage unavailable (%s); letting the"
+                                           " request through (KEYSERVICE_RATELIMIT_FAIL_OPEN)", reason)
+            if ratelimit is not None and not ratelimit.allowed:
+                return VerificationResult(Outcome.RATE_LIMITED, key_id=record.id, ratelimit=ratelimit,
+                                          retry_after=ratelimit.reset_in)
+        remaining = None
+        if record.remaining is not None:
+            taken, remaining = self._take_one_use(record)
+            if not taken:
+                return VerificationResult(Outcome.USAGE_EXCEEDED, key_id=record.id, remaining=0, ratelimit=ratelimit)
+        return dataclasses.replace(valid, remaining=remaining, ratelimit=ratelimit)
+
+    def ratelimit_storage_answers(self) -> bool:
+        """Whether the rate-limit storage answers now (for the readiness check)."""
+        return self._ratelimiter.storage_answers()
+
+    def flush_usage(self) -> None:
+        """Write the usage this process has counted to the database now."""
+        self._usage.flush()
+
+    def _check(self, key: str, digest: bytes, client: str | None) -> _VerifiedKey | VerificationResult:
+        """A key this worker has no trusted row for: found in the shared checked keys, or checked by bcrypt."""
+        parsed = parse_key(key, self._settings.key_prefix)
+        if parsed is None:
+            return VerificationResult(Outcome.MALFORMED)
+        generation = self._rows.generation()
+        with self._one_check_at_a_time(digest):  # the others then find the key checked
+            checked: _VerifiedKey | VerificationResult | None = None
+            entry = self._shared().checked.get(digest)
+            if entry is not None:
+                record = self._load(parsed.key_id)
+                if record is None:
+                    return VerificationResult(Outcome.NOT_FOUND)
+                if entry.matches(parsed.key_id, record.secret_hash):
+                    checked = _VerifiedKey.of(record)
+            checked = checked or self._check_with_bcrypt(parsed, digest, client)
+        if isinstance(checked, _VerifiedKey):
+            self._rows.put(digest, checked.record.id, checked.record.roles, checked, generation)
+        return checked
+
+    @contextmanager
+    def _one_check_at_a_time(self, digest: bytes) -> Iterator[None]:
+        """Hold the lock of this key's checks in this worker: a burst of a new key costs one bcrypt."""
+        with self._lock:
+            lock, waiting = self._checking.get(digest, (threading.Lock(), 0))
+            self._checking[digest] = (lock, waiting + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, waiting = self._checking[digest]
+                if waiting == 1:
+                    del self._checking[digest]
+                else:
+                    self._checking[digest] = (lock, waiting - 1)
+
+    def _check_with_bcrypt(self, parsed: ParsedKey, digest: bytes,
+                           client: str | None) -> _VerifiedKey | VerificationResult:
+        retry_after = self._budgets.take(parsed.key_id, client)
+        if retry_after is not None:
+            return VerificationResult(Outcome.RATE_LIMITED, retry_after=retry_after)
+        record = self._load(parsed.key_id)
+        if record is None:
+            return VerificationResult(Outcome.NOT_FOUND)
+        accepted = check_secret(parsed.secret, record.secret_hash)
+        metrics.count_bcrypt_check(accepted)
+        if not accepted:
+            # The id is the key's, so its usage counts the attempt. No problem body shows it;
+            # POST /keys/verify does, to a caller who manages that key anyway.
+            return VerificationResult(Outcome.NOT_FOUND, key_id=record.id)
+        self._budgets.give_back(parsed.key_id, client)  # the budgets count failed checks
+        self._shared().checked.put(digest, CheckedKey(record.id, hash_digest(record.secret_hash)))
+        return _VerifiedKey.of(record)
+
+    @staticmethod
+    def _judge(verified: _VerifiedKey, required: tuple[str, ...]) -> VerificationResult:
+        record = verified.record
+        if record.revoked_at is not None:
+            return VerificationResult(Outcome.REVOKED, key_id=record.id)
+        if record.expires_at is not None and record.expires_at <= utcnow():
+            return VerificationResult(Outcome.EXPIRED, key_id=record.id)
+        if not record.enabled:
+            return VerificationResult(Outcome.DISABLED, key_id=record.id)
+        if missing_scopes(record.scopes, required):
+            return VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=record.id, required_scopes=required)
+        return verified.valid
+
+
+def verify_key(key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
+    """Check ``key`` (and ``scopes``) for the current app, as ``@require_key`` does.
+
+    Pass the caller's address as ``client`` where there is one: see :meth:`Verifier.verify`.
+    """
+    return current_state().verifier.verify(key, scopes, client)
