@@ -1,4 +1,4 @@
-# `make serve` runs the service on SQLite; `make test` type-checks and runs the whole suite.
+# `make serve` runs the service on SQLite; `make test` lints (ruff), type-checks (mypy) and runs the whole suite.
 # Each sets up what it needs first: a virtualenv with the pinned packages, serving's only
 # (requirements.txt and the package) for `make serve`, the test tools on top for the rest.
 PYTHON ?= python3
@@ -39,6 +39,8 @@ test: $(INSTALLED)
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 	$(BIN)/mypy
 	$(BIN)/pytest -n 4 --dist worksteal
 

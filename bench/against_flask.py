@@ -66,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"setting up: SQLite in {tmp}, keys at bcrypt cost 12, three gunicorns with {WORKERS} workers")
         flask(service_env, "db", "upgrade")
         service_key = flask(service_env, "keys", "create", "--name", "bench", "--client-id", "bench").strip()
-        host_key = flask(host_env, "keys", "create", "--name", "bench", "--client-id", "bench",
-                         app=HOST_APP).strip()
+        host_key = flask(host_env, "keys", "create", "--name", "bench", "--client-id", "bench", app=HOST_APP).strip()
         logs = {name: tmp / f"gunicorn-{name}.log" for name in ("bare", "service", "host")}
         try:
             bare = servers.enter_context(gunicorn(service_env, logs["bare"], WORKERS, app="bench.apps:bare"))
@@ -76,15 +75,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             if post(service + PROTECTED, service_key)[0] != 200 or post(host + "/decorated", host_key)[0] != 200:
                 raise RuntimeError("a valid key was refused")
             unprotected = write_lua(tmp / "unprotected.lua")
-            medians = measure_overhead([
-                Variant("bare Flask", bare + UNPROTECTED, unprotected, 1.0),
-                Variant("service, unprotected", service + UNPROTECTED, unprotected, UNPROTECTED_GOAL),
-                Variant("service, valid key", service + PROTECTED, write_lua(tmp / "service.lua", service_key),
-                        PROTECTED_GOAL),
-                Variant("host, undecorated", host + "/plain", unprotected, None),
-                Variant("host, @require_key()", host + "/decorated", write_lua(tmp / "host.lua", host_key), None),
-            ], rounds=args.rounds, seconds=args.seconds, connections=args.connections,
-                title="the service and @require_key against bare Flask (ratios to bare Flask)")
+            medians = measure_overhead(
+                [
+                    Variant("bare Flask", bare + UNPROTECTED, unprotected, 1.0),
+                    Variant("service, unprotected", service + UNPROTECTED, unprotected, UNPROTECTED_GOAL),
+                    Variant(
+                        "service, valid key",
+                        service + PROTECTED,
+                        write_lua(tmp / "service.lua", service_key),
+                        PROTECTED_GOAL,
+                    ),
+                    Variant("host, undecorated", host + "/plain", unprotected, None),
+                    Variant("host, @require_key()", host + "/decorated", write_lua(tmp / "host.lua", host_key), None),
+                ],
+                rounds=args.rounds,
+                seconds=args.seconds,
+                connections=args.connections,
+                title="the service and @require_key against bare Flask (ratios to bare Flask)",
+            )
             ratio = medians["host, @require_key()"] / medians["host, undecorated"]
             print(f"  host, @require_key() / host, undecorated req/s: {ratio:.2f}  ({verdict(ratio, DECORATOR_GOAL)})")
         finally:

@@ -64,8 +64,9 @@ class Run:
     def line(self) -> str:
         ordered = sorted(self.latencies_ms)
         p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
-        return (f"{self.seconds:6.1f} s  {self.per_second:7.1f} req/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
-                + (f"  !!! {self.failures} not 200" if self.failures else ""))
+        return f"{self.seconds:6.1f} s  {self.per_second:7.1f} req/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms" + (
+            f"  !!! {self.failures} not 200" if self.failures else ""
+        )
 
 
 def make_keys(database_url: str, count: int) -> list[str]:
@@ -74,8 +75,9 @@ def make_keys(database_url: str, count: int) -> list[str]:
     with app.app_context():
         settings = current_state().settings
         with ProcessPoolExecutor() as pool:
-            made: list[NewKey] = list(pool.map(generate_key, [settings.key_prefix] * count,
-                                               [settings.bcrypt_rounds] * count))
+            made: list[NewKey] = list(
+                pool.map(generate_key, [settings.key_prefix] * count, [settings.bcrypt_rounds] * count)
+            )
         for n, new in enumerate(made):
             create_key(db.session, settings, name=f"cold {n}", external_client_id="bench", new=new)
         db.session.commit()
@@ -85,6 +87,7 @@ def make_keys(database_url: str, count: int) -> list[str]:
 
 def send(url: str, requests: list[str]) -> Run:
     """POST each key of ``requests`` from ``CLIENTS`` threads; time the whole and each one."""
+
     def one(key: str) -> tuple[float, bool]:
         sent = time.perf_counter()
         status = request(url, "POST", {"Authorization": f"Bearer {key}"}).status
@@ -109,8 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(temp)
         env = service_environment(f"sqlite:///{tmp / 'keys.db'}")
         flask(env, "db", "upgrade")
-        print(f"setting up: {KEYS} keys at bcrypt cost 12 (SQLite), gunicorn with {WORKERS} workers; "
-              f"{KEYS * USES} requests ({USES} per key, random order) from {CLIENTS} threads")
+        print(
+            f"setting up: {KEYS} keys at bcrypt cost 12 (SQLite), gunicorn with {WORKERS} workers; "
+            f"{KEYS * USES} requests ({USES} per key, random order) from {CLIENTS} threads"
+        )
         keys = make_keys(env["DATABASE_URL"], KEYS)
         requests = keys * USES
         random.Random(13).shuffle(requests)
@@ -128,15 +133,19 @@ def main(argv: list[str] | None = None) -> None:
                     checks = bcrypt_checks(base)
                     warm.append(send(base + PROTECTED, requests))
                     print(f"  round {round_number}: after a restart {restarted[-1].line()}  bcrypt checks: {checks}")
-                    print(f"  round {round_number}: warm            {warm[-1].line()}  bcrypt checks: "
-                          f"{bcrypt_checks(base)}")
+                    print(
+                        f"  round {round_number}: warm            {warm[-1].line()}  bcrypt checks: "
+                        f"{bcrypt_checks(base)}"
+                    )
         finally:
             report_server_log(log)
         after = statistics.median(run.per_second for run in restarted)
         before = statistics.median(run.per_second for run in warm)
-        print(f"\n  after a restart / warm (median req/s): {after:.1f} / {before:.1f} = {after / before:.2f}"
-              f"  ({verdict(after / before, GOAL)}); per round "
-              + ", ".join(f"{r.per_second / w.per_second:.2f}" for r, w in zip(restarted, warm)))
+        print(
+            f"\n  after a restart / warm (median req/s): {after:.1f} / {before:.1f} = {after / before:.2f}"
+            f"  ({verdict(after / before, GOAL)}); per round "
+            + ", ".join(f"{r.per_second / w.per_second:.2f}" for r, w in zip(restarted, warm, strict=False))
+        )
 
     print_reproduce("bench.cold_start", sys.argv[1:] if argv is None else list(argv))
 

@@ -13,8 +13,13 @@ from flask import Flask, request
 from flask_limiter import Limiter
 
 app = Flask(__name__)
-limiter = Limiter(key_func=lambda: request.headers.get("Authorization", ""), app=app,
-                  storage_uri=os.environ["BENCH_REDIS_URL"], strategy="moving-window", headers_enabled=True)
+limiter = Limiter(
+    key_func=lambda: request.headers.get("Authorization", ""),
+    app=app,
+    storage_uri=os.environ["BENCH_REDIS_URL"],
+    strategy="moving-window",
+    headers_enabled=True,
+)
 
 
 @app.post("/limited")

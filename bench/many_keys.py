@@ -9,8 +9,8 @@ keys, serves them with gunicorn (2 workers, every setting the default: the
 change feed read every 0.5 s, the checked keys in the machine's LMDB file) and
 loads it with ``wrk``, alternating round by round: one hot key (the baseline)
 against one of the 2,000 keys at random for each request, both through the same
-wrk Lua script (picking from a list of one key, or of 2,000). Before the rounds every key is sent once (its bcrypt check, once for
-the machine), then ``WARM_UP_SECONDS`` of random keys let each worker meet
+wrk Lua script (picking from a list of one key, or of 2,000). Before the rounds every key
+is sent once (its bcrypt check, once for the machine), then ``WARM_UP_SECONDS`` of random keys let each worker meet
 them (warm). Goal: random >= 0.9 x hot key.
 
 The 2,000 keys are hashed at bcrypt cost 4, so that the warm-up takes seconds,
@@ -70,8 +70,13 @@ def make_keys(database_url: str, count: int) -> list[str]:
         settings = current_state().settings
         keys = []
         for n in range(count):
-            _, key = create_key(db.session, settings, name=f"many {n}", external_client_id=f"client-{n % 100}",
-                                new=generate_key(settings.key_prefix, 4))
+            _, key = create_key(
+                db.session,
+                settings,
+                name=f"many {n}",
+                external_client_id=f"client-{n % 100}",
+                new=generate_key(settings.key_prefix, 4),
+            )
             keys.append(key)
         db.session.commit()
         db.engine.dispose()
@@ -111,14 +116,22 @@ def main(argv: list[str] | None = None) -> None:
                 statuses = set(pool.map(lambda key: request(base + PROTECTED, "POST", bearer(key)).status, keys))
             run_wrk(base + PROTECTED, random_lua, connections=args.connections, seconds=WARM_UP_SECONDS)
             checked = bcrypt_checks(base)
-            print(f"  warm-up (each key once: {sorted(statuses)}; {WARM_UP_SECONDS} s of random keys):"
-                  f" {checked} bcrypt checks")
+            print(
+                f"  warm-up (each key once: {sorted(statuses)}; {WARM_UP_SECONDS} s of random keys):"
+                f" {checked} bcrypt checks"
+            )
             # The same script for both, drawing from a list of one key: wrk's Lua per request
             # (it shares the cores) costs both variants alike.
-            measure_overhead([Variant("one hot key", base + PROTECTED, write_random_lua(tmp / "hot.lua", keys[:1]), 1.0),
-                              Variant(f"random key of {KEYS:,}", base + PROTECTED, random_lua, GOAL)],
-                             rounds=args.rounds, seconds=args.seconds, connections=args.connections,
-                             title="many keys on PostgreSQL, all warm")
+            measure_overhead(
+                [
+                    Variant("one hot key", base + PROTECTED, write_random_lua(tmp / "hot.lua", keys[:1]), 1.0),
+                    Variant(f"random key of {KEYS:,}", base + PROTECTED, random_lua, GOAL),
+                ],
+                rounds=args.rounds,
+                seconds=args.seconds,
+                connections=args.connections,
+                title="many keys on PostgreSQL, all warm",
+            )
             print(f"  bcrypt checks during the rounds: {bcrypt_checks(base) - checked}")
         finally:
             report_server_log(log)

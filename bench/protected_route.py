@@ -99,9 +99,11 @@ class WrkResult:
     statuses: dict[int, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        return (f"{self.requests_per_sec:9.1f} req/s  p50 {self.p50_ms:7.2f} ms  "
-                f"p99 {self.p99_ms:7.2f} ms  non-2xx {self.non_2xx}/{self.requests}"
-                + (f"  socket errors {self.socket_errors}" if self.socket_errors else ""))
+        return (
+            f"{self.requests_per_sec:9.1f} req/s  p50 {self.p50_ms:7.2f} ms  "
+            f"p99 {self.p99_ms:7.2f} ms  non-2xx {self.non_2xx}/{self.requests}"
+            + (f"  socket errors {self.socket_errors}" if self.socket_errors else "")
+        )
 
 
 def _latency_ms(output: str, percentile: str) -> float:
@@ -119,8 +121,7 @@ def parse_wrk(output: str) -> WrkResult:
         raise ValueError(f"unexpected wrk output:\n{redact(output)}")
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    statuses = {int(code): int(count)
-                for code, count in re.findall(r"^status (\d+) (\d+)$", output, re.MULTILINE)}
+    statuses = {int(code): int(count) for code, count in re.findall(r"^status (\d+) (\d+)$", output, re.MULTILINE)}
     return WrkResult(
         requests_per_sec=float(rps[1]),
         p50_ms=_latency_ms(output, "50"),
@@ -164,22 +165,25 @@ def run_wrk_balanced(url: str, lua: Path, *, connections: int, seconds: int) -> 
     """Run one wrk, again while its connections were served by one worker of a gunicorn
     at ``url`` (see BALANCE_SHARE); return the figures of the first balanced run, or of the last."""
     workers = sorted(gunicorn_workers(re.match(r"https?://[^/]+", url)[0]))  # type: ignore[index]
-    for attempt in range(1, BALANCE_ATTEMPTS + 1):
+    for _attempt in range(1, BALANCE_ATTEMPTS + 1):
         before = _cpu_ticks(workers)
         result = run_wrk(url, lua, connections=connections, seconds=seconds)
-        used = [after - start for start, after in zip(before, _cpu_ticks(workers))]
+        used = [after - start for start, after in zip(before, _cpu_ticks(workers), strict=False)]
         if len(used) < 2 or min(used) >= BALANCE_SHARE * sum(used) / len(used):
             return result
         print(f"    (one worker served almost all of wrk's connections: CPU ticks {used}; run again)")
     return result
 
 
-def run_wrk_together(targets: Sequence[tuple[str, Path]], *, connections: int,
-                     seconds: int) -> list[WrkResult]:
+def run_wrk_together(targets: Sequence[tuple[str, Path]], *, connections: int, seconds: int) -> list[WrkResult]:
     """Start one wrk per ``(url, lua)`` at the same moment; return their figures in order."""
     processes = [
-        subprocess.Popen(wrk_command(url, lua, connections=connections, seconds=seconds),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            wrk_command(url, lua, connections=connections, seconds=seconds),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for url, lua in targets
     ]
     try:
@@ -222,8 +226,8 @@ def write_lua(path: Path, key: str | None = None, *, count_statuses: bool = Fals
 
 def wrong_secret_key(key: str) -> str:
     """The same prefix and id as ``key``, another secret, and a checksum that holds."""
-    body = key[:-(SECRET_LENGTH + CHECKSUM_LENGTH)]
-    secret = key[len(body):-CHECKSUM_LENGTH]
+    body = key[: -(SECRET_LENGTH + CHECKSUM_LENGTH)]
+    secret = key[len(body) : -CHECKSUM_LENGTH]
     while (other := "".join(secrets.choice(BASE62) for _ in range(SECRET_LENGTH))) == secret:
         pass
     return body + other + checksum(body + other)
@@ -270,12 +274,14 @@ class Variant:
     goal: float | None  # for its req/s against the first variant's (the baseline's); None: no goal
 
 
-def measure_overhead(variants: Sequence[Variant], *, rounds: int, seconds: int, connections: int,
-                     title: str = "1. overhead") -> dict[str, float]:
+def measure_overhead(
+    variants: Sequence[Variant], *, rounds: int, seconds: int, connections: int, title: str = "1. overhead"
+) -> dict[str, float]:
     """Alternate the variants round by round; compare each one's median to the baseline's.
     Return each variant's median req/s."""
-    print(f"\n== {title}: {rounds} rounds x ({', '.join(v.label for v in variants)}), "
-          f"{seconds} s each, -c{connections}")
+    print(
+        f"\n== {title}: {rounds} rounds x ({', '.join(v.label for v in variants)}), {seconds} s each, -c{connections}"
+    )
     runs: dict[str, list[WrkResult]] = {variant.label: [] for variant in variants}
     for variant in variants:  # each worker checks each key with bcrypt once, before any round
         run_wrk(variant.url, variant.lua, connections=connections, seconds=1)
@@ -285,50 +291,67 @@ def measure_overhead(variants: Sequence[Variant], *, rounds: int, seconds: int, 
             runs[variant.label].append(result)
             print(f"  round {round_number}  {variant.label:24} {result.line()}")
             if result.non_2xx:
-                print(f"  !!! WARNING: {result.non_2xx} responses were not 2xx: "
-                      "this round's figure is meaningless !!!")
+                print(f"  !!! WARNING: {result.non_2xx} responses were not 2xx: this round's figure is meaningless !!!")
 
     print(f"\n  {'variant (median of ' + str(rounds) + ')':30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     medians = {label: statistics.median(r.requests_per_sec for r in results) for label, results in runs.items()}
     for label, results in runs.items():
-        print(f"  {label:30} {medians[label]:9.1f} "
-              f"{statistics.median(r.p50_ms for r in results):8.2f} "
-              f"{statistics.median(r.p99_ms for r in results):8.2f}")
+        print(
+            f"  {label:30} {medians[label]:9.1f} "
+            f"{statistics.median(r.p50_ms for r in results):8.2f} "
+            f"{statistics.median(r.p99_ms for r in results):8.2f}"
+        )
     baseline = variants[0].label
     for variant in variants[1:]:
         ratio = medians[variant.label] / medians[baseline]
-        per_round = [v.requests_per_sec / u.requests_per_sec for u, v in zip(runs[baseline], runs[variant.label])]
+        pairs = zip(runs[baseline], runs[variant.label], strict=True)
+        per_round = [v.requests_per_sec / u.requests_per_sec for u, v in pairs]
         goal = "no goal" if variant.goal is None else verdict(ratio, variant.goal)
-        print(f"  {variant.label} / {baseline} req/s: {ratio:.2f}  ({goal});"
-              f" per round {', '.join(f'{r:.2f}' for r in per_round)}")
+        print(
+            f"  {variant.label} / {baseline} req/s: {ratio:.2f}  ({goal});"
+            f" per round {', '.join(f'{r:.2f}' for r in per_round)}"
+        )
     return medians
 
 
 def create_keys(env: dict[str, str]) -> tuple[str, str, str]:
     """Create a plain key, one with a rate limit and one with ``remaining``, each far above
     what wrk can send (what is measured is their bookkeeping); return them."""
+
     def create(name: str, *options: str) -> str:
         return flask(env, "keys", "create", "--name", name, "--client-id", "bench", *options).strip()
 
-    return (create("bench"), create("bench rate limit", "--ratelimit", "1000000/10s"),
-            create("bench remaining", "--remaining", "1000000000"))
+    return (
+        create("bench"),
+        create("bench rate limit", "--ratelimit", "1000000/10s"),
+        create("bench remaining", "--remaining", "1000000000"),
+    )
 
 
-def overhead_variants(base: str, tmp: Path, valid_key: str, ratelimited_key: str, remaining_key: str, *,
-                      overhead_goal: float = OVERHEAD_GOAL, limits_goal: float | None = LIMITS_GOAL) -> list[Variant]:
+def overhead_variants(
+    base: str,
+    tmp: Path,
+    valid_key: str,
+    ratelimited_key: str,
+    remaining_key: str,
+    *,
+    overhead_goal: float = OVERHEAD_GOAL,
+    limits_goal: float | None = LIMITS_GOAL,
+) -> list[Variant]:
     """The unprotected route (the baseline) and the protected one with each of three keys."""
     return [
         Variant("unprotected", base + UNPROTECTED, write_lua(tmp / "unprotected.lua"), 1.0),
         Variant("valid key", base + PROTECTED, write_lua(tmp / "protected.lua", valid_key), overhead_goal),
-        Variant("key with a rate limit", base + PROTECTED, write_lua(tmp / "ratelimited.lua", ratelimited_key),
-                limits_goal),
-        Variant("key with remaining", base + PROTECTED, write_lua(tmp / "remaining.lua", remaining_key),
-                limits_goal),
+        Variant(
+            "key with a rate limit", base + PROTECTED, write_lua(tmp / "ratelimited.lua", ratelimited_key), limits_goal
+        ),
+        Variant("key with remaining", base + PROTECTED, write_lua(tmp / "remaining.lua", remaining_key), limits_goal),
     ]
 
 
-def measure_flood(base: str, protected: Path, flood: Path, valid_key: str, wrong_key: str, *,
-                  seconds: int, connections: int) -> None:
+def measure_flood(
+    base: str, protected: Path, flood: Path, valid_key: str, wrong_key: str, *, seconds: int, connections: int
+) -> None:
     """Valid traffic alone, then beside a second stream with as many connections.
 
     The second stream is, in turn: more valid traffic (the control: a saturated
@@ -338,15 +361,16 @@ def measure_flood(base: str, protected: Path, flood: Path, valid_key: str, wrong
     again right after, within the same minute, when every wrong secret is
     answered 429 before bcrypt.
     """
-    print(f"\n== 2. wrong-secret flood: valid alone, then valid beside a second stream; "
-          f"{seconds} s each, -c{connections} per wrk")
+    print(
+        f"\n== 2. wrong-secret flood: valid alone, then valid beside a second stream; "
+        f"{seconds} s each, -c{connections} per wrk"
+    )
     status, code, _ = post(base + PROTECTED, wrong_key)
     print(f"  one wrong-secret request before the flood: {status} {code}")
     alone = run_wrk(base + PROTECTED, protected, connections=connections, seconds=seconds)
     print(f"  valid alone              {alone.line()}")
     if alone.non_2xx:
-        print(f"  !!! WARNING: {alone.non_2xx} valid responses were not 2xx: "
-              "the shares are meaningless !!!")
+        print(f"  !!! WARNING: {alone.non_2xx} valid responses were not 2xx: the shares are meaningless !!!")
 
     phases = (
         ("control: beside a second valid stream", protected, "second valid stream"),
@@ -355,8 +379,9 @@ def measure_flood(base: str, protected: Path, flood: Path, valid_key: str, wrong
     )
     control_share = 1.0
     for title, other_lua, other_name in phases:
-        during, other = run_wrk_together([(base + PROTECTED, protected), (base + PROTECTED, other_lua)],
-                                         connections=connections, seconds=seconds)
+        during, other = run_wrk_together(
+            [(base + PROTECTED, protected), (base + PROTECTED, other_lua)], connections=connections, seconds=seconds
+        )
         share = during.requests_per_sec / alone.requests_per_sec
         print(f"  {title}")
         print(f"    {'valid':22} {during.line()}")
@@ -368,38 +393,49 @@ def measure_flood(base: str, protected: Path, flood: Path, valid_key: str, wrong
             control_share = share
             print(f"    valid req/s here / alone: {share:.2f}  (two equal streams: the fair share)")
         else:
-            print(f"    valid req/s here / alone: {share:.2f}  ({verdict(share, FLOOD_GOAL)}); "
-                  f"{share / control_share:.2f} of the control's")
+            print(
+                f"    valid req/s here / alone: {share:.2f}  ({verdict(share, FLOOD_GOAL)}); "
+                f"{share / control_share:.2f} of the control's"
+            )
         if during.non_2xx:
-            print(f"    !!! WARNING: {during.non_2xx} valid responses were not 2xx: "
-                  "this share is meaningless !!!")
+            print(f"    !!! WARNING: {during.non_2xx} valid responses were not 2xx: this share is meaningless !!!")
 
     status, code, retry_after = post(base + PROTECTED, wrong_key)
     print(f"  one wrong-secret request after the floods: {status} {code} (Retry-After: {retry_after})")
     status, _, _ = post(base + PROTECTED, valid_key)
     print(f"  one valid request after the floods: {status}")
-    print("  (401 = NOT_FOUND, one bcrypt check each, until the key id's failed-check budget"
-          " in that worker is spent; then 429 RATE_LIMITED before bcrypt)")
+    print(
+        "  (401 = NOT_FOUND, one bcrypt check each, until the key id's failed-check budget"
+        " in that worker is spent; then 429 RATE_LIMITED before bcrypt)"
+    )
 
 
-def measure_worker_classes(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: int, seconds: int,
-                           connections: int) -> None:
+def measure_worker_classes(
+    env: dict[str, str], tmp: Path, valid_key: str, *, rounds: int, seconds: int, connections: int
+) -> None:
     """Section 1's unprotected route and valid key on gthread (gunicorn.conf.py) and on sync workers."""
     logs = {kind: tmp / f"gunicorn-{kind}.log" for kind in ("gthread", "sync")}
     try:
-        with gunicorn(env, logs["gthread"], workers=WORKERS) as gthread, \
-                gunicorn(env, logs["sync"], workers=WORKERS, options=["--worker-class", "sync"]) as sync:
+        with (
+            gunicorn(env, logs["gthread"], workers=WORKERS) as gthread,
+            gunicorn(env, logs["sync"], workers=WORKERS, options=["--worker-class", "sync"]) as sync,
+        ):
             for base in (gthread, sync):
                 if post(base + PROTECTED, valid_key)[0] != 200:
                     raise RuntimeError(f"a valid key was refused on {PROTECTED}")
             unprotected, protected = write_lua(tmp / "unprotected.lua"), write_lua(tmp / "protected.lua", valid_key)
-            medians = measure_overhead([
-                Variant("unprotected, sync", sync + UNPROTECTED, unprotected, 1.0),
-                Variant("valid key, sync", sync + PROTECTED, protected, OVERHEAD_GOAL),
-                Variant("unprotected, gthread", gthread + UNPROTECTED, unprotected, None),
-                Variant("valid key, gthread", gthread + PROTECTED, protected, None),
-            ], rounds=rounds, seconds=seconds, connections=connections,
-                title="1. overhead, sync workers against gthread (ratios to unprotected, sync)")
+            medians = measure_overhead(
+                [
+                    Variant("unprotected, sync", sync + UNPROTECTED, unprotected, 1.0),
+                    Variant("valid key, sync", sync + PROTECTED, protected, OVERHEAD_GOAL),
+                    Variant("unprotected, gthread", gthread + UNPROTECTED, unprotected, None),
+                    Variant("valid key, gthread", gthread + PROTECTED, protected, None),
+                ],
+                rounds=rounds,
+                seconds=seconds,
+                connections=connections,
+                title="1. overhead, sync workers against gthread (ratios to unprotected, sync)",
+            )
             ratio = medians["valid key, gthread"] / medians["unprotected, gthread"]
             print(f"  valid key, gthread / unprotected, gthread req/s: {ratio:.2f}  ({verdict(ratio, OVERHEAD_GOAL)})")
     finally:
@@ -407,24 +443,30 @@ def measure_worker_classes(env: dict[str, str], tmp: Path, valid_key: str, *, ro
             report_server_log(log)
 
 
-def measure_webhooks(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: int, seconds: int,
-                     connections: int) -> None:
+def measure_webhooks(
+    env: dict[str, str], tmp: Path, valid_key: str, *, rounds: int, seconds: int, connections: int
+) -> None:
     """The valid key on a gunicorn without webhooks and on one whose senders deliver to a slow receiver."""
     receiver = Receiver(delay=2.0)
     with serving(receiver):
-        hooked = env | webhook_settings(KEYSERVICE_WEBHOOKS_RETRY_DELAY="30", KEYSERVICE_WEBHOOKS_POLL_INTERVAL="1",
-                                        KEYSERVICE_WEBHOOKS_TIMEOUT="5")
+        hooked = env | webhook_settings(
+            KEYSERVICE_WEBHOOKS_RETRY_DELAY="30", KEYSERVICE_WEBHOOKS_POLL_INTERVAL="1", KEYSERVICE_WEBHOOKS_TIMEOUT="5"
+        )
         flask(hooked, "webhooks", "create", receiver.url)
-        admin = flask(env, "keys", "create", "--name", "bench admin", "--client-id", "ops", "--scope", "keys:admin").strip()
+        admin = flask(
+            env, "keys", "create", "--name", "bench admin", "--client-id", "ops", "--scope", "keys:admin"
+        ).strip()
         changed = flask(env, "keys", "create", "--name", "bench changed", "--client-id", "bench").strip()
         logs = {kind: tmp / f"gunicorn-{kind}.log" for kind in ("plain", "control", "webhooks")}
         stop = threading.Event()
         try:
             # The control is a second server without webhooks: how far apart two identical servers
             # measure in this run is the noise the webhooks' figure is read against.
-            with gunicorn(env, logs["plain"], workers=WORKERS) as plain, \
-                    gunicorn(env, logs["control"], workers=WORKERS) as control, \
-                    gunicorn(hooked, logs["webhooks"], workers=WORKERS) as with_webhooks:
+            with (
+                gunicorn(env, logs["plain"], workers=WORKERS) as plain,
+                gunicorn(env, logs["control"], workers=WORKERS) as control,
+                gunicorn(hooked, logs["webhooks"], workers=WORKERS) as with_webhooks,
+            ):
                 for base in (plain, control, with_webhooks):
                     for _ in range(4 * WORKERS):  # every worker starts (its sender too) and knows the key
                         if post(base + PROTECTED, valid_key)[0] != 200:
@@ -434,18 +476,27 @@ def measure_webhooks(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: 
                     count = 0
                     while not stop.wait(0.2):
                         count += 1
-                        request(f"{plain}/keys/{changed.split('_')[1]}", "PATCH",
-                                {"Authorization": f"Bearer {admin}"}, {"meta": {"n": count}})
+                        request(
+                            f"{plain}/keys/{changed.split('_')[1]}",
+                            "PATCH",
+                            {"Authorization": f"Bearer {admin}"},
+                            {"meta": {"n": count}},
+                        )
 
                 changer = threading.Thread(target=change_a_key, daemon=True)
                 changer.start()
                 protected = write_lua(tmp / "protected.lua", valid_key)
-                measure_overhead([
-                    Variant("valid key, no webhooks", plain + PROTECTED, protected, 1.0),
-                    Variant("valid key, no webhooks, control", control + PROTECTED, protected, None),
-                    Variant("valid key, webhooks", with_webhooks + PROTECTED, protected, WEBHOOKS_GOAL),
-                ], rounds=rounds, seconds=seconds, connections=connections,
-                    title="5. webhooks: a slow receiver (2 s a delivery), key.updated 5 times a second")
+                measure_overhead(
+                    [
+                        Variant("valid key, no webhooks", plain + PROTECTED, protected, 1.0),
+                        Variant("valid key, no webhooks, control", control + PROTECTED, protected, None),
+                        Variant("valid key, webhooks", with_webhooks + PROTECTED, protected, WEBHOOKS_GOAL),
+                    ],
+                    rounds=rounds,
+                    seconds=seconds,
+                    connections=connections,
+                    title="5. webhooks: a slow receiver (2 s a delivery), key.updated 5 times a second",
+                )
                 stop.set()
                 changer.join(5)
                 print(f"  receiver: {len(receiver.received)} deliveries answered (2 s each) during the run")
@@ -458,8 +509,11 @@ def measure_webhooks(env: dict[str, str], tmp: Path, valid_key: str, *, rounds: 
 def report_server_log(log: Path) -> None:
     """Say whether gunicorn logged errors (never printing a key)."""
     text = redact(log.read_text(errors="replace"))
-    problems = [line for line in text.splitlines()
-                if re.search(r"Traceback|\[ERROR\]|\[CRITICAL\]|WORKER TIMEOUT|Exception", line)]
+    problems = [
+        line
+        for line in text.splitlines()
+        if re.search(r"Traceback|\[ERROR\]|\[CRITICAL\]|WORKER TIMEOUT|Exception", line)
+    ]
     print(f"\n== gunicorn log: {len(problems)} error line(s)")
     for line in problems[:10]:
         print(f"  {line}")
@@ -470,9 +524,12 @@ def print_reproduce(module: str, args: list[str]) -> None:
     command = [os.path.relpath(sys.executable, REPO), "-m", module, *args]
     print("\n== reproduce")
     print(f"  cd {REPO} && {shlex.join(command)}   (or: make bench)")
-    print(f"  python {sys.version.split()[0]}, {version(sys.executable, '-m', 'gunicorn', '--version')}, "
-          f"{' '.join(version('wrk', '--version').split()[:2])}, nproc {version('nproc')}, "
-          f"{WORKERS} workers (gunicorn.conf.py's class unless said otherwise), commit {version('git', 'rev-parse', '--short', 'HEAD')}")
+    print(
+        f"  python {sys.version.split()[0]}, {version(sys.executable, '-m', 'gunicorn', '--version')}, "
+        f"{' '.join(version('wrk', '--version').split()[:2])}, nproc {version('nproc')}, "
+        f"{WORKERS} workers (gunicorn.conf.py's class unless said otherwise), "
+        f"commit {version('git', 'rev-parse', '--short', 'HEAD')}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -481,12 +538,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=4, help="length of each overhead run")
     parser.add_argument("--connections", type=int, default=8, help="connections of each overhead run")
     parser.add_argument("--flood-seconds", type=int, default=10, help="length of each flood-phase run")
-    parser.add_argument("--flood-connections", type=int, default=4,
-                        help="connections of each flood-phase wrk")
-    parser.add_argument("--worker-classes", action="store_true",
-                        help="only the unprotected route and the valid key, on gthread and on sync workers")
-    parser.add_argument("--webhooks", action="store_true",
-                        help="only the valid key, without webhooks and with a slow receiver's deliveries")
+    parser.add_argument("--flood-connections", type=int, default=4, help="connections of each flood-phase wrk")
+    parser.add_argument(
+        "--worker-classes",
+        action="store_true",
+        help="only the unprotected route and the valid key, on gthread and on sync workers",
+    )
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="only the valid key, without webhooks and with a slow receiver's deliveries",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp:
@@ -500,13 +562,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         flood = write_lua(tmp / "flood.lua", wrong_key, count_statuses=True)
 
         if args.webhooks:
-            measure_webhooks(env, tmp, valid_key, rounds=args.rounds, seconds=args.seconds,
-                             connections=args.connections)
+            measure_webhooks(
+                env, tmp, valid_key, rounds=args.rounds, seconds=args.seconds, connections=args.connections
+            )
             print_reproduce("bench.protected_route", sys.argv[1:] if argv is None else list(argv))
             return
         if args.worker_classes:
-            measure_worker_classes(env, tmp, valid_key, rounds=args.rounds, seconds=args.seconds,
-                                   connections=args.connections)
+            measure_worker_classes(
+                env, tmp, valid_key, rounds=args.rounds, seconds=args.seconds, connections=args.connections
+            )
             print_reproduce("bench.protected_route", sys.argv[1:] if argv is None else list(argv))
             return
         log = tmp / "gunicorn.log"
@@ -519,8 +583,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"warm-up (2 s, protected): {warm.line()}")
                 variants = overhead_variants(base, tmp, valid_key, ratelimited_key, remaining_key)
                 measure_overhead(variants, rounds=args.rounds, seconds=args.seconds, connections=args.connections)
-                measure_flood(base, protected, flood, valid_key, wrong_key,
-                              seconds=args.flood_seconds, connections=args.flood_connections)
+                measure_flood(
+                    base,
+                    protected,
+                    flood,
+                    valid_key,
+                    wrong_key,
+                    seconds=args.flood_seconds,
+                    connections=args.flood_connections,
+                )
         finally:
             report_server_log(log)
 

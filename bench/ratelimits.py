@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as stack:
         tmp = Path(temp)
-        print(f"setting up: Redis, PostgreSQL (fsync on), SQLite in {tmp}; keys at bcrypt cost 12; "
-              f"6 gunicorns with {WORKERS} workers each")
+        print(
+            f"setting up: Redis, PostgreSQL (fsync on), SQLite in {tmp}; keys at bcrypt cost 12; "
+            f"6 gunicorns with {WORKERS} workers each"
+        )
         redis_url = stack.enter_context(redis_server(tmp / "redis.log"))
         postgres = stack.enter_context(postgres_server(fast=False))
         logs: list[Path] = []
@@ -104,21 +106,48 @@ def main(argv: list[str] | None = None) -> None:
                 Variant("bare Flask view", bare + "/bare", anonymous, None),
                 Variant("Flask-Limiter, Redis", limiter + "/limited", write_lua(tmp / "limiter.lua", "bench"), None),
                 Variant("keyservice unprotected, SQLite", embedded + UNPROTECTED, anonymous, None),
-                Variant("keyservice valid key, SQLite", embedded + PROTECTED, write_lua(tmp / "valid.lua", valid), None),
-                Variant("keyservice rate limit, embedded", embedded + PROTECTED,
-                        write_lua(tmp / "ratelimited.lua", ratelimited), None),
-                Variant("keyservice remaining, embedded", embedded + PROTECTED,
-                        write_lua(tmp / "remaining.lua", remaining), None),
-                Variant("keyservice rate limit, Redis", with_redis + PROTECTED,
-                        write_lua(tmp / "ratelimited.lua", ratelimited), None),
+                Variant(
+                    "keyservice valid key, SQLite", embedded + PROTECTED, write_lua(tmp / "valid.lua", valid), None
+                ),
+                Variant(
+                    "keyservice rate limit, embedded",
+                    embedded + PROTECTED,
+                    write_lua(tmp / "ratelimited.lua", ratelimited),
+                    None,
+                ),
+                Variant(
+                    "keyservice remaining, embedded",
+                    embedded + PROTECTED,
+                    write_lua(tmp / "remaining.lua", remaining),
+                    None,
+                ),
+                Variant(
+                    "keyservice rate limit, Redis",
+                    with_redis + PROTECTED,
+                    write_lua(tmp / "ratelimited.lua", ratelimited),
+                    None,
+                ),
                 Variant("keyservice unprotected, PostgreSQL", postgresql + UNPROTECTED, anonymous, None),
-                Variant("keyservice valid key, PostgreSQL", postgresql + PROTECTED,
-                        write_lua(tmp / "valid-postgres.lua", valid_on_postgres), None),
-                Variant("keyservice remaining, PostgreSQL", postgresql + PROTECTED,
-                        write_lua(tmp / "remaining-postgres.lua", remaining_on_postgres), None),
+                Variant(
+                    "keyservice valid key, PostgreSQL",
+                    postgresql + PROTECTED,
+                    write_lua(tmp / "valid-postgres.lua", valid_on_postgres),
+                    None,
+                ),
+                Variant(
+                    "keyservice remaining, PostgreSQL",
+                    postgresql + PROTECTED,
+                    write_lua(tmp / "remaining-postgres.lua", remaining_on_postgres),
+                    None,
+                ),
             ]
-            medians = measure_overhead(variants, rounds=args.rounds, seconds=args.seconds,
-                                       connections=args.connections, title="rate limits and quotas")
+            medians = measure_overhead(
+                variants,
+                rounds=args.rounds,
+                seconds=args.seconds,
+                connections=args.connections,
+                title="rate limits and quotas",
+            )
             print("\n== goals")
             for label, against, goal in GOALS:
                 ratio = medians[label] / medians[against]

@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as stack:
         tmp = Path(temp)
-        print("setting up: PostgreSQL (fsync on) and Redis on 127.0.0.1, keys at bcrypt cost 12, "
-              f"gunicorn with {WORKERS} sync workers per instance")
+        print(
+            "setting up: PostgreSQL (fsync on) and Redis on 127.0.0.1, keys at bcrypt cost 12, "
+            f"gunicorn with {WORKERS} sync workers per instance"
+        )
         postgres = stack.enter_context(postgres_server(fast=False))
         redis_url = stack.enter_context(redis_server(tmp / "redis.log"))
         logs: list[Path] = []
@@ -115,10 +117,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             env = environment(create_database(postgres, "scale"))
             base = serve(env, "scale")
-            measure_overhead(overhead_variants(base, tmp, *create_keys(env), overhead_goal=SCALE_OUT_GOAL,
-                                               limits_goal=None),
-                             rounds=args.rounds, seconds=args.seconds, connections=args.connections,
-                             title="1. overhead on PostgreSQL + Redis")
+            measure_overhead(
+                overhead_variants(base, tmp, *create_keys(env), overhead_goal=SCALE_OUT_GOAL, limits_goal=None),
+                rounds=args.rounds,
+                seconds=args.seconds,
+                connections=args.connections,
+                title="1. overhead on PostgreSQL + Redis",
+            )
 
             databases: list[tuple[str, str, str]] = []  # label, URL, its one real key
             for count in (10, args.keys):
@@ -134,8 +139,13 @@ def main(argv: list[str] | None = None) -> None:
                     name = f"{label.split()[0].replace(',', '')}-ttl-{ttl}"
                     base = serve(environment(url, KEYSERVICE_CACHE_TTL=ttl), name)
                     variants.append(Variant(label, base + PROTECTED, write_lua(tmp / f"{name}.lua", key), GROWTH_GOAL))
-                measure_overhead(variants, rounds=args.rounds, seconds=args.seconds, connections=args.connections,
-                                 title=f"2. growth, KEYSERVICE_CACHE_TTL={ttl}")
+                measure_overhead(
+                    variants,
+                    rounds=args.rounds,
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    title=f"2. growth, KEYSERVICE_CACHE_TTL={ttl}",
+                )
         finally:
             for log in logs:
                 report_server_log(log)

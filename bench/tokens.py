@@ -84,11 +84,13 @@ def measure_first_requests(base: str, key: str, count: int) -> None:
     fresh: list[float] = []
     cached: list[float] = []
     for block in range(0, count, 50):
-        fresh += timed_posts(base, tokens[block:block + 50])
-        cached += timed_posts(base, [key] * len(tokens[block:block + 50]))
+        fresh += timed_posts(base, tokens[block : block + 50])
+        cached += timed_posts(base, [key] * len(tokens[block : block + 50]))
     for label, times in (("fresh token (first use)", fresh), ("cached key", cached)):
-        print(f"  {label:26} p50 {percentile(times, 50):6.2f} ms  p99 {percentile(times, 99):6.2f} ms"
-              f"  max {max(times):6.2f} ms")
+        print(
+            f"  {label:26} p50 {percentile(times, 50):6.2f} ms  p99 {percentile(times, 99):6.2f} ms"
+            f"  max {max(times):6.2f} ms"
+        )
     ratio = percentile(fresh, 99) / percentile(cached, 99)
     within = "met" if ratio <= FIRST_REQUEST_GOAL else "MISSED"
     print(f"  fresh token p99 / cached key p99: {ratio:.2f}  (goal <= {FIRST_REQUEST_GOAL:.1f}: {within})")
@@ -115,11 +117,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for credential in (key, token):
                     if post(base + PROTECTED, credential)[0] != 200:
                         raise RuntimeError(f"a valid credential was refused on {PROTECTED}")
-                measure_overhead([
-                    Variant("key", base + PROTECTED, write_lua(tmp / "key.lua", key), 1.0),
-                    Variant("token", base + PROTECTED, write_lua(tmp / "token.lua", token), THROUGHPUT_GOAL),
-                ], rounds=args.rounds, seconds=args.seconds, connections=args.connections,
-                    title="1. throughput: the same route with the key and with its token")
+                measure_overhead(
+                    [
+                        Variant("key", base + PROTECTED, write_lua(tmp / "key.lua", key), 1.0),
+                        Variant("token", base + PROTECTED, write_lua(tmp / "token.lua", token), THROUGHPUT_GOAL),
+                    ],
+                    rounds=args.rounds,
+                    seconds=args.seconds,
+                    connections=args.connections,
+                    title="1. throughput: the same route with the key and with its token",
+                )
                 measure_first_requests(base, key, args.fresh)
         finally:
             report_server_log(log)

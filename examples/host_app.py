@@ -1,6 +1,7 @@
 """A host app that mounts keyservice under /auth: its views, async ones among them, take API keys.
 
-    flask --app examples.host_app run      # SQLite in instance/host.db; keys: flask --app examples.host_app keys create ...
+    flask --app examples.host_app run      # SQLite in instance/host.db
+    flask --app examples.host_app keys create ...
 
 Run from the repository's top; tested by tests/test_examples.py.
 """
@@ -39,7 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///host.db"  # in the app's instance folder
     app.config.update(config or {})
-    db.init_app(app)          # first: keyservice keeps its tables in the app's own db
+    db.init_app(app)  # first: keyservice keeps its tables in the app's own db
     keys.init_app(app)
     app.register_blueprint(reports)
     app.add_url_rule("/invoices", view_func=Invoices.as_view("invoices"))
@@ -50,5 +51,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return {"client": g.auth.external_client_id, "meta": g.auth.meta}
 
     with app.app_context():
-        db.create_all()       # a real app would use Flask-Migrate: `flask db migrate` sees keyservice's tables
+        db.create_all()  # a real app would use Flask-Migrate: `flask db migrate` sees keyservice's tables
     return app

@@ -69,8 +69,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         body = request.get_json(silent=True) or {}
         if body.get("team", user.team) != user.team:
             abort(403)  # a user issues keys for their own team only
-        api_key, key = keys.create_key(name=str(body.get("name", "api key")), external_client_id=user.team,
-                                       created_by=f"user:{user.email}")
+        api_key, key = keys.create_key(
+            name=str(body.get("name", "api key")), external_client_id=user.team, created_by=f"user:{user.email}"
+        )
         db.session.commit()
         return {"id": api_key.id, "key": key}, 201  # the key is shown this once
 

@@ -24,9 +24,11 @@ def get_token(keyservice_url: str, key: str, scope: str | None = None) -> dict[s
     key_id = key.split("_")[1]
     credentials = base64.b64encode(f"{key_id}:{key}".encode()).decode()
     form = {"grant_type": "client_credentials"} | ({"scope": scope} if scope else {})
-    request = urllib.request.Request(f"{keyservice_url.rstrip('/')}/oauth/token", data=urlencode(form).encode(),
-                                     headers={"Authorization": f"Basic {credentials}",
-                                              "Content-Type": "application/x-www-form-urlencoded"})
+    request = urllib.request.Request(
+        f"{keyservice_url.rstrip('/')}/oauth/token",
+        data=urlencode(form).encode(),
+        headers={"Authorization": f"Basic {credentials}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         answer: dict[str, Any] = json.load(response)
     return answer

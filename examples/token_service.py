@@ -34,8 +34,14 @@ def make_app(issuer: str, audience: str | None = None) -> Callable[[dict[str, An
             raise jwt.InvalidTokenError("no bearer token")
         if jwt.get_unverified_header(token).get("typ") not in ("at+jwt", "application/at+jwt"):
             raise jwt.InvalidTokenError("not an access token")
-        claims: dict[str, Any] = jwt.decode(token, jwks.get_signing_key_from_jwt(token), algorithms=["ES256"],
-                                            issuer=issuer, audience=audience or issuer, options={"require": REQUIRED})
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            jwks.get_signing_key_from_jwt(token),
+            algorithms=["ES256"],
+            issuer=issuer,
+            audience=audience or issuer,
+            options={"require": REQUIRED},
+        )
         return claims
 
     def app(environ: dict[str, Any], start_response: Start) -> Iterable[bytes]:
@@ -45,11 +51,16 @@ def make_app(issuer: str, audience: str | None = None) -> Callable[[dict[str, An
         try:
             claims = caller(environ.get("HTTP_AUTHORIZATION", ""))
         except jwt.PyJWTError:
-            start_response("401 Unauthorized", [("Content-Type", "application/json"),
-                                                ("WWW-Authenticate", 'Bearer error="invalid_token"')])
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "application/json"), ("WWW-Authenticate", 'Bearer error="invalid_token"')],
+            )
             return [b'{"error": "invalid_token"}']
-        body = {"key_id": claims["sub"], "external_client_id": claims["external_client_id"],
-                "scopes": claims["scope"].split()}
+        body = {
+            "key_id": claims["sub"],
+            "external_client_id": claims["external_client_id"],
+            "scopes": claims["scope"].split(),
+        }
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(body).encode()]
 

@@ -17,8 +17,14 @@ __all__ = ["KeyService", "Outcome", "VerificationResult", "create_app", "require
 # Each public name's module, imported when the name is first used: importing a submodule alone
 # must not load the app's modules. gunicorn's settings (keyservice.gunicorn_conf) choose
 # Prometheus' multiprocess mode, which has to happen before prometheus_client is imported.
-_MODULES = {"KeyService": ".extension", "Outcome": ".core.outcomes", "VerificationResult": ".core.outcomes",
-            "create_app": ".app", "require_key": ".verification.decorators", "verify_key": ".verification.verifier"}
+_MODULES = {
+    "KeyService": ".extension",
+    "Outcome": ".core.outcomes",
+    "VerificationResult": ".core.outcomes",
+    "create_app": ".app",
+    "require_key": ".verification.decorators",
+    "verify_key": ".verification.verifier",
+}
 
 
 def __getattr__(name: str) -> Any:

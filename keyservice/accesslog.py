@@ -26,11 +26,18 @@ from .requestlog import configure_logging, escape, log_request
 
 
 def _withheld_atoms() -> frozenset[str]:
-    headers = {"authorization", "proxy-authorization", "cookie", "x-api-key",
-               os.environ.get("KEYSERVICE_HEADER", "").lower()} - {""}
-    return frozenset({"q", "{query_string}e", "{raw_uri}e"}
-                     | {f"{{{header}}}i" for header in headers}
-                     | {f"{{http_{header.replace('-', '_')}}}e" for header in headers})
+    headers = {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        os.environ.get("KEYSERVICE_HEADER", "").lower(),
+    } - {""}
+    return frozenset(
+        {"q", "{query_string}e", "{raw_uri}e"}
+        | {f"{{{header}}}i" for header in headers}
+        | {f"{{http_{header.replace('-', '_')}}}e" for header in headers}
+    )
 
 
 _WITHHELD = _withheld_atoms()

@@ -80,8 +80,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql"):
         app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", POSTGRESQL_ENGINE_OPTIONS)
     # A database error's text would otherwise carry the statement's parameters (hashes, names).
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"hide_parameters": True,
-                                               **app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {})}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "hide_parameters": True,
+        **app.config.get("SQLALCHEMY_ENGINE_OPTIONS", {}),
+    }
 
     db.init_app(app)
     with app.app_context():

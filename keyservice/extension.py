@@ -24,8 +24,9 @@ from .verification.tokens import TokenVerifier
 from .verification.verifier import Verifier
 
 # keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports, tokens.
-OWN_BLUEPRINTS = frozenset({"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning",
-                            "oauth"})
+OWN_BLUEPRINTS = frozenset(
+    {"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning", "oauth"}
+)
 
 
 def _after_request(response: Response) -> Response:
@@ -48,9 +49,16 @@ class KeyService:
     signed-in user).
     """
 
-    def __init__(self, app: Flask | None = None, *, db: SQLAlchemy | None = None,
-                 principal_loader: PrincipalLoader | None = None, url_prefix: str = "",
-                 management_api: bool = True, dashboard: bool = True) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        db: SQLAlchemy | None = None,
+        principal_loader: PrincipalLoader | None = None,
+        url_prefix: str = "",
+        management_api: bool = True,
+        dashboard: bool = True,
+    ) -> None:
         if url_prefix and (not url_prefix.startswith("/") or url_prefix.endswith("/")):
             raise ValueError("url_prefix starts with '/' and does not end with one, e.g. '/auth'")
         self._db = db
@@ -85,9 +93,16 @@ class KeyService:
                 table.to_metadata(db.metadata)
         verifier = Verifier(settings, db, announce_usage_exhausted)
         signing_keys = SigningKeys(settings, db)
-        state = KeyServiceState(settings, db, verifier, self._principal_loader, WebhookSender(settings, db),
-                                GitHubKeys(settings.secret_scanning_keys_url), signing_keys,
-                                TokenVerifier(settings, signing_keys, verifier))
+        state = KeyServiceState(
+            settings,
+            db,
+            verifier,
+            self._principal_loader,
+            WebhookSender(settings, db),
+            GitHubKeys(settings.secret_scanning_keys_url),
+            signing_keys,
+            TokenVerifier(settings, signing_keys, verifier),
+        )
         app.extensions[EXTENSION_NAME] = state
         register_error_handlers(app)
         answer_store_errors(app)

@@ -68,8 +68,9 @@ def readiness_failure() -> str | None:
 def _write_probe(engine: Engine) -> None:
     insert = _INSERT[engine.dialect.name](ReadinessProbe).values(id=1, probed_at=utcnow())
     with engine.begin() as connection:
-        connection.execute(insert.on_conflict_do_update(index_elements=["id"],
-                                                        set_={"probed_at": insert.excluded.probed_at}))
+        connection.execute(
+            insert.on_conflict_do_update(index_elements=["id"], set_={"probed_at": insert.excluded.probed_at})
+        )
 
 
 def _sqlite_has_room(engine: Engine) -> bool:

@@ -33,7 +33,9 @@ logger = logging.getLogger("keyservice.request")
 
 # Every byte a client could use to forge a line, colour a terminal or blur where a value ends.
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0x100))} | {
-    ord("\\"): "\\\\", ord('"'): '\\"'}
+    ord("\\"): "\\\\",
+    ord('"'): '\\"',
+}
 
 
 def escape(sent: str | bytes) -> str:
@@ -121,8 +123,9 @@ class _TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        pairs = [f"{name}={_value(getattr(record, name))}"
-                 for name in FIELDS if getattr(record, name, None) is not None]
+        pairs = [
+            f"{name}={_value(getattr(record, name))}" for name in FIELDS if getattr(record, name, None) is not None
+        ]
         return f"{line} {' '.join(pairs)}" if pairs else line
 
 
@@ -130,8 +133,11 @@ def configure_logging(log_format: str) -> None:
     """Send the ``keyservice`` loggers (INFO and up) to stderr, as JSON lines or text."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                           rename_fields={"levelname": "level", "name": "logger"}))
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"}
+            )
+        )
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger("keyservice")

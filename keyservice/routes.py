@@ -23,8 +23,11 @@ def _probe_answer(failure: str | None) -> Any:
 @bp.get("/")
 def index() -> Any:
     """Where to go from here: the dashboard, and the management API's OpenAPI document."""
-    return {"service": "keyservice", "dashboard": url_for("dashboard.page"),
-            "openapi": url_for("keyservice-api-docs.openapi_json")}
+    return {
+        "service": "keyservice",
+        "dashboard": url_for("dashboard.page"),
+        "openapi": url_for("keyservice-api-docs.openapi_json"),
+    }
 
 
 @bp.get("/healthz")

@@ -36,8 +36,9 @@ _STATUS_BEFORE = pytest.StashKey[str | None]()
 def _working_tree_status() -> str | None:
     """``git status --porcelain`` of the clone, or None outside a git checkout."""
     try:
-        done = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
-                              timeout=60, check=False)
+        done = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+        )
     except OSError:
         return None
     return done.stdout if done.returncode == 0 else None
@@ -70,7 +71,9 @@ def _fail_if_the_clone_changed(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(f"the tests changed the clone's git status:\nbefore:\n{before}after:\n{after}", red=True)
+            reporter.write_line(
+                f"the tests changed the clone's git status:\nbefore:\n{before}after:\n{after}", red=True
+            )
 
 
 # bcrypt at cost 4 keeps the suite fast; one test checks the default of 12.
@@ -215,8 +218,9 @@ def issue_key(app: Flask) -> IssueKey:
     """Issue a key through the Python API, then apply ``changes`` to its row
     (e.g. a past ``expires_at``); return (key id, full key)."""
 
-    def issue_with_changes(name: str = "test key", external_client_id: str = "acme",
-                           scopes: tuple[str, ...] = (), **changes: Any) -> tuple[str, str]:
+    def issue_with_changes(
+        name: str = "test key", external_client_id: str = "acme", scopes: tuple[str, ...] = (), **changes: Any
+    ) -> tuple[str, str]:
         return issue(app, *scopes, name=name, external_client_id=external_client_id, columns=changes)
 
     return issue_with_changes

@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     from .servers import Response as HttpResponse
 
 KEY_FORMAT = re.compile(r"sk_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
-RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining",
-                     "X-RateLimit-Reset")
+RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 T = TypeVar("T")
 
@@ -71,14 +70,19 @@ def assert_unavailable(response: WerkzeugResponse | HttpResponse) -> None:
     assert response.headers["Retry-After"] == "1"
 
 
-def issue(app: Flask, *scopes: str, name: str = "test key", external_client_id: str = "acme",
-          columns: Mapping[str, Any] | None = None, **fields: Any) -> tuple[str, str]:
+def issue(
+    app: Flask,
+    *scopes: str,
+    name: str = "test key",
+    external_client_id: str = "acme",
+    columns: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> tuple[str, str]:
     """Issue a key through the Python API with ``fields`` (``remaining``, ``refill``, ``ratelimit``,
     ``meta``, ...), then set ``columns`` on its row as they are (a past ``expires_at``, a
     ``revoked_at``); return (id, key)."""
     with app.app_context():
-        api_key, key = KeyService.create_key(name=name, external_client_id=external_client_id, scopes=scopes,
-                                             **fields)
+        api_key, key = KeyService.create_key(name=name, external_client_id=external_client_id, scopes=scopes, **fields)
         for column, value in (columns or {}).items():
             setattr(api_key, column, value)
         app.extensions["sqlalchemy"].session.commit()

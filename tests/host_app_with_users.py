@@ -38,8 +38,7 @@ def load_principal() -> Principal | None:
     user = signed_in_user()
     if user is None:
         return None
-    return Principal(id=f"user:{user.email}", scopes=("keys:read", "keys:write"),
-                     client_ids=frozenset({user.team}))
+    return Principal(id=f"user:{user.email}", scopes=("keys:read", "keys:write"), client_ids=frozenset({user.team}))
 
 
 keys = KeyService(principal_loader=load_principal)

@@ -10,6 +10,7 @@ attempts of every message, be slow, or hang one attempt; it counts what it accep
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -28,9 +29,14 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 def webhook_settings(**overrides: str) -> dict[str, str]:
     """Settings (as environment strings) for webhooks to loopback receivers, with short retries."""
-    return {"KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE": "true", "KEYSERVICE_WEBHOOKS_TIMEOUT": "2",
-            "KEYSERVICE_WEBHOOKS_RETRY_DELAY": "0.05", "KEYSERVICE_WEBHOOKS_POLL_INTERVAL": "0.05", **overrides}
+    return {
+        "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE": "true",
+        "KEYSERVICE_WEBHOOKS_TIMEOUT": "2",
+        "KEYSERVICE_WEBHOOKS_RETRY_DELAY": "0.05",
+        "KEYSERVICE_WEBHOOKS_POLL_INTERVAL": "0.05",
+        **overrides,
+    }
 
 
 @dataclass
@@ -114,12 +120,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        status = self.server.receiver.answer({k.lower(): v for k, v in self.headers.items()}, body,
-                                             self.client_address[1])
-        try:
+        status = self.server.receiver.answer(
+            {k.lower(): v for k, v in self.headers.items()}, body, self.client_address[1]
+        )
+        # The sender may be gone (killed mid-delivery, by a test).
+        with contextlib.suppress(OSError):
             self._send(status, b"{}")
-        except OSError:
-            pass  # the sender is gone (killed mid-delivery, by a test)
 
     def do_GET(self) -> None:
         self.server.key_list_fetches += 1
@@ -168,18 +174,23 @@ class GitHubSigner:
 
     def listed(self) -> dict[str, Any]:
         """The entry of the key list for this key."""
-        pem = self._private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+        pem = self._private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         return {"key_identifier": self.identifier, "key": pem.decode(), "is_current": True}
 
     def headers(self, body: bytes) -> dict[str, str]:
         """GitHub's headers for a report with this body."""
         signature = self._private.sign(body, ec.ECDSA(hashes.SHA256()))
-        return {"Github-Public-Key-Identifier": self.identifier,
-                "Github-Public-Key-Signature": base64.b64encode(signature).decode(), "Content-Type": "application/json"}
+        return {
+            "Github-Public-Key-Identifier": self.identifier,
+            "Github-Public-Key-Signature": base64.b64encode(signature).decode(),
+            "Content-Type": "application/json",
+        }
 
 
 def report(*tokens: str, url: str = "https://github.com/octo/repo/blob/abc/config.py") -> bytes:
     """A secret-scanning report naming ``tokens``, as GitHub sends it."""
-    return json.dumps([{"token": token, "type": "keyservice_api_key", "url": url, "source": "content"}
-                       for token in tokens]).encode()
+    return json.dumps(
+        [{"token": token, "type": "keyservice_api_key", "url": url, "source": "content"} for token in tokens]
+    ).encode()

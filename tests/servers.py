@@ -30,8 +30,16 @@ def service_environment(database_url: str, **settings: str) -> dict[str, str]:
 
 def flask_cli(environ: dict[str, str], *args: str, app: str = "wsgi") -> subprocess.CompletedProcess[str]:
     """Run ``flask --app APP ARGS`` (the service's ``wsgi`` unless said) as a user would."""
-    return subprocess.run([sys.executable, "-m", "flask", "--app", app, *args], cwd=REPO, env=environ,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", app, *args],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,13 @@ class Response:
     headers: dict[str, str]
 
 
-def request(url: str, method: str = "GET", headers: dict[str, str] | None = None,
-            body: dict[str, object] | None = None, data: bytes | None = None) -> Response:
+def request(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: dict[str, object] | None = None,
+    data: bytes | None = None,
+) -> Response:
     """One HTTP request (``body`` sent as JSON, or ``data`` as it is); error statuses are answers
     too, not exceptions."""
     headers = dict(headers or {})
@@ -79,13 +92,29 @@ def request(url: str, method: str = "GET", headers: dict[str, str] | None = None
 
 
 @contextmanager
-def gunicorn(environ: dict[str, str], log: Path, workers: int = 2, access_log: bool = False,
-             options: Sequence[str] = (), app: str = "wsgi:app") -> Iterator[str]:
+def gunicorn(
+    environ: dict[str, str],
+    log: Path,
+    workers: int = 2,
+    access_log: bool = False,
+    options: Sequence[str] = (),
+    app: str = "wsgi:app",
+) -> Iterator[str]:
     """Serve ``app`` (the service's ``wsgi:app`` unless said) with gunicorn's production settings
     (and command-line ``options``), logging to ``log`` (with gunicorn's access log, off in those
     settings, only if ``access_log``); yield its base URL, and stop it after."""
-    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", str(workers),
-               *(["--access-logfile", "-"] if access_log else []), *options, app]
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "gunicorn.conf.py",
+        "-w",
+        str(workers),
+        *(["--access-logfile", "-"] if access_log else []),
+        *options,
+        app,
+    ]
     with serving(command, environ, log) as base:
         yield base
 
@@ -96,8 +125,14 @@ def serving(command: Sequence[str], environ: dict[str, str], log: Path, cwd: Pat
     until it answers ``/healthz``; yield its base URL, and stop it after."""
     port = free_port()
     with log.open("ab") as log_file:
-        process = subprocess.Popen([*command, "-b", f"127.0.0.1:{port}"], cwd=cwd, env=environ,
-                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*command, "-b", f"127.0.0.1:{port}"],
+            cwd=cwd,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_healthy(base, process, log)
@@ -133,8 +168,9 @@ def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) 
 def labelled_metric(base: str, name: str, label: str) -> dict[str, float]:
     """``name``'s samples in the service's ``/metrics``, by the value of their one label ``label``."""
     text = request(base + "/metrics").body.decode()
-    return {value: float(count) for value, count in
-            re.findall(rf'^{name}{{{label}="(\w+)"}} (\S+)$', text, re.MULTILINE)}
+    return {
+        value: float(count) for value, count in re.findall(rf'^{name}{{{label}="(\w+)"}} (\S+)$', text, re.MULTILINE)
+    }
 
 
 def gunicorn_workers(base: str) -> set[int]:
@@ -147,8 +183,9 @@ def gunicorn_workers(base: str) -> set[int]:
                 serving.add(int(entry.name))
         except OSError:
             continue  # gone meanwhile
-    parents = {pid: int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-               for pid in serving}
+    parents = {
+        pid: int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in serving
+    }
     return {pid for pid, parent in parents.items() if parent in serving}
 
 
@@ -162,16 +199,18 @@ def _workers_that_answered(log: Path, request_ids: set[str]) -> dict[str, int]:
     # gunicorn writes a request's line once it has sent the response: wait for them all.
     deadline = time.monotonic() + 5
     while True:
-        answered = {line["request_id"]: line["worker"] for line in request_lines(log)
-                    if line["request_id"] in request_ids}
+        answered = {
+            line["request_id"]: line["worker"] for line in request_lines(log) if line["request_id"] in request_ids
+        }
         if len(answered) == len(request_ids) or time.monotonic() > deadline:
             assert len(answered) == len(request_ids), f"no log line for {request_ids - set(answered)}"
             return answered
         time.sleep(0.05)
 
 
-def answers_by_worker(base: str, log: Path, send: Callable[[], Response], batch: int = 10,
-                      within: float = 30) -> dict[int, list[Response]]:
+def answers_by_worker(
+    base: str, log: Path, send: Callable[[], Response], batch: int = 10, within: float = 30
+) -> dict[int, list[Response]]:
     """Call ``send`` (one request to the gunicorn at ``base``, which logs JSON to ``log``) in
     batches until each of its workers has answered at least once (a worker just forked may
     take a moment to load the app), for up to ``within`` seconds; return the answers by the

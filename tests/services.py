@@ -42,13 +42,16 @@ def _binary(name: str, *elsewhere: str) -> str | None:
     if found:
         return found
     # Debian keeps PostgreSQL's server binaries off PATH, one folder per major version.
-    candidates = sorted((path for pattern in elsewhere for path in glob.glob(pattern)),
-                        key=lambda path: [int(part) for part in path.split("/") if part.isdigit()])
+    candidates = sorted(
+        (path for pattern in elsewhere for path in glob.glob(pattern)),
+        key=lambda path: [int(part) for part in path.split("/") if part.isdigit()],
+    )
     return candidates[-1] if candidates else None
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], within: float, hello: bytes | None = None,
-                   answer: bytes = b"") -> bool:
+def _wait_for_port(
+    port: int, process: subprocess.Popen[bytes], within: float, hello: bytes | None = None, answer: bytes = b""
+) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -66,6 +69,7 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], within: float, h
 
 # --- Redis --------------------------------------------------------------------------------------------
 
+
 @contextmanager
 def redis_server(log: Path) -> Iterator[str]:
     """Run ``redis-server`` (its output to ``log``); yield its URL ``redis://127.0.0.1:<port>/0``, stop it after."""
@@ -78,7 +82,10 @@ def redis_server(log: Path) -> Iterator[str]:
         with log.open("ab") as log_file:
             process = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         if _wait_for_port(port, process, 10.0, b"PING\r\n", b"+PONG"):
             break
         stop(process)
@@ -91,6 +98,7 @@ def redis_server(log: Path) -> Iterator[str]:
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------
+
 
 class PostgresServer:
     """A PostgreSQL cluster of its own in ``directory`` (which the server's user must be
@@ -121,14 +129,22 @@ class PostgresServer:
             account = pwd.getpwnam(self._run_as)
             os.chown(directory, account.pw_uid, account.pw_gid)
             os.chown(self.data, account.pw_uid, account.pw_gid)
-        done = self._run([str(self._bin / "initdb"), "-D", str(self.data), "-U", self.USER, "-A", "trust",
-                          "-E", "UTF8", "--no-sync"])
+        done = self._run(
+            [str(self._bin / "initdb"), "-D", str(self.data), "-U", self.USER, "-A", "trust", "-E", "UTF8", "--no-sync"]
+        )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stdout.decode(errors='replace')}")
 
     def _run(self, command: list[str]) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(command, user=self._run_as, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, check=False, timeout=120)
+        return subprocess.run(
+            command,
+            user=self._run_as,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=120,
+        )
 
     def url(self, database: str = "postgres") -> str:
         """The SQLAlchemy URL of ``database`` on this server."""
@@ -143,8 +159,12 @@ class PostgresServer:
 
     def dump(self, database: str) -> bytes:
         """Everything ``database`` holds, as ``pg_dump`` writes it."""
-        done = subprocess.run([str(self._bin / "pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER,
-                               database], capture_output=True, check=True, timeout=60)
+        done = subprocess.run(
+            [str(self._bin / "pg_dump"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, database],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
         return done.stdout
 
     def start(self) -> None:
@@ -155,7 +175,11 @@ class PostgresServer:
         with self.log.open("ab") as log_file:
             self._process = subprocess.Popen(
                 [str(self._bin / "postgres"), "-D", str(self.data), "-p", str(self.port), *settings],
-                user=self._run_as, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+                user=self._run_as,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         if not self._accepts_connections(30.0):
             self.stop()
             raise RuntimeError(f"PostgreSQL did not start: {self.log.read_text(errors='replace')[-2000:]}")
@@ -163,8 +187,9 @@ class PostgresServer:
     def _accepts_connections(self, within: float) -> bool:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline and self._process is not None and self._process.poll() is None:
-            done = subprocess.run([str(self._bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
-                                  check=False)
+            done = subprocess.run(
+                [str(self._bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
+            )
             if done.returncode == 0:
                 return True
             time.sleep(0.1)
@@ -233,24 +258,41 @@ def nginx_server(upstream: str, *, worker_connections: int = 4096) -> Iterator[s
         for _ in range(3):  # the free port may be taken again before nginx binds it
             port = free_port()
             site = NGINX_SITE.read_text()
-            for shipped, here in (("server 127.0.0.1:8000;", f"server {upstream};"),
-                                  ("listen 80;", f"listen 127.0.0.1:{port};"),
-                                  ("/var/log/nginx/", f"{directory}/")):
+            for shipped, here in (
+                ("server 127.0.0.1:8000;", f"server {upstream};"),
+                ("listen 80;", f"listen 127.0.0.1:{port};"),
+                ("/var/log/nginx/", f"{directory}/"),
+            ):
                 assert shipped in site, f"{NGINX_SITE} no longer has {shipped!r}"
                 site = site.replace(shipped, here)
             (directory / "keyservice.conf").write_text(site)
-            temp_paths = "\n".join(f"    {kind}_temp_path {directory / kind};"
-                                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+            temp_paths = "\n".join(
+                f"    {kind}_temp_path {directory / kind};"
+                for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+            )
             (directory / "nginx.conf").write_text(
                 f"worker_processes 1;\nworker_rlimit_nofile {2 * worker_connections + 64};\n"
                 f"pid {directory / 'nginx.pid'};\nerror_log {directory / 'error.log'} warn;\n"
                 f"events {{\n    worker_connections {worker_connections};\n}}\n"
-                f"http {{\n{temp_paths}\n    include {directory / 'keyservice.conf'};\n}}\n")
+                f"http {{\n{temp_paths}\n    include {directory / 'keyservice.conf'};\n}}\n"
+            )
             with (directory / "nginx.out").open("ab") as output:
                 process = subprocess.Popen(
-                    [binary, "-p", str(directory), "-e", str(directory / "error.log"), "-c",
-                     str(directory / "nginx.conf"), "-g", "daemon off;"],
-                    stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+                    [
+                        binary,
+                        "-p",
+                        str(directory),
+                        "-e",
+                        str(directory / "error.log"),
+                        "-c",
+                        str(directory / "nginx.conf"),
+                        "-g",
+                        "daemon off;",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
             if _wait_for_port(port, process, 10.0):
                 break
             stop(process)

@@ -35,8 +35,24 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\Z")
 FUTURE = "2099-01-01T00:00:00Z"
 # The fields of a key object so far; last_used_at, remaining, refill and ratelimit
 # come with usage tracking and limits.
-KEY_FIELDS = {"id", "start", "name", "external_client_id", "scopes", "roles", "meta", "enabled", "created_at",
-              "created_by", "updated_at", "expires_at", "revoked_at", "revocation_reason", "rotated_from", "last_used_at"}
+KEY_FIELDS = {
+    "id",
+    "start",
+    "name",
+    "external_client_id",
+    "scopes",
+    "roles",
+    "meta",
+    "enabled",
+    "created_at",
+    "created_by",
+    "updated_at",
+    "expires_at",
+    "revoked_at",
+    "revocation_reason",
+    "rotated_from",
+    "last_used_at",
+}
 
 
 def secret_of(key: str) -> str:
@@ -72,8 +88,9 @@ class Api:
     def _check_no_secret(self, method: str, path: str, response: TestResponse) -> None:
         text = response.get_data(as_text=True)
         body = response.get_json(silent=True)
-        shows_key_once = method == "POST" and response.status_code == 201 and (
-            path == "/keys" or path.endswith("/rotate"))
+        shows_key_once = (
+            method == "POST" and response.status_code == 201 and (path == "/keys" or path.endswith("/rotate"))
+        )
         if shows_key_once:
             assert isinstance(body, dict) and body["key"].startswith(f"sk_{body['id']}_")
             self.secrets.append(secret_of(body["key"]))
@@ -157,6 +174,7 @@ def assert_key_object(body: dict[str, Any]) -> None:
 
 # --- every route: its scope, and who may not call it ------------------------------------------
 
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -205,7 +223,8 @@ def test_every_route_refuses_a_management_key_without_its_scope(shared_api: Api,
     response = call_route(shared_api, route, manager, key_id)
     assert_problem(response, 403, "INSUFFICIENT_SCOPE")
     assert response.headers["WWW-Authenticate"] == (
-        f'Bearer realm="keyservice", error="insufficient_scope", scope="{route.scope}"')
+        f'Bearer realm="keyservice", error="insufficient_scope", scope="{route.scope}"'
+    )
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
@@ -243,17 +262,44 @@ def test_deleting_an_unknown_role_is_not_found(api: Api) -> None:
 
 # --- POST /keys ----------------------------------------------------------------------------------
 
+
 def test_create_answers_201_with_the_key_object_and_the_key_once(api: Api) -> None:
     admin_id, admin = api.issue(*ADMIN, name="admin")
-    created = api.create(admin, name="billing bot", external_client_id="globex", scopes=["reports:read"],
-                         meta={"plan": "pro"}, expires_at=FUTURE)
+    created = api.create(
+        admin,
+        name="billing bot",
+        external_client_id="globex",
+        scopes=["reports:read"],
+        meta={"plan": "pro"},
+        expires_at=FUTURE,
+    )
     assert_key_object(created)
     assert created["key"].startswith(f"sk_{created['id']}_") and len(created["key"]) == 58
-    assert {name: created[name] for name in ("name", "external_client_id", "scopes", "roles", "meta", "enabled",
-                                             "created_by", "revoked_at", "revocation_reason", "rotated_from")} == {
-        "name": "billing bot", "external_client_id": "globex", "scopes": ["reports:read"], "roles": [],
-        "meta": {"plan": "pro"}, "enabled": True, "created_by": f"key:{admin_id}", "revoked_at": None,
-        "revocation_reason": None, "rotated_from": None,
+    assert {
+        name: created[name]
+        for name in (
+            "name",
+            "external_client_id",
+            "scopes",
+            "roles",
+            "meta",
+            "enabled",
+            "created_by",
+            "revoked_at",
+            "revocation_reason",
+            "rotated_from",
+        )
+    } == {
+        "name": "billing bot",
+        "external_client_id": "globex",
+        "scopes": ["reports:read"],
+        "roles": [],
+        "meta": {"plan": "pro"},
+        "enabled": True,
+        "created_by": f"key:{admin_id}",
+        "revoked_at": None,
+        "revocation_reason": None,
+        "rotated_from": None,
     }
     assert parse_time(created["expires_at"]) == parse_time(FUTURE)
     assert api.protected(created["key"]).get_json() == {"protected": True, "external_client_id": "globex"}
@@ -263,13 +309,25 @@ def test_every_keys_response_is_no_store_and_every_response_nosniff(api: Api) ->
     manager = api.manager(*READ_WRITE)
     created = api.call("POST", "/keys", manager, json={"name": "n", "external_client_id": "acme"})
     rotated = api.call("POST", f"/keys/{created.get_json()['id']}/rotate", manager)
-    responses = [created, rotated, api.call("GET", "/keys", manager), api.call("GET", "/keys"),
-                 api.call("GET", "/keys/nope", manager), api.call("POST", "/keys", manager, json={})]
+    responses = [
+        created,
+        rotated,
+        api.call("GET", "/keys", manager),
+        api.call("GET", "/keys"),
+        api.call("GET", "/keys/nope", manager),
+        api.call("POST", "/keys", manager, json={}),
+    ]
     assert [response.status_code for response in responses] == [201, 201, 200, 401, 404, 422]
     for response in responses:
         assert response.headers["Cache-Control"] == "no-store"
-    for response in [*responses, api.call("GET", "/roles"), api.call("GET", "/openapi.json"),
-                     api.call("GET", "/healthz"), api.call("GET", "/no-such-page"), api.protected("sk_x")]:
+    for response in [
+        *responses,
+        api.call("GET", "/roles"),
+        api.call("GET", "/openapi.json"),
+        api.call("GET", "/healthz"),
+        api.call("GET", "/no-such-page"),
+        api.protected("sk_x"),
+    ]:
         assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
@@ -296,13 +354,15 @@ def test_a_client_manager_cannot_create_keys_for_another_client(api: Api) -> Non
 
 def test_a_client_manager_cannot_grant_a_scope_it_does_not_hold(api: Api) -> None:
     manager = api.manager(*READ_WRITE)
-    response = api.call("POST", "/keys", manager,
-                        json={"name": "n", "external_client_id": "acme", "scopes": ["billing:write"]})
+    response = api.call(
+        "POST", "/keys", manager, json={"name": "n", "external_client_id": "acme", "scopes": ["billing:write"]}
+    )
     assert_problem(response, 403, "FORBIDDEN")
     assert api.create(manager, scopes=["keys:read"])["scopes"] == ["keys:read"]
 
 
 # --- GET /keys -----------------------------------------------------------------------------------
+
 
 def test_list_is_newest_first_and_holds_key_objects(api: Api) -> None:
     manager_id, manager = api.issue(*READ_WRITE)
@@ -375,34 +435,41 @@ def _b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
-@pytest.mark.parametrize("cursor", [
-    pytest.param("garbage", id="word"),
-    pytest.param("!!!", id="not-base64"),
-    pytest.param(_b64('{"a": 1}'), id="json-object"),
-    pytest.param(_b64("5"), id="json-number"),
-    pytest.param(_b64('["not a date", "x"]'), id="not-a-date"),
-    pytest.param(_b64('[null, "x"]'), id="null-date"),
-    pytest.param(_b64('["2024-01-01T00:00:00+00:00", "x", "y"]'), id="three-items"),
-    pytest.param("c" * 201, id="too-long"),
-])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        pytest.param("garbage", id="word"),
+        pytest.param("!!!", id="not-base64"),
+        pytest.param(_b64('{"a": 1}'), id="json-object"),
+        pytest.param(_b64("5"), id="json-number"),
+        pytest.param(_b64('["not a date", "x"]'), id="not-a-date"),
+        pytest.param(_b64('[null, "x"]'), id="null-date"),
+        pytest.param(_b64('["2024-01-01T00:00:00+00:00", "x", "y"]'), id="three-items"),
+        pytest.param("c" * 201, id="too-long"),
+    ],
+)
 def test_a_garbage_cursor_is_invalid_input(shared_api: Api, cursor: str) -> None:
     manager = shared_api.manager(*READ_WRITE)
     response = shared_api.call("GET", "/keys", manager, query_string={"cursor": cursor})
     assert_field_errors(response, "query", "cursor")
 
 
-@pytest.mark.parametrize("query, name", [
-    ("limit=0", "limit"),
-    ("limit=101", "limit"),
-    ("limit=many", "limit"),
-    ("include_revoked=perhaps", "include_revoked"),
-])
+@pytest.mark.parametrize(
+    "query, name",
+    [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=many", "limit"),
+        ("include_revoked=perhaps", "include_revoked"),
+    ],
+)
 def test_a_bad_list_parameter_is_invalid_input(shared_api: Api, query: str, name: str) -> None:
     manager = shared_api.manager(*READ_WRITE)
     assert_field_errors(shared_api.call("GET", f"/keys?{query}", manager), "query", name)
 
 
 # --- GET and PATCH /keys/<id> --------------------------------------------------------------------
+
 
 def test_show_answers_the_key_object(api: Api) -> None:
     manager_id, manager = api.issue(*READ_WRITE, name="me")
@@ -415,15 +482,24 @@ def test_show_answers_the_key_object(api: Api) -> None:
 def test_patch_changes_the_fields_and_get_shows_them(api: Api) -> None:
     manager = api.manager(*READ_WRITE)
     created = api.create(manager, name="before")
-    changes = {"name": "after", "scopes": ["keys:read"], "enabled": False, "meta": {"team": "data"},
-               "expires_at": FUTURE}
+    changes = {
+        "name": "after",
+        "scopes": ["keys:read"],
+        "enabled": False,
+        "meta": {"team": "data"},
+        "expires_at": FUTURE,
+    }
     response = api.call("PATCH", f"/keys/{created['id']}", manager, json=changes)
     assert response.status_code == 200
     patched = response.get_json()
     assert_key_object(patched)
     for shown in (patched, api.show(manager, created["id"])):
         assert {name: shown[name] for name in ("name", "scopes", "enabled", "meta")} == {
-            "name": "after", "scopes": ["keys:read"], "enabled": False, "meta": {"team": "data"}}
+            "name": "after",
+            "scopes": ["keys:read"],
+            "enabled": False,
+            "meta": {"team": "data"},
+        }
         assert parse_time(shown["expires_at"]) == parse_time(FUTURE)
         assert parse_time(shown["updated_at"]) >= parse_time(created["updated_at"])
 
@@ -455,6 +531,7 @@ def test_a_client_manager_cannot_patch_in_a_scope_it_does_not_hold(api: Api) -> 
 
 # --- DELETE /keys/<id> ---------------------------------------------------------------------------
 
+
 def test_delete_revokes_with_the_reason_and_the_key_is_refused(api: Api) -> None:
     manager = api.manager(*READ_WRITE)
     created = api.create(manager)
@@ -471,8 +548,9 @@ def test_delete_revokes_with_the_reason_and_the_key_is_refused(api: Api) -> None
 
 def test_every_key_object_carries_its_status(api: Api) -> None:
     manager = api.manager(*READ_WRITE)
-    created = {status: api.create(manager, name=status) for status in ("active", "disabled", "expired", "revoked",
-                                                                        "leaked")}
+    created = {
+        status: api.create(manager, name=status) for status in ("active", "disabled", "expired", "revoked", "leaked")
+    }
     assert {body["status"] for body in created.values()} == {"active"}
     patched = api.call("PATCH", f"/keys/{created['disabled']['id']}", manager, json={"enabled": False})
     assert patched.get_json()["status"] == "disabled"
@@ -484,7 +562,8 @@ def test_every_key_object_carries_its_status(api: Api) -> None:
     assert api.show(manager, created["expired"]["id"])["status"] == "expired"
     listed = api.call("GET", "/keys?include_revoked=true", manager).get_json()["items"]
     assert {item["name"]: item["status"] for item in listed if item["name"] != "manager"} == {
-        status: status for status in created}
+        status: status for status in created
+    }
 
 
 def test_delete_is_idempotent_and_keeps_the_first_revocation(api: Api) -> None:
@@ -515,10 +594,12 @@ def test_delete_with_a_reason_over_200_characters_is_invalid_input(api: Api) -> 
 
 # --- POST /keys/<id>/rotate ----------------------------------------------------------------------
 
+
 def test_rotate_issues_a_key_with_the_same_settings_and_ends_the_old_one(api: Api) -> None:
     admin_id, admin = api.issue(*ADMIN)
-    old = api.create(admin, name="bot", external_client_id="globex", scopes=["reports:read"],
-                     meta={"plan": "pro"}, expires_at=FUTURE)
+    old = api.create(
+        admin, name="bot", external_client_id="globex", scopes=["reports:read"], meta={"plan": "pro"}, expires_at=FUTURE
+    )
     response = api.call("POST", f"/keys/{old['id']}/rotate", admin)
     assert response.status_code == 201
     new = response.get_json()
@@ -552,20 +633,28 @@ def test_rotating_a_revoked_key_is_a_conflict(api: Api) -> None:
 
 # --- GET /keys/<id>/events -----------------------------------------------------------------------
 
+
 def test_events_record_create_update_rotate_and_revoke_by_the_manager(api: Api) -> None:
     manager_id, manager = api.issue(*READ_WRITE)
     created = api.create(manager, name="old name", meta={"a": 1})
     key_id = created["id"]
-    assert api.call("PATCH", f"/keys/{key_id}", manager,
-                    json={"name": "new name", "enabled": False, "meta": {"a": 2}}).status_code == 200
+    assert (
+        api.call(
+            "PATCH", f"/keys/{key_id}", manager, json={"name": "new name", "enabled": False, "meta": {"a": 2}}
+        ).status_code
+        == 200
+    )
     rotated = api.call("POST", f"/keys/{key_id}/rotate", manager).get_json()
     assert api.call("DELETE", f"/keys/{key_id}?reason=done", manager).status_code == 204
 
     events = api.events(manager, key_id)
     assert [event["action"] for event in events] == ["created", "updated", "rotated", "revoked"]
     assert {event["actor"] for event in events} == {f"key:{manager_id}"}
-    assert events[1]["changes"] == {"name": ["old name", "new name"], "enabled": [True, False],
-                                    "meta": [{"a": 1}, {"a": 2}]}
+    assert events[1]["changes"] == {
+        "name": ["old name", "new name"],
+        "enabled": [True, False],
+        "meta": [{"a": 1}, {"a": 2}],
+    }
     assert events[2]["changes"]["rotated_to"] == rotated["id"]
     assert events[3]["changes"] == {"reason": "done"}
     for event in events:
@@ -576,7 +665,9 @@ def test_events_record_create_update_rotate_and_revoke_by_the_manager(api: Api) 
 
     new_events = api.events(manager, rotated["id"])  # revoking a key revokes the key rotated from it
     assert [(event["action"], event["changes"]) for event in new_events] == [
-        ("created", {"rotated_from": key_id}), ("revoked", {"revoked_with": key_id, "reason": "done"})]
+        ("created", {"rotated_from": key_id}),
+        ("revoked", {"revoked_with": key_id, "reason": "done"}),
+    ]
 
 
 def test_patch_that_changes_nothing_records_no_event(api: Api) -> None:
@@ -596,6 +687,7 @@ def test_patch_of_expires_at_is_recorded_as_timestamps(api: Api) -> None:
 
 # --- POST /keys/verify ---------------------------------------------------------------------------
 
+
 def test_verify_answers_valid_with_the_keys_client_and_scopes(api: Api) -> None:
     verifier = api.manager("keys:verify")
     key_id, key = api.issue("reports:read", "reports:write")
@@ -603,8 +695,13 @@ def test_verify_answers_valid_with_the_keys_client_and_scopes(api: Api) -> None:
         response = api.call("POST", "/keys/verify", verifier, json={"key": key, "scopes": scopes})
         assert response.status_code == 200
         assert response.get_json() == {
-            "valid": True, "code": "VALID", "key_id": key_id, "external_client_id": "acme",
-            "scopes": ["reports:read", "reports:write"], "remaining": None, "ratelimit": None,
+            "valid": True,
+            "code": "VALID",
+            "key_id": key_id,
+            "external_client_id": "acme",
+            "scopes": ["reports:read", "reports:write"],
+            "remaining": None,
+            "ratelimit": None,
         }
 
 
@@ -638,11 +735,19 @@ def test_verify_of_another_clients_key_is_not_found(api: Api) -> None:
     _, key = api.issue(client_id="globex")
     response = api.call("POST", "/keys/verify", verifier, json={"key": key})
     assert response.status_code == 200
-    assert response.get_json() == {"valid": False, "code": "NOT_FOUND", "key_id": None, "external_client_id": None,
-                                   "scopes": [], "remaining": None, "ratelimit": None}
+    assert response.get_json() == {
+        "valid": False,
+        "code": "NOT_FOUND",
+        "key_id": None,
+        "external_client_id": None,
+        "scopes": [],
+        "remaining": None,
+        "ratelimit": None,
+    }
 
 
 # --- roles ---------------------------------------------------------------------------------------
+
 
 def test_put_list_and_delete_a_role(api: Api) -> None:
     admin = api.manager(*ADMIN)
@@ -656,7 +761,9 @@ def test_put_list_and_delete_a_role(api: Api) -> None:
     listed = api.call("GET", "/roles", admin)
     assert listed.status_code == 200
     assert [(item["name"], item["scopes"]) for item in listed.get_json()["items"]] == [
-        ("reader", ["reports:read"]), ("writer", ["reports:write"])]
+        ("reader", ["reports:read"]),
+        ("writer", ["reports:write"]),
+    ]
 
     response = api.call("DELETE", "/roles/reader", admin)
     assert response.status_code == 204 and response.get_data() == b""
@@ -702,8 +809,7 @@ def test_a_client_manager_cannot_grant_a_role_with_scopes_it_does_not_hold(api: 
     admin = api.manager(*ADMIN)
     api.call("PUT", "/roles/reader", admin, json={"scopes": ["reports:read"]})
     manager = api.manager(*READ_WRITE)
-    response = api.call("POST", "/keys", manager,
-                        json={"name": "n", "external_client_id": "acme", "roles": ["reader"]})
+    response = api.call("POST", "/keys", manager, json={"name": "n", "external_client_id": "acme", "roles": ["reader"]})
     assert_problem(response, 403, "FORBIDDEN")
 
 
@@ -711,8 +817,7 @@ def test_a_client_manager_cannot_grant_a_role_with_scopes_it_does_not_hold(api: 
 def test_an_unknown_role_is_invalid_input(api: Api, method: str) -> None:
     admin = api.manager(*ADMIN)
     if method == "POST":
-        response = api.call("POST", "/keys", admin,
-                            json={"name": "n", "external_client_id": "acme", "roles": ["nope"]})
+        response = api.call("POST", "/keys", admin, json={"name": "n", "external_client_id": "acme", "roles": ["nope"]})
     else:
         key_id = api.create(admin)["id"]
         response = api.call("PATCH", f"/keys/{key_id}", admin, json={"roles": ["nope"]})
@@ -802,8 +907,9 @@ def body_route(shared_api: Api) -> BodyRoute:
 
 
 @pytest.mark.parametrize("route, name, value", CASES)
-def test_invalid_input_is_a_422_naming_the_field(shared_api: Api, body_route: BodyRoute, route: str, name: str,
-                                                 value: Any) -> None:
+def test_invalid_input_is_a_422_naming_the_field(
+    shared_api: Api, body_route: BodyRoute, route: str, name: str, value: Any
+) -> None:
     method, path, body, admin = body_route(route)
     response = shared_api.call(method, path, admin, json=body | {name: value})
     assert_field_errors(response, "json", name)
@@ -825,8 +931,9 @@ def test_a_body_that_is_not_json_is_a_400(shared_api: Api, body_route: BodyRoute
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
 @pytest.mark.parametrize("route", BODY_ROUTES)
-def test_a_body_of_another_content_type_is_a_client_error(shared_api: Api, body_route: BodyRoute, route: str,
-                                                          content_type: str) -> None:
+def test_a_body_of_another_content_type_is_a_client_error(
+    shared_api: Api, body_route: BodyRoute, route: str, content_type: str
+) -> None:
     # curl -d sends form encoding: a JSON body sent that way must not be silently ignored.
     method, path, body, admin = body_route(route)
     response = shared_api.call(method, path, admin, data=json.dumps(body), content_type=content_type)

@@ -118,14 +118,19 @@ def test_listing_shows_only_the_principals_own_client(
 ) -> None:
     own_id, _ = issue_key(name="a's other key", external_client_id=CLIENT_A)
     assert sorted(listed_ids(client, key=manager_a.key)) == sorted([manager_a.id, own_id])
-    assert sorted(listed_ids(client, f"?external_client_id={CLIENT_A}", manager_a.key)) == sorted([manager_a.id, own_id])
+    assert sorted(listed_ids(client, f"?external_client_id={CLIENT_A}", manager_a.key)) == sorted(
+        [manager_a.id, own_id]
+    )
 
 
-@pytest.mark.parametrize("query", [
-    f"?external_client_id={CLIENT_B}",
-    f"?external_client_id={CLIENT_B}&include_revoked=true",
-    f"?external_client_id={CLIENT_B}&limit=1",
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"?external_client_id={CLIENT_B}",
+        f"?external_client_id={CLIENT_B}&include_revoked=true",
+        f"?external_client_id={CLIENT_B}&limit=1",
+    ],
+)
 def test_asking_to_list_another_client_gives_nothing(
     client: FlaskClient, manager_a: Issued, key_b: Issued, query: str
 ) -> None:
@@ -153,7 +158,10 @@ def assert_verified_as_unknown(client: FlaskClient, manager: Issued, key: str, s
     missing = call(client, manager, "POST", "/keys/verify", {"key": unknown_key(), "scopes": scopes})
     assert (theirs.status_code, theirs.get_json()["code"]) == (200, "NOT_FOUND")
     assert (theirs.status_code, theirs.headers.get("Content-Type"), theirs.get_data()) == (
-        missing.status_code, missing.headers.get("Content-Type"), missing.get_data())
+        missing.status_code,
+        missing.headers.get("Content-Type"),
+        missing.get_data(),
+    )
 
 
 @pytest.mark.parametrize("scopes", [[], ["reports:read"], ["billing:write"]])
@@ -172,15 +180,17 @@ def test_verifying_another_clients_revoked_key_answers_as_an_unknown_key(
     assert_verified_as_unknown(client, manager_a, key_b.key, [])
 
 
-def test_verifying_an_own_key_answers_its_outcome(
-    client: FlaskClient, manager_a: Issued, issue_key: IssueKey
-) -> None:
+def test_verifying_an_own_key_answers_its_outcome(client: FlaskClient, manager_a: Issued, issue_key: IssueKey) -> None:
     own_id, own = issue_key(external_client_id=CLIENT_A, scopes=("reports:read",))
     response = call(client, manager_a, "POST", "/keys/verify", {"key": own, "scopes": ["reports:read"]})
     assert response.status_code == 200
     body = response.get_json()
     assert (body["valid"], body["code"], body["key_id"], body["external_client_id"]) == (
-        True, "VALID", own_id, CLIENT_A)
+        True,
+        "VALID",
+        own_id,
+        CLIENT_A,
+    )
 
 
 def test_cannot_create_a_key_for_another_client(
@@ -192,8 +202,9 @@ def test_cannot_create_a_key_for_another_client(
 
 
 def test_creates_a_key_for_its_own_client_with_scopes_it_holds(client: FlaskClient, manager_a: Issued) -> None:
-    response = call(client, manager_a, "POST", "/keys",
-                    {"name": "reader", "external_client_id": CLIENT_A, "scopes": ["keys:read"]})
+    response = call(
+        client, manager_a, "POST", "/keys", {"name": "reader", "external_client_id": CLIENT_A, "scopes": ["keys:read"]}
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     created = response.get_json()
     assert created["created_by"] == f"key:{manager_a.id}"
@@ -201,8 +212,9 @@ def test_creates_a_key_for_its_own_client_with_scopes_it_holds(client: FlaskClie
     assert_works(client, created["key"], CLIENT_A)
 
 
-@pytest.mark.parametrize("scopes", [["billing:write"], ["keys:read", "billing:write"], ["keys:admin"],
-                                    ["keys:*"], ["*"]])
+@pytest.mark.parametrize(
+    "scopes", [["billing:write"], ["keys:read", "billing:write"], ["keys:admin"], ["keys:*"], ["*"]]
+)
 def test_cannot_grant_a_scope_it_does_not_hold_on_create(
     client: FlaskClient, manager_a: Issued, scopes: list[str]
 ) -> None:
@@ -232,8 +244,9 @@ def test_cannot_grant_a_scope_through_a_role(
 
 def test_can_grant_a_role_whose_scopes_it_holds(client: FlaskClient, manager_a: Issued, admin: Issued) -> None:
     create_role(client, admin, "auditor", ["keys:read"])
-    response = call(client, manager_a, "POST", "/keys", {"name": "n", "external_client_id": CLIENT_A,
-                                                         "roles": ["auditor"]})
+    response = call(
+        client, manager_a, "POST", "/keys", {"name": "n", "external_client_id": CLIENT_A, "roles": ["auditor"]}
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     assert response.get_json()["roles"] == ["auditor"]
 
@@ -283,21 +296,31 @@ def test_admin_manages_another_clients_key(client: FlaskClient, admin: Issued, k
 
 def test_admin_creates_keys_for_any_client_with_any_scope_or_role(client: FlaskClient, admin: Issued) -> None:
     create_role(client, admin, "billing", ["billing:write"])
-    response = call(client, admin, "POST", "/keys", {"name": "n", "external_client_id": CLIENT_B,
-                                                     "scopes": ["reports:read", "keys:admin"],
-                                                     "roles": ["billing"]})
+    response = call(
+        client,
+        admin,
+        "POST",
+        "/keys",
+        {"name": "n", "external_client_id": CLIENT_B, "scopes": ["reports:read", "keys:admin"], "roles": ["billing"]},
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     created = response.get_json()
     assert (created["external_client_id"], created["scopes"], created["roles"]) == (
-        CLIENT_B, ["reports:read", "keys:admin"], ["billing"])
+        CLIENT_B,
+        ["reports:read", "keys:admin"],
+        ["billing"],
+    )
     assert_works(client, created["key"])
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("GET", "/roles", None),
-    ("PUT", "/roles/reader", {"scopes": ["keys:read"]}),
-    ("DELETE", "/roles/billing", None),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/roles", None),
+        ("PUT", "/roles/reader", {"scopes": ["keys:read"]}),
+        ("DELETE", "/roles/billing", None),
+    ],
+)
 def test_roles_routes_need_keys_admin(
     client: FlaskClient, manager_a: Issued, admin: Issued, method: str, path: str, body: Any
 ) -> None:

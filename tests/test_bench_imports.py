@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = sorted(path.stem for path in (Path(__file__).parent.parent / "bench").glob("*.py")
-                    if path.stem != "__init__")
+BENCHMARKS = sorted(
+    path.stem for path in (Path(__file__).parent.parent / "bench").glob("*.py") if path.stem != "__init__"
+)
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

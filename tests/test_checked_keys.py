@@ -50,8 +50,12 @@ SECRET_KEY = "a-deployment-secret-of-at-least-32-characters"
 
 def bcrypt_checks(base: str) -> Counter[str]:
     """The service's ``keyservice_bcrypt_checks_total``, by result (accepted, refused)."""
-    return Counter({result: int(count) for result, count in
-                    labelled_metric(base, "keyservice_bcrypt_checks_total", "result").items()})
+    return Counter(
+        {
+            result: int(count)
+            for result, count in labelled_metric(base, "keyservice_bcrypt_checks_total", "result").items()
+        }
+    )
 
 
 def use(url: str, key: str, times: int) -> Counter[tuple[int, str | None]]:
@@ -68,9 +72,13 @@ def outcomes_by_worker(base: str, log: Path, key: str) -> dict[int, set[tuple[in
 
 @pytest.fixture
 def environ(database_url: str) -> dict[str, str]:
-    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_PROXIES="1",
-                                  KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="2/minute",
-                                  KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="10/minute")
+    environ = service_environment(
+        database_url,
+        KEYSERVICE_BCRYPT_ROUNDS="4",
+        KEYSERVICE_PROXIES="1",
+        KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="2/minute",
+        KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="10/minute",
+    )
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     return environ
@@ -78,7 +86,8 @@ def environ(database_url: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_key_costs_one_bcrypt_check_per_machine_even_after_a_worker_is_killed(
-        environ: dict[str, str], tmp_path: Path) -> None:
+    environ: dict[str, str], tmp_path: Path
+) -> None:
     cli = KeysCli(environ)
     keys = [cli.create_key()[1] for _ in range(5)]
     log = tmp_path / "gunicorn.log"
@@ -103,8 +112,9 @@ def test_a_key_costs_one_bcrypt_check_per_machine_even_after_a_worker_is_killed(
 
 @pytest.mark.slow
 def test_a_flood_of_wrong_secrets_from_many_addresses_costs_at_most_the_machines_budget(
-        environ: dict[str, str], tmp_path: Path) -> None:
-    key_id, key = KeysCli(environ).create_key()
+    environ: dict[str, str], tmp_path: Path
+) -> None:
+    _key_id, key = KeysCli(environ).create_key()
     log = tmp_path / "gunicorn.log"
     with gunicorn(environ, log, workers=3) as base:
         url = base + "/protected-with-key"
@@ -127,7 +137,8 @@ def test_a_flood_of_wrong_secrets_from_many_addresses_costs_at_most_the_machines
 
 @pytest.mark.slow
 def test_a_key_checked_on_one_instance_costs_no_bcrypt_on_the_other(
-        postgres: PostgresServer, redis_url: str, tmp_path: Path) -> None:
+    postgres: PostgresServer, redis_url: str, tmp_path: Path
+) -> None:
     with postgres_database(postgres) as database_url, ExitStack() as stack:
         fleet = start_fleet(stack, database_url, redis_url, tmp_path, instances=2, KEYSERVICE_SECRET_KEY=SECRET_KEY)
         _, key = fleet.create_key()
@@ -139,10 +150,14 @@ def test_a_key_checked_on_one_instance_costs_no_bcrypt_on_the_other(
 
 # --- What the shared stores hold --------------------------------------------------------------------
 
+
 def lmdb_bytes(database_url: str) -> bytes:
     """The bytes of the machine's LMDB files (checked keys, budgets, windows) and their lock files."""
-    return b"".join(path.read_bytes() for what in ("checked", "budgets", "ratelimit")
-                    for path in path_for(database_url, what).parent.glob(path_for(database_url, what).name + "*"))
+    return b"".join(
+        path.read_bytes()
+        for what in ("checked", "budgets", "ratelimit")
+        for path in path_for(database_url, what).parent.glob(path_for(database_url, what).name + "*")
+    )
 
 
 def redis_bytes(url: str) -> bytes:
@@ -162,17 +177,17 @@ def redis_bytes(url: str) -> bytes:
 
 @pytest.mark.parametrize("shared", ["lmdb", "redis"])
 def test_the_shared_stores_hold_no_key_no_secret_no_hash_and_a_rotated_key_expires_though_checked(
-        database_url: str, shared: str, request: pytest.FixtureRequest) -> None:
+    database_url: str, shared: str, request: pytest.FixtureRequest
+) -> None:
     storage = request.getfixturevalue("redis_url") if shared == "redis" else ""
     with migrated_app(database_url, KEYSERVICE_CACHE_TTL=0.5, KEYSERVICE_RATELIMIT_STORAGE_URL=storage) as app:
         keys = [issue(app, ratelimit={"limit": 100, "period": 60})[1] for _ in range(3)]
         _, admin = issue(app, "keys:admin")
         client = app.test_client()
-        for key in keys + [admin]:
+        for key in [*keys, admin]:
             assert client.post("/protected-with-key", headers=bearer(key)).status_code == 200
             assert client.post("/protected-with-key", headers=bearer(wrong_secret(key))).status_code == 401
-        rotated = client.post(f"/keys/{keys[0].split('_')[1]}/rotate", headers=bearer(admin),
-                              json={"grace_seconds": 1})
+        rotated = client.post(f"/keys/{keys[0].split('_')[1]}/rotate", headers=bearer(admin), json={"grace_seconds": 1})
         assert rotated.status_code == 201
         keys.append(rotated.get_json()["key"])
         assert client.post("/protected-with-key", headers=bearer(keys[-1])).status_code == 200
@@ -182,8 +197,11 @@ def test_the_shared_stores_hold_no_key_no_secret_no_hash_and_a_rotated_key_expir
 
         # The old key, checked and in this worker's memory, is refused once its grace has passed.
         assert client.post("/protected-with-key", headers=bearer(keys[0])).status_code == 200
-        wait_until(lambda: client.post("/protected-with-key", headers=bearer(keys[0])).get_json().get("code")
-                   == "EXPIRED", 5, "the old key refused (a grace of 1 s, a cache TTL of 0.5 s)")
+        wait_until(
+            lambda: client.post("/protected-with-key", headers=bearer(keys[0])).get_json().get("code") == "EXPIRED",
+            5,
+            "the old key refused (a grace of 1 s, a cache TTL of 0.5 s)",
+        )
 
         stored = redis_bytes(storage) if shared == "redis" else lmdb_bytes(database_url)
         secret = path_for(database_url, "secret")
@@ -191,13 +209,14 @@ def test_the_shared_stores_hold_no_key_no_secret_no_hash_and_a_rotated_key_expir
         for held in (stored, raw_database(database_url, request)):
             assert secret.read_bytes() not in held
         assert keys[0].split("_")[1].encode() in stored  # a key id: the entries were read
-        for key in keys + [admin]:
+        for key in [*keys, admin]:
             assert key.encode() not in stored and key.split("_")[2][:32].encode() not in stored
         for secret_hash in hashes:
             assert secret_hash.encode() not in stored and secret_hash[7:].encode() not in stored
 
 
 # --- The change feed and the deployment secret, in one process ----------------------------------------
+
 
 @pytest.fixture
 def cached_app(database_url: str) -> Iterator[Flask]:

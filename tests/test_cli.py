@@ -32,9 +32,25 @@ def test_create_prints_the_key_once_and_nothing_else(runner: FlaskCliRunner) -> 
 
 
 def test_create_json_gives_the_whole_object_and_the_key(runner: FlaskCliRunner) -> None:
-    result = runner.invoke(args=[
-        "keys", "create", "--name", "reports", "--client-id", "acme", "--scope", "reports:read",
-        "--scope", "reports:write", "--expires-in", "30d", "--meta", '{"plan": "pro"}', "--json"])
+    result = runner.invoke(
+        args=[
+            "keys",
+            "create",
+            "--name",
+            "reports",
+            "--client-id",
+            "acme",
+            "--scope",
+            "reports:read",
+            "--scope",
+            "reports:write",
+            "--expires-in",
+            "30d",
+            "--meta",
+            '{"plan": "pro"}',
+            "--json",
+        ]
+    )
     assert result.exit_code == 0, result.stderr
     created = json.loads(result.stdout)
     assert KEY_FORMAT.fullmatch(created["key"])
@@ -49,8 +65,15 @@ def test_create_json_gives_the_whole_object_and_the_key(runner: FlaskCliRunner) 
 def test_list_and_show_never_give_the_key_or_its_hash(runner: FlaskCliRunner) -> None:
     key = create(runner)
     key_id = key.split("_")[1]
-    outputs = [runner.invoke(args=args).stdout for args in (
-        ["keys", "list"], ["keys", "list", "--json"], ["keys", "show", key_id], ["keys", "show", key_id, "--json"])]
+    outputs = [
+        runner.invoke(args=args).stdout
+        for args in (
+            ["keys", "list"],
+            ["keys", "list", "--json"],
+            ["keys", "show", key_id],
+            ["keys", "show", key_id, "--json"],
+        )
+    ]
     assert all(key_id in output for output in outputs)
     for output in outputs:
         assert key not in output and key.split("_")[2] not in output and "$2b$" not in output
@@ -61,15 +84,27 @@ def test_list_and_show_never_give_the_key_or_its_hash(runner: FlaskCliRunner) ->
 
 def test_list_prints_a_header_and_aligned_columns(runner: FlaskCliRunner) -> None:
     first = create(runner, "--scope", "c:read").split("_")[1]
-    runner.invoke(args=["keys", "create", "--name", "a much longer name", "--client-id", "globex-industries",
-                        "--scope", "a:read", "--scope", "b:write"])
+    runner.invoke(
+        args=[
+            "keys",
+            "create",
+            "--name",
+            "a much longer name",
+            "--client-id",
+            "globex-industries",
+            "--scope",
+            "a:read",
+            "--scope",
+            "b:write",
+        ]
+    )
     runner.invoke(args=["keys", "disable", first])
     header, *rows = runner.invoke(args=["keys", "list"]).stdout.splitlines()
     assert header.split() == ["ID", "STATUS", "CLIENT", "NAME", "SCOPES"]
     assert len(rows) == 2 and rows[1].split()[:3] == [first, "disabled", "acme"]
     for column in ("STATUS", "CLIENT", "NAME", "SCOPES"):  # each column starts where its heading does
         start = header.index(column)
-        assert all(row[start - 2:start] == "  " and row[start] != " " for row in rows), (column, rows)
+        assert all(row[start - 2 : start] == "  " and row[start] != " " for row in rows), (column, rows)
     assert rows[0].endswith("a:read b:write")
 
 
@@ -117,25 +152,27 @@ def test_revoke_disable_and_enable_change_what_verify_says(runner: FlaskCliRunne
     assert shown["revocation_reason"] == "laptop stolen" and shown["revoked_at"].endswith("Z")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["keys", "create", "--client-id", "acme"], "Missing option '--name'"),
-    (["keys", "create", "--name", "n"], "Missing option '--client-id'"),
-    (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "tomorrow"], "--expires-in"),
-    (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "-5d"], "--expires-in"),
-    (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "0s"], "--expires-in"),
-    (["keys", "create", "--name", "n", "--client-id", "c", "--meta", "{oops"], "--meta"),
-    (["keys", "create", "--name", "n", "--client-id", "c", "--meta", "[1]"], "--meta"),
-    (["keys", "create", "--name", "n", "--client-id", "c", "--scope", "Not A Scope"], "scope"),
-    (["keys", "create", "--name", "x" * 201, "--client-id", "c"], "name"),
-    (["keys", "create", "--name", "n", "--client-id", "c", "--meta", json.dumps({"x": "y" * 5000})], "meta"),
-    (["keys", "show", "nosuchkey"], "not a key id (16 letters and digits) or a whole key"),
-    (["keys", "revoke", "AAAAAAAAAAAAAAAA"], "No key has this id"),
-    (["keys", "disable", "nosuchkey"], "not a key id"),
-    (["keys", "verify"], "Missing argument 'KEY'"),
-    (["keys", "launch"], "No such command"),
-])
-def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner, args: list[str],
-                                                           message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["keys", "create", "--client-id", "acme"], "Missing option '--name'"),
+        (["keys", "create", "--name", "n"], "Missing option '--client-id'"),
+        (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "tomorrow"], "--expires-in"),
+        (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "-5d"], "--expires-in"),
+        (["keys", "create", "--name", "n", "--client-id", "c", "--expires-in", "0s"], "--expires-in"),
+        (["keys", "create", "--name", "n", "--client-id", "c", "--meta", "{oops"], "--meta"),
+        (["keys", "create", "--name", "n", "--client-id", "c", "--meta", "[1]"], "--meta"),
+        (["keys", "create", "--name", "n", "--client-id", "c", "--scope", "Not A Scope"], "scope"),
+        (["keys", "create", "--name", "x" * 201, "--client-id", "c"], "name"),
+        (["keys", "create", "--name", "n", "--client-id", "c", "--meta", json.dumps({"x": "y" * 5000})], "meta"),
+        (["keys", "show", "nosuchkey"], "not a key id (16 letters and digits) or a whole key"),
+        (["keys", "revoke", "AAAAAAAAAAAAAAAA"], "No key has this id"),
+        (["keys", "disable", "nosuchkey"], "not a key id"),
+        (["keys", "verify"], "Missing argument 'KEY'"),
+        (["keys", "launch"], "No such command"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner, args: list[str], message: str) -> None:
     result = runner.invoke(args=args)
     assert result.exit_code == 2
     assert result.stdout == ""
@@ -180,17 +217,20 @@ def test_the_real_command_line(database_url: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, value", [
-    ("KEYSERVICE_BCRYPT_ROUNDS", "3"),
-    ("KEYSERVICE_BCRYPT_ROUNDS", "twelve"),
-    ("KEYSERVICE_KEY_PREFIX", "Live_"),
-    ("KEYSERVICE_CACHE_TTL", "nan"),
-    ("KEYSERVICE_HEADER", "X API Key"),
-    ("KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY", "lots"),
-    ("KEYSERVICE_BCRYPT_ROUND", "12"),
-    ("DATABASE_URL", "not a url"),
-    ("DATABASE_URL", "mysql://db.example/keys"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("KEYSERVICE_BCRYPT_ROUNDS", "3"),
+        ("KEYSERVICE_BCRYPT_ROUNDS", "twelve"),
+        ("KEYSERVICE_KEY_PREFIX", "Live_"),
+        ("KEYSERVICE_CACHE_TTL", "nan"),
+        ("KEYSERVICE_HEADER", "X API Key"),
+        ("KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY", "lots"),
+        ("KEYSERVICE_BCRYPT_ROUND", "12"),
+        ("DATABASE_URL", "not a url"),
+        ("DATABASE_URL", "mysql://db.example/keys"),
+    ],
+)
 def test_a_wrong_setting_stops_start_up_with_one_line_naming_it(tmp_path: Path, name: str, value: str) -> None:
     result = run_cli(f"sqlite:///{tmp_path / 'cli.db'}", "keys", "list", **{name: value})
     assert result.returncode == 1
@@ -210,8 +250,10 @@ def test_list_show_and_the_api_give_each_key_the_same_status(app: Flask, runner:
     admin = create(runner, "--scope", "keys:admin")
     listed = runner.invoke(args=["keys", "list", "--include-revoked"]).stdout.splitlines()[1:]
     in_list = {row.split()[0]: row.split()[1] for row in listed}
-    in_api = {item["id"]: item["status"] for item in app.test_client().get(
-        "/keys?include_revoked=true", headers=bearer(admin)).get_json()["items"]}
+    in_api = {
+        item["id"]: item["status"]
+        for item in app.test_client().get("/keys?include_revoked=true", headers=bearer(admin)).get_json()["items"]
+    }
     for status, key_id in ids.items():
         shown = runner.invoke(args=["keys", "show", key_id]).stdout
         assert f"status             {status}\n" in shown

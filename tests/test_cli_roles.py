@@ -30,7 +30,9 @@ def key_with_roles(runner: FlaskCliRunner, *roles: str) -> str:
 
 
 def verify(runner: FlaskCliRunner, key: str, *scopes: str) -> str:
-    return invoke(runner, "keys", "verify", key, *[arg for scope in scopes for arg in ("--scope", scope)]).stdout.strip()
+    return invoke(
+        runner, "keys", "verify", key, *[arg for scope in scopes for arg in ("--scope", scope)]
+    ).stdout.strip()
 
 
 def test_set_list_and_delete_a_role(runner: FlaskCliRunner) -> None:
@@ -46,7 +48,9 @@ def test_list_json_gives_each_role_with_its_scopes(runner: FlaskCliRunner) -> No
     ok(runner, "roles", "set", "billing", "--scope", "billing:*")
     listed = roles_json(runner)
     assert [(role["name"], role["scopes"]) for role in listed] == [
-        ("billing", ["billing:*"]), ("writer", ["reports:read", "reports:write"])]
+        ("billing", ["billing:*"]),
+        ("writer", ["reports:read", "reports:write"]),
+    ]
     assert all(role["created_at"].endswith("Z") and role["updated_at"].endswith("Z") for role in listed)
 
 
@@ -83,18 +87,20 @@ def test_a_key_holds_the_scopes_of_all_its_roles_and_shows_them(runner: FlaskCli
     assert shown["roles"] == ["reader", "biller"] and shown["scopes"] == []
 
 
-@pytest.mark.parametrize("args, message", [
-    (["keys", "create", "--name", "n", "--client-id", "acme", "--role", "nosuch"], "nosuch"),
-    (["roles", "set", "Bad Name", "--scope", "a"], "role name"),
-    (["roles", "set", "x" * 101, "--scope", "a"], "role name"),
-    (["roles", "set", "x"], "Missing option '--scope'"),
-    (["roles", "set", "x", "--scope", "Not A Scope"], "scopes"),
-    (["roles", "set", "--scope", "a"], "Missing argument"),
-    (["roles", "delete", "nosuch"], "nosuch"),
-    (["roles", "launch"], "No such command"),
-])
-def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner, args: list[str],
-                                                           message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["keys", "create", "--name", "n", "--client-id", "acme", "--role", "nosuch"], "nosuch"),
+        (["roles", "set", "Bad Name", "--scope", "a"], "role name"),
+        (["roles", "set", "x" * 101, "--scope", "a"], "role name"),
+        (["roles", "set", "x"], "Missing option '--scope'"),
+        (["roles", "set", "x", "--scope", "Not A Scope"], "scopes"),
+        (["roles", "set", "--scope", "a"], "Missing argument"),
+        (["roles", "delete", "nosuch"], "nosuch"),
+        (["roles", "launch"], "No such command"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_code_2(runner: FlaskCliRunner, args: list[str], message: str) -> None:
     result = invoke(runner, *args)
     assert result.exit_code == 2
     assert result.stdout == ""

@@ -43,9 +43,17 @@ def browser() -> Iterator[Browser]:
     if chromium is None:
         missing("chromium")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -100,7 +108,8 @@ def once_refused(base: str, key: str, within: float = 2) -> tuple[int, str | Non
 
 
 def test_sign_in_create_use_and_revoke_a_key_from_the_page(
-        browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str) -> None:
+    browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str
+) -> None:
     base, cli = service
     _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
     page = page_at(browser, base)
@@ -124,8 +133,11 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(
     assert "active" in (row.text_content() or "")
     if database_url.startswith("sqlite"):
         usage = base + f"/keys/{key.split('_')[1]}/usage"
-        wait_until(lambda: json.loads(request(usage, "GET", bearer(admin)).body)["items"], 10,
-                   "the use reaching the usage table (at the workers' next flush, 0.5 s)")
+        wait_until(
+            lambda: json.loads(request(usage, "GET", bearer(admin)).body)["items"],
+            10,
+            "the use reaching the usage table (at the workers' next flush, 0.5 s)",
+        )
         row.get_by_role("button", name="Usage").click()
         page.locator("#usage-chart svg").wait_for()
         # No key goes into the repository, not even a test's: the page's copy is replaced first
@@ -140,7 +152,8 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(
 
 
 def test_rotate_asks_first_then_shows_the_new_key_once_and_the_old_one_stops(
-        browser: Browser, service: tuple[str, KeysCli]) -> None:
+    browser: Browser, service: tuple[str, KeysCli]
+) -> None:
     base, cli = service
     _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
     created = flask_cli(cli.environ, "keys", "create", "--name", "nightly job", "--client-id", "acme")
@@ -180,7 +193,9 @@ def test_dismissing_the_confirmation_leaves_the_key_alone(browser: Browser, serv
         row.get_by_role("button", name=action).click()
     page.wait_for_load_state("networkidle")  # any request the page would send has been sent
     assert [(kind, message.split(" ", 1)[0]) for kind, message in dialogs.opened] == [
-        ("confirm", "Rotate"), ("confirm", "Revoke")]
+        ("confirm", "Rotate"),
+        ("confirm", "Revoke"),
+    ]
     shown = cli.show(key_id)
     assert (shown["revoked_at"], shown["expires_at"]) == (None, None)
     assert page.locator("#new-key").is_hidden() and row.is_visible()
@@ -188,7 +203,8 @@ def test_dismissing_the_confirmation_leaves_the_key_alone(browser: Browser, serv
 
 
 def test_the_management_key_stays_in_the_tabs_session_storage_until_sign_out(
-        browser: Browser, service: tuple[str, KeysCli]) -> None:
+    browser: Browser, service: tuple[str, KeysCli]
+) -> None:
     base, cli = service
     _, reader = cli.create_key("--scope", "keys:read")
     page = page_at(browser, base)
@@ -197,7 +213,8 @@ def test_the_management_key_stays_in_the_tabs_session_storage_until_sign_out(
 
     def stored() -> dict[str, object]:
         held: dict[str, object] = page.evaluate(
-            "() => ({session: {...sessionStorage}, local: {...localStorage}, cookie: document.cookie})")
+            "() => ({session: {...sessionStorage}, local: {...localStorage}, cookie: document.cookie})"
+        )
         return held
 
     assert stored() == {"session": {"keyservice.managementKey": reader}, "local": {}, "cookie": ""}
@@ -215,7 +232,8 @@ def test_the_management_key_stays_in_the_tabs_session_storage_until_sign_out(
 
 
 def test_without_signing_in_the_page_shows_no_key_data(
-        browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str) -> None:
+    browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str
+) -> None:
     base, cli = service
     cli.create_key()
     page = page_at(browser, base)
@@ -227,13 +245,15 @@ def test_without_signing_in_the_page_shows_no_key_data(
 
 
 def test_a_clients_management_key_sees_only_that_clients_keys(
-        browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str) -> None:
+    browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str
+) -> None:
     base, cli = service
     environ = cli.environ
     for client, name in (("client-a", "a-one"), ("client-a", "a-two"), ("client-b", "b-one")):
         assert flask_cli(environ, "keys", "create", "--name", name, "--client-id", client).returncode == 0
-    a_manager = flask_cli(environ, "keys", "create", "--name", "a-manager", "--client-id", "client-a",
-                          "--scope", "keys:read").stdout.strip()
+    a_manager = flask_cli(
+        environ, "keys", "create", "--name", "a-manager", "--client-id", "client-a", "--scope", "keys:read"
+    ).stdout.strip()
     page = page_at(browser, base, PHONE)
     sign_in(page, a_manager)
     page.locator("#keys tbody tr").first.wait_for()
@@ -276,7 +296,8 @@ def test_api_errors_are_shown_in_words(browser: Browser, service: tuple[str, Key
 
 
 def test_an_operator_sees_a_leaked_key_and_the_webhook_endpoints_deliveries(
-        browser: Browser, database_url: str, tmp_path: Path) -> None:
+    browser: Browser, database_url: str, tmp_path: Path
+) -> None:
     receiver = Receiver()
     with serving(receiver):
         environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", **webhook_settings())

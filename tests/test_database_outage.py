@@ -60,11 +60,14 @@ def test_protected_routes_answer_503_while_the_database_is_gone_then_recover(
 
     volume.with_name("unmounted").rename(volume)
     assert client.post("/protected-with-key", headers=headers).get_json() == {
-        "protected": True, "external_client_id": "acme"}
+        "protected": True,
+        "external_client_id": "acme",
+    }
     assert client.get("/healthz").status_code == 200
 
 
 # --- every route, both databases, the default cache TTL ----------------------------------------------
+
 
 @dataclass(frozen=True)
 class Outage:
@@ -81,8 +84,9 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
     if request.param == "sqlite":
         volume, unmounted = tmp_path / "volume", tmp_path / "unmounted"
         volume.mkdir()
-        yield Outage(f"sqlite:///{volume / 'keys.db'}", lambda: volume.rename(unmounted),
-                     lambda: unmounted.rename(volume))
+        yield Outage(
+            f"sqlite:///{volume / 'keys.db'}", lambda: volume.rename(unmounted), lambda: unmounted.rename(volume)
+        )
     else:
         server: PostgresServer = request.getfixturevalue("own_postgres")
         server.administer('CREATE DATABASE "outage"')
@@ -90,8 +94,7 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
 
 
 # Besides the management API: the example protected view and the probes.
-SERVICE_ROUTES = [Route("POST", "/protected-with-key", ""), Route("GET", "/healthz", ""),
-                  Route("GET", "/readyz", "")]
+SERVICE_ROUTES = [Route("POST", "/protected-with-key", ""), Route("GET", "/healthz", ""), Route("GET", "/readyz", "")]
 EVERY_ROUTE = [*ROUTES, *SERVICE_ROUTES]
 CACHE_TTL = DEFAULTS["KEYSERVICE_CACHE_TTL"]
 
@@ -99,8 +102,8 @@ CACHE_TTL = DEFAULTS["KEYSERVICE_CACHE_TTL"]
 def assert_no_error_text(line: str, *keys: str) -> None:
     """A log line holds no traceback, no statement or parameter of a database error, no hash
     and none of ``keys``."""
-    for text in ("Traceback", "[SQL", "parameters", "$2b$", *keys):
-        assert text not in line, line
+    for fragment in ("Traceback", "[SQL", "parameters", "$2b$", *keys):
+        assert fragment not in line, line
 
 
 def assert_nothing_of_the_errors_logged(records: list[logging.LogRecord], *keys: str) -> None:
@@ -111,14 +114,14 @@ def assert_nothing_of_the_errors_logged(records: list[logging.LogRecord], *keys:
 
 
 def test_every_route_answers_503_once_the_cache_ttl_has_passed_and_recovers(
-        outage: Outage, caplog: pytest.LogCaptureFixture) -> None:
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
     with migrated_app(outage.url, KEYSERVICE_CACHE_TTL=CACHE_TTL) as app:
         api = Api(app, app.test_client())
         key_id, key = api.issue()
         admin = api.manager(*ADMIN, client_id="ops")
         # A key that exists: a malformed one is refused without the database, outage or not.
-        routes = [replace(route, body={"key": key}) if route.path == "/keys/verify" else route
-                  for route in EVERY_ROUTE]
+        routes = [replace(route, body={"key": key}) if route.path == "/keys/verify" else route for route in EVERY_ROUTE]
         for route in routes:  # each worked a moment ago: the admin key is in the cache
             assert call_route(api, route, admin, key_id).status_code < 500, route
 
@@ -144,20 +147,23 @@ def test_every_route_answers_503_once_the_cache_ttl_has_passed_and_recovers(
 
 @pytest.mark.slow
 def test_postgresql_stopped_under_gunicorn_every_route_answers_503_never_500_then_recovers(
-        own_postgres: PostgresServer, tmp_path: Path) -> None:
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
     own_postgres.administer('CREATE DATABASE "outage"')
     environ = service_environment(own_postgres.url("outage"), KEYSERVICE_BCRYPT_ROUNDS="4")
     assert flask_cli(environ, "db", "upgrade").returncode == 0
     cli = KeysCli(environ)
     _, admin = cli.create_key("--scope", "keys:admin")
     key_id, key = cli.create_key()
-    routes = [replace(route, body={"key": key}) if route.path == "/keys/verify" else route
-              for route in EVERY_ROUTE]
+    routes = [replace(route, body={"key": key}) if route.path == "/keys/verify" else route for route in EVERY_ROUTE]
     log = tmp_path / "gunicorn.log"
     with gunicorn(environ, log, workers=2) as base:
+
         def sweep() -> list[tuple[Route, Response]]:
-            return [(route, request(base + route.path.format(id=key_id), route.method, bearer(admin), route.body))
-                    for route in routes]
+            return [
+                (route, request(base + route.path.format(id=key_id), route.method, bearer(admin), route.body))
+                for route in routes
+            ]
 
         assert all(response.status < 500 for _, response in sweep() + sweep())
         own_postgres.stop()
@@ -183,7 +189,8 @@ def test_postgresql_stopped_under_gunicorn_every_route_answers_503_never_500_the
 
 
 def test_a_database_error_that_is_no_outage_stays_a_500_logged_without_its_text(
-        app: Flask, client: FlaskClient, issue_key: IssueKey, caplog: pytest.LogCaptureFixture) -> None:
+    app: Flask, client: FlaskClient, issue_key: IssueKey, caplog: pytest.LogCaptureFixture
+) -> None:
     key_id, key = issue_key(scopes=("keys:admin",))
     with app.app_context():
         db.session.execute(text("DROP TABLE keyservice_key_events"))  # a migration gone wrong: a bug
@@ -191,6 +198,8 @@ def test_a_database_error_that_is_no_outage_stays_a_500_logged_without_its_text(
     response = client.patch(f"/keys/{key_id}", headers=bearer(key), json={"name": "m"})
     assert_problem(response, 500, "INTERNAL")
     assert "Retry-After" not in response.headers
-    assert any(re.fullmatch(r"unhandled database error \(\w+( \w+)?\) at [\w/]+\.py:\d+", record.getMessage())
-               for record in caplog.records), [record.getMessage() for record in caplog.records]
+    assert any(
+        re.fullmatch(r"unhandled database error \(\w+( \w+)?\) at [\w/]+\.py:\d+", record.getMessage())
+        for record in caplog.records
+    ), [record.getMessage() for record in caplog.records]
     assert_nothing_of_the_errors_logged(caplog.records, key)

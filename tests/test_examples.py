@@ -22,8 +22,14 @@ BOB = ("bob@b.example", "team-b", "bob's password")
 @pytest.fixture
 def saas(empty_database_url: str) -> Iterator[Flask]:
     """The example with two users, added with its own command."""
-    app = saas_app.create_app({"TESTING": True, "SECRET_KEY": "test session secret", "KEYSERVICE_BCRYPT_ROUNDS": 4,
-                               "SQLALCHEMY_DATABASE_URI": empty_database_url})
+    app = saas_app.create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test session secret",
+            "KEYSERVICE_BCRYPT_ROUNDS": 4,
+            "SQLALCHEMY_DATABASE_URI": empty_database_url,
+        }
+    )
     for email, team, password in (ALICE, BOB):
         added = app.test_cli_runner().invoke(args=["add-user", email, team], input=f"{password}\n{password}\n")
         assert added.exit_code == 0, added.output
@@ -49,7 +55,8 @@ def test_a_signed_in_user_creates_a_key_that_calls_as_their_team(saas: Flask) ->
     assert (answered.status_code, answered.get_json()) == (200, {"protected": True, "external_client_id": "team-a"})
     bobs_key = signed_in(saas, BOB).post("/create-key", json={"name": "ci"}).get_json()["key"]
     assert machine.post("/protected-with-key", headers={"X-API-Key": bobs_key}).get_json()["external_client_id"] == (
-        "team-b")
+        "team-b"
+    )
 
 
 def test_a_user_creates_keys_for_their_own_team_only(saas: Flask) -> None:

@@ -117,8 +117,9 @@ def test_an_app_without_flask_sqlalchemy_is_refused() -> None:
         KeyService(app, db=SQLAlchemy())
 
 
-@pytest.mark.parametrize("uri, dialect", [("mysql+pymysql://u@localhost/db", "mysql"),
-                                          ("mssql+pymssql://u@localhost/db", "mssql")])
+@pytest.mark.parametrize(
+    "uri, dialect", [("mysql+pymysql://u@localhost/db", "mysql"), ("mssql+pymssql://u@localhost/db", "mssql")]
+)
 def test_an_app_on_another_database_is_refused_at_init_app_naming_it(uri: str, dialect: str) -> None:
     app = Flask(__name__)
     # Its driver is not installed: the engine gets the sqlite3 module as its DBAPI, and never connects.
@@ -126,8 +127,10 @@ def test_an_app_on_another_database_is_refused_at_init_app_naming_it(uri: str, d
     SQLAlchemy(app)
     with pytest.raises(ConfigError) as refused:
         KeyService(app)
-    assert str(refused.value) == ("SQLALCHEMY_DATABASE_URI must be a SQLite or PostgreSQL database"
-                                  f" (keyservice's SQL is written for those), not {dialect}")
+    assert str(refused.value) == (
+        "SQLALCHEMY_DATABASE_URI must be a SQLite or PostgreSQL database"
+        f" (keyservice's SQL is written for those), not {dialect}"
+    )
     assert "keyservice" not in app.extensions and not app.blueprints
 
 
@@ -149,7 +152,10 @@ def test_an_outage_answers_503_on_keyservices_routes_and_leaves_the_hosts_views_
         # The key is still in the worker's memory (KEYSERVICE_CACHE_TTL): both views get past it.
         listed = client.get("/keys", headers=headers)
         assert (listed.status_code, listed.get_json()["code"], listed.headers["Retry-After"]) == (
-            503, "UNAVAILABLE", "1")
+            503,
+            "UNAVAILABLE",
+            "1",
+        )
         hosts_own = client.get("/teams/report", headers=headers)
         assert (hosts_own.status_code, hosts_own.mimetype) == (500, "text/html")
         (tmp_path / "unmounted").rename(volume)

@@ -45,13 +45,22 @@ def test_url_prefix_moves_every_route_keyservice_adds(host: Flask) -> None:
     assert client.get("/auth/.well-known/oauth-authorization-server").status_code == 200
     assert client.post("/auth/oauth/token", data={"grant_type": "client_credentials"}).status_code in (400, 401)
     assert client.post("/auth/secret-scanning/github", data=b"[]").status_code in (400, 401, 422)
-    for path in ("/keys", "/roles", "/openapi.json", "/dashboard", "/webhooks", "/.well-known/jwks.json",
-                 "/oauth/token", "/secret-scanning/github"):
+    for path in (
+        "/keys",
+        "/roles",
+        "/openapi.json",
+        "/dashboard",
+        "/webhooks",
+        "/.well-known/jwks.json",
+        "/oauth/token",
+        "/secret-scanning/github",
+    ):
         assert client.get(path, headers=admin).status_code == 404, path
 
 
-@pytest.mark.parametrize("path, scope", [("/whoami", None), ("/invoices", "billing:read"),
-                                         ("/reports/daily", "reports:read")])
+@pytest.mark.parametrize(
+    "path, scope", [("/whoami", None), ("/invoices", "billing:read"), ("/reports/daily", "reports:read")]
+)
 def test_async_views_a_method_view_and_a_blueprint_take_a_key(host: Flask, path: str, scope: str | None) -> None:
     client = host.test_client()
     answered = client.get(path, headers=bearer(issue(host, *filter(None, [scope]))[1]))
@@ -72,8 +81,12 @@ def test_g_auth_is_read_only_all_the_way_down(host: Flask) -> None:
     @host.get("/tamper")
     @require_key()
     def tamper() -> dict[str, Any]:
-        for attempt in (lambda: g.auth.meta.__setitem__("x", 1), lambda: g.auth.meta["plan"].update(seats=1),
-                        lambda: g.auth.meta.pop("plan"), lambda: setattr(g.auth, "external_client_id", "evil")):
+        for attempt in (
+            lambda: g.auth.meta.__setitem__("x", 1),
+            lambda: g.auth.meta["plan"].update(seats=1),
+            lambda: g.auth.meta.pop("plan"),
+            lambda: setattr(g.auth, "external_client_id", "evil"),
+        ):
             try:
                 attempt()
             except (TypeError, dataclasses.FrozenInstanceError) as error:
@@ -100,8 +113,9 @@ def test_without_the_management_api_only_the_decorator_and_the_cli_are_added(tmp
     for path in ("/keys", "/roles", "/openapi.json", "/dashboard"):
         assert client.get(path).status_code == 404, path
 
-    created = app.test_cli_runner().invoke(args=["keys", "create", "--name", "ci", "--client-id", "acme",
-                                                 "--scope", "reports:read"])
+    created = app.test_cli_runner().invoke(
+        args=["keys", "create", "--name", "ci", "--client-id", "acme", "--scope", "reports:read"]
+    )
     assert created.exit_code == 0, created.output
     key = created.stdout.strip()
     answered = client.get("/reports/daily", headers={"X-API-Key": key})
@@ -110,8 +124,13 @@ def test_without_the_management_api_only_the_decorator_and_the_cli_are_added(tmp
     # Beside the host's database, only what verification shares between the host's workers:
     # the deployment secret, the checked keys and the failed-check budgets (no writers' lock file).
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "host.db", "host.db.budgets", "host.db.budgets-lock", "host.db.checked", "host.db.checked-lock",
-        "host.db.secret"]
+        "host.db",
+        "host.db.budgets",
+        "host.db.budgets-lock",
+        "host.db.checked",
+        "host.db.checked-lock",
+        "host.db.secret",
+    ]
     with app.app_context():
         db.engine.dispose()
 

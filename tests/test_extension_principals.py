@@ -91,9 +91,13 @@ def test_signed_in_user_lists_only_their_teams_keys(host: Flask) -> None:
 def test_another_teams_key_answers_404(host: Flask) -> None:
     theirs, key = key_made_in_code(host, "team-b")
     alice = signed_in(host, ALICE)
-    for response in (alice.get(f"/keys/{theirs}"), alice.patch(f"/keys/{theirs}", json={"name": "mine"}),
-                     alice.delete(f"/keys/{theirs}"), alice.post(f"/keys/{theirs}/rotate"),
-                     alice.get(f"/keys/{theirs}/events")):
+    for response in (
+        alice.get(f"/keys/{theirs}"),
+        alice.patch(f"/keys/{theirs}", json={"name": "mine"}),
+        alice.delete(f"/keys/{theirs}"),
+        alice.post(f"/keys/{theirs}/rotate"),
+        alice.get(f"/keys/{theirs}/events"),
+    ):
         assert_problem(response, 404, "RESOURCE_NOT_FOUND")
     assert signed_in(host, BOB).get(f"/keys/{theirs}").get_json()["name"] == "made in code"
     assert host.test_client().get("/team/whoami", headers={"X-API-Key": key}).get_json() == {"team": "team-b"}

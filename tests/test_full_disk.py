@@ -62,8 +62,9 @@ def fill(path: Path) -> None:
 
 def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_freed(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "volume", "16m") as volume:
-        environ = service_environment(f"sqlite:///{volume / 'keys.db'}", KEYSERVICE_BCRYPT_ROUNDS="4",
-                                      KEYSERVICE_USAGE_FLUSH_INTERVAL="1")
+        environ = service_environment(
+            f"sqlite:///{volume / 'keys.db'}", KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="1"
+        )
         migrated = flask_cli(environ, "db", "upgrade")
         assert migrated.returncode == 0, migrated.stderr
         cli = KeysCli(environ)
@@ -73,7 +74,10 @@ def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_f
         target_id, _ = cli.create_key()
         log = tmp_path / "gunicorn.log"
         with gunicorn(environ, log, workers=2) as base:
-            def call(method: str, path: str, key: str | None = admin, body: dict[str, object] | None = None) -> Response:
+
+            def call(
+                method: str, path: str, key: str | None = admin, body: dict[str, object] | None = None
+            ) -> Response:
                 return request(base + path, method, bearer(key) if key else {}, body)
 
             assert call("POST", "/keys", body=NEW_KEY).status == 201
@@ -88,9 +92,13 @@ def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_f
                 if created.status != 201:
                     break
             assert_unavailable(created)
-            for method, path, body in (("POST", "/keys", NEW_KEY), ("PATCH", f"/keys/{target_id}", {"name": "m"}),
-                                       ("POST", f"/keys/{target_id}/rotate", {}), ("DELETE", f"/keys/{target_id}", None),
-                                       ("PUT", "/roles/reader", {"scopes": ["reports:read"]})):
+            for method, path, body in (
+                ("POST", "/keys", NEW_KEY),
+                ("PATCH", f"/keys/{target_id}", {"name": "m"}),
+                ("POST", f"/keys/{target_id}/rotate", {}),
+                ("DELETE", f"/keys/{target_id}", None),
+                ("PUT", "/roles/reader", {"scopes": ["reports:read"]}),
+            ):
                 assert_unavailable(call(method, path, body=body))
             assert_unavailable(call("POST", "/protected-with-key", counted))  # a use is a write
             assert_unavailable(call("GET", "/readyz"))
@@ -102,8 +110,9 @@ def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_f
                 assert call("POST", "/protected-with-key", plain).status == 200
                 verified += 1
             # Flushes after those uses fail (every second per worker with counts) and keep their counts.
-            wait_until(lambda: log.read_text().count(USAGE_NOT_SAVED) >= failed_flushes + 2, 10,
-                       "two failed usage flushes")
+            wait_until(
+                lambda: log.read_text().count(USAGE_NOT_SAVED) >= failed_flushes + 2, 10, "two failed usage flushes"
+            )
 
             (volume / "filler").unlink()
             assert call("GET", "/readyz").status == 200
@@ -112,9 +121,17 @@ def test_a_full_disk_refuses_writes_with_503_keeps_verifying_and_recovers_when_f
             assert call("POST", f"/keys/{target_id}/rotate", body={}).status == 201
             assert call("DELETE", f"/keys/{target_id}").status == 204
             assert call("POST", "/protected-with-key", counted).status == 200
-            wait_until(lambda: sum(item["counts"].get("VALID", 0) for item in json.loads(
-                call("GET", f"/keys/{plain_id}/usage").body)["items"]) == verified, 10,
-                "the usage counted while the disk was full reaching the database")
+            wait_until(
+                lambda: (
+                    sum(
+                        item["counts"].get("VALID", 0)
+                        for item in json.loads(call("GET", f"/keys/{plain_id}/usage").body)["items"]
+                    )
+                    == verified
+                ),
+                10,
+                "the usage counted while the disk was full reaching the database",
+            )
 
     for line in log.read_text().splitlines():
         assert_no_error_text(line, admin, plain, counted)

@@ -50,7 +50,8 @@ def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[st
         assert len(warm) == 2
         for answers in warm.values():
             assert [(r.status, json.loads(r.body)) for r in answers] == (
-                [(200, {"protected": True, "external_client_id": "acme"})] * len(answers))
+                [(200, {"protected": True, "external_client_id": "acme"})] * len(answers)
+            )
 
         revoked = flask_cli(environ, "keys", "revoke", key.split("_")[1])
         assert revoked.returncode == 0, revoked.stderr
@@ -61,8 +62,9 @@ def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[st
         assert set(after) == set(warm)  # the same two workers, each refusing the key it held
         for answers in after.values():
             assert Counter(outcome(r) for r in answers) == {(401, "REVOKED"): len(answers)}
-            assert all(r.headers["WWW-Authenticate"] == 'Bearer realm="keyservice", error="invalid_token"'
-                       for r in answers)
+            assert all(
+                r.headers["WWW-Authenticate"] == 'Bearer realm="keyservice", error="invalid_token"' for r in answers
+            )
 
 
 def test_the_quickstart_over_http(environ: dict[str, str], tmp_path: Path) -> None:
@@ -100,8 +102,13 @@ def test_the_access_log_never_holds_a_key(environ: dict[str, str], tmp_path: Pat
 def test_gunicorn_refuses_a_wrong_setting_in_one_line(environ: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "wsgi:app"],
-        cwd=REPO, env={**environ, "KEYSERVICE_BCRYPT_ROUNDS": "99"}, capture_output=True, text=True,
-        stdin=subprocess.DEVNULL, timeout=60)
+        cwd=REPO,
+        env={**environ, "KEYSERVICE_BCRYPT_ROUNDS": "99"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("keyservice: KEYSERVICE_BCRYPT_ROUNDS")
 
@@ -128,13 +135,15 @@ def test_the_logs_escape_what_the_client_sent(environ: dict[str, str], tmp_path:
 
 
 def test_the_access_log_withholds_what_can_carry_a_key_whatever_its_format(
-        environ: dict[str, str], tmp_path: Path) -> None:
+    environ: dict[str, str], tmp_path: Path
+) -> None:
     key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
     log = tmp_path / "gunicorn.log"
     every_place = "<%(r)s> <%(q)s> <%({authorization}i)s> <%({x-api-key}i)s> <%({query_string}e)s>"
     with gunicorn(environ, log, access_log=True, options=["--access-logformat", every_place]) as base:
-        request(base + f"/protected-with-key?api_key={key}", "POST",
-                {"Authorization": f"Bearer {key}", "X-API-Key": key})
+        request(
+            base + f"/protected-with-key?api_key={key}", "POST", {"Authorization": f"Bearer {key}", "X-API-Key": key}
+        )
     logged = log.read_text()
     assert "<POST /protected-with-key HTTP/1.1> <-> <-> <-> <->" in logged, logged
     assert key.split("_")[2] not in logged

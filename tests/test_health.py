@@ -31,8 +31,7 @@ def test_healthz_and_readyz_answer_200_and_readyz_writes_its_row(app: Flask, cli
         assert db.session.scalars(select(ReadinessProbe.probed_at)).one() > first
 
 
-def test_readyz_is_not_ready_while_the_rate_limit_redis_does_not_answer(
-        database_url: str, redis_url: str) -> None:
+def test_readyz_is_not_ready_while_the_rate_limit_redis_does_not_answer(database_url: str, redis_url: str) -> None:
     with migrated_app(database_url, KEYSERVICE_RATELIMIT_STORAGE_URL=f"redis://127.0.0.1:{free_port()}/0") as app:
         response = app.test_client().get("/readyz")
         assert_unavailable(response)
@@ -43,7 +42,8 @@ def test_readyz_is_not_ready_while_the_rate_limit_redis_does_not_answer(
 
 
 def test_a_read_only_postgresql_refuses_writes_with_503_serves_verification_and_is_not_ready(
-        postgres: PostgresServer) -> None:
+    postgres: PostgresServer,
+) -> None:
     with postgres_database(postgres) as url, migrated_app(url) as app:
         api = Api(app, app.test_client())
         admin = api.manager("keys:admin")

@@ -73,85 +73,228 @@ def cursor_of(*parts: Any) -> str:
 
 # (method, path with {id} for an existing key, request arguments, the 422's errors: location -> field -> messages)
 INVALID = [
-    pytest.param("POST", "/keys", {"json": {"name": "n", "external_client_id": "acme", "expires_at": HUGE_DATE}},
-                 {"json": {"expires_at": [OUT_OF_RANGE]}}, id="create-expires_at-past-9999-in-utc"),
-    pytest.param("PATCH", "/keys/{id}", {"json": {"expires_at": HUGE_DATE}},
-                 {"json": {"expires_at": [OUT_OF_RANGE]}}, id="update-expires_at-past-9999-in-utc"),
-    pytest.param("GET", "/keys/{id}/usage?since=" + quote(HUGE_DATE), {},
-                 {"query": {"since": [OUT_OF_RANGE]}}, id="usage-since-past-9999-in-utc"),
-    pytest.param("GET", "/keys/{id}/usage?until=" + quote(HUGE_DATE), {},
-                 {"query": {"until": [OUT_OF_RANGE]}}, id="usage-until-past-9999-in-utc"),
-    *(pytest.param(method, path, raw(DEEP), {"json": {"_schema": [TOO_DEEP]}}, id=f"{name}-30000-deep")
-      for name, method, path in [("create", "POST", "/keys"), ("update", "PATCH", "/keys/{id}"),
-                                 ("rotate", "POST", "/keys/{id}/rotate"), ("verify", "POST", "/keys/verify"),
-                                 ("role", "PUT", "/roles/reader")]),
-    pytest.param("POST", "/keys", raw('{"name": "n", "external_client_id": "acme", "meta": {"a": %s}}' % DEEP[14_000:-14_000]),
-                 {"json": {"_schema": [TOO_DEEP]}}, id="create-meta-2000-deep"),
-    pytest.param("POST", "/keys", raw('{"name": "n", "external_client_id": "acme", "remaining": %s}' % LONG_INTEGER),
-                 {"json": {"_schema": [NUMBER_TOO_LONG]}}, id="create-remaining-5000-digits"),
-    pytest.param("PATCH", "/keys/{id}", raw('{"meta": {"n": -%s}}' % LONG_INTEGER),
-                 {"json": {"_schema": [NUMBER_TOO_LONG]}}, id="update-meta-5000-digits"),
-    pytest.param("POST", "/keys/{id}/rotate", raw('{"grace_seconds": %s}' % LONG_INTEGER),
-                 {"json": {"_schema": [NUMBER_TOO_LONG]}}, id="rotate-grace-5000-digits"),
-    pytest.param("GET", "/keys?limit=" + LONG_INTEGER, {}, {"query": {"limit": ["Not a valid integer."]}},
-                 id="list-limit-5000-digits"),
-    pytest.param("POST", "/keys", raw('{"name": "\\ud800", "external_client_id": "acme"}'),
-                 {"json": {"name": [UNSTORABLE]}}, id="create-name-lone-surrogate"),
-    pytest.param("PATCH", "/keys/{id}", raw('{"name": "a\\udc00b"}'),
-                 {"json": {"name": [UNSTORABLE]}}, id="update-name-lone-low-surrogate"),
-    pytest.param("POST", "/keys", raw('{"name": "n", "external_client_id": "acme", "meta": {"k": ["\\ud83d"]}}'),
-                 {"json": {"meta": {"k": {"0": [UNSTORABLE]}}}}, id="create-meta-lone-surrogate"),
-    pytest.param("POST", "/keys", {"json": {"name": "a\x00b", "external_client_id": "acme"}},
-                 {"json": {"name": [UNSTORABLE]}}, id="create-name-nul"),
-    pytest.param("PATCH", "/keys/{id}", {"json": {"name": "\x00"}}, {"json": {"name": [UNSTORABLE]}},
-                 id="update-name-nul"),
-    pytest.param("POST", "/keys", {"json": {"name": "n", "external_client_id": "acme\x00"}},
-                 {"json": {"external_client_id": [UNSTORABLE]}}, id="create-client-id-nul"),
-    pytest.param("POST", "/keys", {"json": {"name": "n", "external_client_id": "acme", "meta": {"k": "\x00"}}},
-                 {"json": {"meta": {"k": [UNSTORABLE]}}}, id="create-meta-nul"),
-    pytest.param("POST", "/keys", {"json": {"name": "n", "external_client_id": "acme", "meta": {"k\x00": 1}}},
-                 {"json": {"meta": [UNSTORABLE]}}, id="create-meta-name-nul"),
-    pytest.param("POST", "/keys", {"json": {"name": "n", "external_client_id": "acme", "scopes": ["a\x00"]}},
-                 {"json": {"scopes": {"0": [UNSTORABLE]}}}, id="create-scope-nul"),
-    pytest.param("PATCH", "/keys/{id}", {"json": {"roles": ["reader", "r\x00"]}},
-                 {"json": {"roles": {"1": [UNSTORABLE]}}}, id="update-role-nul"),
-    pytest.param("POST", "/keys/verify", {"json": {"key": "sk_\x00"}}, {"json": {"key": [UNSTORABLE]}},
-                 id="verify-key-nul"),
-    pytest.param("PUT", "/roles/reader", {"json": {"scopes": ["\x00"]}}, {"json": {"scopes": {"0": [UNSTORABLE]}}},
-                 id="role-scope-nul"),
+    pytest.param(
+        "POST",
+        "/keys",
+        {"json": {"name": "n", "external_client_id": "acme", "expires_at": HUGE_DATE}},
+        {"json": {"expires_at": [OUT_OF_RANGE]}},
+        id="create-expires_at-past-9999-in-utc",
+    ),
+    pytest.param(
+        "PATCH",
+        "/keys/{id}",
+        {"json": {"expires_at": HUGE_DATE}},
+        {"json": {"expires_at": [OUT_OF_RANGE]}},
+        id="update-expires_at-past-9999-in-utc",
+    ),
+    pytest.param(
+        "GET",
+        "/keys/{id}/usage?since=" + quote(HUGE_DATE),
+        {},
+        {"query": {"since": [OUT_OF_RANGE]}},
+        id="usage-since-past-9999-in-utc",
+    ),
+    pytest.param(
+        "GET",
+        "/keys/{id}/usage?until=" + quote(HUGE_DATE),
+        {},
+        {"query": {"until": [OUT_OF_RANGE]}},
+        id="usage-until-past-9999-in-utc",
+    ),
+    *(
+        pytest.param(method, path, raw(DEEP), {"json": {"_schema": [TOO_DEEP]}}, id=f"{name}-30000-deep")
+        for name, method, path in [
+            ("create", "POST", "/keys"),
+            ("update", "PATCH", "/keys/{id}"),
+            ("rotate", "POST", "/keys/{id}/rotate"),
+            ("verify", "POST", "/keys/verify"),
+            ("role", "PUT", "/roles/reader"),
+        ]
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        raw('{"name": "n", "external_client_id": "acme", "meta": {"a": %s}}' % DEEP[14_000:-14_000]),
+        {"json": {"_schema": [TOO_DEEP]}},
+        id="create-meta-2000-deep",
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        raw('{"name": "n", "external_client_id": "acme", "remaining": %s}' % LONG_INTEGER),
+        {"json": {"_schema": [NUMBER_TOO_LONG]}},
+        id="create-remaining-5000-digits",
+    ),
+    pytest.param(
+        "PATCH",
+        "/keys/{id}",
+        raw('{"meta": {"n": -%s}}' % LONG_INTEGER),
+        {"json": {"_schema": [NUMBER_TOO_LONG]}},
+        id="update-meta-5000-digits",
+    ),
+    pytest.param(
+        "POST",
+        "/keys/{id}/rotate",
+        raw('{"grace_seconds": %s}' % LONG_INTEGER),
+        {"json": {"_schema": [NUMBER_TOO_LONG]}},
+        id="rotate-grace-5000-digits",
+    ),
+    pytest.param(
+        "GET",
+        "/keys?limit=" + LONG_INTEGER,
+        {},
+        {"query": {"limit": ["Not a valid integer."]}},
+        id="list-limit-5000-digits",
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        raw('{"name": "\\ud800", "external_client_id": "acme"}'),
+        {"json": {"name": [UNSTORABLE]}},
+        id="create-name-lone-surrogate",
+    ),
+    pytest.param(
+        "PATCH",
+        "/keys/{id}",
+        raw('{"name": "a\\udc00b"}'),
+        {"json": {"name": [UNSTORABLE]}},
+        id="update-name-lone-low-surrogate",
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        raw('{"name": "n", "external_client_id": "acme", "meta": {"k": ["\\ud83d"]}}'),
+        {"json": {"meta": {"k": {"0": [UNSTORABLE]}}}},
+        id="create-meta-lone-surrogate",
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        {"json": {"name": "a\x00b", "external_client_id": "acme"}},
+        {"json": {"name": [UNSTORABLE]}},
+        id="create-name-nul",
+    ),
+    pytest.param(
+        "PATCH", "/keys/{id}", {"json": {"name": "\x00"}}, {"json": {"name": [UNSTORABLE]}}, id="update-name-nul"
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        {"json": {"name": "n", "external_client_id": "acme\x00"}},
+        {"json": {"external_client_id": [UNSTORABLE]}},
+        id="create-client-id-nul",
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        {"json": {"name": "n", "external_client_id": "acme", "meta": {"k": "\x00"}}},
+        {"json": {"meta": {"k": [UNSTORABLE]}}},
+        id="create-meta-nul",
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        {"json": {"name": "n", "external_client_id": "acme", "meta": {"k\x00": 1}}},
+        {"json": {"meta": [UNSTORABLE]}},
+        id="create-meta-name-nul",
+    ),
+    pytest.param(
+        "POST",
+        "/keys",
+        {"json": {"name": "n", "external_client_id": "acme", "scopes": ["a\x00"]}},
+        {"json": {"scopes": {"0": [UNSTORABLE]}}},
+        id="create-scope-nul",
+    ),
+    pytest.param(
+        "PATCH",
+        "/keys/{id}",
+        {"json": {"roles": ["reader", "r\x00"]}},
+        {"json": {"roles": {"1": [UNSTORABLE]}}},
+        id="update-role-nul",
+    ),
+    pytest.param(
+        "POST", "/keys/verify", {"json": {"key": "sk_\x00"}}, {"json": {"key": [UNSTORABLE]}}, id="verify-key-nul"
+    ),
+    pytest.param(
+        "PUT",
+        "/roles/reader",
+        {"json": {"scopes": ["\x00"]}},
+        {"json": {"scopes": {"0": [UNSTORABLE]}}},
+        id="role-scope-nul",
+    ),
     pytest.param("DELETE", "/keys/{id}?reason=a%00b", {}, {"query": {"reason": [UNSTORABLE]}}, id="revoke-reason-nul"),
-    pytest.param("GET", "/keys?external_client_id=a%00b", {}, {"query": {"external_client_id": [UNSTORABLE]}},
-                 id="list-client-id-nul"),
+    pytest.param(
+        "GET",
+        "/keys?external_client_id=a%00b",
+        {},
+        {"query": {"external_client_id": [UNSTORABLE]}},
+        id="list-client-id-nul",
+    ),
     pytest.param("GET", "/keys?cursor=a%00b", {}, {"query": {"cursor": [UNSTORABLE]}}, id="list-cursor-nul"),
-    pytest.param("GET", "/keys?cursor=" + cursor_of("2024-01-01T00:00:00+00:00", "AAAAAAAAAAAAAAA\x00"), {},
-                 {"query": {"cursor": [NOT_A_CURSOR]}}, id="list-cursor-holding-a-nul-id"),
-    pytest.param("GET", "/keys?cursor=" + cursor_of("2024-01-01T00:00:00\x00", "AAAAAAAAAAAAAAAA"), {},
-                 {"query": {"cursor": [NOT_A_CURSOR]}}, id="list-cursor-holding-a-nul-time"),
-    pytest.param("GET", "/keys?cursor=" + cursor_of(HUGE_DATE, "AAAAAAAAAAAAAAAA"), {},
-                 {"query": {"cursor": [NOT_A_CURSOR]}}, id="list-cursor-past-9999"),
-    pytest.param("PUT", "/roles/a%00b", {"json": {"scopes": []}},
-                 {"path": {"name": ["Must be 1 to 100 of a-z 0-9 _ . : -."]}}, id="role-name-nul"),
+    pytest.param(
+        "GET",
+        "/keys?cursor=" + cursor_of("2024-01-01T00:00:00+00:00", "AAAAAAAAAAAAAAA\x00"),
+        {},
+        {"query": {"cursor": [NOT_A_CURSOR]}},
+        id="list-cursor-holding-a-nul-id",
+    ),
+    pytest.param(
+        "GET",
+        "/keys?cursor=" + cursor_of("2024-01-01T00:00:00\x00", "AAAAAAAAAAAAAAAA"),
+        {},
+        {"query": {"cursor": [NOT_A_CURSOR]}},
+        id="list-cursor-holding-a-nul-time",
+    ),
+    pytest.param(
+        "GET",
+        "/keys?cursor=" + cursor_of(HUGE_DATE, "AAAAAAAAAAAAAAAA"),
+        {},
+        {"query": {"cursor": [NOT_A_CURSOR]}},
+        id="list-cursor-past-9999",
+    ),
+    pytest.param(
+        "PUT",
+        "/roles/a%00b",
+        {"json": {"scopes": []}},
+        {"path": {"name": ["Must be 1 to 100 of a-z 0-9 _ . : -."]}},
+        id="role-name-nul",
+    ),
 ]
 
 
 @pytest.mark.parametrize("method, path, kwargs, errors", INVALID)
 def test_each_input_of_the_issue_is_the_same_422_on_both_databases(
-        target: Target, caplog: pytest.LogCaptureFixture, method: str, path: str, kwargs: dict[str, Any],
-        errors: dict[str, Any]) -> None:
+    target: Target,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    errors: dict[str, Any],
+) -> None:
     response = target.api.call(method, path.format(id=target.key_id), target.admin, **kwargs)
     body = assert_problem(response, 422, "INVALID_INPUT")
     assert body["errors"] == errors
     assert_no_error_logged(caplog)
 
 
-@pytest.mark.parametrize("route", [
-    *(replace(route, path=route.path.replace("{id}", "AAAAAAA%00AAAAAAAA")) for route in ROUTES if "{id}" in route.path),
-    Route("DELETE", "/roles/a%00b", "keys:admin"),
-], ids=str)
-def test_a_nul_in_a_path_id_is_not_found_on_both_databases(target: Target, caplog: pytest.LogCaptureFixture,
-                                                           route: Route) -> None:
-    response = target.api.call(route.method, route.path, target.admin,
-                               **({} if route.body is None else {"json": route.body}))
+@pytest.mark.parametrize(
+    "route",
+    [
+        *(
+            replace(route, path=route.path.replace("{id}", "AAAAAAA%00AAAAAAAA"))
+            for route in ROUTES
+            if "{id}" in route.path
+        ),
+        Route("DELETE", "/roles/a%00b", "keys:admin"),
+    ],
+    ids=str,
+)
+def test_a_nul_in_a_path_id_is_not_found_on_both_databases(
+    target: Target, caplog: pytest.LogCaptureFixture, route: Route
+) -> None:
+    response = target.api.call(
+        route.method, route.path, target.admin, **({} if route.body is None else {"json": route.body})
+    )
     assert_problem(response, 404, "RESOURCE_NOT_FOUND")
     assert_no_error_logged(caplog)
 
@@ -162,8 +305,9 @@ def assert_no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "Traceback" not in caplog.text
 
 
-def test_a_storage_errors_log_line_holds_no_statement_parameter(database_url: str,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_a_storage_errors_log_line_holds_no_statement_parameter(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with migrated_app(database_url) as app:
         with app.app_context():
             assert db.engine.hide_parameters
@@ -181,23 +325,78 @@ def test_a_storage_errors_log_line_holds_no_statement_parameter(database_url: st
 
 # --- a fuzzer over every route ------------------------------------------------------------------------
 
-SPECIAL_CHARACTERS = ["\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\udcff", "\u202e", "\ufeff", "\uffff",
-                      "\U0001f600", "\\", '"', "'", "%", "/", "?", "#", "\n", "\t", " "]
+SPECIAL_CHARACTERS = [
+    "\x00",
+    "\ud800",
+    "\udbff",
+    "\udc00",
+    "\udfff",
+    "\udcff",
+    "\u202e",
+    "\ufeff",
+    "\uffff",
+    "\U0001f600",
+    "\\",
+    '"',
+    "'",
+    "%",
+    "/",
+    "?",
+    "#",
+    "\n",
+    "\t",
+    " ",
+]
 hostile_characters = st.one_of(st.characters(), st.sampled_from(SPECIAL_CHARACTERS))
 hostile_text = st.one_of(
     st.lists(hostile_characters, max_size=30).map("".join),
-    st.sampled_from(["", "a" * 201, "x" * 1001, "reports:read", "keys:*", "reader", "AAAAAAAAAAAAAAAA",
-                     "sk_AAAAAAAAAAAAAAAA_" + "a" * 38, "hour", "day", "daily", "monthly", "true", "null"]),
+    st.sampled_from(
+        [
+            "",
+            "a" * 201,
+            "x" * 1001,
+            "reports:read",
+            "keys:*",
+            "reader",
+            "AAAAAAAAAAAAAAAA",
+            "sk_AAAAAAAAAAAAAAAA_" + "a" * 38,
+            "hour",
+            "day",
+            "daily",
+            "monthly",
+            "true",
+            "null",
+        ]
+    ),
 )
 hostile_dates = st.one_of(
-    st.sampled_from([HUGE_DATE, "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z",
-                     "2024-02-30T00:00:00Z", "2024-01-01T25:00:00Z", "2024-01-01T00:00:00+24:00",
-                     "2024-01-01T00:00:00.9999999Z", "+12024-01-01T00:00:00Z", "2024-W01-1", "1e400", "now"]),
-    st.builds(lambda moment, minutes: moment.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
-              st.datetimes(), st.integers(-1439, 1439)),
+    st.sampled_from(
+        [
+            HUGE_DATE,
+            "0001-01-01T00:00:00+14:00",
+            "9999-12-31T23:59:59Z",
+            "0001-01-01T00:00:00Z",
+            "2024-02-30T00:00:00Z",
+            "2024-01-01T25:00:00Z",
+            "2024-01-01T00:00:00+24:00",
+            "2024-01-01T00:00:00.9999999Z",
+            "+12024-01-01T00:00:00Z",
+            "2024-W01-1",
+            "1e400",
+            "now",
+        ]
+    ),
+    st.builds(
+        lambda moment, minutes: moment.replace(tzinfo=timezone(timedelta(minutes=minutes))).isoformat(),
+        st.datetimes(),
+        st.integers(-1439, 1439),
+    ),
 )
 hostile_numbers = st.one_of(
-    st.integers(), st.integers(-(10 ** 120), 10 ** 120), st.floats(), st.sampled_from([0, -1, 2 ** 31, 2 ** 63, 1.5]),
+    st.integers(),
+    st.integers(-(10**120), 10**120),
+    st.floats(),
+    st.sampled_from([0, -1, 2**31, 2**63, 1.5]),
 )
 hostile_scalars = st.one_of(st.none(), st.booleans(), hostile_numbers, hostile_text, hostile_dates)
 hostile_values = st.recursive(
@@ -216,21 +415,60 @@ def _deep(depth: int, opener: str) -> str:
 
 hostile_raw_bodies = st.one_of(
     st.builds(_deep, st.integers(30, 20_000), st.sampled_from("[{")),
-    st.builds(lambda digits, sign: '{"remaining": %s%s}' % (sign, "9" * digits), st.integers(90, 10_000),
-              st.sampled_from(["", "-"])),
-    st.sampled_from(['{"name": "\\u0000"}', '{"name": "\\ud800"}', '{"name": "\\udc00\\ud800"}',
-                     '{"meta": {"x": NaN}}', '{"meta": {"x": -Infinity}}', '{"meta": {"x": 1e400}}',
-                     '{"name": "\\\\u0000"}', '{"key": "sk_\\u0000"}', '{"name": ', '"\\', "[" * 40, "\x00",
-                     '{"a": "' + "[" * 100 + '"}', "1" * 101, '{"grace_seconds": 1e999}', "{}", "[]", "null"]),
+    st.builds(
+        lambda digits, sign: '{"remaining": %s%s}' % (sign, "9" * digits),
+        st.integers(90, 10_000),
+        st.sampled_from(["", "-"]),
+    ),
+    st.sampled_from(
+        [
+            '{"name": "\\u0000"}',
+            '{"name": "\\ud800"}',
+            '{"name": "\\udc00\\ud800"}',
+            '{"meta": {"x": NaN}}',
+            '{"meta": {"x": -Infinity}}',
+            '{"meta": {"x": 1e400}}',
+            '{"name": "\\\\u0000"}',
+            '{"key": "sk_\\u0000"}',
+            '{"name": ',
+            '"\\',
+            "[" * 40,
+            "\x00",
+            '{"a": "' + "[" * 100 + '"}',
+            "1" * 101,
+            '{"grace_seconds": 1e999}',
+            "{}",
+            "[]",
+            "null",
+        ]
+    ),
     st.binary(max_size=40).map(lambda data: data.decode("latin-1")),
 )
 
 # The fields each route takes, from its schema, and its query arguments.
 BODY_FIELDS = {
-    ("POST", "/keys"): ["name", "external_client_id", "scopes", "roles", "meta", "expires_at", "remaining", "refill",
-                        "ratelimit"],
-    ("PATCH", "/keys/{id}"): ["name", "scopes", "roles", "meta", "expires_at", "enabled", "remaining", "refill",
-                              "ratelimit"],
+    ("POST", "/keys"): [
+        "name",
+        "external_client_id",
+        "scopes",
+        "roles",
+        "meta",
+        "expires_at",
+        "remaining",
+        "refill",
+        "ratelimit",
+    ],
+    ("PATCH", "/keys/{id}"): [
+        "name",
+        "scopes",
+        "roles",
+        "meta",
+        "expires_at",
+        "enabled",
+        "remaining",
+        "refill",
+        "ratelimit",
+    ],
     ("POST", "/keys/{id}/rotate"): ["grace_seconds"],
     ("POST", "/keys/verify"): ["key", "scopes"],
     ("PUT", "/roles/reader"): ["scopes"],
@@ -240,8 +478,14 @@ QUERY_FIELDS = {
     ("DELETE", "/keys/{id}"): ["reason"],
     ("GET", "/keys/{id}/usage"): ["granularity", "since", "until"],
 }
-FIELD_VALUES = {"expires_at": hostile_dates, "since": hostile_dates, "until": hostile_dates,
-                "remaining": hostile_numbers, "grace_seconds": hostile_numbers, "limit": hostile_numbers}
+FIELD_VALUES = {
+    "expires_at": hostile_dates,
+    "since": hostile_dates,
+    "until": hostile_dates,
+    "remaining": hostile_numbers,
+    "grace_seconds": hostile_numbers,
+    "limit": hostile_numbers,
+}
 
 
 @st.composite
@@ -249,29 +493,45 @@ def hostile_requests(draw: st.DrawFn) -> tuple[str, str, dict[str, Any]]:
     """(method, path, test-client arguments) of one hostile request to one route."""
     route = draw(st.sampled_from(ROUTES))
     key_id = draw(st.one_of(st.just("{id}"), hostile_text))
-    path = route.path if key_id == "{id}" else route.path.replace(
-        "{id}", quote(key_id.encode("utf-8", "surrogatepass"), safe=""))
+    path = (
+        route.path
+        if key_id == "{id}"
+        else route.path.replace("{id}", quote(key_id.encode("utf-8", "surrogatepass"), safe=""))
+    )
     kwargs: dict[str, Any] = {}
     fields = BODY_FIELDS.get((route.method, route.path))
     if fields is not None:
-        kwargs = draw(st.one_of(
-            st.fixed_dictionaries({}, optional={name: FIELD_VALUES.get(name, hostile_values) for name in fields})
-            .map(lambda body: raw(json.dumps(body))),
-            hostile_raw_bodies.map(raw),
-        ))
-    query = draw(st.dictionaries(st.sampled_from(QUERY_FIELDS.get((route.method, route.path), ["x"])),
-                                 st.one_of(hostile_text, hostile_dates, hostile_numbers.map(str)), max_size=3))
+        kwargs = draw(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {}, optional={name: FIELD_VALUES.get(name, hostile_values) for name in fields}
+                ).map(lambda body: raw(json.dumps(body))),
+                hostile_raw_bodies.map(raw),
+            )
+        )
+    query = draw(
+        st.dictionaries(
+            st.sampled_from(QUERY_FIELDS.get((route.method, route.path), ["x"])),
+            st.one_of(hostile_text, hostile_dates, hostile_numbers.map(str)),
+            max_size=3,
+        )
+    )
     if query:
         path += "?" + urlencode({name: value.encode("utf-8", "surrogatepass") for name, value in query.items()})
     return route.method, path, kwargs
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(request=hostile_requests())
-def test_no_route_answers_hostile_input_with_a_5xx(target: Target, caplog: pytest.LogCaptureFixture,
-                                                   request: tuple[str, str, dict[str, Any]]) -> None:
+def test_no_route_answers_hostile_input_with_a_5xx(
+    target: Target, caplog: pytest.LogCaptureFixture, request: tuple[str, str, dict[str, Any]]
+) -> None:
     method, path, kwargs = request
     caplog.clear()
     response = target.api.call(method, path.format(id=target.key_id), target.admin, **kwargs)
@@ -283,6 +543,7 @@ def test_no_route_answers_hostile_input_with_a_5xx(target: Target, caplog: pytes
 
 
 # --- a fuzzer over the command line -------------------------------------------------------------------
+
 
 def argv_text(data: bytes) -> str:
     """What ``sys.argv`` holds for these bytes: undecodable ones become lone surrogates."""
@@ -299,8 +560,9 @@ def hostile_command_lines(draw: st.DrawFn, key: str) -> tuple[list[str], bool]:
     mistyped = key[:-1] + ("A" if key[-1] != "A" else "B")
     key_like = st.sampled_from([key, mistyped, key.split("_")[1], key + " ", key[:-2]])
     value = st.one_of(cli_text, hostile_dates, hostile_numbers.map(str))
-    command = draw(st.sampled_from([*KEY_ID_COMMANDS, "create", "list", "verify", "token", "roles-set",
-                                    "roles-delete"]))
+    command = draw(
+        st.sampled_from([*KEY_ID_COMMANDS, "create", "list", "verify", "token", "roles-set", "roles-delete"])
+    )
     if command in KEY_ID_COMMANDS:
         target_key = draw(st.one_of(key_like, cli_text))
         options = {"usage": ["--since", "--until", "--granularity"], "revoke": ["--reason"], "rotate": ["--grace"]}
@@ -329,11 +591,17 @@ def cli_target(module_database_url: str) -> Iterator[tuple[Flask, str]]:
         yield app, created.stdout.strip()
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_no_command_line_ends_in_a_traceback_or_prints_a_secret_it_was_given(
-        cli_target: tuple[Flask, str], caplog: pytest.LogCaptureFixture, data: st.DataObject) -> None:
+    cli_target: tuple[Flask, str], caplog: pytest.LogCaptureFixture, data: st.DataObject
+) -> None:
     app, key = cli_target
     args, secret_given = data.draw(hostile_command_lines(key))
     caplog.clear()

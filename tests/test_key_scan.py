@@ -31,8 +31,10 @@ def test_scan_finds_the_two_real_keys_says_which_is_live_and_exits_1(database_ur
 
     scanned = flask_cli(environ, "keys", "scan", str(folder))
     assert scanned.returncode == 1, scanned.stderr
-    assert scanned.stdout.splitlines() == [f"{folder}/deploy.env:2: {revoked_id} revoked",
-                                           f"{folder}/src/settings.py:1: {live_id} live"]
+    assert scanned.stdout.splitlines() == [
+        f"{folder}/deploy.env:2: {revoked_id} revoked",
+        f"{folder}/src/settings.py:1: {live_id} live",
+    ]
     assert live not in scanned.stdout + scanned.stderr and revoked not in scanned.stdout + scanned.stderr
 
     revoking = flask_cli(environ, "keys", "scan", "--revoke", str(folder / "src"))
@@ -52,11 +54,18 @@ def test_the_pre_commit_hook_finds_keys_offline(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text(f"x = '{key}'\n")
     (tmp_path / "b.py").write_text("y = 1\n")
     hook = [sys.executable, "-c", "from keyservice.management.scan import main; main()"]
-    found = subprocess.run([*hook, str(tmp_path / "a.py"), str(tmp_path / "b.py")], cwd=REPO,
-                           capture_output=True, text=True, timeout=60, check=False)
+    found = subprocess.run(
+        [*hook, str(tmp_path / "a.py"), str(tmp_path / "b.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert found.returncode == 1
     assert found.stdout == f"{tmp_path / 'a.py'}:1: keyservice key {'A' * 16}\n" and key not in found.stdout
-    clean = subprocess.run([*hook, str(tmp_path / "b.py")], cwd=REPO, capture_output=True, text=True, timeout=60,
-                           check=False)
+    clean = subprocess.run(
+        [*hook, str(tmp_path / "b.py")], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
     assert clean.returncode == 0
     assert (REPO / ".pre-commit-hooks.yaml").read_text().count("entry: keyservice-scan") == 1

@@ -46,16 +46,20 @@ def imported_modules(tree: ast.Module, importer: str) -> set[str]:
             else:
                 found.add(".".join(target))
         elif isinstance(node, ast.Import):
-            found |= {alias.name.removeprefix("keyservice.") for alias in node.names
-                      if alias.name.startswith("keyservice.")}
+            found |= {
+                alias.name.removeprefix("keyservice.") for alias in node.names if alias.name.startswith("keyservice.")
+            }
     return found
 
 
 def upward_imports() -> list[str]:
     """Every import in the package that reaches a layer above the importer's own."""
-    return [f"{module_path(path)} imports {name}" for path in sorted(PACKAGE.rglob("*.py"))
-            for name in imported_modules(ast.parse(path.read_text()), module_path(path))
-            if RANK[layer_of(name)] > RANK[layer_of(module_path(path))]]
+    return [
+        f"{module_path(path)} imports {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for name in imported_modules(ast.parse(path.read_text()), module_path(path))
+        if RANK[layer_of(name)] > RANK[layer_of(module_path(path))]
+    ]
 
 
 def test_every_module_is_in_a_layer() -> None:

@@ -44,11 +44,15 @@ MANAGEMENT = ("keys:read", "keys:write", "keys:verify")
 
 # --- the app: each database, with the rate-limit counters in it and in Redis -----------------------
 
+
 @pytest.fixture(params=["embedded", "redis"])
 def app(request: pytest.FixtureRequest, database_url: str) -> Iterator[Flask]:
     """The conftest's app, its rate limits counted in the app's database or in Redis."""
-    storage = {} if request.param == "embedded" else {
-        "KEYSERVICE_RATELIMIT_STORAGE_URL": request.getfixturevalue("redis_url")}
+    storage = (
+        {}
+        if request.param == "embedded"
+        else {"KEYSERVICE_RATELIMIT_STORAGE_URL": request.getfixturevalue("redis_url")}
+    )
     with migrated_app(database_url, **storage) as app:
         yield app
 
@@ -58,6 +62,7 @@ embedded_only = pytest.mark.parametrize("app", ["embedded"], indirect=True)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
+
 
 def manager(app: Flask) -> str:
     """A management key of client ``acme`` (without any limit of its own)."""
@@ -119,6 +124,7 @@ def uses_left(client: FlaskClient, key: str) -> int | None:
 
 # --- rate limits at a protected view -----------------------------------------------------------------
 
+
 def test_a_rate_limited_key_gets_its_limit_then_429_with_the_headers(app: Flask, client: FlaskClient) -> None:
     _, key = issue(app, ratelimit={"limit": 3, "period": 60})
     for left in (2, 1, 0):
@@ -138,8 +144,7 @@ AFTER_THE_WINDOW = 60 + 60 / SLOTS + 1
 
 
 @embedded_only
-def test_the_window_lets_requests_through_again_within_a_slot_after_the_period(app: Flask,
-                                                                               client: FlaskClient) -> None:
+def test_the_window_lets_requests_through_again_within_a_slot_after_the_period(app: Flask, client: FlaskClient) -> None:
     _, key = issue(app, ratelimit={"limit": 1, "period": 60})
     start = time.time()
     assert protected(client, key).status_code == 200
@@ -156,15 +161,23 @@ def windows_stored(app: Flask) -> int:
     """How many windows the embedded storage holds, as another process reading its file sees them."""
     with app.app_context():
         path = path_for(db.engine.url.render_as_string())
-    read = subprocess.run([sys.executable, "-c", "import lmdb, sys; print(lmdb.open(sys.argv[1], subdir=False, "
-                           "readonly=True).stat()['entries'])", str(path)],
-                          capture_output=True, text=True, check=True, timeout=30)
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import lmdb, sys; print(lmdb.open(sys.argv[1], subdir=False, readonly=True).stat()['entries'])",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     return int(read.stdout)
 
 
 @embedded_only
-def test_windows_take_one_entry_per_key_and_go_when_their_period_is_over(app: Flask,
-                                                                        client: FlaskClient) -> None:
+def test_windows_take_one_entry_per_key_and_go_when_their_period_is_over(app: Flask, client: FlaskClient) -> None:
     _, key = issue(app, ratelimit={"limit": 70, "period": 60})
     _, other = issue(app, ratelimit={"limit": 1000, "period": 60})
     start = time.time()
@@ -184,8 +197,7 @@ def test_windows_take_one_entry_per_key_and_go_when_their_period_is_over(app: Fl
 
 
 @pytest.mark.parametrize("app", ["redis"], indirect=True)
-def test_a_rate_limited_request_is_exactly_one_redis_command(app: Flask, client: FlaskClient,
-                                                              redis_url: str) -> None:
+def test_a_rate_limited_request_is_exactly_one_redis_command(app: Flask, client: FlaskClient, redis_url: str) -> None:
     _, key = issue(app, ratelimit={"limit": 1000, "period": 60})
     assert protected(client, key).status_code == 200  # the script loaded and a connection made
     watcher, marker = redis.Redis.from_url(redis_url), redis.Redis.from_url(redis_url)
@@ -220,6 +232,7 @@ def test_a_key_with_only_remaining_gets_no_rate_limit_headers(app: Flask, client
 
 
 # --- remaining uses ----------------------------------------------------------------------------------
+
 
 def test_remaining_counts_down_in_g_auth_then_usage_is_exceeded(usage_app: Flask, client: FlaskClient) -> None:
     key_id, key = issue(usage_app, remaining=2)
@@ -268,6 +281,7 @@ def test_a_refused_request_does_not_spend_a_use(app: Flask, client: FlaskClient)
 
 # --- at once, from many threads ---------------------------------------------------------------------
 
+
 def statuses_at_once(app: Flask, key: str, count: int) -> list[int]:
     """The statuses of ``count`` requests with ``key``, eight at a time, each thread with its own client."""
 
@@ -278,12 +292,14 @@ def statuses_at_once(app: Flask, key: str, count: int) -> list[int]:
         return sorted(pool.map(one, range(count)))
 
 
-@pytest.mark.parametrize("limits", [
-    pytest.param({"remaining": 5}, id="remaining 5"),
-    pytest.param({"ratelimit": {"limit": 5, "period": 60}}, id="ratelimit 5/60s"),
-])
-def test_a_limit_of_5_lets_exactly_5_of_many_concurrent_requests_through(app: Flask,
-                                                                         limits: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "limits",
+    [
+        pytest.param({"remaining": 5}, id="remaining 5"),
+        pytest.param({"ratelimit": {"limit": 5, "period": 60}}, id="ratelimit 5/60s"),
+    ],
+)
+def test_a_limit_of_5_lets_exactly_5_of_many_concurrent_requests_through(app: Flask, limits: dict[str, Any]) -> None:
     for _ in range(3):  # a race shows up in some rounds only
         key_id, key = issue(app, **limits)
         assert statuses_at_once(app, key, 24) == [200] * 5 + [429] * 19
@@ -292,6 +308,7 @@ def test_a_limit_of_5_lets_exactly_5_of_many_concurrent_requests_through(app: Fl
 
 
 # --- POST /keys/verify -------------------------------------------------------------------------------
+
 
 def test_a_verify_counts_as_a_use(app: Flask, client: FlaskClient) -> None:
     verifier = manager(app)
@@ -394,8 +411,9 @@ def test_patch_sets_the_limits_and_get_shows_them(app: Flask, client: FlaskClien
 
 def test_patch_null_removes_the_limits_and_the_key_is_unlimited(app: Flask, client: FlaskClient) -> None:
     admin = operator(app)
-    key_id, key = issue(app, remaining=1, refill={"amount": 1, "interval": "daily"},
-                        ratelimit={"limit": 1, "period": 60})
+    key_id, key = issue(
+        app, remaining=1, refill={"amount": 1, "interval": "daily"}, ratelimit={"limit": 1, "period": 60}
+    )
     assert protected(client, key).status_code == 200
     assert protected(client, key).status_code == 429
 
@@ -460,21 +478,23 @@ INVALID = [
     pytest.param("ratelimit", {"limit": 5, "period": "60"}, ("ratelimit", "period"), id="ratelimit period string"),
     pytest.param("ratelimit", {"limit": 5, "period": 0}, ("ratelimit", "period"), id="ratelimit period 0"),
     pytest.param("ratelimit", {"limit": 5}, ("ratelimit", "period"), id="ratelimit without period"),
-    pytest.param("ratelimit", {"limit": 5, "period": 60, "burst": 10}, ("ratelimit", "burst"),
-                 id="ratelimit unknown field"),
+    pytest.param(
+        "ratelimit", {"limit": 5, "period": 60, "burst": 10}, ("ratelimit", "burst"), id="ratelimit unknown field"
+    ),
 ]
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
 @pytest.mark.parametrize("name, value, path", INVALID)
-def test_invalid_limits_are_a_422_naming_the_field(shared_app: Flask, shared_key: tuple[str, str, str],
-                                                   method: str, name: str, value: Any,
-                                                   path: tuple[str, ...]) -> None:
+def test_invalid_limits_are_a_422_naming_the_field(
+    shared_app: Flask, shared_key: tuple[str, str, str], method: str, name: str, value: Any, path: tuple[str, ...]
+) -> None:
     admin, key_id, settings = shared_key
     client = shared_app.test_client()
     if method == "POST":
-        response = client.post("/keys", headers=bearer(admin),
-                               json={"name": "n", "external_client_id": "acme", name: value})
+        response = client.post(
+            "/keys", headers=bearer(admin), json={"name": "n", "external_client_id": "acme", name: value}
+        )
     else:
         response = client.patch(f"/keys/{key_id}", headers=bearer(admin), json={name: value})
     body = assert_problem(response, 422, "INVALID_INPUT")
@@ -528,8 +548,9 @@ def assert_no_key_logged(caplog: pytest.LogCaptureFixture, key: str) -> None:
         assert secret not in (record.exc_text or "")
 
 
-def test_a_rate_limited_key_is_unavailable_while_the_storage_is_down(fail_closed_app: Flask,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_rate_limited_key_is_unavailable_while_the_storage_is_down(
+    fail_closed_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     app = fail_closed_app
     client = app.test_client()
     key_id, key = issue(app, remaining=5, ratelimit={"limit": 100, "period": 60})
@@ -558,8 +579,9 @@ def test_verify_of_a_rate_limited_key_is_unavailable_while_the_storage_is_down(f
     assert response.headers["Retry-After"] == "1"
 
 
-def test_fail_open_lets_a_rate_limited_key_through_and_warns(fail_open_app: Flask,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_fail_open_lets_a_rate_limited_key_through_and_warns(
+    fail_open_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
     app = fail_open_app
     client = app.test_client()
     key_id, key = issue(app, remaining=5, ratelimit={"limit": 1, "period": 60})
@@ -570,8 +592,9 @@ def test_fail_open_lets_a_rate_limited_key_through_and_warns(fail_open_app: Flas
         assert_no_ratelimit_headers(response)
     assert stored_remaining(app, key_id) == 3  # uses are still counted
 
-    warnings = [record for record in caplog.records
-                if record.name == app.logger.name and record.levelno >= logging.WARNING]
+    warnings = [
+        record for record in caplog.records if record.name == app.logger.name and record.levelno >= logging.WARNING
+    ]
     assert len(warnings) == 2
     assert all("rate-limit storage" in record.getMessage() for record in warnings)
     assert_no_key_logged(caplog, key)
@@ -579,11 +602,15 @@ def test_fail_open_lets_a_rate_limited_key_through_and_warns(fail_open_app: Flas
 
 # --- configuration -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, value", [
-    ("KEYSERVICE_RATELIMIT_STORAGE_URL", "http://x"),
-    ("KEYSERVICE_RATELIMIT_STORAGE_URL", "memcached://127.0.0.1:11211"),
-    ("KEYSERVICE_RATELIMIT_FAIL_OPEN", "maybe"),
-])
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("KEYSERVICE_RATELIMIT_STORAGE_URL", "http://x"),
+        ("KEYSERVICE_RATELIMIT_STORAGE_URL", "memcached://127.0.0.1:11211"),
+        ("KEYSERVICE_RATELIMIT_FAIL_OPEN", "maybe"),
+    ],
+)
 def test_a_wrong_rate_limit_setting_stops_start_up_naming_it(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name) as raised:
         create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'keys.db'}", name: value})
@@ -596,14 +623,14 @@ def test_fail_open_reads_true_and_false(make_app: MakeApp, value: Any, expected:
     assert app.extensions["keyservice"].settings.ratelimit_fail_open is expected
 
 
-def test_a_rate_limit_setting_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch,
-                                                              tmp_path: Path) -> None:
+def test_a_rate_limit_setting_from_the_environment_is_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KEYSERVICE_RATELIMIT_STORAGE_URL", "http://x")
     with pytest.raises(ConfigError, match="KEYSERVICE_RATELIMIT_STORAGE_URL"):
         create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'keys.db'}"})
 
 
 # --- the CLI -----------------------------------------------------------------------------------------
+
 
 def test_cli_create_with_remaining_and_ratelimit(runner: FlaskCliRunner) -> None:
     created = cli_create(runner, "--remaining", "5", "--ratelimit", "100/60s")
@@ -630,16 +657,19 @@ def test_a_key_created_by_the_cli_is_limited(app: Flask, client: FlaskClient, ru
     assert_problem(protected(client, key), 429, "USAGE_EXCEEDED")
 
 
-@pytest.mark.parametrize("args", [
-    ["--ratelimit", "100"],
-    ["--ratelimit", "x/60s"],
-    ["--ratelimit", "100/soon"],
-    ["--ratelimit", "0/60s"],
-    ["--ratelimit", "-5/60s"],
-    ["--ratelimit", "100/0s"],
-    ["--remaining", "-1"],
-    ["--remaining", "x"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--ratelimit", "100"],
+        ["--ratelimit", "x/60s"],
+        ["--ratelimit", "100/soon"],
+        ["--ratelimit", "0/60s"],
+        ["--ratelimit", "-5/60s"],
+        ["--ratelimit", "100/0s"],
+        ["--remaining", "-1"],
+        ["--remaining", "x"],
+    ],
+)
 def test_cli_bad_limits_are_one_line_and_exit_2(app: Flask, runner: FlaskCliRunner, args: list[str]) -> None:
     result = runner.invoke(args=["keys", "create", "--name", "n", "--client-id", "c", *args])
     assert result.exit_code == 2, (result.stdout, result.stderr)
@@ -654,8 +684,9 @@ def test_cli_bad_limits_are_one_line_and_exit_2(app: Flask, runner: FlaskCliRunn
 def test_a_refill_needs_remaining(client: FlaskClient, app: Flask) -> None:
     admin = issue(app, "keys:admin")[1]
     refill = {"amount": 5, "interval": "daily"}
-    response = client.post("/keys", headers=bearer(admin),
-                           json={"name": "n", "external_client_id": "acme", "refill": refill})
+    response = client.post(
+        "/keys", headers=bearer(admin), json={"name": "n", "external_client_id": "acme", "refill": refill}
+    )
     assert_problem(response, 422, "INVALID_INPUT")
     assert response.get_json()["errors"] == {"json": {"remaining": ["Required with refill."]}}
     key_id = create(client, admin, remaining=3, refill=refill)["id"]

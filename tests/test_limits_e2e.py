@@ -34,6 +34,8 @@ LIMIT, PERIOD = 20, 10  # the rate limit of the tests' keys: 20 per 10 s
 SLOT = PERIOD / SLOTS  # how late, at most, the window lets a request through again
 # How late, at most, a client may see the limit refill: the slot, its polling interval and a request's latency.
 REFILL_SLACK = SLOT + 1.0
+
+
 @dataclass(frozen=True)
 class Service(KeysCli):
     """A running service: the CLI on its database, and its base URL."""
@@ -45,8 +47,9 @@ class Service(KeysCli):
         return self.base + "/protected-with-key"
 
 
-def start_service(stack: ExitStack, request: pytest.FixtureRequest, database_url: str, storage: str,
-                  log: Path) -> Service:
+def start_service(
+    stack: ExitStack, request: pytest.FixtureRequest, database_url: str, storage: str, log: Path
+) -> Service:
     """gunicorn with 2 workers on a fresh database, rate limits counted in ``storage``
     ("embedded" or "redis"), stopped when ``stack`` closes."""
     settings = {"KEYSERVICE_BCRYPT_ROUNDS": "4"}
@@ -92,8 +95,7 @@ def most_in_one_window(successes: list[Timed]) -> tuple[int, float]:
     """
     most, start = 0, 0.0
     for anchor in successes:
-        inside = sum(1 for timed in successes
-                     if timed.sent >= anchor.sent and timed.received < anchor.sent + PERIOD)
+        inside = sum(1 for timed in successes if timed.sent >= anchor.sent and timed.received < anchor.sent + PERIOD)
         if inside > most:
             most, start = inside, anchor.sent
     return most, start
@@ -105,8 +107,7 @@ def test_remaining_uses_let_exactly_that_many_through_however_many_come_at_once(
     # No warm-up: it would spend uses. Both workers see the key for the first time here.
     responses = all_at_once(service.protected, bearer(key), 64)
 
-    assert Counter(outcome(response) for response in responses) == {
-        (200, None): 10, (429, "USAGE_EXCEEDED"): 54}
+    assert Counter(outcome(response) for response in responses) == {(200, None): 10, (429, "USAGE_EXCEEDED"): 54}
     assert service.show(key_id)["remaining"] == 0
 
 
@@ -141,20 +142,25 @@ SLIDING_STORAGES = [("sqlite", "embedded"), ("sqlite", "redis"), ("postgresql", 
 
 
 def test_the_window_slides_no_ten_seconds_let_more_than_the_limit_through(
-        request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """30 s of 8 clients each on the embedded default, on Redis and on PostgreSQL + Redis at once."""
     with ExitStack() as stack:
         services = []
-        for number, (database, storage) in enumerate(SLIDING_STORAGES):
+        for _number, (database, storage) in enumerate(SLIDING_STORAGES):
             folder = tmp_path / f"{database}-{storage}"
             folder.mkdir()
             url = stack.enter_context(database_for(database, request, folder))
             services.append(start_service(stack, request, url, storage, folder / "gunicorn.log"))
         keys = [service.create_key("--ratelimit", f"{LIMIT}/{PERIOD}s")[1] for service in services]
         with ThreadPoolExecutor(len(services)) as pool:
-            runs = list(pool.map(lambda both: hammer(both[0].protected, bearer(both[1]), threads=8, seconds=30),
-                                 zip(services, keys)))
-    for (database, storage), answers in zip(SLIDING_STORAGES, runs):
+            runs = list(
+                pool.map(
+                    lambda both: hammer(both[0].protected, bearer(both[1]), threads=8, seconds=30),
+                    zip(services, keys, strict=False),
+                )
+            )
+    for (database, storage), answers in zip(SLIDING_STORAGES, runs, strict=False):
         check_the_window_slid(answers, f"{storage} on {database}")
 
 
@@ -165,7 +171,8 @@ def check_the_window_slid(answers: list[Timed], where: str) -> None:
     first, end = successes[0].received, answers[-1].received
     most, since = most_in_one_window(successes)
     assert most <= LIMIT, f"{where}: {most} successes within {PERIOD} s from {since - first:+.3f} s: " + ", ".join(
-        f"{timed.sent - first:.3f}..{timed.received - first:.3f}" for timed in successes)
+        f"{timed.sent - first:.3f}..{timed.received - first:.3f}" for timed in successes
+    )
     # And the limit refills: once the first window is over, every span of a window (and a slot and
     # a little slack for latency) lets some through.
     received = [timed.received for timed in successes]
@@ -175,4 +182,5 @@ def check_the_window_slid(answers: list[Timed], where: str) -> None:
         span_start = start + step / 10
         span_end = span_start + PERIOD + REFILL_SLACK
         assert bisect.bisect_right(received, span_end) > bisect.bisect_left(received, span_start), (
-            f"{where}: no success from {span_start - first:.1f} s to {span_end - first:.1f} s")
+            f"{where}: no success from {span_start - first:.1f} s to {span_end - first:.1f} s"
+        )

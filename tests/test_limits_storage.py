@@ -28,17 +28,28 @@ def rows_per_table(database_url: str) -> dict[str, int]:
     engine = sqlalchemy.create_engine(database_url, poolclass=sqlalchemy.NullPool)
     try:
         with engine.connect() as connection:
-            return {table: connection.execute(sqlalchemy.text(f'SELECT count(*) FROM "{table}"')).scalar_one()
-                    for table in sqlalchemy.inspect(connection).get_table_names()}
+            return {
+                table: connection.execute(sqlalchemy.text(f'SELECT count(*) FROM "{table}"')).scalar_one()
+                for table in sqlalchemy.inspect(connection).get_table_names()
+            }
     finally:
         engine.dispose()
 
 
 def lmdb_entries(database_url: str) -> int:
     """The embedded windows' entries, as another process reading the file sees them."""
-    read = subprocess.run([sys.executable, "-c", "import lmdb, sys; print(lmdb.open(sys.argv[1], subdir=False, "
-                           "readonly=True).stat()['entries'])", str(path_for(database_url))],
-                          capture_output=True, text=True, check=True, timeout=30)
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import lmdb, sys; print(lmdb.open(sys.argv[1], subdir=False, readonly=True).stat()['entries'])",
+            str(path_for(database_url)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     return int(read.stdout)
 
 
@@ -54,8 +65,10 @@ def test_a_million_per_hour_hammered_for_20_s_keeps_a_few_rows_and_bytes(tmp_pat
     def hammered(seconds: float) -> tuple[list[str], list[Timed]]:
         # The servers stop before Redis is measured: their connections' buffers go with them.
         with ExitStack() as servers:
-            urls = [servers.enter_context(gunicorn(environ, tmp_path / f"{name}.log")) + "/protected-with-key"
-                    for name, environ in (("embedded", embedded), ("redis", with_redis))]
+            urls = [
+                servers.enter_context(gunicorn(environ, tmp_path / f"{name}.log")) + "/protected-with-key"
+                for name, environ in (("embedded", embedded), ("redis", with_redis))
+            ]
             return urls, hammer(urls, bearer(key), threads=8, seconds=seconds)
 
     hammered(1)  # what Redis allocates once (its Lua, its clients' tables) is no window's
@@ -74,8 +87,7 @@ def test_a_million_per_hour_hammered_for_20_s_keeps_a_few_rows_and_bytes(tmp_pat
     assert memory_grown < 64 * 1024, f"{len(answers)} requests grew Redis by {memory_grown} bytes"
 
 
-def test_a_postgresql_crash_gives_back_at_most_the_last_seconds_uses_and_never_takes_one(
-        tmp_path: Path) -> None:
+def test_a_postgresql_crash_gives_back_at_most_the_last_seconds_uses_and_never_takes_one(tmp_path: Path) -> None:
     uses = 1_000_000
     with postgres_server(fast=False) as server:  # fsync on: the durability of production
         server.administer('CREATE DATABASE "crash"')

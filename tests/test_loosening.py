@@ -19,8 +19,12 @@ from .helpers import bearer, issue
 
 MANAGER = ("keys:read", "keys:write", "keys:verify")
 SOON, LATER = "2090-01-01T00:00:00Z", "2099-01-01T00:00:00Z"
-LIMITED = {"remaining": 10, "ratelimit": {"limit": 100, "period": 60}, "expires_at": LATER,
-           "refill": {"amount": 10, "interval": "monthly"}}
+LIMITED = {
+    "remaining": 10,
+    "ratelimit": {"limit": 100, "period": 60},
+    "expires_at": LATER,
+    "refill": {"amount": 10, "interval": "monthly"},
+}
 
 
 def shown(value: Any) -> Any:
@@ -76,8 +80,9 @@ LOOSER = [
 
 
 @pytest.mark.parametrize("change", TIGHTER)
-def test_a_manager_may_tighten(client: FlaskClient, manager: str, limited: dict[str, Any],
-                               change: dict[str, Any]) -> None:
+def test_a_manager_may_tighten(
+    client: FlaskClient, manager: str, limited: dict[str, Any], change: dict[str, Any]
+) -> None:
     response = call(client, manager, "PATCH", f"/keys/{limited['id']}", change)
     assert response.status_code == 200, response.get_data(as_text=True)
     [(field, value)] = change.items()
@@ -85,9 +90,9 @@ def test_a_manager_may_tighten(client: FlaskClient, manager: str, limited: dict[
 
 
 @pytest.mark.parametrize("change, field", LOOSER)
-def test_a_manager_may_not_loosen_and_nothing_changes(client: FlaskClient, manager: str, admin: str,
-                                                      limited: dict[str, Any], change: dict[str, Any],
-                                                      field: str) -> None:
+def test_a_manager_may_not_loosen_and_nothing_changes(
+    client: FlaskClient, manager: str, admin: str, limited: dict[str, Any], change: dict[str, Any], field: str
+) -> None:
     before = call(client, admin, "GET", f"/keys/{limited['id']}").get_json()
     response = call(client, manager, "PATCH", f"/keys/{limited['id']}", change | {"name": "renamed"})
     assert response.status_code == 403
@@ -98,8 +103,9 @@ def test_a_manager_may_not_loosen_and_nothing_changes(client: FlaskClient, manag
 
 
 @pytest.mark.parametrize("change, field", LOOSER)
-def test_keys_admin_may_loosen(client: FlaskClient, admin: str, limited: dict[str, Any],
-                               change: dict[str, Any], field: str) -> None:
+def test_keys_admin_may_loosen(
+    client: FlaskClient, admin: str, limited: dict[str, Any], change: dict[str, Any], field: str
+) -> None:
     if change == {"remaining": None}:
         change = change | {"refill": None}  # a refill needs remaining
     response = call(client, admin, "PATCH", f"/keys/{limited['id']}", change)
@@ -108,14 +114,20 @@ def test_keys_admin_may_loosen(client: FlaskClient, admin: str, limited: dict[st
 
 
 def test_a_manager_may_not_lift_its_own_management_keys_limits(app: Flask, client: FlaskClient, admin: str) -> None:
-    created = call(client, admin, "POST", "/keys", {"name": "limited manager", "external_client_id": "acme",
-                                                    "scopes": list(MANAGER), "remaining": 100}).get_json()
+    created = call(
+        client,
+        admin,
+        "POST",
+        "/keys",
+        {"name": "limited manager", "external_client_id": "acme", "scopes": list(MANAGER), "remaining": 100},
+    ).get_json()
     response = call(client, created["key"], "PATCH", f"/keys/{created['id']}", {"remaining": None})
     assert (response.status_code, response.get_json()["code"]) == (403, "LOOSENING_NEEDS_ADMIN")
 
 
-def test_only_keys_admin_enables_what_keys_admin_disabled(client: FlaskClient, manager: str, admin: str,
-                                                         limited: dict[str, Any]) -> None:
+def test_only_keys_admin_enables_what_keys_admin_disabled(
+    client: FlaskClient, manager: str, admin: str, limited: dict[str, Any]
+) -> None:
     path = f"/keys/{limited['id']}"
     assert call(client, admin, "PATCH", path, {"enabled": False}).status_code == 200
     response = call(client, manager, "PATCH", path, {"enabled": True})
@@ -130,27 +142,33 @@ def test_a_manager_enables_what_a_manager_disabled(client: FlaskClient, manager:
     assert call(client, manager, "PATCH", path, {"enabled": True}).get_json()["enabled"] is True
 
 
-def test_an_admins_disable_holds_through_a_rotation(client: FlaskClient, manager: str, admin: str,
-                                                   limited: dict[str, Any]) -> None:
+def test_an_admins_disable_holds_through_a_rotation(
+    client: FlaskClient, manager: str, admin: str, limited: dict[str, Any]
+) -> None:
     assert call(client, admin, "PATCH", f"/keys/{limited['id']}", {"enabled": False}).status_code == 200
     successor = call(client, manager, "POST", f"/keys/{limited['id']}/rotate", {}).get_json()
     response = call(client, manager, "PATCH", f"/keys/{successor['id']}", {"enabled": True})
     assert (response.status_code, response.get_json()["code"]) == (403, "LOOSENING_NEEDS_ADMIN")
 
 
-def test_the_audit_trail_says_who_set_what(client: FlaskClient, manager: str, admin: str,
-                                           limited: dict[str, Any]) -> None:
+def test_the_audit_trail_says_who_set_what(
+    client: FlaskClient, manager: str, admin: str, limited: dict[str, Any]
+) -> None:
     path = f"/keys/{limited['id']}"
     assert call(client, manager, "PATCH", path, {"remaining": 5}).status_code == 200
     assert call(client, admin, "PATCH", path, {"remaining": 50}).status_code == 200
-    updates = [(event["actor"], event["changes"]) for event in call(client, admin, "GET", f"{path}/events").get_json()[
-        "items"] if event["action"] == "updated"]
+    updates = [
+        (event["actor"], event["changes"])
+        for event in call(client, admin, "GET", f"{path}/events").get_json()["items"]
+        if event["action"] == "updated"
+    ]
     manager_id, admin_id = manager.split("_")[1], admin.split("_")[1]
     assert updates == [(f"key:{manager_id}", {"remaining": [10, 5]}), (f"key:{admin_id}", {"remaining": [5, 50]})]
 
 
-def test_the_operators_cli_enables_what_keys_admin_disabled(app: Flask, client: FlaskClient, admin: str,
-                                                            limited: dict[str, Any]) -> None:
+def test_the_operators_cli_enables_what_keys_admin_disabled(
+    app: Flask, client: FlaskClient, admin: str, limited: dict[str, Any]
+) -> None:
     assert call(client, admin, "PATCH", f"/keys/{limited['id']}", {"enabled": False}).status_code == 200
     result = app.test_cli_runner().invoke(args=["keys", "enable", limited["id"]])
     assert result.exit_code == 0, result.output

@@ -55,8 +55,9 @@ class Served(KeysCli):
 
 @pytest.fixture
 def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
-    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="0.5",
-                                  KEYSERVICE_LOG_FORMAT="json")
+    environ = service_environment(
+        database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="0.5", KEYSERVICE_LOG_FORMAT="json"
+    )
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
     log = tmp_path / "gunicorn.log"
@@ -93,30 +94,42 @@ def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served
     counted = {code: value for code, value in metric_samples(served, "keyservice_verifications_total").items() if value}
     assert counted == KNOWN
 
-    wait_until(lambda: usage_counts(served, key_id, reader) == KNOWN, 10,
-               "the known traffic in the usage (at each worker's next flush, 0.5 s here)")
+    wait_until(
+        lambda: usage_counts(served, key_id, reader) == KNOWN,
+        10,
+        "the known traffic in the usage (at each worker's next flush, 0.5 s here)",
+    )
     assert served.show(key_id)["last_used_at"] is not None
 
-    lines = [line for line in served.json_lines() if line.get("logger") == "keyservice.request"
-             and line.get("path") == "/protected-with-key"]
+    lines = [
+        line
+        for line in served.json_lines()
+        if line.get("logger") == "keyservice.request" and line.get("path") == "/protected-with-key"
+    ]
     assert Counter(line["code"] for line in lines) == KNOWN
     assert {line["key_id"] for line in lines} == {key_id}
-    assert all(re.fullmatch(r"[0-9a-f]{32}", str(line["request_id"])) and float(str(line["latency_ms"])) > 0
-               for line in lines)
+    assert all(
+        re.fullmatch(r"[0-9a-f]{32}", str(line["request_id"])) and float(str(line["latency_ms"])) > 0 for line in lines
+    )
 
 
 def test_one_log_line_per_request_with_its_id_key_outcome_and_client(served: Served) -> None:
     key_id, key = served.create_key()
-    sent = [served.post("/protected-with-key", key, **{"X-Request-ID": "trace-1"}),
-            served.post("/protected-with-key", wrong_secret(key)),
-            served.post("/protected-with-key"),
-            served.post("/unprotected"),
-            request(served.base + "/no-such-page")]
+    sent = [
+        served.post("/protected-with-key", key, **{"X-Request-ID": "trace-1"}),
+        served.post("/protected-with-key", wrong_secret(key)),
+        served.post("/protected-with-key"),
+        served.post("/unprotected"),
+        request(served.base + "/no-such-page"),
+    ]
     assert [response.status for response in sent] == [200, 401, 401, 200, 404]
 
     def about_requests() -> list[str]:  # gunicorn writes a request's line once it has sent the response
-        return [line for line in served.log.read_text().splitlines() if "/protected-with-key" in line
-                or "/unprotected" in line or "/no-such-page" in line]
+        return [
+            line
+            for line in served.log.read_text().splitlines()
+            if "/protected-with-key" in line or "/unprotected" in line or "/no-such-page" in line
+        ]
 
     deadline = time.monotonic() + 5
     while len(about_requests()) < len(sent) and time.monotonic() < deadline:
@@ -124,12 +137,17 @@ def test_one_log_line_per_request_with_its_id_key_outcome_and_client(served: Ser
     logged = served.log.read_text()
     # Two workers each write a line once they have answered: a line can come after the next request's.
     sent_ids = [response.headers["X-Request-ID"] for response in sent]
-    lines = sorted((json.loads(line) for line in about_requests()),  # every one the service's JSON line
-                   key=lambda line: sent_ids.index(line["request_id"]))
+    lines = sorted(
+        (json.loads(line) for line in about_requests()),  # every one the service's JSON line
+        key=lambda line: sent_ids.index(line["request_id"]),
+    )
     assert [(line["path"], line["status"], line["key_id"], line["code"]) for line in lines] == [
-        ("/protected-with-key", 200, key_id, "VALID"), ("/protected-with-key", 401, key_id, "NOT_FOUND"),
-        ("/protected-with-key", 401, None, "MISSING"), ("/unprotected", 200, None, None),
-        ("/no-such-page", 404, None, None)]
+        ("/protected-with-key", 200, key_id, "VALID"),
+        ("/protected-with-key", 401, key_id, "NOT_FOUND"),
+        ("/protected-with-key", 401, None, "MISSING"),
+        ("/unprotected", 200, None, None),
+        ("/no-such-page", 404, None, None),
+    ]
     assert {line["client"] for line in lines} == {"127.0.0.1"}
     assert {line["worker"] for line in lines} <= gunicorn_workers(served.base)  # the pid of the one that answered
     assert [line["request_id"] for line in lines] == [response.headers["X-Request-ID"] for response in sent]
@@ -161,8 +179,11 @@ def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pyt
     assert served.call("DELETE", f"/keys/{key_id}", admin).status == 204
     assert served.post("/protected-with-key", key).status == 401
     http_key_id = json.loads(created.body)["id"]
-    wait_until(lambda: usage_counts(served, http_key_id, admin).total() >= 3, 10,
-               "the HTTP key's 3 uses over HTTP flushed (every 0.5 s)")
+    wait_until(
+        lambda: usage_counts(served, http_key_id, admin).total() >= 3,
+        10,
+        "the HTTP key's 3 uses over HTTP flushed (every 0.5 s)",
+    )
 
     logged = served.log.read_text()
     assert served.json_lines(), "no JSON log line was written"

@@ -90,9 +90,14 @@ def stand_ins(app: Flask, issue_key: IssueKey) -> Callable[[schemathesis.Case], 
             return issue_key(revoked_at=datetime.now(UTC), revocation_reason="test")[0]
         if kind == "key-with-everything":
             put_reader_role()
-            return issue_key(name="everything", external_client_id="globex", scopes=("docs:*", "billing:read"),
-                             roles=[ROLE], meta={"team": "a", "nested": [1, {"x": None}]},
-                             expires_at=datetime.now(UTC) + timedelta(days=30))[0]
+            return issue_key(
+                name="everything",
+                external_client_id="globex",
+                scopes=("docs:*", "billing:read"),
+                roles=[ROLE],
+                meta={"team": "a", "nested": [1, {"x": None}]},
+                expires_at=datetime.now(UTC) + timedelta(days=30),
+            )[0]
         return issue_key()[0]
 
     def replace(case: schemathesis.Case) -> None:
@@ -133,9 +138,9 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @pytest.mark.slow
 @schema.parametrize()
 # Calls may run bcrypt and issue keys: no deadline, and no complaint that generation is slow.
-@settings(max_examples=50, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-def test_api_conforms_to_its_document(case: schemathesis.Case, admin_key: str,
-                                      stand_ins: Callable[[schemathesis.Case], None]) -> None:
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+def test_api_conforms_to_its_document(
+    case: schemathesis.Case, admin_key: str, stand_ins: Callable[[schemathesis.Case], None]
+) -> None:
     stand_ins(case)
     case.call_and_validate(headers=bearer(admin_key), checks=CHECKS)

@@ -54,8 +54,12 @@ def test_a_statement_is_committed_on_its_own(database_url: str) -> None:
 def test_parameters_are_rewritten_for_psycopg_around_casts_literals_and_percent_signs(database_url: str) -> None:
     engine = sqlalchemy.create_engine(database_url)
     try:
-        row = execute_one(engine, "SELECT :value, 'a:b ''c'' 50%', CAST(:number AS INTEGER) + 1",
-                          {"value": "x", "number": "41"}, writes=False)
+        row = execute_one(
+            engine,
+            "SELECT :value, 'a:b ''c'' 50%', CAST(:number AS INTEGER) + 1",
+            {"value": "x", "number": "41"},
+            writes=False,
+        )
         if engine.dialect.name == "postgresql":
             assert execute_one(engine, "SELECT :number::int % 7", {"number": "41"}, writes=False) == (6,)
     finally:

@@ -67,8 +67,9 @@ def counting_down(start: int) -> list[tuple[str, int | None]]:
     return [("VALID", left) for left in range(start - 1, -1, -1)]
 
 
-def test_a_daily_refill_restores_the_amount_once_a_day(usage_app: Flask, client: FlaskClient,
-                                                       clock: time_machine.Traveller) -> None:
+def test_a_daily_refill_restores_the_amount_once_a_day(
+    usage_app: Flask, client: FlaskClient, clock: time_machine.Traveller
+) -> None:
     clock.move_to(at(2030, 1, 10, 15))
     _, key = issue(usage_app, remaining=2, refill=daily(5))
     meter = Meter(client, key)
@@ -89,8 +90,9 @@ def test_a_daily_refill_restores_the_amount_once_a_day(usage_app: Flask, client:
     assert meter.use() == ("VALID", 4)
 
 
-def test_a_daily_refill_does_not_add_up_over_days_without_use(usage_app: Flask, client: FlaskClient,
-                                                              clock: time_machine.Traveller) -> None:
+def test_a_daily_refill_does_not_add_up_over_days_without_use(
+    usage_app: Flask, client: FlaskClient, clock: time_machine.Traveller
+) -> None:
     clock.move_to(at(2030, 1, 10, 15))
     _, key = issue(usage_app, remaining=1, refill=daily(3))
     meter = Meter(client, key)
@@ -98,8 +100,9 @@ def test_a_daily_refill_does_not_add_up_over_days_without_use(usage_app: Flask, 
     assert meter.use_up(4) == counting_down(3) + exhausted(1)
 
 
-def test_a_refill_does_not_happen_on_the_day_it_was_set(usage_app: Flask, client: FlaskClient,
-                                                        clock: time_machine.Traveller) -> None:
+def test_a_refill_does_not_happen_on_the_day_it_was_set(
+    usage_app: Flask, client: FlaskClient, clock: time_machine.Traveller
+) -> None:
     clock.move_to(at(2030, 1, 10, 0, 0, 0))
     _, key = issue(usage_app, remaining=0, refill=daily(5))
     meter = Meter(client, key)
@@ -131,8 +134,9 @@ def test_a_monthly_refill_restores_the_amount_at_the_start_of_each_month(
     assert meter.use() == ("VALID", 2)
 
 
-def test_a_refill_counts_verifications_too(usage_app: Flask, client: FlaskClient,
-                                           clock: time_machine.Traveller) -> None:
+def test_a_refill_counts_verifications_too(
+    usage_app: Flask, client: FlaskClient, clock: time_machine.Traveller
+) -> None:
     clock.move_to(at(2030, 1, 10, 15))
     _, verifier = issue(usage_app, "keys:verify")
     _, key = issue(usage_app, remaining=1, refill=daily(2))
@@ -151,8 +155,9 @@ def test_a_refill_counts_verifications_too(usage_app: Flask, client: FlaskClient
     assert verify()[0] == "USAGE_EXCEEDED"
 
 
-def test_a_refill_set_by_patch_starts_its_clock_then(usage_app: Flask, client: FlaskClient,
-                                                    clock: time_machine.Traveller) -> None:
+def test_a_refill_set_by_patch_starts_its_clock_then(
+    usage_app: Flask, client: FlaskClient, clock: time_machine.Traveller
+) -> None:
     clock.move_to(at(2030, 1, 10, 15))
     _, manager = issue(usage_app, "keys:admin")  # adding a refill loosens the key
     key_id, key = issue(usage_app, remaining=0)
@@ -166,8 +171,9 @@ def test_a_refill_set_by_patch_starts_its_clock_then(usage_app: Flask, client: F
     assert meter.use_up(3) == counting_down(2) + exhausted(1)
 
 
-def test_patching_the_same_refill_again_keeps_its_clock(usage_app: Flask, client: FlaskClient,
-                                                        clock: time_machine.Traveller) -> None:
+def test_patching_the_same_refill_again_keeps_its_clock(
+    usage_app: Flask, client: FlaskClient, clock: time_machine.Traveller
+) -> None:
     clock.move_to(at(2030, 1, 10, 15))
     _, manager = issue(usage_app, "keys:read", "keys:write")
     key_id, key = issue(usage_app, remaining=0, refill=daily(2))
@@ -178,8 +184,9 @@ def test_patching_the_same_refill_again_keeps_its_clock(usage_app: Flask, client
     assert meter.use() == ("VALID", 1)  # the refill due since midnight still happens
 
 
-def test_rotation_does_not_lose_a_refill_that_is_due(usage_app: Flask, client: FlaskClient,
-                                                     clock: time_machine.Traveller) -> None:
+def test_rotation_does_not_lose_a_refill_that_is_due(
+    usage_app: Flask, client: FlaskClient, clock: time_machine.Traveller
+) -> None:
     clock.move_to(at(2030, 1, 10, 15))
     _, manager = issue(usage_app, "keys:read", "keys:write")
     key_id, key = issue(usage_app, remaining=1, refill=daily(5))

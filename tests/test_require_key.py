@@ -25,7 +25,7 @@ URL = "/protected-with-key"
 
 def flip(key: str, index: int) -> str:
     replacement = "A" if key[index] != "A" else "B"
-    return key[:index] + replacement + key[index + 1:]
+    return key[:index] + replacement + key[index + 1 :]
 
 
 @pytest.fixture
@@ -242,12 +242,14 @@ def test_no_error_body_echoes_the_key(client: FlaskClient, issue_key: IssueKey) 
         assert key[:-1] not in text and key[3:19] not in text
 
 
-@pytest.mark.parametrize("header, accepted, ignored", [
-    ("X-Customer-Key", "X-Customer-Key", "X-API-Key"),
-    ("", None, "X-API-Key"),
-])
-def test_the_second_header_is_configurable(database_url: str, header: str, accepted: str | None,
-                                           ignored: str) -> None:
+@pytest.mark.parametrize(
+    "header, accepted, ignored",
+    [
+        ("X-Customer-Key", "X-Customer-Key", "X-API-Key"),
+        ("", None, "X-API-Key"),
+    ],
+)
+def test_the_second_header_is_configurable(database_url: str, header: str, accepted: str | None, ignored: str) -> None:
     with migrated_app(database_url, KEYSERVICE_HEADER=header) as app:
         with app.app_context():
             _, key = KeyService.create_key(name="n", external_client_id="acme")

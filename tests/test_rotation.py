@@ -29,9 +29,18 @@ def original(client: FlaskClient, admin_key: str) -> dict[str, Any]:
     role = client.put("/roles/reader", headers=bearer(admin_key), json={"scopes": ["reports:read"]})
     assert role.status_code == 200
     expires_at = (utcnow() + timedelta(days=30)).isoformat()
-    response = client.post("/keys", headers=bearer(admin_key), json={
-        "name": "deploy bot", "external_client_id": "acme", "scopes": ["deploy:run", "builds:*"],
-        "roles": ["reader"], "meta": {"plan": "pro", "seats": 3}, "expires_at": expires_at})
+    response = client.post(
+        "/keys",
+        headers=bearer(admin_key),
+        json={
+            "name": "deploy bot",
+            "external_client_id": "acme",
+            "scopes": ["deploy:run", "builds:*"],
+            "roles": ["reader"],
+            "meta": {"plan": "pro", "seats": 3},
+            "expires_at": expires_at,
+        },
+    )
     assert response.status_code == 201, response.get_data(as_text=True)
     return response.get_json()
 
@@ -70,8 +79,11 @@ def test_the_new_key_works_with_the_old_ones_scopes_and_roles(
     response = client.post("/protected-with-key", headers=bearer(new["key"]))
     assert response.status_code == 200
     assert response.get_json()["external_client_id"] == "acme"
-    verified = client.post("/keys/verify", headers=bearer(admin_key),
-                           json={"key": new["key"], "scopes": ["deploy:run", "builds:x", "reports:read"]})
+    verified = client.post(
+        "/keys/verify",
+        headers=bearer(admin_key),
+        json={"key": new["key"], "scopes": ["deploy:run", "builds:x", "reports:read"]},
+    )
     assert verified.get_json()["code"] == "VALID"
 
 
@@ -120,9 +132,7 @@ def test_rotating_a_disabled_key_gives_a_disabled_key(
     assert outcome_of(client, new["key"]) == (401, "DISABLED")
 
 
-def test_rotation_is_in_the_old_keys_audit_trail(
-    client: FlaskClient, admin_key: str, original: dict[str, Any]
-) -> None:
+def test_rotation_is_in_the_old_keys_audit_trail(client: FlaskClient, admin_key: str, original: dict[str, Any]) -> None:
     new = rotated(client, admin_key, original["id"], {"grace_seconds": 60})
     events = client.get(f"/keys/{original['id']}/events", headers=bearer(admin_key)).get_json()["items"]
     assert [event["action"] for event in events] == ["created", "rotated"]
@@ -168,8 +178,7 @@ def test_an_unknown_field_is_422(client: FlaskClient, admin_key: str, original: 
 
 
 def cli_create_deploy_bot(runner: FlaskCliRunner) -> dict[str, Any]:
-    return cli_create(runner, "--scope", "deploy:run", "--meta", '{"plan": "pro"}', name="deploy bot",
-                      client_id="acme")
+    return cli_create(runner, "--scope", "deploy:run", "--meta", '{"plan": "pro"}', name="deploy bot", client_id="acme")
 
 
 def cli_verify(runner: FlaskCliRunner, key: str) -> str:
@@ -221,11 +230,14 @@ def test_cli_rotate_with_a_bad_grace_is_one_line_and_exit_2(runner: FlaskCliRunn
     assert cli_verify(runner, old["key"]) == "VALID"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["keys", "rotate", "AAAAAAAAAAAAAAAA"], "No key has this id"),
-    (["keys", "rotate", "nosuchkey"], "not a key id"),
-    (["keys", "rotate"], "Missing argument"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["keys", "rotate", "AAAAAAAAAAAAAAAA"], "No key has this id"),
+        (["keys", "rotate", "nosuchkey"], "not a key id"),
+        (["keys", "rotate"], "Missing argument"),
+    ],
+)
 def test_cli_rotate_of_no_key_is_one_line_and_exit_2(runner: FlaskCliRunner, args: list[str], message: str) -> None:
     result = runner.invoke(args=args)
     assert result.exit_code == 2

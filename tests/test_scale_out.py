@@ -35,16 +35,17 @@ class Fleet(KeysCli):
         return self.bases[instance] + "/protected-with-key"
 
 
-def start_fleet(stack: ExitStack, database_url: str, redis_url: str, folder: Path, instances: int,
-                **settings: str) -> Fleet:
+def start_fleet(
+    stack: ExitStack, database_url: str, redis_url: str, folder: Path, instances: int, **settings: str
+) -> Fleet:
     """Migrate the database, then start ``instances`` gunicorns (2 workers each, with ``settings``)
     on ports of their own."""
-    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4",
-                                  KEYSERVICE_RATELIMIT_STORAGE_URL=redis_url, **settings)
+    environ = service_environment(
+        database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_RATELIMIT_STORAGE_URL=redis_url, **settings
+    )
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
-    bases = [stack.enter_context(gunicorn(environ, folder / f"gunicorn-{n}.log", workers=2))
-             for n in range(instances)]
+    bases = [stack.enter_context(gunicorn(environ, folder / f"gunicorn-{n}.log", workers=2)) for n in range(instances)]
     return Fleet(environ, bases)
 
 
@@ -94,6 +95,7 @@ def test_a_rate_limit_is_shared_by_both_instances(fleet: Fleet) -> None:
 
 # --- PostgreSQL stopped under traffic -----------------------------------------------------------------
 
+
 @dataclass
 class Traffic:
     """Clients sending one request after another with each key until told to stop."""
@@ -128,7 +130,8 @@ class Traffic:
 
 
 def test_postgresql_stopped_under_traffic_means_503_only_then_recovery_and_nothing_lost(
-        own_postgres: PostgresServer, redis_url: str, tmp_path: Path) -> None:
+    own_postgres: PostgresServer, redis_url: str, tmp_path: Path
+) -> None:
     own_postgres.administer('CREATE DATABASE "outage"')
     with ExitStack() as stack:
         fleet = start_fleet(stack, own_postgres.url("outage"), redis_url, tmp_path, instances=2)
@@ -151,13 +154,13 @@ def test_postgresql_stopped_under_traffic_means_503_only_then_recovery_and_nothi
     # key's row is re-read after that, a counted key writes on every request.
     every = [timed for answers in traffic.answers.values() for timed in answers]
     assert all(timed.response.status in (200, 503) for timed in every), Counter(
-        outcome(timed.response) for timed in every)
+        outcome(timed.response) for timed in every
+    )
     for name, grace in (("plain", 0.5), ("counted", 0.0)):
         answers = traffic.answers[name]
         while_down = [timed for timed in answers if down_from + grace < timed.sent and timed.received < up_from]
         assert len(while_down) > 20, f"{name}: too little traffic while PostgreSQL was down"
-        assert Counter(outcome(timed.response) for timed in while_down) == {
-            (503, "UNAVAILABLE"): len(while_down)}, name
+        assert Counter(outcome(timed.response) for timed in while_down) == {(503, "UNAVAILABLE"): len(while_down)}, name
         assert all(timed.response.headers.get("Retry-After") == "1" for timed in while_down)
         recovered = [timed.sent - up_from for timed in answers if timed.sent > up_from and timed.response.status == 200]
         assert recovered and recovered[0] < 3.0, f"{name}: no success within 3 s of PostgreSQL coming back"

@@ -50,19 +50,29 @@ def send(client: FlaskClient, signer: GitHubSigner, body: bytes) -> tuple[int, o
 
 
 def test_a_live_key_reported_is_revoked_once_and_labelled(
-        client: FlaskClient, issue_key: IssueKey, admin_key: str, signer: GitHubSigner) -> None:
+    client: FlaskClient, issue_key: IssueKey, admin_key: str, signer: GitHubSigner
+) -> None:
     key_id, key = issue_key()
     made_up = wrong_secret(key)  # a real key id with another secret: not the key
     body = report(key, OTHER_PROVIDERS_TOKEN, made_up)
     status, answer = send(client, signer, body)
     assert status == 200
     assert answer == [
-        {"token_hash": hashlib.sha256(key.encode()).hexdigest(), "token_type": "keyservice_api_key",
-         "label": "true_positive"},
-        {"token_hash": hashlib.sha256(OTHER_PROVIDERS_TOKEN.encode()).hexdigest(), "token_type": "keyservice_api_key",
-         "label": "false_positive"},
-        {"token_hash": hashlib.sha256(made_up.encode()).hexdigest(), "token_type": "keyservice_api_key",
-         "label": "false_positive"},
+        {
+            "token_hash": hashlib.sha256(key.encode()).hexdigest(),
+            "token_type": "keyservice_api_key",
+            "label": "true_positive",
+        },
+        {
+            "token_hash": hashlib.sha256(OTHER_PROVIDERS_TOKEN.encode()).hexdigest(),
+            "token_type": "keyservice_api_key",
+            "label": "false_positive",
+        },
+        {
+            "token_hash": hashlib.sha256(made_up.encode()).hexdigest(),
+            "token_type": "keyservice_api_key",
+            "label": "false_positive",
+        },
     ]
     assert outcome_of(client, key) == (401, "REVOKED")
     assert client.get(f"/keys/{key_id}", headers=bearer(admin_key)).get_json()["revocation_reason"] == "leaked"
@@ -71,13 +81,15 @@ def test_a_live_key_reported_is_revoked_once_and_labelled(
     events = client.get(f"/keys/{key_id}/events", headers=bearer(admin_key)).get_json()["items"]
     assert [(e["action"], e["actor"], e["changes"]) for e in events[1:]] == [
         ("revoked", "github-secret-scanning", {"reason": "leaked"}),
-        ("leaked", "github-secret-scanning", {"url": URL, "source": "content", "type": "keyservice_api_key"})]
+        ("leaked", "github-secret-scanning", {"url": URL, "source": "content", "type": "keyservice_api_key"}),
+    ]
     assert key not in json.dumps(events)
 
 
 @pytest.mark.parametrize("change", ["a byte of the body", "no signature", "an unknown identifier", "not base64"])
 def test_a_report_that_does_not_verify_is_401_and_changes_nothing(
-        client: FlaskClient, issue_key: IssueKey, signer: GitHubSigner, change: str) -> None:
+    client: FlaskClient, issue_key: IssueKey, signer: GitHubSigner, change: str
+) -> None:
     _, key = issue_key()
     body = report(key)
     headers = signer.headers(body)
@@ -97,12 +109,13 @@ def test_a_report_that_does_not_verify_is_401_and_changes_nothing(
 
 
 def test_a_signed_body_that_is_no_report_is_422(client: FlaskClient, signer: GitHubSigner) -> None:
-    for body in (b"{}", b"[{\"type\": 1}]", b"\xff\xfe", b"[" * 50 + b"]" * 50):
+    for body in (b"{}", b'[{"type": 1}]', b"\xff\xfe", b"[" * 50 + b"]" * 50):
         assert send(client, signer, body)[0] in (400, 422), body
 
 
 def test_an_unknown_identifier_refetches_the_keys_at_most_every_10_seconds(
-        client: FlaskClient, issue_key: IssueKey, signer: GitHubSigner, key_list: object) -> None:
+    client: FlaskClient, issue_key: IssueKey, signer: GitHubSigner, key_list: object
+) -> None:
     _, key = issue_key()
     assert send(client, signer, report(key))[0] == 200
     assert key_list.key_list_fetches == 1  # type: ignore[attr-defined]
@@ -119,11 +132,15 @@ def test_an_unknown_identifier_refetches_the_keys_at_most_every_10_seconds(
 
 @pytest.mark.slow
 def test_a_report_to_gunicorn_revokes_everywhere_within_a_second_and_sends_key_leaked(
-        database_url: str, tmp_path: Path, signer: GitHubSigner) -> None:
+    database_url: str, tmp_path: Path, signer: GitHubSigner
+) -> None:
     receiver = Receiver()
     with serving(receiver, key_list={"public_keys": [signer.listed()]}) as server:
-        environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", **webhook_settings(
-            KEYSERVICE_SECRET_SCANNING_KEYS_URL=f"http://127.0.0.1:{server.server_address[1]}/keys"))
+        environ = service_environment(
+            database_url,
+            KEYSERVICE_BCRYPT_ROUNDS="4",
+            **webhook_settings(KEYSERVICE_SECRET_SCANNING_KEYS_URL=f"http://127.0.0.1:{server.server_address[1]}/keys"),
+        )
         assert flask_cli(environ, "db", "upgrade").returncode == 0
         created = flask_cli(environ, "webhooks", "create", receiver.url, "--event", "key.leaked")
         assert created.returncode == 0, created.stderr
@@ -150,4 +167,3 @@ def test_a_report_to_gunicorn_revokes_everywhere_within_a_second_and_sends_key_l
         assert leaked.payload["data"]["id"] == key_id and leaked.payload["changes"]["url"] == URL
         assert key not in leaked.body.decode()
         assert key not in (tmp_path / "gunicorn.log").read_text()
-

@@ -64,8 +64,7 @@ def test_50_slow_clients_do_not_hold_make_serves_workers(environ: dict[str, str]
     assert_no_worker_was_killed(log)
 
 
-def test_500_slow_clients_do_not_reach_the_production_setups_workers(
-        environ: dict[str, str], tmp_path: Path) -> None:
+def test_500_slow_clients_do_not_reach_the_production_setups_workers(environ: dict[str, str], tmp_path: Path) -> None:
     _, key = KeysCli(environ).create_key()
     log = tmp_path / "gunicorn.log"
     with gunicorn(environ, log, workers=2) as upstream, nginx_server(upstream.removeprefix("http://")) as base:

@@ -72,8 +72,7 @@ def service(database_url: str, tmp_path: Path) -> Iterator[Service]:
     environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="10")
     migrated = flask_cli(environ, "db", "upgrade")
     assert migrated.returncode == 0, migrated.stderr
-    _, manager = KeysCli(environ).create_key("--scope", "keys:read", "--scope", "keys:write",
-                                             "--scope", "keys:verify")
+    _, manager = KeysCli(environ).create_key("--scope", "keys:read", "--scope", "keys:write", "--scope", "keys:verify")
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
         yield Service(environ, base, manager)
 
@@ -94,8 +93,9 @@ def test_a_rotate_racing_a_revoke_never_leaves_a_live_key(service: Service, grac
     rotated = Counter[int]()
     for _ in range(ROUNDS):
         old = service.create()
-        rotation, revocation = together([functools.partial(service.rotate, old["id"], grace_seconds),
-                                         functools.partial(service.revoke, old["id"])])
+        rotation, revocation = together(
+            [functools.partial(service.rotate, old["id"], grace_seconds), functools.partial(service.revoke, old["id"])]
+        )
         assert revocation.status == 204
         assert rotation.status in (201, 409), rotation.body
         rotated[rotation.status] += 1

@@ -79,12 +79,18 @@ def test_role_names_follow_one_rule(session: Any) -> None:
 
 
 def test_loosening_without_leave_is_admin_only_naming_the_fields(session: Any) -> None:
-    api_key, _ = KeyService.create_key(name="n", external_client_id="acme", remaining=5,
-                                       expires_at=utcnow() + timedelta(days=1))
+    api_key, _ = KeyService.create_key(
+        name="n", external_client_id="acme", remaining=5, expires_at=utcnow() + timedelta(days=1)
+    )
     session.commit()
     with pytest.raises(AdminOnly) as raised:
-        store.update_key(session, store.lock_key(session, api_key.id), {"remaining": 50, "expires_at": None},
-                         "test", may_loosen=False)
+        store.update_key(
+            session,
+            store.lock_key(session, api_key.id),
+            {"remaining": 50, "expires_at": None},
+            "test",
+            may_loosen=False,
+        )
     assert sorted(refused(raised).fields) == ["expires_at", "remaining"]
 
 

@@ -27,9 +27,14 @@ def token_service(issuer: str, log: Path) -> Iterator[str]:
     """examples/token_service.py on a free port; yield its /whoami URL."""
     port = free_port()
     with log.open("ab") as output:
-        process = subprocess.Popen([sys.executable, str(EXAMPLES / "token_service.py")], cwd=REPO,
-                                   env={"KEYSERVICE_ISSUER": issuer, "PORT": str(port)},
-                                   stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "token_service.py")],
+            cwd=REPO,
+            env={"KEYSERVICE_ISSUER": issuer, "PORT": str(port)},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         assert _wait_for_port(port, process, 10.0), log.read_text()
         yield f"http://127.0.0.1:{port}/whoami"
@@ -42,9 +47,15 @@ def test_the_example_client_gets_a_token_and_the_example_service_verifies_it(tmp
     assert flask_cli(environ, "db", "upgrade").returncode == 0
     key_id, key = KeysCli(environ).create_key("--scope", "reports:read", "--scope", "billing:read")
     with gunicorn(environ, tmp_path / "gunicorn.log") as base, token_service(base, tmp_path / "service.log") as whoami:
-        client = subprocess.run([sys.executable, str(EXAMPLES / "token_client.py")], cwd=REPO, capture_output=True,
-                                text=True, timeout=30, check=False,
-                                env={"KEYSERVICE_URL": base, "KEY": key, "SERVICE_URL": whoami, "SCOPE": "reports:read"})
+        client = subprocess.run(
+            [sys.executable, str(EXAMPLES / "token_client.py")],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={"KEYSERVICE_URL": base, "KEY": key, "SERVICE_URL": whoami, "SCOPE": "reports:read"},
+        )
         assert client.returncode == 0, client.stderr
         assert json.loads(client.stdout) == {"key_id": key_id, "external_client_id": "acme", "scopes": ["reports:read"]}
         assert key not in client.stdout + client.stderr

@@ -77,16 +77,20 @@ def scoped_app(app: Flask) -> Flask:
     @app.get("/reports")
     @require_key("reports:read")
     def reports() -> dict[str, Any]:
-        return {"key_id": g.auth.key_id, "client": g.auth.external_client_id, "scopes": list(g.auth.scopes),
-                "remaining": g.auth.remaining}
+        return {
+            "key_id": g.auth.key_id,
+            "client": g.auth.external_client_id,
+            "scopes": list(g.auth.scopes),
+            "remaining": g.auth.remaining,
+        }
 
     return app
 
 
 # --- the token endpoint ----------------------------------------------------------------------------
 
-def test_basic_auth_gives_a_token_in_the_rfc_9068_profile(app: Flask, client: FlaskClient,
-                                                           issue_key: IssueKey) -> None:
+
+def test_basic_auth_gives_a_token_in_the_rfc_9068_profile(app: Flask, client: FlaskClient, issue_key: IssueKey) -> None:
     key_id, key = issue_key(external_client_id="acme", scopes=("reports:read", "billing:*"))
     response = post_token(client, key)
     assert response.status_code == 200
@@ -127,8 +131,9 @@ def test_a_scope_the_key_lacks_is_invalid_scope(client: FlaskClient, issue_key: 
 
 
 @pytest.mark.parametrize("scope", ["", "   ", 'a"b', "a\\b", "é", " ".join(f"s{n}" for n in range(101))])
-def test_a_scope_that_is_not_scope_tokens_is_invalid_scope(client: FlaskClient, issue_key: IssueKey,
-                                                          scope: str) -> None:
+def test_a_scope_that_is_not_scope_tokens_is_invalid_scope(
+    client: FlaskClient, issue_key: IssueKey, scope: str
+) -> None:
     _, key = issue_key()
     assert_oauth_error(post_token(client, key, scope=scope), 400, "invalid_scope")
 
@@ -146,17 +151,30 @@ def test_a_client_id_other_than_the_keys_id_is_invalid_client(client: FlaskClien
     assert_oauth_error(client.post(TOKEN, data=GRANT, headers=basic(key, other_id)), 401, "invalid_client")
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer x"}, {"Authorization": "Basic !!!"},
-                                     {"Authorization": "Basic " + base64.b64encode(b"no colon").decode()}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer x"},
+        {"Authorization": "Basic !!!"},
+        {"Authorization": "Basic " + base64.b64encode(b"no colon").decode()},
+    ],
+)
 def test_no_usable_client_authentication_is_invalid_client(client: FlaskClient, headers: dict[str, str]) -> None:
     assert_oauth_error(client.post(TOKEN, data=GRANT, headers=headers), 401, "invalid_client")
 
 
-@pytest.mark.parametrize("grant_type, error", [("password", "unsupported_grant_type"),
-                                               ("authorization_code", "unsupported_grant_type"),
-                                               (None, "invalid_request")])
-def test_only_client_credentials_is_granted(client: FlaskClient, issue_key: IssueKey, grant_type: str | None,
-                                            error: str) -> None:
+@pytest.mark.parametrize(
+    "grant_type, error",
+    [
+        ("password", "unsupported_grant_type"),
+        ("authorization_code", "unsupported_grant_type"),
+        (None, "invalid_request"),
+    ],
+)
+def test_only_client_credentials_is_granted(
+    client: FlaskClient, issue_key: IssueKey, grant_type: str | None, error: str
+) -> None:
     _, key = issue_key()
     data = {} if grant_type is None else {"grant_type": grant_type}
     assert_oauth_error(client.post(TOKEN, data=data, headers=basic(key)), 400, error)
@@ -166,25 +184,36 @@ def test_malformed_requests_are_invalid_request(client: FlaskClient, issue_key: 
     key_id, key = issue_key()
     both = client.post(TOKEN, data=GRANT | {"client_id": key_id, "client_secret": key}, headers=basic(key))
     assert_oauth_error(both, 400, "invalid_request")
-    repeated = client.post(TOKEN, data="grant_type=client_credentials&grant_type=client_credentials",
-                           content_type="application/x-www-form-urlencoded", headers=basic(key))
+    repeated = client.post(
+        TOKEN,
+        data="grant_type=client_credentials&grant_type=client_credentials",
+        content_type="application/x-www-form-urlencoded",
+        headers=basic(key),
+    )
     assert_oauth_error(repeated, 400, "invalid_request")
     assert_oauth_error(client.post(TOKEN, json=GRANT, headers=basic(key)), 400, "invalid_request")
     in_the_url = client.post(TOKEN, query_string={"client_secret": key}, data=GRANT | {"client_id": key_id})
     assert_oauth_error(in_the_url, 400, "invalid_request")
     assert key not in in_the_url.get_data(as_text=True)
-    assert_problem(client.post(TOKEN, data=GRANT | {"scope": "x" * 10_000}, headers=basic(key)), 413,
-                   "HTTP_REQUEST_ENTITY_TOO_LARGE")
+    assert_problem(
+        client.post(TOKEN, data=GRANT | {"scope": "x" * 10_000}, headers=basic(key)),
+        413,
+        "HTTP_REQUEST_ENTITY_TOO_LARGE",
+    )
     assert_problem(client.get(TOKEN), 405, "HTTP_METHOD_NOT_ALLOWED")
 
 
-@pytest.mark.parametrize("changes, code", [
-    ({"revoked_at": utcnow()}, "REVOKED"),
-    ({"expires_at": utcnow() - timedelta(seconds=1)}, "EXPIRED"),
-    ({"enabled": False}, "DISABLED"),
-])
-def test_a_key_no_longer_good_gets_no_token(client: FlaskClient, issue_key: IssueKey, changes: dict[str, Any],
-                                            code: str) -> None:
+@pytest.mark.parametrize(
+    "changes, code",
+    [
+        ({"revoked_at": utcnow()}, "REVOKED"),
+        ({"expires_at": utcnow() - timedelta(seconds=1)}, "EXPIRED"),
+        ({"enabled": False}, "DISABLED"),
+    ],
+)
+def test_a_key_no_longer_good_gets_no_token(
+    client: FlaskClient, issue_key: IssueKey, changes: dict[str, Any], code: str
+) -> None:
     _, key = issue_key(**changes)
     assert_oauth_error(post_token(client, key), 401, "invalid_client", code)
 
@@ -206,8 +235,9 @@ def test_an_exhausted_key_gets_no_token(client: FlaskClient, issue_key: IssueKey
     assert_problem(client.post(PROTECTED, headers=bearer(token)), 429, "USAGE_EXCEEDED")
 
 
-def test_the_token_endpoint_and_the_tokens_requests_show_in_the_keys_usage(app: Flask, client: FlaskClient,
-                                                                          issue_key: IssueKey) -> None:
+def test_the_token_endpoint_and_the_tokens_requests_show_in_the_keys_usage(
+    app: Flask, client: FlaskClient, issue_key: IssueKey
+) -> None:
     key_id, key = issue_key(scopes=("reports:read",))
     token = token_of(client, key)
     assert_oauth_error(post_token(client, wrong_secret(key)), 401, "invalid_client", "NOT_FOUND")
@@ -220,28 +250,48 @@ def test_the_token_endpoint_and_the_tokens_requests_show_in_the_keys_usage(app: 
     assert hour["counts"] == {"VALID": 4, "NOT_FOUND": 1}
 
 
-hostile_forms = st.dictionaries(st.sampled_from(["grant_type", "scope", "client_id", "client_secret", "x"]),
-                                st.one_of(hostile_text, st.just("client_credentials")), max_size=5)
+hostile_forms = st.dictionaries(
+    st.sampled_from(["grant_type", "scope", "client_id", "client_secret", "x"]),
+    st.one_of(hostile_text, st.just("client_credentials")),
+    max_size=5,
+)
 header_text = hostile_text.filter(lambda text: not {"\n", "\r", "\x00"} & set(text))  # what a client can send
-hostile_authorizations = st.one_of(st.none(), header_text.map(lambda text: "Basic " + text),
-                                   hostile_text.map(lambda text: "Basic " + base64.b64encode(
-                                       text.encode("utf-8", "surrogatepass")).decode()))
+hostile_authorizations = st.one_of(
+    st.none(),
+    header_text.map(lambda text: "Basic " + text),
+    hostile_text.map(lambda text: "Basic " + base64.b64encode(text.encode("utf-8", "surrogatepass")).decode()),
+)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(form=hostile_forms, raw=st.one_of(st.none(), hostile_raw_bodies), authorization=hostile_authorizations,
-       content_type=st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain"]))
-def test_hostile_token_requests_get_a_4xx(client: FlaskClient, form: dict[str, str], raw: str | None,
-                                          authorization: str | None, content_type: str) -> None:
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    form=hostile_forms,
+    raw=st.one_of(st.none(), hostile_raw_bodies),
+    authorization=hostile_authorizations,
+    content_type=st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain"]),
+)
+def test_hostile_token_requests_get_a_4xx(
+    client: FlaskClient, form: dict[str, str], raw: str | None, authorization: str | None, content_type: str
+) -> None:
     body = raw if raw is not None else urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in form.items()})
-    response = client.post(TOKEN, data=body.encode("utf-8", "surrogatepass"), content_type=content_type,
-                           headers={"Authorization": authorization} if authorization else {})
+    response = client.post(
+        TOKEN,
+        data=body.encode("utf-8", "surrogatepass"),
+        content_type=content_type,
+        headers={"Authorization": authorization} if authorization else {},
+    )
     assert 400 <= response.status_code < 500, response.get_data(as_text=True)
     assert response.mimetype in ("application/json", "application/problem+json")
 
 
 # --- @require_key with a token -----------------------------------------------------------------------
+
 
 def test_a_token_fills_g_auth_as_its_key_does_with_the_tokens_scopes(scoped_app: Flask, issue_key: IssueKey) -> None:
     key_id, key = issue_key(external_client_id="acme-corp", scopes=("reports:*", "billing:read"), remaining=10)
@@ -249,8 +299,7 @@ def test_a_token_fills_g_auth_as_its_key_does_with_the_tokens_scopes(scoped_app:
     token = token_of(client, key, scope="reports:read")
     response = client.get("/reports", headers=bearer(token))
     assert response.status_code == 200
-    assert response.get_json() == {"key_id": key_id, "client": "acme-corp", "scopes": ["reports:read"],
-                                   "remaining": 8}
+    assert response.get_json() == {"key_id": key_id, "client": "acme-corp", "scopes": ["reports:read"], "remaining": 8}
     assert client.get("/reports", headers={"X-API-Key": token}).status_code == 200
 
 
@@ -272,13 +321,17 @@ def test_a_required_scope_must_still_be_the_keys(scoped_app: Flask, issue_key: I
     assert_problem(client.get("/reports", headers=bearer(token)), 403, "INSUFFICIENT_SCOPE")
 
 
-@pytest.mark.parametrize("change, code", [
-    (lambda api_key: api_key.revoke(), "REVOKED"),
-    (lambda api_key: setattr(api_key, "enabled", False), "DISABLED"),
-    (lambda api_key: setattr(api_key, "expires_at", utcnow()), "EXPIRED"),
-])
-def test_a_token_of_a_key_changed_since_is_refused(app: Flask, client: FlaskClient, issue_key: IssueKey,
-                                                   change: Any, code: str) -> None:
+@pytest.mark.parametrize(
+    "change, code",
+    [
+        (lambda api_key: api_key.revoke(), "REVOKED"),
+        (lambda api_key: setattr(api_key, "enabled", False), "DISABLED"),
+        (lambda api_key: setattr(api_key, "expires_at", utcnow()), "EXPIRED"),
+    ],
+)
+def test_a_token_of_a_key_changed_since_is_refused(
+    app: Flask, client: FlaskClient, issue_key: IssueKey, change: Any, code: str
+) -> None:
     key_id, key = issue_key()
     token = token_of(client, key)
     assert client.post(PROTECTED, headers=bearer(token)).status_code == 200
@@ -296,6 +349,7 @@ def test_a_tokens_requests_count_against_its_keys_rate_limit(client: FlaskClient
 
 
 # --- bad tokens ------------------------------------------------------------------------------------------
+
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -323,15 +377,23 @@ def signed_by_keyservice(app: Flask, claims: dict[str, Any], **header: Any) -> s
 def test_each_bad_token_is_a_401_whose_code_says_why(app: Flask, client: FlaskClient, good: Any) -> None:
     token, header, claims = good
     with app.app_context():
-        public_pem = current_state().signing_keys.public_key(header["kid"]).public_bytes(  # type: ignore[union-attr]
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        public_pem = (
+            current_state()
+            .signing_keys.public_key(header["kid"])
+            .public_bytes(  # type: ignore[union-attr]
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
     signing_input, signature = token.rsplit(".", 1)
     forged = signing_input + "." + ("A" if signature[0] != "A" else "B") + signature[1:]
     other_claims = dict(claims, external_client_id="someone-else")
     tampered = ".".join([token.split(".")[0], b64(json.dumps(other_claims).encode()), signature])
     alg_none = hand_signed({"alg": "none", "typ": "at+jwt", "kid": header["kid"]}, claims, lambda _: b"")
-    hs256 = hand_signed({"alg": "HS256", "typ": "at+jwt", "kid": header["kid"]}, claims,
-                        lambda data: hmac.new(public_pem, data, hashlib.sha256).digest())
+    hs256 = hand_signed(
+        {"alg": "HS256", "typ": "at+jwt", "kid": header["kid"]},
+        claims,
+        lambda data: hmac.new(public_pem, data, hashlib.sha256).digest(),
+    )
     now = int(time.time())
     cases = {
         "forged signature": (forged, "TOKEN_INVALID"),
@@ -370,6 +432,7 @@ def test_a_remembered_token_is_refused_once_it_expires(database_url: str) -> Non
 
 # --- metadata -------------------------------------------------------------------------------------------
 
+
 def test_the_metadata_is_rfc_8414_and_cacheable(database_url: str) -> None:
     issuer = "https://keys.example.com/auth"
     with migrated_app(database_url, KEYSERVICE_TOKEN_ISSUER=issuer + "/", KEYSERVICE_JWKS_MAX_AGE=120) as app:
@@ -377,10 +440,13 @@ def test_the_metadata_is_rfc_8414_and_cacheable(database_url: str) -> None:
         response = client.get("/.well-known/oauth-authorization-server")
         assert response.headers["Cache-Control"] == "public, max-age=120"
         assert response.get_json() == {
-            "issuer": issuer, "token_endpoint": issuer + "/oauth/token", "jwks_uri": issuer + "/.well-known/jwks.json",
+            "issuer": issuer,
+            "token_endpoint": issuer + "/oauth/token",
+            "jwks_uri": issuer + "/.well-known/jwks.json",
             "grant_types_supported": ["client_credentials"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "response_types_supported": []}
+            "response_types_supported": [],
+        }
         jwks = client.get("/.well-known/jwks.json")
         assert jwks.headers["Cache-Control"] == "public, max-age=120"
         [key] = jwks.get_json()["keys"]
@@ -391,10 +457,13 @@ def test_the_openapi_document_has_the_token_routes(client: FlaskClient) -> None:
     paths = client.get("/openapi.json").get_json()["paths"]
     assert {"post"} <= set(paths["/oauth/token"])
     assert "application/x-www-form-urlencoded" in paths["/oauth/token"]["post"]["requestBody"]["content"]
-    assert {"get"} <= set(paths["/.well-known/jwks.json"]) and {"get"} <= set(paths["/.well-known/oauth-authorization-server"])
+    assert {"get"} <= set(paths["/.well-known/jwks.json"]) and {"get"} <= set(
+        paths["/.well-known/oauth-authorization-server"]
+    )
 
 
 # --- signing keys --------------------------------------------------------------------------------------
+
 
 def signing_keys(app: Flask) -> list[SigningKey]:
     with app.app_context():
@@ -423,7 +492,8 @@ def test_concurrent_first_uses_make_one_signing_key(app: Flask) -> None:
 
 
 def test_a_rotation_publishes_first_signs_later_and_retires_after_the_token_lifetime(
-        app: Flask, client: FlaskClient, issue_key: IssueKey) -> None:
+    app: Flask, client: FlaskClient, issue_key: IssueKey
+) -> None:
     _, key = issue_key()
     old_token = token_of(client, key)
     old_kid = jwt.get_unverified_header(old_token)["kid"]
@@ -482,14 +552,16 @@ def test_private_keys_are_encrypted_at_rest_when_a_secret_is_set(database_url: s
         assert client.post(PROTECTED, headers=bearer(token)).status_code == 200
 
 
-def test_without_a_secret_private_keys_are_stored_in_the_clear(app: Flask, client: FlaskClient,
-                                                               issue_key: IssueKey) -> None:
+def test_without_a_secret_private_keys_are_stored_in_the_clear(
+    app: Flask, client: FlaskClient, issue_key: IssueKey
+) -> None:
     token_of(client, issue_key()[1])
     [row] = signing_keys(app)
     assert not row.encrypted and row.private_key.startswith("-----BEGIN PRIVATE KEY-----")
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def issuer_app(database_url: str) -> Iterator[Flask]:

@@ -37,8 +37,14 @@ def environ(database_url: str) -> dict[str, str]:
 
 def verified_by_jwks(client: jwt.PyJWKClient, token: str, base: str) -> dict[str, object]:
     """The token's claims as any service checks them: PyJWT and the JWKS URL, nothing else."""
-    claims: dict[str, object] = jwt.decode(token, client.get_signing_key_from_jwt(token), algorithms=["ES256"],
-                                           audience=base, issuer=base, options={"require": REQUIRED})
+    claims: dict[str, object] = jwt.decode(
+        token,
+        client.get_signing_key_from_jwt(token),
+        algorithms=["ES256"],
+        audience=base,
+        issuer=base,
+        options={"require": REQUIRED},
+    )
     return claims
 
 
@@ -47,7 +53,8 @@ def error_of(response: object) -> tuple[int, str]:
 
 
 def test_a_key_traded_for_a_token_over_http_and_refused_within_a_second_of_its_revocation(
-        environ: dict[str, str], tmp_path: Path) -> None:
+    environ: dict[str, str], tmp_path: Path
+) -> None:
     cli = KeysCli(environ)
     key_id, key = cli.create_key("--scope", "reports:read", "--scope", "billing:read")
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
@@ -64,8 +71,12 @@ def test_a_key_traded_for_a_token_over_http_and_refused_within_a_second_of_its_r
         assert (ok.status, json.loads(ok.body)) == (200, {"protected": True, "external_client_id": "acme"})
         wrong = key[:20] + ("a" if key[20] != "a" else "b") + key[21:]
         assert error_of(fetch_token(base, wrong)) == (401, "invalid_client")
-        password = request(base + "/oauth/token", "POST", {"Content-Type": "application/x-www-form-urlencoded"},
-                           data=f"grant_type=password&username={key_id}&password=x".encode())
+        password = request(
+            base + "/oauth/token",
+            "POST",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            data=f"grant_type=password&username={key_id}&password=x".encode(),
+        )
         assert error_of(password) == (400, "unsupported_grant_type")
         assert error_of(fetch_token(base, key, "admin:all")) == (400, "invalid_scope")
         narrower = json.loads(fetch_token(base, key, "billing:read").body)
@@ -86,8 +97,7 @@ def test_a_key_traded_for_a_token_over_http_and_refused_within_a_second_of_its_r
         assert refused.headers["WWW-Authenticate"] == 'Basic realm="keyservice"'
 
 
-def test_tokens_signed_before_and_after_a_rotation_verify_at_every_moment(database_url: str,
-                                                                          tmp_path: Path) -> None:
+def test_tokens_signed_before_and_after_a_rotation_verify_at_every_moment(database_url: str, tmp_path: Path) -> None:
     environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_JWKS_MAX_AGE="1")
     assert flask_cli(environ, "db", "upgrade").returncode == 0
     _, key = KeysCli(environ).create_key()
@@ -133,8 +143,9 @@ def test_tokens_signed_before_and_after_a_rotation_verify_at_every_moment(databa
 
 def test_two_instances_on_postgresql_sign_with_the_same_keys(postgres: PostgresServer, tmp_path: Path) -> None:
     with postgres_database(postgres) as url:
-        environ = service_environment(url, KEYSERVICE_BCRYPT_ROUNDS="4",
-                                      KEYSERVICE_TOKEN_ISSUER="https://keys.example.com")
+        environ = service_environment(
+            url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_TOKEN_ISSUER="https://keys.example.com"
+        )
         _, key = KeysCli(environ).create_key()
         with gunicorn(environ, tmp_path / "a.log") as a, gunicorn(environ, tmp_path / "b.log") as b:
             # Both instances' first tokens at once, before any signing key exists: one key is made.

@@ -63,7 +63,8 @@ def send_known_traffic(app: Flask, client: FlaskClient, key_id: str, key: str) -
 
 
 def test_a_management_call_refused_403_counts_as_insufficient_scope(
-        app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str) -> None:
+    app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str
+) -> None:
     reader_id, reader = issue_key(name="reader", external_client_id="acme", scopes=("keys:read",))
     refused = client.post("/keys", json={"name": "n", "external_client_id": "acme"}, headers=bearer(reader))
     assert (refused.status_code, refused.get_json()["code"]) == (403, "INSUFFICIENT_SCOPE")
@@ -73,8 +74,9 @@ def test_a_management_call_refused_403_counts_as_insufficient_scope(
     assert hour["counts"] == {"INSUFFICIENT_SCOPE": 1, "VALID": 1}
 
 
-def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, client: FlaskClient,
-                                                                  issue_key: IssueKey, admin: str) -> None:
+def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(
+    app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str
+) -> None:
     key_id, key = issue_key()
     send_known_traffic(app, client, key_id, key)
     assert usage(client, admin, key_id)["items"] == []  # nothing before the flush
@@ -90,8 +92,9 @@ def test_usage_counts_each_outcome_of_a_key_per_hour_and_per_day(app: Flask, cli
     assert day["counts"] == hour["counts"] and parse_time(day["start"]) == parse_time(hour["start"]).replace(hour=0)
 
 
-def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient, issue_key: IssueKey,
-                                                admin: str) -> None:
+def test_usage_adds_up_across_flushes_and_hours(
+    app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str
+) -> None:
     key_id, key = issue_key()
     start = datetime(2030, 1, 1, 9, 30, tzinfo=UTC)
     for hours_later, requests in ((0, 2), (0, 3), (1, 4)):
@@ -101,15 +104,18 @@ def test_usage_adds_up_across_flushes_and_hours(app: Flask, client: FlaskClient,
             flush(app)
     query = {"since": "2030-01-01T00:00:00Z", "until": "2030-01-02T00:00:00Z"}
     assert [(parse_time(item["start"]), item["total"]) for item in usage(client, admin, key_id, **query)["items"]] == [
-        (start.replace(minute=0), 5), (start.replace(hour=10, minute=0), 4)]
+        (start.replace(minute=0), 5),
+        (start.replace(hour=10, minute=0), 4),
+    ]
     by_day = usage(client, admin, key_id, granularity="day", **query)["items"]
     assert [(parse_time(item["start"]), item["total"]) for item in by_day] == [(start.replace(hour=0, minute=0), 9)]
     later = usage(client, admin, key_id, since="2030-01-01T10:00:00Z", until="2030-01-01T11:00:00Z")
     assert [item["total"] for item in later["items"]] == [4]
 
 
-def test_a_refused_request_without_a_known_key_counts_for_no_key(app: Flask, client: FlaskClient,
-                                                                 issue_key: IssueKey, admin: str) -> None:
+def test_a_refused_request_without_a_known_key_counts_for_no_key(
+    app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str
+) -> None:
     key_id, key = issue_key()
     client.post(PROTECTED, headers=bearer(key[:-1]))  # MALFORMED: no key is named
     client.post(PROTECTED)  # MISSING
@@ -117,8 +123,9 @@ def test_a_refused_request_without_a_known_key_counts_for_no_key(app: Flask, cli
     assert usage(client, admin, key_id)["items"] == []
 
 
-def test_last_used_at_follows_valid_uses_without_touching_updated_at(app: Flask, client: FlaskClient,
-                                                                     issue_key: IssueKey, admin: str) -> None:
+def test_last_used_at_follows_valid_uses_without_touching_updated_at(
+    app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str
+) -> None:
     key_id, key = issue_key()
     shown = client.get(f"/keys/{key_id}", headers=bearer(admin)).get_json()
     assert shown["last_used_at"] is None
@@ -131,14 +138,18 @@ def test_last_used_at_follows_valid_uses_without_touching_updated_at(app: Flask,
     assert after["updated_at"] == shown["updated_at"]
 
 
-@pytest.mark.parametrize("query, field", [
-    ({"granularity": "week"}, "granularity"),
-    ({"since": "yesterday"}, "since"),
-    ({"since": "0038-05-05T18:32:36Z"}, "since"),
-    ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "since"),
-])
-def test_bad_usage_queries_are_422_naming_the_field(client: FlaskClient, issue_key: IssueKey, admin: str,
-                                                    query: dict[str, str], field: str) -> None:
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"granularity": "week"}, "granularity"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "0038-05-05T18:32:36Z"}, "since"),
+        ({"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"}, "since"),
+    ],
+)
+def test_bad_usage_queries_are_422_naming_the_field(
+    client: FlaskClient, issue_key: IssueKey, admin: str, query: dict[str, str], field: str
+) -> None:
     key_id, _ = issue_key()
     response = client.get(f"/keys/{key_id}/usage", query_string=query, headers=bearer(admin))
     assert response.status_code == 422
@@ -163,7 +174,6 @@ def test_cli_usage(app: Flask, client: FlaskClient, runner: FlaskCliRunner, issu
     assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1
 
 
-
 # --- the flush thread: a failure of any kind, and many threads counting at once ----------------------
 
 FLUSH_THREAD = "keyservice-usage-flush"
@@ -172,12 +182,20 @@ FLUSH_THREAD = "keyservice-usage-flush"
 def stored_counts(app: Flask, key_id: str) -> Counter[str]:
     """The key's usage as the database holds it, by outcome (over every hour)."""
     with app.app_context():
-        return Counter(dict(db.session.execute(select(KeyUsage.outcome, func.sum(KeyUsage.count))
-                                               .where(KeyUsage.key_id == key_id).group_by(KeyUsage.outcome)).all()))
+        return Counter(
+            dict(
+                db.session.execute(
+                    select(KeyUsage.outcome, func.sum(KeyUsage.count))
+                    .where(KeyUsage.key_id == key_id)
+                    .group_by(KeyUsage.outcome)
+                ).all()
+            )
+        )
 
 
 def test_a_flush_failing_with_an_error_of_any_kind_keeps_its_counts_and_the_thread_flushes_them_later(
-        database_url: str) -> None:
+    database_url: str,
+) -> None:
     with migrated_app(database_url, KEYSERVICE_USAGE_FLUSH_INTERVAL=0.1) as app:
         key_id, key = issue(app)
         failed: list[str] = []
@@ -218,8 +236,11 @@ def test_counts_from_many_threads_at_once_add_up_exactly(database_url: str) -> N
         def send() -> list[int]:
             client = app.test_client()
             start.wait(timeout=30)
-            return [client.post(PROTECTED, headers=bearer(used)).status_code
-                    for _ in range(requests) for used in (key, refused)]
+            return [
+                client.post(PROTECTED, headers=bearer(used)).status_code
+                for _ in range(requests)
+                for used in (key, refused)
+            ]
 
         with ThreadPoolExecutor(threads) as pool:
             statuses = [status for sent in pool.map(lambda _: send(), range(threads)) for status in sent]
@@ -231,6 +252,7 @@ def test_counts_from_many_threads_at_once_add_up_exactly(database_url: str) -> N
 
 # --- /metrics ----------------------------------------------------------------------------------------
 
+
 def metric(client: FlaskClient, name: str, **labels: str) -> float:
     """A sample's value in ``/metrics`` (0 if it is not there yet)."""
     text = client.get("/metrics").get_data(as_text=True)
@@ -239,11 +261,14 @@ def metric(client: FlaskClient, name: str, **labels: str) -> float:
     return float(match[1]) if match else 0.0
 
 
-def test_metrics_count_verifications_by_outcome_latency_and_refusals(app: Flask, client: FlaskClient,
-                                                                     issue_key: IssueKey) -> None:
+def test_metrics_count_verifications_by_outcome_latency_and_refusals(
+    app: Flask, client: FlaskClient, issue_key: IssueKey
+) -> None:
     # The counters live in this process and every test's app adds to them: compare differences.
-    before = {code: metric(client, "keyservice_verifications_total", outcome=code)
-              for code in ("VALID", "NOT_FOUND", "REVOKED", "INSUFFICIENT_SCOPE")}
+    before = {
+        code: metric(client, "keyservice_verifications_total", outcome=code)
+        for code in ("VALID", "NOT_FOUND", "REVOKED", "INSUFFICIENT_SCOPE")
+    }
     latency_before = metric(client, "keyservice_verification_seconds_count")
     key_id, key = issue_key()
     send_known_traffic(app, client, key_id, key)
@@ -264,6 +289,7 @@ def test_metrics_count_limit_refusals(app: Flask, client: FlaskClient, issue_key
 
 # --- the request log line (written by gunicorn's logger class: tests/test_observability.py) ---------
 
+
 @pytest.fixture
 def environs(app: Flask) -> list[dict[str, Any]]:
     """The WSGI environ of each request, as the server holds it once the app is done."""
@@ -278,8 +304,7 @@ def environs(app: Flask) -> list[dict[str, Any]]:
     return seen
 
 
-def logged_line(environ: dict[str, Any], response: TestResponse,
-                caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+def logged_line(environ: dict[str, Any], response: TestResponse, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
     """The line gunicorn's logger class (accesslog.py) writes for the request of ``response``."""
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="keyservice.request"):
@@ -289,16 +314,23 @@ def logged_line(environ: dict[str, Any], response: TestResponse,
 
 
 def test_each_request_leaves_its_id_key_id_and_outcome_for_its_log_line(
-        client: FlaskClient, issue_key: IssueKey, environs: list[dict[str, Any]],
-        caplog: pytest.LogCaptureFixture) -> None:
+    client: FlaskClient, issue_key: IssueKey, environs: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
     key_id, key = issue_key()
     ok = client.post(PROTECTED + "?api_key=" + key, headers={**bearer(key), "X-Request-ID": "req-42"})
     refused = client.post(PROTECTED, headers=bearer(wrong_secret(key)))
     unprotected = client.post("/unprotected")
-    first, second, third = (logged_line(environ, response, caplog)
-                            for environ, response in zip(environs[-3:], (ok, refused, unprotected)))
+    first, second, third = (
+        logged_line(environ, response, caplog)
+        for environ, response in zip(environs[-3:], (ok, refused, unprotected), strict=False)
+    )
     assert (first.request_id, first.key_id, first.code, first.status, first.path) == (  # type: ignore[attr-defined]
-        "req-42", key_id, "VALID", 200, PROTECTED)
+        "req-42",
+        key_id,
+        "VALID",
+        200,
+        PROTECTED,
+    )
     assert (first.client, first.latency_ms) == ("127.0.0.1", 2.0)  # type: ignore[attr-defined]
     assert ok.headers["X-Request-ID"] == "req-42"
     assert (second.key_id, second.code, second.status) == (key_id, "NOT_FOUND", 401)  # type: ignore[attr-defined]
@@ -308,8 +340,9 @@ def test_each_request_leaves_its_id_key_id_and_outcome_for_its_log_line(
     assert key not in caplog.text and key.split("_")[2] not in caplog.text
 
 
-def test_a_request_id_that_is_not_a_plain_token_is_replaced(client: FlaskClient, environs: list[dict[str, Any]],
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_request_id_that_is_not_a_plain_token_is_replaced(
+    client: FlaskClient, environs: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
     response = client.post("/unprotected", headers={"X-Request-ID": "a b\tc" + "x" * 100})
     line = logged_line(environs[-1], response, caplog)
     assert re.fullmatch(r"[0-9a-f]{32}", line.request_id)  # type: ignore[attr-defined]

@@ -46,8 +46,9 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 def add_key(engine: Engine, key_id: str, **fields: Any) -> KeyRecord:
     """Add key ``key_id`` (with ``fields``) through the ORM, as the store does; return its row as read."""
     with Session(engine) as session, session.begin():
-        session.add(ApiKey(id=key_id, start=f"sk_{key_id}", secret_hash="-", name=key_id,
-                           external_client_id="acme", **fields))
+        session.add(
+            ApiKey(id=key_id, start=f"sk_{key_id}", secret_hash="-", name=key_id, external_client_id="acme", **fields)
+        )
     record = KeyRows(lambda: engine).load(key_id)
     assert record is not None
     return record
@@ -83,7 +84,8 @@ def statements(engine: Engine) -> list[str]:
 
 
 def test_a_copy_is_served_without_a_query_within_the_ttl_and_the_feed_is_read_once_after(
-        engine: Engine, statements: list[str]) -> None:
+    engine: Engine, statements: list[str]
+) -> None:
     clock = Clock()
     cache: RowCache[str] = RowCache(lambda: engine, size=10, ttl=0.5, max_age=60, clock=clock)
     cache.put(b"a", "key-a", (), "row a", cache.generation())
@@ -157,7 +159,8 @@ def clock() -> Iterator[time_machine.Traveller]:
 
 
 def test_a_clients_budget_is_spent_then_refused_then_refilled_after_its_retry_after(
-        budgets: FailedCheckBudgets, clock: time_machine.Traveller) -> None:
+    budgets: FailedCheckBudgets, clock: time_machine.Traveller
+) -> None:
     taken = [budgets.take("key1", "10.6.6.6") for _ in range(4)]
     assert taken[:3] == [None] * 3
     retry_after = taken[3]
@@ -170,7 +173,8 @@ def test_a_clients_budget_is_spent_then_refused_then_refilled_after_its_retry_af
 
 
 def test_a_spent_client_leaves_the_rest_of_the_keys_budget_to_others(
-        budgets: FailedCheckBudgets, clock: time_machine.Traveller) -> None:
+    budgets: FailedCheckBudgets, clock: time_machine.Traveller
+) -> None:
     for _ in range(10):
         budgets.take("key1", "10.6.6.6")
     assert [budgets.take("key1", f"10.0.0.{n}") for n in range(2)] == [None, None]  # 3 + 2: the key's 5
@@ -232,15 +236,22 @@ def test_a_rotated_keys_uses_are_its_successors(engine: Engine) -> None:
     rotated = add_key(engine, "key-old", remaining=50, quota_key_id="key-new")
     quota = quota_of(engine)
     assert [quota.take_one(rotated), quota.take_one(successor), quota.take_one(rotated)] == [
-        (True, 1), (True, 0), (False, 0)]
+        (True, 1),
+        (True, 0),
+        (False, 0),
+    ]
 
 
-@pytest.mark.parametrize("interval, not_yet, due", [
-    ("daily", NOON.replace(hour=23, minute=59), NOON + timedelta(hours=12, minutes=1)),
-    ("monthly", NOON + timedelta(days=1), NOON.replace(month=4, day=1, hour=0, minute=1)),
-])
-def test_a_refill_comes_once_its_interval_has_begun(engine: Engine, clock: time_machine.Traveller,
-                                                    interval: str, not_yet: datetime, due: datetime) -> None:
+@pytest.mark.parametrize(
+    "interval, not_yet, due",
+    [
+        ("daily", NOON.replace(hour=23, minute=59), NOON + timedelta(hours=12, minutes=1)),
+        ("monthly", NOON + timedelta(days=1), NOON.replace(month=4, day=1, hour=0, minute=1)),
+    ],
+)
+def test_a_refill_comes_once_its_interval_has_begun(
+    engine: Engine, clock: time_machine.Traveller, interval: str, not_yet: datetime, due: datetime
+) -> None:
     record = add_key(engine, "key-a", remaining=1, refill_amount=3, refill_interval=interval, refilled_at=NOON)
     quota = quota_of(engine)
     assert [quota.take_one(record) for _ in range(2)] == [(True, 0), (False, 0)]
@@ -279,8 +290,11 @@ def test_threads_taking_at_once_never_take_more_than_is_left(engine: Engine) -> 
 
 @pytest.fixture
 def budgeted_app(database_url: str) -> Iterator[Flask]:
-    with migrated_app(database_url, KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute",
-                      KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="5/minute") as app:
+    with migrated_app(
+        database_url,
+        KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute",
+        KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="5/minute",
+    ) as app:
         yield app
 
 
@@ -298,8 +312,9 @@ def bcrypt_checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return checked
 
 
-def test_a_clients_spent_budget_refuses_wrong_secrets_without_bcrypt(budgeted_app: Flask,
-                                                                     bcrypt_checks: list[bytes]) -> None:
+def test_a_clients_spent_budget_refuses_wrong_secrets_without_bcrypt(
+    budgeted_app: Flask, bcrypt_checks: list[bytes]
+) -> None:
     _, key = issue(budgeted_app)
     with budgeted_app.app_context():
         spent = [verify_key(wrong_secret(key, n), client="10.6.6.6").code for n in range(3)]
@@ -312,7 +327,8 @@ def test_a_clients_spent_budget_refuses_wrong_secrets_without_bcrypt(budgeted_ap
 
 
 def test_a_keys_spent_budget_refuses_wrong_secrets_from_any_address_without_bcrypt(
-        budgeted_app: Flask, bcrypt_checks: list[bytes]) -> None:
+    budgeted_app: Flask, bcrypt_checks: list[bytes]
+) -> None:
     _, key = issue(budgeted_app)
     with budgeted_app.app_context():
         codes = [verify_key(wrong_secret(key, n), client=f"10.0.0.{n}").code for n in range(12)]

@@ -19,8 +19,7 @@ from .helpers import issue, wrong_secret
 
 
 def test_valid_key_gives_the_caller(app: Flask, issue_key: IssueKey) -> None:
-    key_id, key = issue_key(name="billing bot", external_client_id="team-9", scopes=("a:b",),
-                            meta={"plan": "pro"})
+    key_id, key = issue_key(name="billing bot", external_client_id="team-9", scopes=("a:b",), meta={"plan": "pro"})
     with app.app_context():
         result = verify_key(key, ["a:b"])
     assert result.valid and result.code is Outcome.VALID
@@ -39,8 +38,12 @@ def test_outcomes_without_a_request(app: Flask, issue_key: IssueKey) -> None:
 @pytest.fixture
 def cached_app(database_url: str) -> Iterator[Flask]:
     """An app with the default cache TTL and small wrong-secret budgets."""
-    with migrated_app(database_url, KEYSERVICE_CACHE_TTL=0.5, KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute",
-                      KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="5/minute") as app:
+    with migrated_app(
+        database_url,
+        KEYSERVICE_CACHE_TTL=0.5,
+        KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute",
+        KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="5/minute",
+    ) as app:
         yield app
 
 
@@ -50,11 +53,14 @@ def change(app: Flask, key_id: str, make_change: Callable[[ApiKey], object]) -> 
         db.session.commit()
 
 
-@pytest.mark.parametrize("make_change, code", [
-    (lambda api_key: api_key.revoke("leaked"), Outcome.REVOKED),
-    (lambda api_key: setattr(api_key, "enabled", False), Outcome.DISABLED),
-    (lambda api_key: setattr(api_key, "expires_at", utcnow()), Outcome.EXPIRED),
-])
+@pytest.mark.parametrize(
+    "make_change, code",
+    [
+        (lambda api_key: api_key.revoke("leaked"), Outcome.REVOKED),
+        (lambda api_key: setattr(api_key, "enabled", False), Outcome.DISABLED),
+        (lambda api_key: setattr(api_key, "expires_at", utcnow()), Outcome.EXPIRED),
+    ],
+)
 def test_a_change_reaches_a_warm_cache_within_the_ttl(cached_app: Flask, make_change, code) -> None:
     key_id, key = issue(cached_app)
     with cached_app.app_context():
@@ -113,8 +119,7 @@ def test_a_throttled_wrong_secret_gets_429_with_retry_after_over_http(cached_app
     _, key = issue(cached_app)
     attacker = cached_app.test_client()
     attacker.environ_base["REMOTE_ADDR"] = "10.6.6.6"
-    statuses = [attacker.post("/protected-with-key", headers={"X-API-Key": wrong_secret(key, n)})
-                for n in range(4)]
+    statuses = [attacker.post("/protected-with-key", headers={"X-API-Key": wrong_secret(key, n)}) for n in range(4)]
     assert [r.status_code for r in statuses] == [401, 401, 401, 429]
     throttled = statuses[-1]
     assert throttled.mimetype == "application/problem+json"
@@ -127,14 +132,17 @@ def test_a_throttled_wrong_secret_gets_429_with_retry_after_over_http(cached_app
 
 @pytest.mark.parametrize("proxies, customer_served", [(1, True), (0, False)])
 def test_behind_a_proxy_the_budget_counts_the_address_the_proxy_saw(
-        database_url: str, proxies: int, customer_served: bool) -> None:
-    with migrated_app(database_url, KEYSERVICE_PROXIES=proxies,
-                      KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute") as app:
+    database_url: str, proxies: int, customer_served: bool
+) -> None:
+    with migrated_app(
+        database_url, KEYSERVICE_PROXIES=proxies, KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="3/minute"
+    ) as app:
         _, key = issue(app)
         proxy = app.test_client()
         proxy.environ_base["REMOTE_ADDR"] = "127.0.0.1"  # every request comes from the proxy
         for n in range(4):
-            proxy.post("/protected-with-key", headers={"X-API-Key": wrong_secret(key, n),
-                                                       "X-Forwarded-For": "10.6.6.6"})
+            proxy.post(
+                "/protected-with-key", headers={"X-API-Key": wrong_secret(key, n), "X-Forwarded-For": "10.6.6.6"}
+            )
         served = proxy.post("/protected-with-key", headers={"X-API-Key": key, "X-Forwarded-For": "10.0.0.1"})
     assert (served.status_code == 200) is customer_served

@@ -71,7 +71,8 @@ def admin(app: Flask) -> str:
 
 
 def test_an_operator_endpoint_gets_every_event_signed_and_never_a_key(
-        client: FlaskClient, app: Flask, admin: str, receiver: Receiver) -> None:
+    client: FlaskClient, app: Flask, admin: str, receiver: Receiver
+) -> None:
     created = register(client, admin, receiver.url)
     assert created["secret"].startswith("whsec_") and created["external_client_id"] is None
     receiver.secret = created["secret"]
@@ -86,7 +87,12 @@ def test_an_operator_endpoint_gets_every_event_signed_and_never_a_key(
 
     got = receiver.accepted()
     assert [item.payload["type"] for item in got] == [
-        "key.created", "key.updated", "key.created", "key.rotated", "key.revoked"]
+        "key.created",
+        "key.updated",
+        "key.created",
+        "key.rotated",
+        "key.revoked",
+    ]
     assert all(item.verified for item in got)
     assert len({item.webhook_id for item in got}) == 5
     assert got[1].payload["data"]["name"] == "ci runner" and got[1].payload["changes"] == {"name": ["ci", "ci runner"]}
@@ -100,7 +106,8 @@ def test_an_operator_endpoint_gets_every_event_signed_and_never_a_key(
 
 
 def test_a_clients_endpoint_gets_only_its_own_clients_events(
-        client: FlaskClient, app: Flask, issue_key: IssueKey, admin: str, receiver: Receiver) -> None:
+    client: FlaskClient, app: Flask, issue_key: IssueKey, admin: str, receiver: Receiver
+) -> None:
     manager_a = issue_key(name="a manager", external_client_id="client-a", scopes=("keys:read", "keys:write"))[1]
     manager_b = issue_key(name="b manager", external_client_id="client-b", scopes=("keys:read", "keys:write"))[1]
     created = register(client, manager_a, receiver.url, events=["key.created", "key.revoked"])
@@ -114,25 +121,37 @@ def test_a_clients_endpoint_gets_only_its_own_clients_events(
 
     got = receiver.accepted()
     assert [(item.payload["type"], item.payload["data"]["external_client_id"]) for item in got] == [
-        ("key.created", "client-a")]  # not b's keys, and no key.updated: it did not ask for that
+        ("key.created", "client-a")
+    ]  # not b's keys, and no key.updated: it did not ask for that
     assert got[0].verified
     # B's manager sees no trace of A's endpoint; nor may it register one for A.
     assert client.get("/webhooks", headers=bearer(manager_b)).get_json()["items"] == []
     assert client.get(f"/webhooks/{created['id']}/deliveries", headers=bearer(manager_b)).status_code == 404
     assert client.delete(f"/webhooks/{created['id']}", headers=bearer(manager_b)).status_code == 404
-    refused = client.post("/webhooks", headers=bearer(manager_b), json={"url": receiver.url,
-                                                                       "external_client_id": "client-a"})
+    refused = client.post(
+        "/webhooks", headers=bearer(manager_b), json={"url": receiver.url, "external_client_id": "client-a"}
+    )
     assert refused.status_code == 403
     # The operator sees it, and its deliveries.
-    assert [item["id"] for item in client.get("/webhooks", headers=bearer(admin)).get_json()["items"]] == [created["id"]]
+    assert [item["id"] for item in client.get("/webhooks", headers=bearer(admin)).get_json()["items"]] == [
+        created["id"]
+    ]
 
 
 def test_a_loopback_or_private_url_is_refused_without_the_setting(database_url: str) -> None:
-    with migrated_app(database_url, KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY=webhook_settings()[
-            "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"]) as app:
+    with migrated_app(
+        database_url, KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY=webhook_settings()["KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"]
+    ) as app:
         client, admin = app.test_client(), operator_key(app)
-        for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.0.0.8/", "http://169.254.169.254/",
-                    "http://[::1]/", "ftp://example.com/", "not a url"):
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "http://localhost/hook",
+            "http://10.0.0.8/",
+            "http://169.254.169.254/",
+            "http://[::1]/",
+            "ftp://example.com/",
+            "not a url",
+        ):
             response = client.post("/webhooks", headers=bearer(admin), json={"url": url})
             assert response.status_code == 422, url
             assert "url" in response.get_json()["errors"]["json"]
@@ -141,14 +160,20 @@ def test_a_loopback_or_private_url_is_refused_without_the_setting(database_url: 
 
 def test_without_an_encryption_key_no_endpoint_can_be_registered(database_url: str) -> None:
     with migrated_app(database_url) as app:
-        response = app.test_client().post("/webhooks", headers=bearer(operator_key(app)), json={"url": "https://example.com/"})
+        response = app.test_client().post(
+            "/webhooks", headers=bearer(operator_key(app)), json={"url": "https://example.com/"}
+        )
         assert response.status_code == 409 and response.get_json()["code"] == "WEBHOOKS_NOT_CONFIGURED"
 
 
 def test_failed_attempts_are_retried_then_the_delivery_fails_and_can_be_redelivered(database_url: str) -> None:
     receiver = Receiver(fail_first=100)
-    with serving(receiver), migrated_app(database_url, **webhook_settings(
-            KEYSERVICE_WEBHOOKS_SEND="false", KEYSERVICE_WEBHOOKS_RETRY_FOR="1")) as app:
+    with (
+        serving(receiver),
+        migrated_app(
+            database_url, **webhook_settings(KEYSERVICE_WEBHOOKS_SEND="false", KEYSERVICE_WEBHOOKS_RETRY_FOR="1")
+        ) as app,
+    ):
         client, admin = app.test_client(), operator_key(app)
         endpoint = register(client, admin, receiver.url)
         test = client.post(f"/webhooks/{endpoint['id']}/test", headers=bearer(admin))
@@ -173,24 +198,40 @@ def test_failed_attempts_are_retried_then_the_delivery_fails_and_can_be_redelive
 
 
 def test_used_up_and_expiring_keys_are_announced_once(
-        client: FlaskClient, app: Flask, admin: str, receiver: Receiver) -> None:
+    client: FlaskClient, app: Flask, admin: str, receiver: Receiver
+) -> None:
     register(client, admin, receiver.url, events=["key.usage_exhausted", "key.expiring"])
-    made = client.post("/keys", headers=bearer(admin), json={
-        "name": "metered", "external_client_id": "acme", "remaining": 1,
-        "expires_at": (utcnow() + timedelta(days=3)).isoformat()}).get_json()
-    statuses = [client.post("/keys/verify", headers=bearer(admin), json={"key": made["key"]}).get_json()["code"]
-                for _ in range(4)]
+    made = client.post(
+        "/keys",
+        headers=bearer(admin),
+        json={
+            "name": "metered",
+            "external_client_id": "acme",
+            "remaining": 1,
+            "expires_at": (utcnow() + timedelta(days=3)).isoformat(),
+        },
+    ).get_json()
+    statuses = [
+        client.post("/keys/verify", headers=bearer(admin), json={"key": made["key"]}).get_json()["code"]
+        for _ in range(4)
+    ]
     assert statuses == ["VALID", "USAGE_EXCEEDED", "USAGE_EXCEEDED", "USAGE_EXCEEDED"]
     send_due(app)
     send_due(app)
     got = sorted(item.payload["type"] for item in receiver.accepted())
     assert got == ["key.expiring", "key.usage_exhausted"]
-    events = [event["action"] for event in client.get(f"/keys/{made['id']}/events", headers=bearer(admin)).get_json()["items"]]
+    events = [
+        event["action"] for event in client.get(f"/keys/{made['id']}/events", headers=bearer(admin)).get_json()["items"]
+    ]
     assert events.count("usage_exhausted") == 1 and events.count("expiring") == 1
 
     # More uses, then used up again: announced again. A new expiry: announced again.
-    client.patch(f"/keys/{made['id']}", headers=bearer(admin), json={
-        "remaining": 1, "expires_at": (utcnow() + timedelta(days=2)).isoformat()})
+    client.patch(
+        f"/keys/{made['id']}",
+        headers=bearer(admin),
+        json={"remaining": 1, "expires_at": (utcnow() + timedelta(days=2)).isoformat()},
+    )
+
     def announced_twice() -> bool:  # this worker tries to announce at most once a second per key
         client.post("/keys/verify", headers=bearer(admin), json={"key": made["key"]})
         events = client.get(f"/keys/{made['id']}/events", headers=bearer(admin)).get_json()["items"]
@@ -199,7 +240,11 @@ def test_used_up_and_expiring_keys_are_announced_once(
     wait_until(announced_twice, 5, "a second key.usage_exhausted")
     send_due(app)
     assert sorted(item.payload["type"] for item in receiver.accepted()) == [
-        "key.expiring", "key.expiring", "key.usage_exhausted", "key.usage_exhausted"]
+        "key.expiring",
+        "key.expiring",
+        "key.usage_exhausted",
+        "key.usage_exhausted",
+    ]
 
 
 def test_a_deleted_endpoint_gets_nothing_more(client: FlaskClient, app: Flask, admin: str, receiver: Receiver) -> None:

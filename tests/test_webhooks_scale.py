@@ -47,7 +47,8 @@ def pid_of_connection(port: int) -> int | None:
 
 
 def test_200_events_from_2_instances_arrive_once_each_signed_despite_failures_and_a_killed_worker(
-        postgres: PostgresServer, tmp_path: Path) -> None:
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
     receiver = Receiver(fail_first=3)
     with serving(receiver), postgres_database(postgres) as database_url, ExitStack() as stack:
         environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", **webhook_settings())
@@ -61,8 +62,9 @@ def test_200_events_from_2_instances_arrive_once_each_signed_despite_failures_an
 
         key_ids, killed = [], None
         for n in range(EVENTS):
-            made = request(bases[n % 2] + "/keys", "POST", bearer(admin_key),
-                           {"name": f"key {n}", "external_client_id": "acme"})
+            made = request(
+                bases[n % 2] + "/keys", "POST", bearer(admin_key), {"name": f"key {n}", "external_client_id": "acme"}
+            )
             assert made.status == 201, made.body
             key_ids.append(re.search(rb'"id": ?"(\w+)"', made.body)[1].decode())  # type: ignore[index]
             if n == 50:
@@ -80,13 +82,18 @@ def test_200_events_from_2_instances_arrive_once_each_signed_despite_failures_an
         accepted = receiver.accepted()
         ids = Counter(item.webhook_id for item in accepted)
         duplicates = sum(ids.values()) - len(ids)
-        print(f"\n{len(ids)} distinct webhook-ids accepted of {EVENTS} events in {elapsed:.1f} s,"
-              f" {duplicates} duplicate(s), {len(receiver.received)} attempts, worker {killed} killed mid-delivery")
+        print(
+            f"\n{len(ids)} distinct webhook-ids accepted of {EVENTS} events in {elapsed:.1f} s,"
+            f" {duplicates} duplicate(s), {len(receiver.received)} attempts, worker {killed} killed mid-delivery"
+        )
         assert killed is not None
         assert len(ids) == EVENTS and duplicates == 0
         assert all(item.verified for item in accepted)
         assert sorted(item.payload["data"]["id"] for item in accepted) == sorted(key_ids)
         assert all(receiver.attempts[webhook_id] >= 4 for webhook_id in ids)
-        assert not [line for path in tmp_path.glob("gunicorn-*.log") for line in path.read_text().splitlines()
-                    if "Traceback" in line]
-
+        assert not [
+            line
+            for path in tmp_path.glob("gunicorn-*.log")
+            for line in path.read_text().splitlines()
+            if "Traceback" in line
+        ]

@@ -166,8 +166,9 @@ def _secret_key(config: Mapping[str, Any]) -> str:
     secret = str(config["KEYSERVICE_SECRET_KEY"])
     if secret and len(secret) < SECRET_KEY_MIN_LENGTH:
         # The message never repeats the value: it is a secret, even when too short.
-        raise ConfigError(f"KEYSERVICE_SECRET_KEY must be empty (generated) or at least {SECRET_KEY_MIN_LENGTH}"
-                          " random characters")
+        raise ConfigError(
+            f"KEYSERVICE_SECRET_KEY must be empty (generated) or at least {SECRET_KEY_MIN_LENGTH} random characters"
+        )
     return secret
 
 
@@ -244,9 +245,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
     if not PREFIX_PATTERN.fullmatch(prefix):
-        raise ConfigError(
-            f"KEYSERVICE_KEY_PREFIX must be 1 to 16 lowercase letters or digits, not {prefix!r}"
-        )
+        raise ConfigError(f"KEYSERVICE_KEY_PREFIX must be 1 to 16 lowercase letters or digits, not {prefix!r}")
     return Settings(
         key_prefix=prefix,
         bcrypt_rounds=_number(config, "KEYSERVICE_BCRYPT_ROUNDS", int, 4, 31),
@@ -303,8 +302,10 @@ def check_database(dialect: str, setting: str) -> None:
     """Refuse a database keyservice has no SQL for; ``dialect`` is SQLAlchemy's name for it,
     ``setting`` where it was given."""
     if dialect not in SUPPORTED_DATABASES:
-        raise ConfigError(f"{setting} must be a {' or '.join(SUPPORTED_DATABASES.values())} database"
-                          f" (keyservice's SQL is written for those), not {dialect}")
+        raise ConfigError(
+            f"{setting} must be a {' or '.join(SUPPORTED_DATABASES.values())} database"
+            f" (keyservice's SQL is written for those), not {dialect}"
+        )
 
 
 def check_database_url(url: str) -> str:
@@ -320,6 +321,7 @@ def check_database_url(url: str) -> str:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        raise ConfigError("DATABASE_URL must be a sqlite:/// or postgresql:// URL (driver psycopg),"
-                          f" not {parsed.drivername}")
+        raise ConfigError(
+            f"DATABASE_URL must be a sqlite:/// or postgresql:// URL (driver psycopg), not {parsed.drivername}"
+        )
     return parsed.render_as_string(hide_password=False)

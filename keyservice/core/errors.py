@@ -45,8 +45,11 @@ _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
     Outcome.RATE_LIMITED: (429, "Rate limited", "Too many requests with this key; see Retry-After."),
     Outcome.USAGE_EXCEEDED: (429, "Usage exceeded", "This key has no uses left."),
     Outcome.UNAVAILABLE: (503, "Key store unavailable", "Keys cannot be checked right now."),
-    Outcome.TOKEN_INVALID: (401, "Access token invalid",
-                            "The token is not one keyservice signed (its signature, algorithm, type or key id)."),
+    Outcome.TOKEN_INVALID: (
+        401,
+        "Access token invalid",
+        "The token is not one keyservice signed (its signature, algorithm, type or key id).",
+    ),
     Outcome.TOKEN_EXPIRED: (401, "Access token expired", "The token has expired: get a new one."),
     Outcome.TOKEN_WRONG_ISSUER: (401, "Access token from another issuer", "The token's iss is not this service."),
     Outcome.TOKEN_WRONG_AUDIENCE: (401, "Access token for another audience", "The token's aud is not this service."),
@@ -54,8 +57,13 @@ _OUTCOMES: dict[Outcome, tuple[int, str, str]] = {
 
 
 def _problem_document(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
-    return {"type": f"urn:keyservice:problem:{code.lower()}", "title": title, "status": status,
-            "detail": detail, "code": code}
+    return {
+        "type": f"urn:keyservice:problem:{code.lower()}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
 
 
 @functools.lru_cache(maxsize=256)
@@ -66,8 +74,11 @@ def _problem_body(status: int, code: str, title: str, detail: str) -> str:
 
 def problem(status: int, code: str, title: str, detail: str, errors: dict[str, Any] | None = None) -> Response:
     """Build an ``application/problem+json`` response (``errors``: per-field messages)."""
-    body = (_problem_body(status, code, title, detail) if errors is None
-            else json.dumps(_problem_document(status, code, title, detail) | {"errors": errors}))
+    body = (
+        _problem_body(status, code, title, detail)
+        if errors is None
+        else json.dumps(_problem_document(status, code, title, detail) | {"errors": errors})
+    )
     return Response(body, status=status, mimetype="application/problem+json", headers=NOSNIFF)
 
 
@@ -216,8 +227,11 @@ def http_problem(error: HTTPException) -> Response:
 def _where(error: BaseException) -> str:
     """The innermost frame of keyservice's own code that ``error`` went through, as file:line."""
     package = Path(__file__).resolve().parent.parent
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if package in Path(frame.filename).resolve().parents]
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if package in Path(frame.filename).resolve().parents
+    ]
     return f"{Path(frames[-1].filename).resolve().relative_to(package)}:{frames[-1].lineno}" if frames else "?"
 
 

@@ -230,8 +230,10 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (UniqueConstraint("message_id", "endpoint_id"),
-                      Index("ix_keyservice_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
+    __table_args__ = (
+        UniqueConstraint("message_id", "endpoint_id"),
+        Index("ix_keyservice_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
 
 
 class SigningKey(Base):
@@ -259,8 +261,16 @@ class SigningKey(Base):
 
 
 TIMESTAMPS = {
-    ApiKey: ("created_at", "updated_at", "expires_at", "revoked_at", "refilled_at", "last_used_at",
-             "usage_exhausted_at", "expiry_announced_for"),
+    ApiKey: (
+        "created_at",
+        "updated_at",
+        "expires_at",
+        "revoked_at",
+        "refilled_at",
+        "last_used_at",
+        "usage_exhausted_at",
+        "expiry_announced_for",
+    ),
     WebhookEndpoint: ("created_at",),
     WebhookMessage: ("created_at",),
     WebhookDelivery: ("next_attempt_at", "retry_from", "lease_until", "created_at", "delivered_at"),

@@ -129,5 +129,3 @@ class VerificationResult:
     @property
     def valid(self) -> bool:
         return self.code is Outcome.VALID
-
-

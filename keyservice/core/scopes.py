@@ -18,9 +18,7 @@ def missing_scopes(granted: Iterable[str], required: Sequence[str]) -> tuple[str
     wildcards = tuple(scope[:-1] for scope in granted if scope.endswith(":*"))
     if ADMIN_SCOPE in granted:
         wildcards += ("keys:",)
-    return tuple(
-        scope for scope in required if scope not in granted and not scope.startswith(wildcards)
-    )
+    return tuple(scope for scope in required if scope not in granted and not scope.startswith(wildcards))
 
 
 @dataclass(frozen=True)

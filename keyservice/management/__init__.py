@@ -1,1 +1,4 @@
-"""Beside the request path: issuing and managing keys (store, principals, schemas, the HTTP API, the CLI, the dashboard, webhooks); imports keyservice.core and keyservice.verification.verifier."""
+"""Beside the request path: issuing and managing keys (store, principals, schemas, the HTTP
+API, the CLI, the dashboard, webhooks); imports keyservice.core and the request path
+(keyservice.verification).
+"""

@@ -41,6 +41,8 @@ def check_url(url: str, allow_private: bool) -> tuple[str, int, list[str]]:
     except (OSError, UnicodeError):
         raise _refused("Its host does not resolve.") from None
     if not allow_private and not all(_is_public(address) for address in addresses):
-        raise _refused("Its host is a private, loopback or link-local address"
-                       " (allowed only with KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE=true).")
+        raise _refused(
+            "Its host is a private, loopback or link-local address"
+            " (allowed only with KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE=true)."
+        )
     return parts.hostname, port, addresses

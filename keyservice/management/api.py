@@ -58,10 +58,12 @@ from .store import (
 )
 from .storeerrors import InvalidValue
 
-keys_blueprint = Blueprint("keys", __name__, url_prefix="/keys",
-                           description="Issue, list, change, rotate, revoke and verify API keys.")
-roles_blueprint = Blueprint("roles", __name__, url_prefix="/roles",
-                            description="Named sets of scopes that keys can hold (keys:admin).")
+keys_blueprint = Blueprint(
+    "keys", __name__, url_prefix="/keys", description="Issue, list, change, rotate, revoke and verify API keys."
+)
+roles_blueprint = Blueprint(
+    "roles", __name__, url_prefix="/roles", description="Named sets of scopes that keys can hold (keys:admin)."
+)
 
 
 for _blueprint in (keys_blueprint, roles_blueprint):
@@ -134,9 +136,13 @@ def list_(args: dict[str, Any]) -> dict[str, Any]:
     if "external_client_id" in args:
         client_ids = {args["external_client_id"]} if principal.manages(args["external_client_id"]) else set()
     try:
-        items, next_cursor = list_keys(current_state().db.session, client_ids=client_ids,
-                                       include_revoked=args["include_revoked"], limit=args["limit"],
-                                       cursor=args.get("cursor"))
+        items, next_cursor = list_keys(
+            current_state().db.session,
+            client_ids=client_ids,
+            include_revoked=args["include_revoked"],
+            limit=args["limit"],
+            cursor=args.get("cursor"),
+        )
     except InvalidValue as error:  # the cursor, which came in the query
         raise problem_for(error, location="query") from None
     return {"items": items, "next_cursor": next_cursor}
@@ -195,8 +201,9 @@ def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
         _check_managed(api_key)
         _check_grantable(api_key.scopes, api_key.roles)  # the new key is a fresh grant of them
 
-    new_key, key = rotate_key(state.db.session, state.settings, key_id, args.get("grace_seconds", 0),
-                              _principal().id, check)
+    new_key, key = rotate_key(
+        state.db.session, state.settings, key_id, args.get("grace_seconds", 0), _principal().id, check
+    )
     state.db.session.commit()
     return _with_key(new_key, key)
 
@@ -239,12 +246,21 @@ def verify(body: dict[str, Any]) -> dict[str, Any]:
         result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)
     if result.code is Outcome.UNAVAILABLE:
         raise StorageUnavailable()
-    return {"valid": result.valid, "code": result.code.value, "key_id": result.key_id,
-            "external_client_id": result.external_client_id, "scopes": list(result.scopes),
-            "remaining": result.remaining,
-            "ratelimit": None if result.ratelimit is None else {
-                "limit": result.ratelimit.limit, "remaining": result.ratelimit.remaining,
-                "reset": math.ceil(result.ratelimit.reset_at)}}
+    return {
+        "valid": result.valid,
+        "code": result.code.value,
+        "key_id": result.key_id,
+        "external_client_id": result.external_client_id,
+        "scopes": list(result.scopes),
+        "remaining": result.remaining,
+        "ratelimit": None
+        if result.ratelimit is None
+        else {
+            "limit": result.ratelimit.limit,
+            "remaining": result.ratelimit.remaining,
+            "reset": math.ceil(result.ratelimit.reset_at),
+        },
+    }
 
 
 @roles_blueprint.route("", methods=["GET"])

@@ -4,6 +4,7 @@ and no caching."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,8 +26,7 @@ def problems(blueprint: Blueprint, *statuses: int) -> Callable[[View], View]:
 
     def decorator(view: View) -> View:
         for status in (400, 401, 403, 429, 503, *statuses):
-            view = blueprint.alt_response(status, schema=ProblemSchema,
-                                          content_type="application/problem+json")(view)
+            view = blueprint.alt_response(status, schema=ProblemSchema, content_type="application/problem+json")(view)
         return view
 
     return decorator
@@ -40,10 +40,9 @@ def check_body() -> None:
     if request.is_json:
         body = request.get_data(cache=True)  # cached: the schemas parse these same bytes
         if body:
-            try:
+            # Not JSON (or not UTF-8): the schemas' parser answers it with a 400.
+            with contextlib.suppress(ValueError):
                 check_json(body.decode())
-            except ValueError:
-                pass  # not JSON (or not UTF-8): the schemas' parser answers it with a 400
 
 
 def no_store(response: Response) -> Response:

@@ -184,15 +184,30 @@ webhooks_cli = OneLineErrorGroup("webhooks", help="Endpoints that receive signed
 @click.option("--remaining", type=int, help="How many uses the key has (default: unlimited).")
 @click.option("--ratelimit", type=RateLimitOption(), help="At most this many requests per period, e.g. 100/60s.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole key object as JSON.")
-def create_command(name: str, external_client_id: str, scopes: tuple[str, ...], roles: tuple[str, ...],
-                   expires_in: timedelta | None, meta: dict[str, Any] | None, remaining: int | None,
-                   ratelimit: dict[str, int] | None, as_json: bool) -> None:
+def create_command(
+    name: str,
+    external_client_id: str,
+    scopes: tuple[str, ...],
+    roles: tuple[str, ...],
+    expires_in: timedelta | None,
+    meta: dict[str, Any] | None,
+    remaining: int | None,
+    ratelimit: dict[str, int] | None,
+    as_json: bool,
+) -> None:
     """Issue a key and print it. It is shown this once and never again."""
-    fields = KeyCreateSchema().load({
-        "name": name, "external_client_id": external_client_id, "scopes": list(scopes), "roles": list(roles),
-        "meta": meta or {}, "expires_at": (utcnow() + expires_in).isoformat() if expires_in else None,
-        "remaining": remaining, "ratelimit": ratelimit,
-    })
+    fields = KeyCreateSchema().load(
+        {
+            "name": name,
+            "external_client_id": external_client_id,
+            "scopes": list(scopes),
+            "roles": list(roles),
+            "meta": meta or {},
+            "expires_at": (utcnow() + expires_in).isoformat() if expires_in else None,
+            "remaining": remaining,
+            "ratelimit": ratelimit,
+        }
+    )
     state = current_state()
     api_key, key = store.create_key(state.db.session, state.settings, created_by="cli", **fields)
     _session().commit()
@@ -207,17 +222,20 @@ def list_command(external_client_id: str | None, include_revoked: bool, as_json:
     """List keys, newest first."""
     if external_client_id:
         external_client_id = KeyListArgsSchema().load({"external_client_id": external_client_id})["external_client_id"]
-    api_keys, _ = store.list_keys(_session(), client_ids=[external_client_id] if external_client_id else None,
-                                  include_revoked=include_revoked)
+    api_keys, _ = store.list_keys(
+        _session(), client_ids=[external_client_id] if external_client_id else None, include_revoked=include_revoked
+    )
     if as_json:
         _echo_json(KeySchema(many=True).dump(api_keys))
         return
     rows = [("ID", "STATUS", "CLIENT", "NAME", "SCOPES")] + [
         (api_key.id, api_key.status, api_key.external_client_id, api_key.name, " ".join(api_key.scopes))
-        for api_key in api_keys]
+        for api_key in api_keys
+    ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
-        click.echo("  ".join([*(value.ljust(width) for value, width in zip(row, widths)), row[-1]]).rstrip())
+        padded = (value.ljust(width) for value, width in zip(row, widths, strict=False))  # the last column unpadded
+        click.echo("  ".join([*padded, row[-1]]).rstrip())
 
 
 @keys_cli.command("show")
@@ -242,8 +260,9 @@ def show_command(key_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def usage_command(key_id: str, granularity: str, since: str | None, until: str | None, as_json: bool) -> None:
     """A key's verifications by outcome code, per hour or per UTC day (as of the last usage flush)."""
-    args = UsageArgsSchema().load({"granularity": granularity, **({"since": since} if since else {}),
-                                   **({"until": until} if until else {})})
+    args = UsageArgsSchema().load(
+        {"granularity": granularity, **({"since": since} if since else {}), **({"until": until} if until else {})}
+    )
     usage = UsageSchema().dump(store.key_usage(_session(), store.get_key(_session(), key_id).id, **args))
     if as_json:
         _echo_json(usage)
@@ -269,8 +288,13 @@ def revoke_command(key_id: str, reason: str | None) -> None:
 
 @keys_cli.command("rotate")
 @click.argument("key_id", type=KeyIdOrKey())
-@click.option("--grace", type=Duration(allow_zero=True), default="0", show_default=True,
-              help="How long the old key keeps working, e.g. 1h (0: it stops at once).")
+@click.option(
+    "--grace",
+    type=Duration(allow_zero=True),
+    default="0",
+    show_default=True,
+    help="How long the old key keeps working, e.g. 1h (0: it stops at once).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole new key object as JSON.")
 def rotate_command(key_id: str, grace: timedelta, as_json: bool) -> None:
     """Issue a key with the same settings and print it; the old one stops after --grace."""
@@ -336,8 +360,12 @@ keys_cli.add_command(signing_keys_cli)
 
 
 @signing_keys_cli.command("rotate")
-@click.option("--delay", type=Duration(), help="How long the new key is published before it signs"
-              " (default: twice KEYSERVICE_JWKS_MAX_AGE, at least 10 s; never under KEYSERVICE_JWKS_MAX_AGE).")
+@click.option(
+    "--delay",
+    type=Duration(),
+    help="How long the new key is published before it signs"
+    " (default: twice KEYSERVICE_JWKS_MAX_AGE, at least 10 s; never under KEYSERVICE_JWKS_MAX_AGE).",
+)
 def signing_keys_rotate_command(delay: timedelta | None) -> None:
     """Publish a new signing key now; it signs after --delay, and the key it replaces is
     retired once the tokens it signed have expired."""
@@ -346,8 +374,10 @@ def signing_keys_rotate_command(delay: timedelta | None) -> None:
     if delay is None:
         delay = max(2 * max_age, timedelta(seconds=10))
     if delay <= max_age:
-        raise CliError(f"--delay must be longer than KEYSERVICE_JWKS_MAX_AGE ({settings.jwks_max_age} s), or a"
-                       " verifier's cached JWKS would not know the new key")
+        raise CliError(
+            f"--delay must be longer than KEYSERVICE_JWKS_MAX_AGE ({settings.jwks_max_age} s), or a"
+            " verifier's cached JWKS would not know the new key"
+        )
     new = signingkeys.rotate_signing_keys(_session(), settings, delay)
     _session().commit()
     click.echo(f"published {new.kid}; it signs from {new.activates_at.isoformat()}")
@@ -361,9 +391,11 @@ def signing_keys_list_command() -> None:
     current = signingkeys.current_generation(keys, now)
     for key in keys:
         retires_at = key.retires_at.isoformat() if key.retires_at else "-"
-        click.echo(f"{key.kid}  {signingkeys.state_of(key, current, now):8}  {key.algorithm}"
-                   f"  {'encrypted' if key.encrypted else 'in the clear'}"
-                   f"  signs from {key.activates_at.isoformat()}  retires {retires_at}")
+        click.echo(
+            f"{key.kid}  {signingkeys.state_of(key, current, now):8}  {key.algorithm}"
+            f"  {'encrypted' if key.encrypted else 'in the clear'}"
+            f"  signs from {key.activates_at.isoformat()}  retires {retires_at}"
+        )
 
 
 @keys_cli.command("scan")
@@ -422,8 +454,13 @@ def role_delete_command(name: str) -> None:
 
 @webhooks_cli.command("create")
 @click.argument("url")
-@click.option("--event", "events", multiple=True, type=click.Choice(WEBHOOK_EVENTS),
-              help="An event to send (repeatable; default: every event).")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    type=click.Choice(WEBHOOK_EVENTS),
+    help="An event to send (repeatable; default: every event).",
+)
 @click.option("--client-id", "external_client_id", help="Only this client's keys' events (default: every client's).")
 def webhook_create_command(url: str, events: tuple[str, ...], external_client_id: str | None) -> None:
     """Register an endpoint; print its id, then its signing secret (shown this once)."""
@@ -445,8 +482,10 @@ def webhook_list_command(as_json: bool) -> None:
         _echo_json(WebhookSchema(many=True).dump(endpoints))
         return
     for endpoint in endpoints:
-        click.echo(f"{endpoint.id}  {endpoint.external_client_id or '(every client)'}  {endpoint.url}"
-                   f"  [{' '.join(endpoint.events) or 'every event'}]")
+        click.echo(
+            f"{endpoint.id}  {endpoint.external_client_id or '(every client)'}  {endpoint.url}"
+            f"  [{' '.join(endpoint.events) or 'every event'}]"
+        )
 
 
 def _endpoint(endpoint_id: str) -> Any:
@@ -468,14 +507,15 @@ def webhook_delete_command(endpoint_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def webhook_deliveries_command(endpoint_id: str, as_json: bool) -> None:
     """An endpoint's last 100 deliveries, newest first."""
-    items = DeliverySchema(many=True).dump(
-        webhooks.list_deliveries(_session(), _endpoint(endpoint_id)))
+    items = DeliverySchema(many=True).dump(webhooks.list_deliveries(_session(), _endpoint(endpoint_id)))
     if as_json:
         _echo_json(items)
         return
     for item in items:
-        click.echo(f"{item['id']}  {item['status']:9}  {item['type']:19}  attempts={item['attempts']}"
-                   f"  last={item['last_status'] or item['last_error'] or '-'}  {item['webhook_id']}")
+        click.echo(
+            f"{item['id']}  {item['status']:9}  {item['type']:19}  attempts={item['attempts']}"
+            f"  last={item['last_status'] or item['last_error'] or '-'}  {item['webhook_id']}"
+        )
 
 
 @webhooks_cli.command("test")

@@ -18,7 +18,8 @@ def page() -> Response:
     response = send_from_directory(dashboard.static_folder or "", "index.html")
     # The page holds a management key once signed in: no framing, no referrer, no cache.
     response.headers["Content-Security-Policy"] = (
-        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
     return response

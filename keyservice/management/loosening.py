@@ -36,8 +36,7 @@ def _refill_loosened(old: dict[str, Any] | None, new: dict[str, Any] | None) -> 
         return False
     if old is None:
         return True
-    return (new["amount"] > old["amount"]
-            or _REFILLS_PER_MONTH[new["interval"]] > _REFILLS_PER_MONTH[old["interval"]])
+    return new["amount"] > old["amount"] or _REFILLS_PER_MONTH[new["interval"]] > _REFILLS_PER_MONTH[old["interval"]]
 
 
 def loosened(api_key: ApiKey, changes: dict[str, Any]) -> list[str]:

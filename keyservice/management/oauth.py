@@ -158,17 +158,42 @@ def _outage(error: SQLAlchemyError) -> StorageUnavailable:
 
 
 @oauth.route(TOKEN_PATH, methods=["POST"])
-@oauth.doc(security=[{"basic": []}, {}], requestBody={"required": True, "content": {FORM: {"schema": {
-    "type": "object", "required": ["grant_type"], "properties": {
-        "grant_type": {"type": "string", "enum": [GRANT_TYPE]},
-        "scope": {"type": "string", "description": "Space-separated; a subset of the key's scopes (default: all)."},
-        "client_id": {"type": "string", "description": "The key's id (without HTTP Basic)."},
-        "client_secret": {"type": "string", "description": "The whole key (without HTTP Basic)."}}}}}})
+@oauth.doc(
+    security=[{"basic": []}, {}],
+    requestBody={
+        "required": True,
+        "content": {
+            FORM: {
+                "schema": {
+                    "type": "object",
+                    "required": ["grant_type"],
+                    "properties": {
+                        "grant_type": {"type": "string", "enum": [GRANT_TYPE]},
+                        "scope": {
+                            "type": "string",
+                            "description": "Space-separated; a subset of the key's scopes (default: all).",
+                        },
+                        "client_id": {"type": "string", "description": "The key's id (without HTTP Basic)."},
+                        "client_secret": {"type": "string", "description": "The whole key (without HTTP Basic)."},
+                    },
+                }
+            }
+        },
+    },
+)
 @oauth.response(200, TokenResponseSchema, headers={"Cache-Control": {"schema": {"type": "string"}}})
-@oauth.alt_response(400, schema=OAuthErrorSchema, content_type="application/json",
-                    description="invalid_request, unsupported_grant_type or invalid_scope")
-@oauth.alt_response(401, schema=OAuthErrorSchema, content_type="application/json",
-                    description="invalid_client: no key, or a key refused (its code says why)")
+@oauth.alt_response(
+    400,
+    schema=OAuthErrorSchema,
+    content_type="application/json",
+    description="invalid_request, unsupported_grant_type or invalid_scope",
+)
+@oauth.alt_response(
+    401,
+    schema=OAuthErrorSchema,
+    content_type="application/json",
+    description="invalid_client: no key, or a key refused (its code says why)",
+)
 @oauth.alt_response(413, schema=ProblemSchema, content_type="application/problem+json")
 @oauth.alt_response(429, schema=ProblemSchema, content_type="application/problem+json")
 @oauth.alt_response(503, schema=ProblemSchema, content_type="application/problem+json")
@@ -187,8 +212,12 @@ def token() -> Response:
         issued = issue_token(state.settings, state.signing_keys, key, asked or key.scopes)
     except SQLAlchemyError as error:
         raise _outage(error) from error
-    body = {"access_token": issued.access_token, "token_type": "Bearer", "expires_in": issued.expires_in,
-            "scope": issued.scope}
+    body = {
+        "access_token": issued.access_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "scope": issued.scope,
+    }
     response = Response(json.dumps(body), 200, mimetype="application/json", headers=NO_STORE | NOSNIFF)
     if key.ratelimit is not None:
         response.headers.update(key.ratelimit.headers())
@@ -197,8 +226,12 @@ def token() -> Response:
 
 def _cacheable(body: dict[str, Any]) -> Response:
     max_age = current_state().settings.jwks_max_age
-    return Response(json.dumps(body), 200, mimetype="application/json",
-                    headers={"Cache-Control": f"public, max-age={max_age}"} | NOSNIFF)
+    return Response(
+        json.dumps(body),
+        200,
+        mimetype="application/json",
+        headers={"Cache-Control": f"public, max-age={max_age}"} | NOSNIFF,
+    )
 
 
 @oauth.route(JWKS_PATH, methods=["GET"])
@@ -220,7 +253,13 @@ def jwks() -> Response:
 def metadata() -> Response:
     """Where tokens come from and how to verify them (RFC 8414)."""
     iss = issuer(current_state().settings)
-    return _cacheable({"issuer": iss, "token_endpoint": iss + TOKEN_PATH, "jwks_uri": iss + JWKS_PATH,
-                       "grant_types_supported": [GRANT_TYPE],
-                       "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-                       "response_types_supported": []})
+    return _cacheable(
+        {
+            "issuer": iss,
+            "token_endpoint": iss + TOKEN_PATH,
+            "jwks_uri": iss + JWKS_PATH,
+            "grant_types_supported": [GRANT_TYPE],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "response_types_supported": [],
+        }
+    )

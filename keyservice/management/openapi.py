@@ -35,10 +35,16 @@ def register_api(app: Flask, url_prefix: str = "") -> None:
     openapi = dict(state_of(app).settings.openapi)
     openapi["KEYSERVICE_OPENAPI_URL_PREFIX"] = openapi["KEYSERVICE_OPENAPI_URL_PREFIX"] or url_prefix or "/"
     app.config.update(openapi)  # the checked values, where flask-smorest reads them
-    api = _ManagementApi(app, config_prefix="KEYSERVICE_", spec_kwargs={
-        "title": "keyservice", "version": "1", "openapi_version": "3.0.3",
-        "security": [{"bearer": []}],
-    })
+    api = _ManagementApi(
+        app,
+        config_prefix="KEYSERVICE_",
+        spec_kwargs={
+            "title": "keyservice",
+            "version": "1",
+            "openapi_version": "3.0.3",
+            "security": [{"bearer": []}],
+        },
+    )
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     api.spec.components.security_scheme("basic", {"type": "http", "scheme": "basic"})  # the token endpoint's
     for blueprint in API_BLUEPRINTS:

@@ -65,8 +65,7 @@ def requires(scope: str) -> Callable[[View], View]:
                 if principal is None:
                     raise VerificationFailed(VerificationResult(Outcome.MISSING))
                 if not principal.holds(scope):
-                    raise VerificationFailed(VerificationResult(Outcome.INSUFFICIENT_SCOPE,
-                                                                required_scopes=(scope,)))
+                    raise VerificationFailed(VerificationResult(Outcome.INSUFFICIENT_SCOPE, required_scopes=(scope,)))
                 g.principal = principal
                 return view(*args, **kwargs)
             except SQLAlchemyError as error:

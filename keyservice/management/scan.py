@@ -20,7 +20,8 @@ from ..core.crypto import CHECKSUM_LENGTH, ID_LENGTH, SECRET_LENGTH, ParsedKey, 
 # A candidate: a key's shape, not inside a longer run of letters and digits.
 _CANDIDATE = re.compile(
     rf"(?<![0-9A-Za-z_])[a-z0-9]{{1,16}}_[0-9A-Za-z]{{{ID_LENGTH}}}_[0-9A-Za-z]{{{SECRET_LENGTH + CHECKSUM_LENGTH}}}"
-    rf"(?![0-9A-Za-z])")
+    rf"(?![0-9A-Za-z])"
+)
 MAX_FILE_BYTES = 10 * 1024 * 1024
 SKIPPED_FOLDERS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv"})
 
@@ -76,6 +77,7 @@ def main(prefix: str, paths: tuple[Path, ...]) -> None:
     for item in found:
         click.echo(f"{item.where}: keyservice key {item.key.key_id}")
     if found:
-        click.echo(f"{len(found)} keyservice key(s) found: remove them, and revoke them if they were ever pushed.",
-                   err=True)
+        click.echo(
+            f"{len(found)} keyservice key(s) found: remove them, and revoke them if they were ever pushed.", err=True
+        )
         sys.exit(1)

@@ -70,9 +70,10 @@ class UtcDateTime(fields.AwareDateTime):
 
 
 def _scope() -> Text:
-    return Text(validate=validate.Regexp(r"[a-z0-9_.:*-]{1,100}\Z",
-                                                  error="Must be 1 to 100 of a-z 0-9 _ . : * -."),
-                         metadata={"pattern": "^[a-z0-9_.:*-]{1,100}$"})
+    return Text(
+        validate=validate.Regexp(r"[a-z0-9_.:*-]{1,100}\Z", error="Must be 1 to 100 of a-z 0-9 _ . : * -."),
+        metadata={"pattern": "^[a-z0-9_.:*-]{1,100}$"},
+    )
 
 
 def _scopes(**kwargs: Any) -> fields.List[str]:
@@ -85,8 +86,11 @@ def _role_name(value: str) -> None:
 
 
 def _role_names(**kwargs: Any) -> fields.List[str]:
-    return fields.List(Text(validate=_role_name, metadata={"pattern": f"^{ROLE_NAME_PATTERN}$"}),
-                       validate=validate.Length(max=MAX_SCOPES), **kwargs)
+    return fields.List(
+        Text(validate=_role_name, metadata={"pattern": f"^{ROLE_NAME_PATTERN}$"}),
+        validate=validate.Length(max=MAX_SCOPES),
+        **kwargs,
+    )
 
 
 def _name(**kwargs: Any) -> Text:
@@ -124,8 +128,12 @@ class RefillSchema(Schema):
 
 class RateLimitSchema(Schema):
     limit = fields.Integer(strict=True, required=True, validate=validate.Range(1, 1_000_000))
-    period = fields.Integer(strict=True, required=True, validate=validate.Range(1, 31 * 24 * 3600),
-                            metadata={"description": "The window, in seconds."})
+    period = fields.Integer(
+        strict=True,
+        required=True,
+        validate=validate.Range(1, 31 * 24 * 3600),
+        metadata={"description": "The window, in seconds."},
+    )
 
 
 def _remaining(**kwargs: Any) -> fields.Integer:
@@ -180,14 +188,21 @@ class KeySchema(Schema):
     revoked_at = UtcTimestamp(allow_none=True)
     revocation_reason = fields.String(allow_none=True)
     rotated_from = fields.String(allow_none=True)
-    last_used_at = UtcTimestamp(allow_none=True, metadata={
-        "description": "The last valid use, as of the usage flush (KEYSERVICE_USAGE_FLUSH_INTERVAL)."})
+    last_used_at = UtcTimestamp(
+        allow_none=True,
+        metadata={"description": "The last valid use, as of the usage flush (KEYSERVICE_USAGE_FLUSH_INTERVAL)."},
+    )
     remaining = fields.Integer(allow_none=True)
     refill = fields.Nested(RefillSchema, allow_none=True)
     ratelimit = fields.Nested(RateLimitSchema, allow_none=True)
-    status = fields.String(dump_only=True, metadata={
-        "enum": list(STATUSES), "description": "Whether the key works now: active, or why not (leaked: revoked as"
-                                               " reported leaked). The dashboard and the CLI show it as it is."})
+    status = fields.String(
+        dump_only=True,
+        metadata={
+            "enum": list(STATUSES),
+            "description": "Whether the key works now: active, or why not (leaked: revoked as"
+            " reported leaked). The dashboard and the CLI show it as it is.",
+        },
+    )
 
 
 class KeyCreatedSchema(KeySchema):
@@ -264,8 +279,9 @@ class UsageArgsSchema(Schema):
 
 class UsagePeriodSchema(Schema):
     start = UtcTimestamp(metadata={"description": "The hour's or the UTC day's start."})
-    counts = fields.Dict(keys=fields.String(), values=fields.Integer(),
-                         metadata={"description": "Verifications by outcome code."})
+    counts = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), metadata={"description": "Verifications by outcome code."}
+    )
     total = fields.Integer()
 
 
@@ -274,7 +290,9 @@ class UsageSchema(Schema):
     granularity = fields.String()
     since = UtcTimestamp()
     until = UtcTimestamp()
-    items = fields.List(fields.Nested(UsagePeriodSchema), metadata={"description": "Periods with any use, oldest first."})
+    items = fields.List(
+        fields.Nested(UsagePeriodSchema), metadata={"description": "Periods with any use, oldest first."}
+    )
 
 
 class RoleInSchema(Schema):
@@ -316,18 +334,31 @@ def first_error(error: ValidationError) -> str:
 
 
 # The key events a webhook endpoint can ask for (an empty list: every one).
-WEBHOOK_EVENTS = ("key.created", "key.updated", "key.rotated", "key.revoked", "key.leaked", "key.expiring",
-                  "key.usage_exhausted")
+WEBHOOK_EVENTS = (
+    "key.created",
+    "key.updated",
+    "key.rotated",
+    "key.revoked",
+    "key.leaked",
+    "key.expiring",
+    "key.usage_exhausted",
+)
 MAX_URL_LENGTH = 2000
 
 
 class WebhookCreateSchema(Schema):
     url = Text(required=True, validate=validate.Length(1, MAX_URL_LENGTH))
-    events = fields.List(Text(validate=validate.OneOf(WEBHOOK_EVENTS)), load_default=list,
-                         validate=validate.Length(max=len(WEBHOOK_EVENTS)),
-                         metadata={"description": "The events to send; empty: every event."})
-    external_client_id = _name(load_default=None, allow_none=True, metadata={
-        "description": "The client whose keys' events it gets; none (keys:admin only): every client's."})
+    events = fields.List(
+        Text(validate=validate.OneOf(WEBHOOK_EVENTS)),
+        load_default=list,
+        validate=validate.Length(max=len(WEBHOOK_EVENTS)),
+        metadata={"description": "The events to send; empty: every event."},
+    )
+    external_client_id = _name(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "The client whose keys' events it gets; none (keys:admin only): every client's."},
+    )
 
 
 class WebhookSchema(Schema):
@@ -384,8 +415,10 @@ class TokenResponseSchema(Schema):
 class OAuthErrorSchema(Schema):
     """RFC 6749 section 5.2, with keyservice's ``code`` when a key was refused."""
 
-    error = fields.String(required=True, metadata={"enum": [
-        "invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope"]})
+    error = fields.String(
+        required=True,
+        metadata={"enum": ["invalid_request", "invalid_client", "unsupported_grant_type", "invalid_scope"]},
+    )
     error_description = fields.String()
     code = fields.String(metadata={"description": "Why the key was refused (the outcome code of @require_key)."})
 

@@ -75,15 +75,17 @@ class GitHubKeys:
         fetch is :data:`REFETCH_INTERVAL` seconds old (time.time: a test may move it)."""
         with self._lock:
             if identifier not in self._keys and (
-                    self._fetched_at is None or time.time() - self._fetched_at >= REFETCH_INTERVAL):
+                self._fetched_at is None or time.time() - self._fetched_at >= REFETCH_INTERVAL
+            ):
                 self._fetched_at = time.time()
                 self._keys = self._fetch() or self._keys
             return self._keys.get(identifier)
 
     def _fetch(self) -> dict[str, ec.EllipticCurvePublicKey] | None:
         try:
-            with urllib.request.urlopen(urllib.request.Request(
-                    self._url, headers={"Accept": "application/json"}), timeout=FETCH_TIMEOUT) as response:
+            with urllib.request.urlopen(
+                urllib.request.Request(self._url, headers={"Accept": "application/json"}), timeout=FETCH_TIMEOUT
+            ) as response:
                 listed = json.loads(response.read(1024 * 1024))["public_keys"]
             keys = {}
             for entry in listed:
@@ -92,8 +94,7 @@ class GitHubKeys:
                     keys[str(entry["key_identifier"])] = key
             return keys
         except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning("keyservice: GitHub's secret scanning keys could not be fetched (%s)",
-                           type(error).__name__)
+            logger.warning("keyservice: GitHub's secret scanning keys could not be fetched (%s)", type(error).__name__)
             return None
 
 
@@ -130,24 +131,37 @@ def github() -> Response:
     state = current_state()
     request.max_content_length = MAX_REPORT_BYTES
     body = request.get_data(cache=False)
-    verify_signature(state.github_keys, body, request.headers.get("Github-Public-Key-Identifier"),
-                     request.headers.get("Github-Public-Key-Signature"))
+    verify_signature(
+        state.github_keys,
+        body,
+        request.headers.get("Github-Public-Key-Identifier"),
+        request.headers.get("Github-Public-Key-Signature"),
+    )
     try:
         reports = LeakReportSchema(many=True).load(check_json(body.decode()))
     except (ValueError, ValidationError) as error:
         errors = error.messages if isinstance(error, ValidationError) else {"_schema": ["Not JSON."]}
-        raise InvalidInput("The report is not an array of {token, type, url, source}.",
-                           errors={"json": errors}) from None
+        raise InvalidInput(
+            "The report is not an array of {token, type, url, source}.", errors={"json": errors}
+        ) from None
     answer: list[dict[str, Any]] = []
     for report in reports:
         leak = {"url": report["url"], "source": report["source"], "type": report["type"]}
-        answer.append({"token_hash": hashlib.sha256(report["token"].encode()).hexdigest(),
-                       "token_type": report["type"], "label": _label(report["token"], leak,
-                                                                      state.settings.key_prefix)})
+        answer.append(
+            {
+                "token_hash": hashlib.sha256(report["token"].encode()).hexdigest(),
+                "token_type": report["type"],
+                "label": _label(report["token"], leak, state.settings.key_prefix),
+            }
+        )
     return Response(json.dumps(answer), status=200, mimetype="application/json")
 
 
 @secret_scanning.errorhandler(413)
 def _too_large(error: Exception) -> Response:
-    return problem(413, "HTTP_REQUEST_ENTITY_TOO_LARGE", "Request Entity Too Large",
-                   f"A report is at most {MAX_REPORT_BYTES} bytes.")
+    return problem(
+        413,
+        "HTTP_REQUEST_ENTITY_TOO_LARGE",
+        "Request Entity Too Large",
+        f"A report is at most {MAX_REPORT_BYTES} bytes.",
+    )

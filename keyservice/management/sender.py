@@ -96,8 +96,12 @@ def post(url: str, body: str, headers: dict[str, str], timeout: float, allow_pri
     kind = _PinnedHTTPSConnection if url.startswith("https:") else _PinnedHTTPConnection
     connection = kind(host, port, addresses[0], timeout)
     try:
-        connection.request("POST", path, body=body.encode(), headers={
-            "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
+        connection.request(
+            "POST",
+            path,
+            body=body.encode(),
+            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers},
+        )
         response = connection.getresponse()
         response.read(4096)  # the answer's body means nothing to us; a little is read to end politely
         return response.status
@@ -107,8 +111,11 @@ def post(url: str, body: str, headers: dict[str, str], timeout: float, allow_pri
 
 def signed_headers(secret: str, message_id: str, body: str, at: datetime) -> dict[str, str]:
     """The Standard Webhooks headers for ``body``."""
-    return {"webhook-id": message_id, "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": Webhook(secret).sign(message_id, at, body)}
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(message_id, at, body),
+    }
 
 
 class WebhookSender:
@@ -136,8 +143,9 @@ class WebhookSender:
             engine = self._db.engine
             self._pid = os.getpid()
             self._stop = threading.Event()
-            threading.Thread(target=self._run, args=(engine, self._stop), name="keyservice-webhooks",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._run, args=(engine, self._stop), name="keyservice-webhooks", daemon=True
+            ).start()
             if not event.contains(engine, "engine_disposed", self._pause):
                 event.listen(engine, "engine_disposed", self._pause)
 
@@ -168,8 +176,11 @@ class WebhookSender:
         return True
 
     def _due(self, now: datetime) -> Any:
-        return and_(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
-                    or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now))
+        return and_(
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at <= now,
+            or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now),
+        )
 
     def claim(self, engine: Engine) -> Claimed | None:
         """Take the lease of one due delivery, or None when none is due."""
@@ -179,15 +190,28 @@ class WebhookSender:
             if not session.scalar(select(exists().where(due))):  # a read: idle rounds write nothing
                 return None
         lease = now + timedelta(seconds=2 * self._settings.webhooks_timeout + 1)
-        candidate = (select(WebhookDelivery.id).where(due).order_by(WebhookDelivery.next_attempt_at)
-                     .limit(1).with_for_update(skip_locked=True).scalar_subquery())
+        candidate = (
+            select(WebhookDelivery.id)
+            .where(due)
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
         with Session(engine) as session, session.begin():
             row = session.execute(
-                update(WebhookDelivery).where(WebhookDelivery.id == candidate, due)
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == candidate, due)
                 .values(lease_until=lease, attempts=WebhookDelivery.attempts + 1)
-                .returning(WebhookDelivery.id, WebhookDelivery.attempts, WebhookDelivery.retry_from,
-                           WebhookDelivery.message_id, WebhookDelivery.endpoint_id)
-                .execution_options(synchronize_session=False)).first()
+                .returning(
+                    WebhookDelivery.id,
+                    WebhookDelivery.attempts,
+                    WebhookDelivery.retry_from,
+                    WebhookDelivery.message_id,
+                    WebhookDelivery.endpoint_id,
+                )
+                .execution_options(synchronize_session=False)
+            ).first()
             if row is None:
                 return None
             delivery_id, attempt, retry_from, message_id, endpoint_id = row
@@ -195,9 +219,15 @@ class WebhookSender:
             endpoint = session.get(WebhookEndpoint, endpoint_id)
             if endpoint is None:  # deleted meanwhile; its deliveries go with it
                 return None
-            return Claimed(delivery_id, attempt, as_utc(retry_from) or now, message_id,
-                           json.dumps(payload, separators=(",", ":")), endpoint.url,
-                           decrypt_secret(self._settings, endpoint))
+            return Claimed(
+                delivery_id,
+                attempt,
+                as_utc(retry_from) or now,
+                message_id,
+                json.dumps(payload, separators=(",", ":")),
+                endpoint.url,
+                decrypt_secret(self._settings, endpoint),
+            )
 
     def send(self, engine: Engine, claimed: Claimed) -> None:
         """Deliver a claimed delivery once, and record how it went."""
@@ -205,8 +235,13 @@ class WebhookSender:
         error: str | None = None
         try:
             headers = signed_headers(claimed.secret, claimed.message_id, claimed.body, utcnow())
-            status = post(claimed.url, claimed.body, headers, self._settings.webhooks_timeout,
-                          self._settings.webhooks_allow_private)
+            status = post(
+                claimed.url,
+                claimed.body,
+                headers,
+                self._settings.webhooks_timeout,
+                self._settings.webhooks_allow_private,
+            )
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
         except InvalidInput as refused:
@@ -229,6 +264,13 @@ class WebhookSender:
                 values |= {"next_attempt_at": next_attempt}
         with Session(engine) as session, session.begin():
             # Only while it is still this attempt's: a sender that claimed it after an expired lease owns it now.
-            session.execute(update(WebhookDelivery).where(
-                WebhookDelivery.id == claimed.delivery_id, WebhookDelivery.attempts == claimed.attempt,
-                WebhookDelivery.status == "pending").values(**values).execution_options(synchronize_session=False))
+            session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == claimed.delivery_id,
+                    WebhookDelivery.attempts == claimed.attempt,
+                    WebhookDelivery.status == "pending",
+                )
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )

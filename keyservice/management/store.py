@@ -31,8 +31,18 @@ from .storeerrors import AdminOnly, InvalidValue, RecordNotFound, StateConflict
 from .webhooks import enqueue_key_event
 
 # The settings a rotated key carries over from the key it replaces.
-CARRIED_OVER = ("name", "external_client_id", "scopes", "roles", "meta", "expires_at", "enabled", "remaining",
-                "refill", "ratelimit")
+CARRIED_OVER = (
+    "name",
+    "external_client_id",
+    "scopes",
+    "roles",
+    "meta",
+    "expires_at",
+    "enabled",
+    "remaining",
+    "refill",
+    "ratelimit",
+)
 # The same answer for a key that does not exist and one that is not the caller's: no id echoed.
 NO_SUCH_KEY = "No key has this id."
 # Takes the key's row lock on PostgreSQL and the database's write lock on SQLite, changing nothing.
@@ -44,8 +54,11 @@ def _limit_columns(fields: dict[str, Any]) -> dict[str, Any]:
     columns: dict[str, Any] = {}
     if "refill" in fields:
         refill = fields["refill"] or {}
-        columns.update(refill_amount=refill.get("amount"), refill_interval=refill.get("interval"),
-                       refilled_at=utcnow() if refill else None)
+        columns.update(
+            refill_amount=refill.get("amount"),
+            refill_interval=refill.get("interval"),
+            refilled_at=utcnow() if refill else None,
+        )
     if "ratelimit" in fields:
         ratelimit = fields["ratelimit"] or {}
         columns.update(ratelimit_limit=ratelimit.get("limit"), ratelimit_period=ratelimit.get("period"))
@@ -66,24 +79,38 @@ def _check_roles(session: AnySession, roles: list[str]) -> None:
 
 def _check_refill(api_key: ApiKey) -> None:
     if api_key.refill_amount is not None and api_key.remaining is None:
-        raise InvalidValue("a refill needs remaining: it is the count a refill restores", "remaining",
-                           ["Required with refill."])
+        raise InvalidValue(
+            "a refill needs remaining: it is the count a refill restores", "remaining", ["Required with refill."]
+        )
 
 
-def record_event(session: AnySession, key_id: str, action: str, actor: str | None,
-                 changes: dict[str, Any] | None = None) -> None:
+def record_event(
+    session: AnySession, key_id: str, action: str, actor: str | None, changes: dict[str, Any] | None = None
+) -> None:
     """Add one entry to a key's audit trail, and its ``key.<action>`` webhook event to the outbox
     (in the same transaction: both are committed with the change, or neither)."""
     session.add(KeyEvent(key_id=key_id, action=action, actor=actor, changes=changes or {}))
     enqueue_key_event(session, cast(ApiKey, session.get(ApiKey, key_id)), action, changes or {})
 
 
-def create_key(session: AnySession, settings: Settings, *, name: str, external_client_id: str,
-               scopes: Iterable[str] = (), roles: Iterable[str] = (), expires_at: datetime | None = None,
-               meta: dict[str, Any] | None = None, enabled: bool = True, remaining: int | None = None,
-               refill: dict[str, Any] | None = None, ratelimit: dict[str, int] | None = None,
-               created_by: str | None = None, rotated_from: str | None = None,
-               new: NewKey | None = None) -> tuple[ApiKey, str]:
+def create_key(
+    session: AnySession,
+    settings: Settings,
+    *,
+    name: str,
+    external_client_id: str,
+    scopes: Iterable[str] = (),
+    roles: Iterable[str] = (),
+    expires_at: datetime | None = None,
+    meta: dict[str, Any] | None = None,
+    enabled: bool = True,
+    remaining: int | None = None,
+    refill: dict[str, Any] | None = None,
+    ratelimit: dict[str, int] | None = None,
+    created_by: str | None = None,
+    rotated_from: str | None = None,
+    new: NewKey | None = None,
+) -> tuple[ApiKey, str]:
     """Issue a key (``new``: one already generated); return its row and the full key,
     which is never available again."""
     roles = list(dict.fromkeys(roles))
@@ -108,8 +135,7 @@ def create_key(session: AnySession, settings: Settings, *, name: str, external_c
     _check_refill(api_key)
     session.add(api_key)
     session.flush()
-    record_event(session, api_key.id, "created", created_by,
-                 {"rotated_from": rotated_from} if rotated_from else None)
+    record_event(session, api_key.id, "created", created_by, {"rotated_from": rotated_from} if rotated_from else None)
     return api_key, new.key
 
 
@@ -138,8 +164,9 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
 
 
-def update_key(session: AnySession, api_key: ApiKey, changes: dict[str, Any], actor: str | None,
-               may_loosen: bool) -> None:
+def update_key(
+    session: AnySession, api_key: ApiKey, changes: dict[str, Any], actor: str | None, may_loosen: bool
+) -> None:
     """Apply ``changes`` (field to new value) to ``api_key`` (locked: :func:`lock_key`) and record
     what really changed. Loosening a limit needs ``may_loosen`` (see :mod:`keyservice.management.loosening`);
     raises :class:`AdminOnly` without it."""
@@ -184,8 +211,13 @@ def revoke_key(session: AnySession, api_key: ApiKey, reason: str | None, actor: 
     while successor_id is not None:
         successor = lock_key(session, successor_id)
         if successor.revoke(reason):
-            record_event(session, successor.id, "revoked", actor,
-                         {"revoked_with": api_key.id} | ({"reason": reason} if reason else {}))
+            record_event(
+                session,
+                successor.id,
+                "revoked",
+                actor,
+                {"revoked_with": api_key.id} | ({"reason": reason} if reason else {}),
+            )
         successor_id = successor.rotated_to
     return revoked
 
@@ -206,9 +238,12 @@ def announce_usage_exhausted(session: AnySession, key_id: str) -> None:
     successor's), once: the conditional UPDATE lets one request of all workers do it, and a use
     taken afterwards (a refill, a raised ``remaining``) arms it again."""
     quota_key_id = session.scalar(select(func.coalesce(ApiKey.quota_key_id, ApiKey.id)).where(ApiKey.id == key_id))
-    announced = session.execute(update(ApiKey).where(
-        ApiKey.id == quota_key_id, ApiKey.remaining == 0, ApiKey.usage_exhausted_at.is_(None)
-    ).values(usage_exhausted_at=utcnow(), updated_at=ApiKey.updated_at).returning(ApiKey.id)).first()
+    announced = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == quota_key_id, ApiKey.remaining == 0, ApiKey.usage_exhausted_at.is_(None))
+        .values(usage_exhausted_at=utcnow(), updated_at=ApiKey.updated_at)
+        .returning(ApiKey.id)
+    ).first()
     if announced is not None:
         record_event(session, announced[0], "usage_exhausted", None)
 
@@ -218,21 +253,38 @@ def announce_expiring(session: AnySession, before: timedelta) -> list[str]:
     announced for that ``expires_at`` (a key rotated away is not: its rotation was); return their
     ids. The conditional UPDATE announces each once across workers and instances."""
     now = utcnow()
-    due = and_(ApiKey.expires_at > now, ApiKey.expires_at <= now + before, ApiKey.revoked_at.is_(None),
-               ApiKey.rotated_to.is_(None), ApiKey.expiry_announced_for.is_distinct_from(ApiKey.expires_at))
+    due = and_(
+        ApiKey.expires_at > now,
+        ApiKey.expires_at <= now + before,
+        ApiKey.revoked_at.is_(None),
+        ApiKey.rotated_to.is_(None),
+        ApiKey.expiry_announced_for.is_distinct_from(ApiKey.expires_at),
+    )
     candidates = list(session.scalars(select(ApiKey.id).where(due).limit(100)))
     if not candidates:
         return []
-    announced = list(session.scalars(update(ApiKey).where(ApiKey.id.in_(candidates), due).values(
-        expiry_announced_for=ApiKey.expires_at, updated_at=ApiKey.updated_at).returning(ApiKey.id)))
+    announced = list(
+        session.scalars(
+            update(ApiKey)
+            .where(ApiKey.id.in_(candidates), due)
+            .values(expiry_announced_for=ApiKey.expires_at, updated_at=ApiKey.updated_at)
+            .returning(ApiKey.id)
+        )
+    )
     for key_id in announced:
         api_key = cast(ApiKey, session.get(ApiKey, key_id, populate_existing=True))
         record_event(session, key_id, "expiring", None, {"expires_at": _jsonable(as_utc(api_key.expires_at))})
     return announced
 
 
-def rotate_key(session: AnySession, settings: Settings, key_id: str, grace_seconds: int, actor: str | None,
-               check: Callable[[ApiKey], None] = lambda api_key: None) -> tuple[ApiKey, str]:
+def rotate_key(
+    session: AnySession,
+    settings: Settings,
+    key_id: str,
+    grace_seconds: int,
+    actor: str | None,
+    check: Callable[[ApiKey], None] = lambda api_key: None,
+) -> tuple[ApiKey, str]:
     """Issue a key with the settings of key ``key_id``, whose one successor it becomes; the old
     key expires ``grace_seconds`` from now, and its uses are the new key's meanwhile (one quota).
 
@@ -248,8 +300,14 @@ def rotate_key(session: AnySession, settings: Settings, key_id: str, grace_secon
         raise StateConflict("a revoked or expired key cannot be rotated")
     if api_key.rotated_to is not None:
         raise StateConflict("this key has been rotated already: rotate its successor")
-    new_key, key = create_key(session, settings, created_by=actor, rotated_from=api_key.id, new=new,
-                              **{field: getattr(api_key, field) for field in CARRIED_OVER})
+    new_key, key = create_key(
+        session,
+        settings,
+        created_by=actor,
+        rotated_from=api_key.id,
+        new=new,
+        **{field: getattr(api_key, field) for field in CARRIED_OVER},
+    )
     new_key.refilled_at = api_key.refilled_at  # a refill that is due stays due
     new_key.disabled_by_admin = api_key.disabled_by_admin
     api_key.rotated_to = new_key.id
@@ -260,9 +318,13 @@ def rotate_key(session: AnySession, settings: Settings, key_id: str, grace_secon
     grace_ends = now + timedelta(seconds=grace_seconds)
     if expires_at is None or grace_ends < expires_at:
         api_key.expires_at = grace_ends
-    record_event(session, api_key.id, "rotated", actor,
-                 {"rotated_to": new_key.id, "grace_seconds": grace_seconds,
-                  "expires_at": _jsonable(as_utc(api_key.expires_at))})
+    record_event(
+        session,
+        api_key.id,
+        "rotated",
+        actor,
+        {"rotated_to": new_key.id, "grace_seconds": grace_seconds, "expires_at": _jsonable(as_utc(api_key.expires_at))},
+    )
     return new_key, key
 
 
@@ -271,23 +333,33 @@ def key_events(session: AnySession, key_id: str) -> list[KeyEvent]:
     return list(session.scalars(select(KeyEvent).where(KeyEvent.key_id == key_id).order_by(KeyEvent.id)))
 
 
-def key_usage(session: AnySession, key_id: str, granularity: str, since: datetime | None = None,
-              until: datetime | None = None) -> dict[str, Any]:
+def key_usage(
+    session: AnySession, key_id: str, granularity: str, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, Any]:
     """A key's verifications by outcome code, per hour or per UTC day, from ``since`` to ``until``
     (by default the last 24 hours, or 30 days); periods without any are left out."""
     until = until or utcnow()
     since = since or until - (timedelta(hours=24) if granularity == "hour" else timedelta(days=30))
     first_hour = since.replace(minute=0, second=0, microsecond=0)
-    rows = session.scalars(select(KeyUsage).where(
-        KeyUsage.key_id == key_id, KeyUsage.hour >= first_hour, KeyUsage.hour < until).order_by(KeyUsage.hour))
+    rows = session.scalars(
+        select(KeyUsage)
+        .where(KeyUsage.key_id == key_id, KeyUsage.hour >= first_hour, KeyUsage.hour < until)
+        .order_by(KeyUsage.hour)
+    )
     periods: dict[datetime, Counter[str]] = {}
     for row in rows:
         hour = cast(datetime, as_utc(row.hour))
         start = hour if granularity == "hour" else hour.replace(hour=0)
         periods.setdefault(start, Counter())[row.outcome] += row.count
-    return {"key_id": key_id, "granularity": granularity, "since": since, "until": until,
-            "items": [{"start": start, "counts": dict(counts), "total": counts.total()}
-                      for start, counts in periods.items()]}
+    return {
+        "key_id": key_id,
+        "granularity": granularity,
+        "since": since,
+        "until": until,
+        "items": [
+            {"start": start, "counts": dict(counts), "total": counts.total()} for start, counts in periods.items()
+        ],
+    }
 
 
 def _encode_cursor(api_key: ApiKey) -> str:
@@ -307,8 +379,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     raise InvalidValue("cursor is not one this API gave out", "cursor", ["Not a cursor this API gave out."])
 
 
-def list_keys(session: AnySession, *, client_ids: Iterable[str] | None = None, include_revoked: bool = False,
-              limit: int | None = None, cursor: str | None = None) -> tuple[list[ApiKey], str | None]:
+def list_keys(
+    session: AnySession,
+    *,
+    client_ids: Iterable[str] | None = None,
+    include_revoked: bool = False,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> tuple[list[ApiKey], str | None]:
     """Keys newest first, of ``client_ids`` (None: all), from ``cursor`` on;
     return them and the cursor of the next page (None on the last)."""
     query = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
@@ -318,8 +396,9 @@ def list_keys(session: AnySession, *, client_ids: Iterable[str] | None = None, i
         query = query.where(ApiKey.revoked_at.is_(None))
     if cursor is not None:
         created_at, key_id = _decode_cursor(cursor)
-        query = query.where(or_(ApiKey.created_at < created_at,
-                                and_(ApiKey.created_at == created_at, ApiKey.id < key_id)))
+        query = query.where(
+            or_(ApiKey.created_at < created_at, and_(ApiKey.created_at == created_at, ApiKey.id < key_id))
+        )
     if limit is None:
         return list(session.scalars(query)), None
     page = list(session.scalars(query.limit(limit + 1)))
@@ -328,8 +407,11 @@ def list_keys(session: AnySession, *, client_ids: Iterable[str] | None = None, i
 
 def scopes_of_roles(session: AnySession, roles: Iterable[str]) -> list[str]:
     """The scopes the named roles hold now (unknown names hold none)."""
-    return [scope for role_scopes in session.scalars(select(Role.scopes).where(Role.name.in_(list(roles))))
-            for scope in role_scopes]
+    return [
+        scope
+        for role_scopes in session.scalars(select(Role.scopes).where(Role.name.in_(list(roles))))
+        for scope in role_scopes
+    ]
 
 
 def put_role(session: AnySession, name: str, scopes: list[str]) -> Role:

@@ -59,16 +59,28 @@ def _random_id(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(18)
 
 
-def create_endpoint(session: AnySession, settings: Settings, *, url: str, events: list[str],
-                    external_client_id: str | None, created_by: str | None) -> tuple[WebhookEndpoint, str]:
+def create_endpoint(
+    session: AnySession,
+    settings: Settings,
+    *,
+    url: str,
+    events: list[str],
+    external_client_id: str | None,
+    created_by: str | None,
+) -> tuple[WebhookEndpoint, str]:
     """Register an endpoint (its URL checked: see :func:`keyservice.management.addresses.check_url`); return
     it and its signing secret, which is never available again."""
     fernet = _fernet(settings)
     check_url(url, settings.webhooks_allow_private)
     secret = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
-    endpoint = WebhookEndpoint(id=_random_id("ep_"), url=url, events=list(dict.fromkeys(events)),
-                               external_client_id=external_client_id, created_by=created_by,
-                               encrypted_secret=fernet.encrypt(secret.encode()).decode())
+    endpoint = WebhookEndpoint(
+        id=_random_id("ep_"),
+        url=url,
+        events=list(dict.fromkeys(events)),
+        external_client_id=external_client_id,
+        created_by=created_by,
+        encrypted_secret=fernet.encrypt(secret.encode()).decode(),
+    )
     session.add(endpoint)
     return endpoint, secret
 
@@ -95,16 +107,41 @@ def delete_endpoint(session: AnySession, endpoint: WebhookEndpoint) -> None:
     session.delete(endpoint)
 
 
-def _add_message(session: AnySession, event_type: str, key_id: str | None,
-                 data: dict[str, Any], changes: dict[str, Any], endpoints: list[WebhookEndpoint]) -> list[int]:
+def _add_message(
+    session: AnySession,
+    event_type: str,
+    key_id: str | None,
+    data: dict[str, Any],
+    changes: dict[str, Any],
+    endpoints: list[WebhookEndpoint],
+) -> list[int]:
     now = utcnow()
-    message = WebhookMessage(id=_random_id("msg_"), type=event_type, key_id=key_id, created_at=now, payload={
-        "type": event_type, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data, "changes": changes})
+    message = WebhookMessage(
+        id=_random_id("msg_"),
+        type=event_type,
+        key_id=key_id,
+        created_at=now,
+        payload={
+            "type": event_type,
+            "timestamp": now.isoformat().replace("+00:00", "Z"),
+            "data": data,
+            "changes": changes,
+        },
+    )
     session.add(message)
     session.flush()
-    deliveries = [WebhookDelivery(message_id=message.id, endpoint_id=endpoint.id, status="pending", attempts=0,
-                                  next_attempt_at=now, retry_from=now, created_at=now)
-                  for endpoint in endpoints]
+    deliveries = [
+        WebhookDelivery(
+            message_id=message.id,
+            endpoint_id=endpoint.id,
+            status="pending",
+            attempts=0,
+            next_attempt_at=now,
+            retry_from=now,
+            created_at=now,
+        )
+        for endpoint in endpoints
+    ]
     session.add_all(deliveries)
     session.flush()
     return [delivery.id for delivery in deliveries]
@@ -114,18 +151,25 @@ def enqueue_key_event(session: AnySession, api_key: ApiKey, action: str, changes
     """Put ``key.<action>`` for ``api_key`` in the outbox, for every endpoint that wants it: the
     operator's and those of the key's client. Nothing is written when no endpoint does."""
     event_type = f"key.{action}"
-    endpoints = [endpoint for endpoint in session.scalars(select(WebhookEndpoint).where(or_(
-                     WebhookEndpoint.external_client_id.is_(None),
-                     WebhookEndpoint.external_client_id == api_key.external_client_id)))
-                 if not endpoint.events or event_type in endpoint.events]
+    endpoints = [
+        endpoint
+        for endpoint in session.scalars(
+            select(WebhookEndpoint).where(
+                or_(
+                    WebhookEndpoint.external_client_id.is_(None),
+                    WebhookEndpoint.external_client_id == api_key.external_client_id,
+                )
+            )
+        )
+        if not endpoint.events or event_type in endpoint.events
+    ]
     if endpoints:
         _add_message(session, event_type, api_key.id, KeySchema().dump(api_key), changes, endpoints)
 
 
 def enqueue_test(session: AnySession, endpoint: WebhookEndpoint) -> int:
     """Put a ``webhook.test`` event for this one endpoint in the outbox; return its delivery's id."""
-    [delivery_id] = _add_message(session, TEST_EVENT, None,
-                                 {"endpoint_id": endpoint.id}, {}, [endpoint])
+    [delivery_id] = _add_message(session, TEST_EVENT, None, {"endpoint_id": endpoint.id}, {}, [endpoint])
     return delivery_id
 
 
@@ -135,11 +179,27 @@ def list_deliveries(session: AnySession, endpoint: WebhookEndpoint, limit: int =
         select(WebhookDelivery, WebhookMessage.type, WebhookMessage.key_id)
         .join(WebhookMessage, WebhookMessage.id == WebhookDelivery.message_id)
         .where(WebhookDelivery.endpoint_id == endpoint.id)
-        .order_by(WebhookDelivery.id.desc()).limit(limit))
-    return [{name: getattr(delivery, name) for name in (
-                "id", "message_id", "status", "attempts", "next_attempt_at", "last_status", "last_error",
-                "created_at", "delivered_at")} | {"type": event_type, "key_id": key_id}
-            for delivery, event_type, key_id in rows]
+        .order_by(WebhookDelivery.id.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            name: getattr(delivery, name)
+            for name in (
+                "id",
+                "message_id",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "last_status",
+                "last_error",
+                "created_at",
+                "delivered_at",
+            )
+        }
+        | {"type": event_type, "key_id": key_id}
+        for delivery, event_type, key_id in rows
+    ]
 
 
 def redeliver(session: AnySession, endpoint: WebhookEndpoint, delivery_id: int) -> None:
@@ -149,8 +209,10 @@ def redeliver(session: AnySession, endpoint: WebhookEndpoint, delivery_id: int) 
     if delivery is None or delivery.endpoint_id != endpoint.id:
         raise RecordNotFound("This endpoint has no delivery with this id.")
     now = utcnow()
-    changed = session.execute(update(WebhookDelivery).where(
-        WebhookDelivery.id == delivery_id, WebhookDelivery.status != "pending").values(
-        status="pending", next_attempt_at=now, retry_from=now, lease_until=None))
+    changed = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status != "pending")
+        .values(status="pending", next_attempt_at=now, retry_from=now, lease_until=None)
+    )
     if cast(CursorResult[Any], changed).rowcount == 0:
         raise StateConflict("This delivery is pending already.")

@@ -29,8 +29,12 @@ from .webhooks import (
     redeliver,
 )
 
-webhooks_blueprint = Blueprint("webhooks", __name__, url_prefix="/webhooks",
-                               description="Signed key events (Standard Webhooks) sent to your endpoints.")
+webhooks_blueprint = Blueprint(
+    "webhooks",
+    __name__,
+    url_prefix="/webhooks",
+    description="Signed key events (Standard Webhooks) sent to your endpoints.",
+)
 apply_api_rules(webhooks_blueprint)
 webhooks_blueprint.after_request(no_store)  # create answers with a secret
 
@@ -51,8 +55,10 @@ def _owner(asked: str | None) -> str | None:
     if principal.client_ids is None:
         return None
     if len(principal.client_ids) != 1:
-        raise InvalidInput("name the client whose events it receives",
-                           errors={"json": {"external_client_id": ["Required: you manage several clients."]}})
+        raise InvalidInput(
+            "name the client whose events it receives",
+            errors={"json": {"external_client_id": ["Required: you manage several clients."]}},
+        )
     return next(iter(principal.client_ids))
 
 
@@ -68,9 +74,14 @@ def _endpoint(endpoint_id: str) -> WebhookEndpoint:
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Register an endpoint. The response holds its signing secret (``whsec_...``), this once."""
     state = current_state()
-    endpoint, secret = create_endpoint(state.db.session, state.settings, url=fields["url"], events=fields["events"],
-                                       external_client_id=_owner(fields["external_client_id"]),
-                                       created_by=_principal().id)
+    endpoint, secret = create_endpoint(
+        state.db.session,
+        state.settings,
+        url=fields["url"],
+        events=fields["events"],
+        external_client_id=_owner(fields["external_client_id"]),
+        created_by=_principal().id,
+    )
     state.db.session.commit()
     return {name: getattr(endpoint, name) for name in WebhookSchema().fields} | {"secret": secret}
 

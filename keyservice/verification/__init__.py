@@ -1,1 +1,3 @@
-"""The request path: verifying a key or token for a request (cache, failed-check budgets, limits, quota, usage) and ``@require_key``; imports only keyservice.core."""
+"""The request path: verifying a key or token for a request (cache, failed-check budgets,
+limits, quota, usage) and ``@require_key``; imports only keyservice.core.
+"""

@@ -47,13 +47,17 @@ def serialise_changes(session: AnySession) -> None:
 def _note_changes(session: Session, flush_context: Any, instances: Any) -> None:
     key_ids = {row.id for row in session.dirty if isinstance(row, ApiKey) and session.is_modified(row)}
     key_ids |= {row.id for row in session.deleted if isinstance(row, ApiKey)}
-    roles = {row.name for row in (*session.new, *session.dirty, *session.deleted)
-             if isinstance(row, Role) and (row not in session.dirty or session.is_modified(row))}
+    roles = {
+        row.name
+        for row in (*session.new, *session.dirty, *session.deleted)
+        if isinstance(row, Role) and (row not in session.dirty or session.is_modified(row))
+    }
     if not key_ids and not roles:
         return
     serialise_changes(session)
-    session.add_all([KeyChange(key_id=key_id) for key_id in sorted(key_ids)]
-                    + [KeyChange(role=role) for role in sorted(roles)])
+    session.add_all(
+        [KeyChange(key_id=key_id) for key_id in sorted(key_ids)] + [KeyChange(role=role) for role in sorted(roles)]
+    )
     session.connection().execute(delete(KeyChange).where(KeyChange.at < utcnow() - PRUNE_AFTER))
 
 
@@ -70,7 +74,8 @@ def changes_after(connection: Connection, last: int) -> tuple[int, set[str], set
     key_ids: set[str] = set()
     roles: set[str] = set()
     for change_id, key_id, role in connection.execute(
-            select(KeyChange.id, KeyChange.key_id, KeyChange.role).where(KeyChange.id > last)):
+        select(KeyChange.id, KeyChange.key_id, KeyChange.role).where(KeyChange.id > last)
+    ):
         last = max(last, change_id)
         if key_id is not None:
             key_ids.add(key_id)

@@ -58,8 +58,9 @@ class CheckedKey:
 
     def matches(self, key_id: str, secret_hash: str) -> bool:
         """Whether the entry vouches for key ``key_id`` whose row's hash is ``secret_hash``."""
-        return (hmac.compare_digest(self.key_id, key_id)
-                and hmac.compare_digest(self.hash_digest, hash_digest(secret_hash)))
+        return hmac.compare_digest(self.key_id, key_id) and hmac.compare_digest(
+            self.hash_digest, hash_digest(secret_hash)
+        )
 
 
 class CheckedKeys(Protocol):

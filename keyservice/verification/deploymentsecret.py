@@ -9,6 +9,7 @@ the database alone cannot even test a guess against the stores.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -36,10 +37,9 @@ def deployment_secret(configured: str, path: Path) -> bytes:
             file.write(os.urandom(SECRET_BYTES))
             file.flush()
             os.fsync(file.fileno())
-        try:
+        # Another worker may have made it first: theirs is everyone's.
+        with contextlib.suppress(FileExistsError):
             os.link(made, path)
-        except FileExistsError:
-            pass  # another worker made it first: theirs is everyone's
     finally:
         os.unlink(made)
     return _read(path)

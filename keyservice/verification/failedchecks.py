@@ -53,8 +53,10 @@ class FailedCheckBudgets:
             try:
                 hit = self._windows().hit(name, limit.amount, limit.get_expiry())
             except WindowStorageError as error:
-                logger.warning("keyservice: shared failed-check budgets unavailable (%s); this worker counts"
-                               " its own meanwhile", type(error.__cause__ or error).__name__)
+                logger.warning(
+                    "keyservice: shared failed-check budgets unavailable (%s); this worker counts its own meanwhile",
+                    type(error.__cause__ or error).__name__,
+                )
                 hit = self._own.hit(name, limit.amount, limit.get_expiry())
             if not hit.allowed:
                 return max(1, math.ceil(hit.reset_at - time.time()))

@@ -48,8 +48,10 @@ class KeyRows:
         rows = rawsql.execute(engine, _RECORD_SQL, {"key_id": key_id}, writes=False)
         if not rows:
             return None
-        values = {name: process(value) for name, process, value
-                  in zip(_RECORD_NAMES, _record_processors(engine.dialect), rows[0])}
+        values = {
+            name: process(value)
+            for name, process, value in zip(_RECORD_NAMES, _record_processors(engine.dialect), rows[0], strict=False)
+        }
         scopes = list(values["scopes"])
         if values["roles"]:
             names = {f"role{index}": name for index, name in enumerate(values["roles"])}
@@ -57,9 +59,12 @@ class KeyRows:
             process = _role_scopes_processor(engine.dialect)
             for (role_scopes,) in rawsql.execute(engine, f"{_ROLE_SCOPES_SQL} ({placeholders})", names, writes=False):
                 scopes.extend(process(role_scopes))
-        return KeyRecord(**values | {
-            "scopes": tuple(dict.fromkeys(scopes)),
-            "roles": tuple(values["roles"]),
-            "expires_at": as_utc(values["expires_at"]),
-            "revoked_at": as_utc(values["revoked_at"]),
-        })
+        return KeyRecord(
+            **values
+            | {
+                "scopes": tuple(dict.fromkeys(scopes)),
+                "roles": tuple(values["roles"]),
+                "expires_at": as_utc(values["expires_at"]),
+                "revoked_at": as_utc(values["revoked_at"]),
+            }
+        )

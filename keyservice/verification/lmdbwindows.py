@@ -67,8 +67,16 @@ def environment(path: Path) -> lmdb.Environment:
         with _environments_lock:
             opened = _environments.get(key)
             if opened is None:
-                opened = lmdb.open(str(path), map_size=MAP_SIZE, subdir=False, sync=False, metasync=False,
-                                   readahead=False, max_dbs=0, mode=0o600)
+                opened = lmdb.open(
+                    str(path),
+                    map_size=MAP_SIZE,
+                    subdir=False,
+                    sync=False,
+                    metasync=False,
+                    readahead=False,
+                    max_dbs=0,
+                    mode=0o600,
+                )
                 _environments[key] = opened
     return opened
 
@@ -104,8 +112,9 @@ class LmdbWindows:
                 _, slot, *counts = _ENTRY.unpack(stored)
                 window = Counts(slot, tuple(counts))
             window, result = slidingwindow.hit(window, limit, period, now)
-            transaction.put(entry_key, _ENTRY.pack(slidingwindow.expires_at(window, period), window.slot,
-                                                  *window.counts))
+            transaction.put(
+                entry_key, _ENTRY.pack(slidingwindow.expires_at(window, period), window.slot, *window.counts)
+            )
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             self.sweep()

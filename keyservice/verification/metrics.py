@@ -23,16 +23,28 @@ from prometheus_client import (
 )
 
 _VERIFICATIONS = Counter("keyservice_verifications", "Key verifications, by outcome code.", ["outcome"])
-_LATENCY = Histogram("keyservice_verification_seconds", "Time to verify a key, limits included.",
-                     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
-_LIMIT_REFUSALS = Counter("keyservice_limit_refusals", "Requests refused by a limit: a key's rate limit "
-                          "(rate_limit), its remaining uses (usage) or failed-check budgets (failed_checks).",
-                          ["limit"])
-_STORAGE_ERRORS = Counter("keyservice_storage_errors", "Verifications answered UNAVAILABLE: the database "
-                          "or the rate-limit storage could not be reached.")
+_LATENCY = Histogram(
+    "keyservice_verification_seconds",
+    "Time to verify a key, limits included.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+_LIMIT_REFUSALS = Counter(
+    "keyservice_limit_refusals",
+    "Requests refused by a limit: a key's rate limit "
+    "(rate_limit), its remaining uses (usage) or failed-check budgets (failed_checks).",
+    ["limit"],
+)
+_STORAGE_ERRORS = Counter(
+    "keyservice_storage_errors",
+    "Verifications answered UNAVAILABLE: the database or the rate-limit storage could not be reached.",
+)
 
-_BCRYPT_CHECKS = Counter("keyservice_bcrypt_checks", "bcrypt checks of a key's secret, by result (accepted or "
-                         "refused): warm-up after a start, and floods of wrong secrets.", ["result"])
+_BCRYPT_CHECKS = Counter(
+    "keyservice_bcrypt_checks",
+    "bcrypt checks of a key's secret, by result (accepted or "
+    "refused): warm-up after a start, and floods of wrong secrets.",
+    ["result"],
+)
 
 _by_outcome: dict[str, Any] = {}  # labels() takes a lock and checks its arguments: once per code
 

@@ -80,8 +80,9 @@ class Quota:
     keys this worker remembers having told it about.
     """
 
-    def __init__(self, engine: Callable[[], Engine], on_exhausted: Callable[[Session, str], None] | None,
-                 size: int) -> None:
+    def __init__(
+        self, engine: Callable[[], Engine], on_exhausted: Callable[[Session, str], None] | None, size: int
+    ) -> None:
         self._engine = engine
         self._on_exhausted = on_exhausted
         self._told: TTLCache[str, bool] = TTLCache(maxsize=size, ttl=1.0)

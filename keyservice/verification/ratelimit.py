@@ -34,8 +34,11 @@ class RateLimiter:
         if self._windows is None:
             with self._lock:
                 if self._windows is None:
-                    self._windows = (RedisWindows(self._storage_url) if self._storage_url
-                                     else LmdbWindows(path_for(self._db.engine.url.render_as_string())))
+                    self._windows = (
+                        RedisWindows(self._storage_url)
+                        if self._storage_url
+                        else LmdbWindows(path_for(self._db.engine.url.render_as_string()))
+                    )
         return self._windows
 
     def storage_answers(self) -> bool:

@@ -70,8 +70,9 @@ class RedisWindows:
     def hit(self, key: str, limit: int, period: int) -> Hit:
         """Count one request of ``key`` against ``limit`` per ``period`` seconds, atomically."""
         try:
-            allowed, count, reset_at = self._script(keys=[f"keyservice:window:{key}/{period}"],
-                                                    args=[limit, period, SLOTS])
+            allowed, count, reset_at = self._script(
+                keys=[f"keyservice:window:{key}/{period}"], args=[limit, period, SLOTS]
+            )
         except redis.RedisError as error:
             raise WindowStorageError(type(error).__name__) from error
         return Hit(bool(allowed), int(count), float(reset_at))

@@ -42,8 +42,14 @@ class RowCache(Generic[Row]):
     ``engine()`` gives the database whose change feed is read; ``clock()`` the time in seconds.
     """
 
-    def __init__(self, engine: Callable[[], Engine], size: int, ttl: float, max_age: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        size: int,
+        ttl: float,
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._ttl = ttl

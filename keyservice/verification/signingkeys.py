@@ -75,8 +75,14 @@ class _Published:
     def of(cls, row: SigningKey) -> _Published:
         public_key = ECAlgorithm.from_jwk(row.public_jwk)
         assert isinstance(public_key, ec.EllipticCurvePublicKey)
-        return cls(row.kid, row.generation, public_key, row.public_jwk, as_utc(row.activates_at),  # type: ignore[arg-type]
-                   as_utc(row.retires_at))
+        return cls(
+            row.kid,
+            row.generation,
+            public_key,
+            row.public_jwk,
+            as_utc(row.activates_at),  # type: ignore[arg-type]
+            as_utc(row.retires_at),
+        )
 
     def published(self, now: datetime) -> bool:
         return self.retires_at is None or self.retires_at > now
@@ -101,22 +107,34 @@ def new_signing_key(settings: Settings, generation: int, activates_at: datetime)
     """A new key pair's row (not yet added to a session)."""
     kid = secrets.token_urlsafe(12)
     private_key = ec.generate_private_key(ec.SECP256R1())
-    pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+    pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fernet = _fernet(settings)
     if fernet is None:
         logger.warning("keyservice: signing key %s stored unencrypted: set KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY", kid)
     jwk = ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True) | {"kid": kid, "alg": ALGORITHM, "use": "sig"}
-    return SigningKey(kid=kid, generation=generation, algorithm=ALGORITHM, public_jwk=jwk,
-                      private_key=(fernet.encrypt(pem) if fernet else pem).decode(), encrypted=fernet is not None,
-                      created_at=utcnow(), activates_at=activates_at, retires_at=None)
+    return SigningKey(
+        kid=kid,
+        generation=generation,
+        algorithm=ALGORITHM,
+        public_jwk=jwk,
+        private_key=(fernet.encrypt(pem) if fernet else pem).decode(),
+        encrypted=fernet is not None,
+        created_at=utcnow(),
+        activates_at=activates_at,
+        retires_at=None,
+    )
 
 
 def current_generation(keys: list[SigningKey], now: datetime) -> int | None:
     """The generation of the key that signs at ``now``: the newest activated, unretired one."""
-    signing = [key.generation for key in keys
-               if as_utc(key.activates_at) <= now  # type: ignore[operator]
-               and (key.retires_at is None or as_utc(key.retires_at) > now)]  # type: ignore[operator]
+    signing = [
+        key.generation
+        for key in keys
+        if as_utc(key.activates_at) <= now  # type: ignore[operator]
+        and (key.retires_at is None or as_utc(key.retires_at) > now)  # type: ignore[operator]
+    ]
     return max(signing, default=None)
 
 
@@ -139,8 +157,11 @@ def rotate_signing_keys(session: AnySession, settings: Settings, delay: timedelt
     activates_at = now + delay if latest is not None else now
     new = new_signing_key(settings, latest.generation + 1 if latest else 1, activates_at)
     session.add(new)
-    session.execute(update(SigningKey).where(SigningKey.retires_at.is_(None), SigningKey.generation < new.generation)
-                    .values(retires_at=activates_at + timedelta(seconds=settings.token_lifetime) + RETIRE_MARGIN))
+    session.execute(
+        update(SigningKey)
+        .where(SigningKey.retires_at.is_(None), SigningKey.generation < new.generation)
+        .values(retires_at=activates_at + timedelta(seconds=settings.token_lifetime) + RETIRE_MARGIN)
+    )
     try:
         session.flush()
     except IntegrityError:
@@ -193,8 +214,9 @@ class SigningKeys:
             self._create_first()
             published = self._fresh(force=True)
         now = utcnow()
-        keys = sorted((key for key in published.values() if key.published(now)),
-                      key=lambda key: key.generation, reverse=True)
+        keys = sorted(
+            (key for key in published.values() if key.published(now)), key=lambda key: key.generation, reverse=True
+        )
         return {"keys": [key.public_jwk for key in keys]}
 
     def _current(self, published: dict[str, _Published]) -> _Published | None:
@@ -208,11 +230,16 @@ class SigningKeys:
                 return self._published
         now = utcnow()
         with Session(self._db.engine) as session:
-            rows = session.scalars(select(SigningKey).where(
-                or_(SigningKey.retires_at.is_(None), SigningKey.retires_at > now)))
+            rows = session.scalars(
+                select(SigningKey).where(or_(SigningKey.retires_at.is_(None), SigningKey.retires_at > now))
+            )
             # A known key keeps its parsed public key and takes the row's times (a rotation sets retires_at).
-            published = {row.kid: dataclasses.replace(known, retires_at=as_utc(row.retires_at))
-                         if (known := self._published.get(row.kid)) else _Published.of(row) for row in rows}
+            published = {
+                row.kid: dataclasses.replace(known, retires_at=as_utc(row.retires_at))
+                if (known := self._published.get(row.kid))
+                else _Published.of(row)
+                for row in rows
+            }
         with self._lock:
             self._published, self._loaded_at = published, time.monotonic()
         return published
@@ -241,8 +268,11 @@ class SigningKeys:
                     raise InvalidToken()
                 pem = fernet.decrypt(pem)
             except InvalidToken:
-                logger.warning("keyservice: signing key %s cannot be decrypted: KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"
-                               " is not set or lacks the key it was encrypted under", kid)
+                logger.warning(
+                    "keyservice: signing key %s cannot be decrypted: KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"
+                    " is not set or lacks the key it was encrypted under",
+                    kid,
+                )
                 raise SigningUnavailable() from None
         loaded = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(loaded, ec.EllipticCurvePrivateKey)

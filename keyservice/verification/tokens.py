@@ -83,15 +83,24 @@ class IssuedToken:
     scope: str
 
 
-def issue_token(settings: Settings, signing_keys: SigningKeyRing, key: VerificationResult,
-                scopes: tuple[str, ...]) -> IssuedToken:
+def issue_token(
+    settings: Settings, signing_keys: SigningKeyRing, key: VerificationResult, scopes: tuple[str, ...]
+) -> IssuedToken:
     """Sign a token for the VALID key ``key`` holding ``scopes`` (a subset of the key's)."""
     iss = issuer(settings)
     now = int(time.time())
     scope = " ".join(scopes)
-    claims = {"iss": iss, "sub": key.key_id, "client_id": key.key_id, "aud": audience(settings, iss), "iat": now,
-              "exp": now + settings.token_lifetime, "jti": secrets.token_urlsafe(16), "scope": scope,
-              "external_client_id": key.external_client_id}
+    claims = {
+        "iss": iss,
+        "sub": key.key_id,
+        "client_id": key.key_id,
+        "aud": audience(settings, iss),
+        "iat": now,
+        "exp": now + settings.token_lifetime,
+        "jti": secrets.token_urlsafe(16),
+        "scope": scope,
+        "external_client_id": key.external_client_id,
+    }
     kid, private_key = signing_keys.signing_key()
     token = jwt.encode(claims, private_key, algorithm=ALGORITHM, headers={"typ": TOKEN_TYPE, "kid": kid})
     return IssuedToken(token, settings.token_lifetime, scope)
@@ -158,8 +167,11 @@ class TokenVerifier:
         except jwt.PyJWTError:
             return Outcome.TOKEN_INVALID
         kid = header.get("kid")
-        if (str(header.get("typ", "")).lower() not in TOKEN_TYPES or header.get("alg") != ALGORITHM
-                or not isinstance(kid, str)):
+        if (
+            str(header.get("typ", "")).lower() not in TOKEN_TYPES
+            or header.get("alg") != ALGORITHM
+            or not isinstance(kid, str)
+        ):
             return Outcome.TOKEN_INVALID
         try:
             public_key = self._signing_keys.public_key(kid)
@@ -170,8 +182,14 @@ class TokenVerifier:
             return Outcome.TOKEN_INVALID
         try:
             # Only the algorithm keyservice signs with: never "none", never HS256 keyed with the public key.
-            claims: dict[str, Any] = jwt.decode(token, public_key, algorithms=[ALGORITHM], issuer=iss, audience=aud,
-                                                options={"require": REQUIRED_CLAIMS})
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                public_key,
+                algorithms=[ALGORITHM],
+                issuer=iss,
+                audience=aud,
+                options={"require": REQUIRED_CLAIMS},
+            )
         except jwt.ExpiredSignatureError:
             return Outcome.TOKEN_EXPIRED
         except jwt.InvalidIssuerError:

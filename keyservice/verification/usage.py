@@ -33,10 +33,14 @@ logger = logging.getLogger("keyservice.verification.usage")
 _INSERT: dict[str, Callable[..., Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
-_MOVE_LAST_USED = update(ApiKey).where(
-    ApiKey.id == bindparam("key"),
-    ApiKey.last_used_at.is_(None) | (ApiKey.last_used_at < bindparam("moment")),
-).values(last_used_at=bindparam("moment"), updated_at=ApiKey.updated_at)  # a use is not a change
+_MOVE_LAST_USED = (
+    update(ApiKey)
+    .where(
+        ApiKey.id == bindparam("key"),
+        ApiKey.last_used_at.is_(None) | (ApiKey.last_used_at < bindparam("moment")),
+    )
+    .values(last_used_at=bindparam("moment"), updated_at=ApiKey.updated_at)
+)  # a use is not a change
 
 
 class UsageRecorder:
@@ -106,16 +110,26 @@ class UsageRecorder:
     @staticmethod
     def _write(engine: Engine, counts: Counter[tuple[str, int, str]], last_used: dict[str, float]) -> None:
         insert = _INSERT[engine.dialect.name]
-        rows = [{"key_id": key_id, "hour": datetime.fromtimestamp(hour * 3600, UTC), "outcome": outcome,
-                 "count": count} for (key_id, hour, outcome), count in counts.items()]
+        rows = [
+            {"key_id": key_id, "hour": datetime.fromtimestamp(hour * 3600, UTC), "outcome": outcome, "count": count}
+            for (key_id, hour, outcome), count in counts.items()
+        ]
         with engine.begin() as connection:
             statement = insert(KeyUsage)
-            connection.execute(statement.on_conflict_do_update(
-                index_elements=["key_id", "hour", "outcome"],
-                set_={"count": KeyUsage.count + statement.excluded.count}), rows)
+            connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["key_id", "hour", "outcome"],
+                    set_={"count": KeyUsage.count + statement.excluded.count},
+                ),
+                rows,
+            )
             if last_used:
                 # One statement run for every key (an executemany: psycopg pipelines it), not
                 # one round trip per key: a worker that met 2,000 keys flushes 2,000 of them.
-                connection.execute(_MOVE_LAST_USED, [
-                    {"key": key_id, "moment": datetime.fromtimestamp(seconds, UTC)}
-                    for key_id, seconds in last_used.items()])
+                connection.execute(
+                    _MOVE_LAST_USED,
+                    [
+                        {"key": key_id, "moment": datetime.fromtimestamp(seconds, UTC)}
+                        for key_id, seconds in last_used.items()
+                    ],
+                )

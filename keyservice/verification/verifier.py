@@ -73,8 +73,15 @@ class _VerifiedKey:
 
     @classmethod
     def of(cls, record: KeyRecord) -> _VerifiedKey:
-        valid = VerificationResult(Outcome.VALID, key_id=record.id, external_client_id=record.external_client_id,
-                                   name=record.name, scopes=record.scopes, roles=record.roles, meta=read_only(record.meta))
+        valid = VerificationResult(
+            Outcome.VALID,
+            key_id=record.id,
+            external_client_id=record.external_client_id,
+            name=record.name,
+            scopes=record.scopes,
+            roles=record.roles,
+            meta=read_only(record.meta),
+        )
         return cls(record, valid)
 
 
@@ -97,18 +104,23 @@ def _database_unavailable(error: SQLAlchemyError) -> VerificationResult:
 class Verifier:
     """Checks keys for one app in one process; see the module docstring."""
 
-    def __init__(self, settings: Settings, db: SQLAlchemy,
-                 on_usage_exhausted: Callable[[Session, str], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, db: SQLAlchemy, on_usage_exhausted: Callable[[Session, str], None] | None = None
+    ) -> None:
         def engine() -> Engine:
             return db.engine  # the app's, known in an app context
 
         self._settings = settings
         self._engine = engine
         self._ratelimiter = RateLimiter(settings.ratelimit_storage_url, db)
-        self._rows: RowCache[_VerifiedKey] = RowCache(engine, settings.cache_size, settings.cache_ttl,
-                                                      settings.cache_max_age)
-        self._budgets = FailedCheckBudgets(settings.failed_verify_limit_per_client,
-                                           settings.failed_verify_limit_per_key, lambda: self._shared().budgets)
+        self._rows: RowCache[_VerifiedKey] = RowCache(
+            engine, settings.cache_size, settings.cache_ttl, settings.cache_max_age
+        )
+        self._budgets = FailedCheckBudgets(
+            settings.failed_verify_limit_per_client,
+            settings.failed_verify_limit_per_key,
+            lambda: self._shared().budgets,
+        )
         self._load = KeyRows(engine).load
         self._take_one_use = Quota(engine, on_usage_exhausted, settings.cache_size).take_one
         self._lock = threading.Lock()
@@ -134,8 +146,9 @@ class Verifier:
 
     # --- A key proven by one of its access tokens (keyservice.verification.tokens), not by its secret. ---
 
-    def verify_token_key(self, key_id: str, granted: tuple[str, ...], scopes: Iterable[str],
-                         started: float) -> VerificationResult:
+    def verify_token_key(
+        self, key_id: str, granted: tuple[str, ...], scopes: Iterable[str], started: float
+    ) -> VerificationResult:
         """Judge key ``key_id`` for a request carrying one of its access tokens (checked since
         ``started``, a ``perf_counter``), which grants ``granted``: as :meth:`verify` judges a key
         (its row re-read within ``KEYSERVICE_CACHE_TTL``, its limits, usage and metrics), and
@@ -193,7 +206,8 @@ class Verifier:
                         hmac_sha256(deployment_secret(self._settings.secret_key, path_for(database_url, "secret"))),
                         checked_keys_at(storage_url, database_url),
                         # The windows' Redis; on one machine a file of their own beside the windows'.
-                        self._ratelimiter.windows if storage_url else LmdbWindows(path_for(database_url, "budgets")))
+                        self._ratelimiter.windows if storage_url else LmdbWindows(path_for(database_url, "budgets")),
+                    )
         return self._shared_stores
 
     def _limit(self, record: KeyRecord, valid: VerificationResult) -> VerificationResult:
@@ -211,11 +225,15 @@ class Verifier:
                 if not self._settings.ratelimit_fail_open:
                     current_app.logger.warning("keyservice: rate-limit storage unavailable (%s)", reason)
                     return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
-                current_app.logger.warning("keyservice: rate-limit storage unavailable (%s); letting the"
-                                           " request through (KEYSERVICE_RATELIMIT_FAIL_OPEN)", reason)
+                current_app.logger.warning(
+                    "keyservice: rate-limit storage unavailable (%s); letting the"
+                    " request through (KEYSERVICE_RATELIMIT_FAIL_OPEN)",
+                    reason,
+                )
             if ratelimit is not None and not ratelimit.allowed:
-                return VerificationResult(Outcome.RATE_LIMITED, key_id=record.id, ratelimit=ratelimit,
-                                          retry_after=ratelimit.reset_in)
+                return VerificationResult(
+                    Outcome.RATE_LIMITED, key_id=record.id, ratelimit=ratelimit, retry_after=ratelimit.reset_in
+                )
         remaining = None
         if record.remaining is not None:
             taken, remaining = self._take_one_use(record)
@@ -268,8 +286,9 @@ class Verifier:
                 else:
                     self._checking[digest] = (lock, waiting - 1)
 
-    def _check_with_bcrypt(self, parsed: ParsedKey, digest: bytes,
-                           client: str | None) -> _VerifiedKey | VerificationResult:
+    def _check_with_bcrypt(
+        self, parsed: ParsedKey, digest: bytes, client: str | None
+    ) -> _VerifiedKey | VerificationResult:
         retry_after = self._budgets.take(parsed.key_id, client)
         if retry_after is not None:
             return VerificationResult(Outcome.RATE_LIMITED, retry_after=retry_after)
