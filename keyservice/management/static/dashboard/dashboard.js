@@ -96,7 +96,12 @@ function row(key) {
   return tr;
 }
 
+// Each listing's number: an older listing's answer that arrives after a newer one was asked for
+// (the filter changed meanwhile) is dropped, so the table shows what the filters now say.
+let keysListing = 0;
+
 async function loadKeys(more = false) {
+  const listing = ++keysListing;
   clearError();
   const params = new URLSearchParams({ limit: "50" });
   const client = $("client-filter").value.trim();
@@ -105,6 +110,7 @@ async function loadKeys(more = false) {
   if (more && cursor) params.set("cursor", cursor);
   try {
     const page = await api("GET", `/keys?${params}`);
+    if (listing !== keysListing) return;
     const body = $("keys").tBodies[0];
     if (!more) body.replaceChildren();
     page.items.forEach((key) => body.append(row(key)));
