@@ -23,6 +23,12 @@ serve: $(SERVING)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
+# The suite starts hundreds of Python processes (gunicorn workers, flask commands): each reads
+# keyservice's compiled modules from a cache in the venv instead of compiling them again, even
+# where the environment says not to write bytecode (PYTHONDONTWRITEBYTECODE).
+test test-fast: export PYTHONPYCACHEPREFIX := $(abspath $(VENV))/pycache
+test test-fast: export PYTHONDONTWRITEBYTECODE :=
+
 # The tests start their own PostgreSQL, Redis and nginx (the production setup's proxy,
 # deploy/nginx/) on 127.0.0.1 (tests/services.py) and stop them after, and drive Debian's
 # Chromium for the dashboard; those are installed here when missing and we may (root).
