@@ -43,7 +43,7 @@ from ..core.state import PublicKeys, current_state
 from .schemas import LeakReportSchema
 from .store import report_leak
 
-logger = logging.getLogger("keyservice.management.secret_scanning")
+logger = logging.getLogger("keyservice.secret_scanning")
 
 ACTOR = "github-secret-scanning"
 REFETCH_INTERVAL = 10.0

@@ -44,7 +44,7 @@ from .addresses import check_url
 from .store import announce_expiring
 from .webhooks import decrypt_secret
 
-logger = logging.getLogger("keyservice.management.webhooks")
+logger = logging.getLogger("keyservice.webhooks")
 
 MAX_RETRY_DELAY = 3600.0
 USER_AGENT = "keyservice-webhooks"

@@ -41,7 +41,7 @@ HASH_DIGEST_BYTES = 16
 # expires_at (first, as every swept file's entries), the key id, the hash's digest.
 _ENTRY = struct.Struct(f"<d{ID_LENGTH}s{HASH_DIGEST_BYTES}s")
 
-logger = logging.getLogger("keyservice.verification.checkedkeys")
+logger = logging.getLogger("keyservice.checkedkeys")
 
 
 def hash_digest(secret_hash: str) -> bytes:

@@ -33,7 +33,7 @@ from limits import RateLimitItem
 from . import slidingwindow
 from .slidingwindow import Counts, Hit, WindowStorageError, WindowStore
 
-logger = logging.getLogger("keyservice.verification.failedchecks")
+logger = logging.getLogger("keyservice.failedchecks")
 
 
 class FailedCheckBudgets:

@@ -41,7 +41,7 @@ from ..core.config import Settings
 from ..core.errors import Conflict, StorageUnavailable
 from ..core.models import AnySession, SigningKey, as_utc, utcnow
 
-logger = logging.getLogger("keyservice.verification.signingkeys")
+logger = logging.getLogger("keyservice.signingkeys")
 
 ALGORITHM = "ES256"
 KID = re.compile(r"[A-Za-z0-9_-]{16}")  # secrets.token_urlsafe(12)

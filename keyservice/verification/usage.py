@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..core.dberrors import error_name
 from ..core.models import ApiKey, KeyUsage
 
-logger = logging.getLogger("keyservice.verification.usage")
+logger = logging.getLogger("keyservice.usage")
 
 _INSERT: dict[str, Callable[..., Any]] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
