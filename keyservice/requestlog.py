@@ -55,18 +55,6 @@ KEY_ID = "keyservice.key_id"
 CODE = "keyservice.code"
 
 
-_worker = os.getpid()
-
-
-def _note_worker() -> None:
-    # Read once per process, not per request: a forked worker learns its own id here.
-    global _worker
-    _worker = os.getpid()
-
-
-os.register_at_fork(after_in_child=_note_worker)
-
-
 def _new_request_id() -> str:
     # A label to follow a request by, not a secret: random's generator (seeded anew in each
     # forked worker) makes it without a system call, which would let go of the interpreter lock.
@@ -105,7 +93,7 @@ def log_request(environ: dict[str, Any], status: int | None, seconds: float) -> 
         "key_id": environ.get(KEY_ID),
         "code": environ.get(CODE),
         "latency_ms": round(seconds * 1000, 3),
-        "worker": _worker,
+        "worker": os.getpid(),
     }
     logger.info("%s %s %s", method, path, status, extra=fields)
 
