@@ -6,8 +6,7 @@ import re
 
 ROLE_NAME_PATTERN = "[a-z0-9_.:-]{1,100}"
 ROLE_NAME_RULE = "1 to 100 of a-z 0-9 _ . : -"
-# \Z, not $: a name ending in a newline is not a name.
-_ROLE_NAME = re.compile(ROLE_NAME_PATTERN + r"\Z")
+_ROLE_NAME = re.compile(ROLE_NAME_PATTERN)  # fullmatch: a name ending in a newline is not a name
 
 
 def is_role_name(name: str) -> bool:
