@@ -1,7 +1,7 @@
 """The management HTTP API: the ``keys`` and ``roles`` blueprints.
 
-Every route names the scope it needs (:func:`requires`); tenancy is applied in
-:func:`_managed_key`, so a key of another client answers 404 as if it did not
+Every route names the scope it needs (:func:`requires`); tenancy is applied by
+:mod:`keyservice.management.tenancy`, so a key of another client answers 404 as if it did not
 exist. Bodies are capped at 64 KiB, refused by :mod:`keyservice.core.jsonguard` if
 parsing or storing them could fail, and checked by :mod:`keyservice.management.schemas`.
 """
@@ -15,8 +15,8 @@ from flask import g, request
 from flask_smorest import Blueprint
 
 from ..core.crypto import parse_key
-from ..core.errors import NotAllowed, ResourceNotFound, StorageUnavailable
-from ..core.models import ApiKey
+from ..core.errors import NotAllowed, StorageUnavailable
+from ..core.models import AnySession, ApiKey
 from ..core.outcomes import Outcome, VerificationResult
 from ..core.scopes import Principal
 from ..core.state import current_state
@@ -41,22 +41,17 @@ from .schemas import (
     VerifyResponseSchema,
 )
 from .store import (
-    NO_SUCH_KEY,
     create_key,
     delete_role,
-    get_key,
     key_events,
     key_usage,
     list_keys,
     list_roles,
-    lock_key,
     put_role,
-    revoke_key,
-    rotate_key,
-    scopes_of_roles,
     update_key,
 )
 from .storeerrors import InvalidValue
+from .tenancy import check_grantable, locked_managed_key, managed_key, revoke_managed, rotate_managed, with_key
 
 keys_blueprint = Blueprint(
     "keys", __name__, url_prefix="/keys", description="Issue, list, change, rotate, revoke and verify API keys."
@@ -76,36 +71,8 @@ def _principal() -> Principal:
     return principal
 
 
-def _check_managed(api_key: ApiKey) -> None:
-    """404, exactly as for a key that does not exist, unless the principal manages the key's client."""
-    if not _principal().manages(api_key.external_client_id):
-        raise ResourceNotFound(NO_SUCH_KEY)
-
-
-def _managed_key(key_id: str) -> ApiKey:
-    """The key, if the principal manages its client; otherwise 404 as if it did not exist."""
-    api_key = get_key(current_state().db.session, key_id)
-    _check_managed(api_key)
-    return api_key
-
-
-def _locked_managed_key(key_id: str) -> ApiKey:
-    """The key, locked for this request's transaction (see :func:`keyservice.management.store.lock_key`),
-    if the principal manages it; the client is checked first, so no lock is taken on another's."""
-    _managed_key(key_id)
-    return lock_key(current_state().db.session, key_id)
-
-
-def _with_key(api_key: ApiKey, key: str) -> dict[str, Any]:
-    """What create and rotate answer: the key's fields and, this once, the key."""
-    return {name: getattr(api_key, name) for name in KeySchema().fields} | {"key": key}
-
-
-def _check_grantable(scopes: list[str], roles: list[str]) -> None:
-    role_scopes = scopes_of_roles(current_state().db.session, roles)
-    ungrantable = _principal().ungrantable([*scopes, *role_scopes])
-    if ungrantable:
-        raise NotAllowed(f"You cannot grant a scope you do not hold: {ungrantable[0]}.")
+def _session() -> AnySession:
+    return current_state().db.session
 
 
 @keys_blueprint.route("", methods=["POST"])
@@ -117,11 +84,11 @@ def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Issue a key. The response holds the full key, this once."""
     if not _principal().manages(fields["external_client_id"]):
         raise NotAllowed("You cannot create keys for that client.")
-    _check_grantable(fields["scopes"], fields["roles"])
+    check_grantable(_principal(), _session(), fields["scopes"], fields["roles"])
     state = current_state()
     api_key, key = create_key(state.db.session, state.settings, created_by=_principal().id, **fields)
     state.db.session.commit()
-    return _with_key(api_key, key)
+    return with_key(api_key, key)
 
 
 @keys_blueprint.route("", methods=["GET"])
@@ -154,7 +121,7 @@ def list_(args: dict[str, Any]) -> dict[str, Any]:
 @problems(keys_blueprint, 404)
 def show(key_id: str) -> ApiKey:
     """One key (never its secret)."""
-    return _managed_key(key_id)
+    return managed_key(_principal(), _session(), key_id)
 
 
 @keys_blueprint.route("/<key_id>", methods=["PATCH"])
@@ -168,8 +135,8 @@ def update(changes: dict[str, Any], key_id: str) -> ApiKey:
     Only ``keys:admin`` may loosen a limit: raise or clear ``remaining`` or ``ratelimit``, add or
     raise a ``refill``, extend or clear ``expires_at``, or enable a key that ``keys:admin`` disabled
     (403 ``LOOSENING_NEEDS_ADMIN``)."""
-    api_key = _locked_managed_key(key_id)
-    _check_grantable(changes.get("scopes", []), changes.get("roles", []))
+    api_key = locked_managed_key(_principal(), _session(), key_id)
+    check_grantable(_principal(), _session(), changes.get("scopes", []), changes.get("roles", []))
     update_key(current_state().db.session, api_key, changes, _principal().id, may_loosen=_principal().is_admin)
     current_state().db.session.commit()
     return api_key
@@ -182,8 +149,8 @@ def update(changes: dict[str, Any], key_id: str) -> ApiKey:
 @problems(keys_blueprint, 404, 422)
 def revoke(args: dict[str, Any], key_id: str) -> None:
     """Revoke a key for good (it is kept for the audit trail), and every key rotated from it."""
-    revoke_key(current_state().db.session, _locked_managed_key(key_id), args.get("reason"), _principal().id)
-    current_state().db.session.commit()
+    revoke_managed(_principal(), _session(), key_id, args.get("reason"))
+    _session().commit()
 
 
 @keys_blueprint.route("/<key_id>/rotate", methods=["POST"])
@@ -194,18 +161,9 @@ def revoke(args: dict[str, Any], key_id: str) -> None:
 def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """Issue a key with the same settings; the old one stops working after ``grace_seconds`` and
     shares the new key's ``remaining`` meanwhile. A key has one successor: rotating it again is 409."""
-    state = current_state()
-    _managed_key(key_id)
-
-    def check(api_key: ApiKey) -> None:
-        _check_managed(api_key)
-        _check_grantable(api_key.scopes, api_key.roles)  # the new key is a fresh grant of them
-
-    new_key, key = rotate_key(
-        state.db.session, state.settings, key_id, args.get("grace_seconds", 0), _principal().id, check
-    )
-    state.db.session.commit()
-    return _with_key(new_key, key)
+    new_key, key = rotate_managed(_principal(), current_state(), key_id, args.get("grace_seconds", 0))
+    _session().commit()
+    return with_key(new_key, key)
 
 
 @keys_blueprint.route("/<key_id>/events", methods=["GET"])
@@ -214,7 +172,7 @@ def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
 @problems(keys_blueprint, 404)
 def events(key_id: str) -> dict[str, Any]:
     """Who created, changed, rotated or revoked the key, and when (oldest first)."""
-    return {"items": key_events(current_state().db.session, _managed_key(key_id).id)}
+    return {"items": key_events(_session(), managed_key(_principal(), _session(), key_id).id)}
 
 
 @keys_blueprint.route("/<key_id>/usage", methods=["GET"])
@@ -225,7 +183,7 @@ def events(key_id: str) -> dict[str, Any]:
 def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """The key's verifications by outcome code, per hour or per UTC day. Counts reach the
     database every KEYSERVICE_USAGE_FLUSH_INTERVAL seconds (10 by default)."""
-    return key_usage(current_state().db.session, _managed_key(key_id).id, **args)
+    return key_usage(_session(), managed_key(_principal(), _session(), key_id).id, **args)
 
 
 @keys_blueprint.route("/verify", methods=["POST"])
