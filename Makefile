@@ -68,6 +68,8 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.cold_start
 	$(BIN)/python -m bench.many_keys
 
-# The dashboard's screenshots in docs/, renewed by its browser tests (the suite itself writes only to temp dirs).
+# The dashboard's and the self-serve page's screenshots in docs/, renewed by their browser tests
+# (the suite itself writes only to temp dirs).
 screenshots: $(INSTALLED)
 	SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest tests/test_dashboard.py -k sqlite
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest tests/test_self_serve_browser.py -k screenshots

@@ -17,6 +17,7 @@ from .management.dashboard import dashboard as dashboard_blueprint
 from .management.openapi import register_api
 from .management.principals import PrincipalLoader
 from .management.secret_scanning import GitHubKeys, secret_scanning
+from .management.self_serve import self_serve as self_serve_page
 from .management.sender import WebhookSender
 from .management.store import announce_usage_exhausted, create_key
 from .verification.signingkeys import SigningKeys
@@ -43,10 +44,11 @@ class KeyService:
     app's own Flask-Migrate migrations pick them up. It adds the ``flask keys``,
     ``flask roles`` and ``flask webhooks`` commands, ``/secret-scanning/github``
     and, with ``management_api``, the management API (``/keys``, ``/roles``,
-    ``/webhooks``, ``/openapi.json``) and, with ``dashboard`` too, ``/dashboard``:
-    all under ``url_prefix`` (e.g. ``"/auth"``). The API's callers
+    ``/webhooks``, ``/openapi.json``) and, with ``dashboard`` too, ``/dashboard``;
+    with ``self_serve``, ``/my-keys``, where the host's signed-in users manage their own
+    team's keys: all under ``url_prefix`` (e.g. ``"/auth"``). The API's callers
     are management keys, or whoever ``principal_loader`` returns (a host app's
-    signed-in user).
+    signed-in user); the self-serve page's are always the latter.
     """
 
     def __init__(
@@ -58,14 +60,18 @@ class KeyService:
         url_prefix: str = "",
         management_api: bool = True,
         dashboard: bool = True,
+        self_serve: bool = False,
     ) -> None:
         if url_prefix and (not url_prefix.startswith("/") or url_prefix.endswith("/")):
             raise ValueError("url_prefix starts with '/' and does not end with one, e.g. '/auth'")
+        if self_serve and principal_loader is None:
+            raise ValueError("self_serve needs a principal_loader: the page's users are the host's signed-in users")
         self._db = db
         self._principal_loader = principal_loader
         self._url_prefix = url_prefix
         self._management_api = management_api
         self._dashboard = management_api and dashboard  # the page is a client of the API
+        self._self_serve = self_serve
         if app is not None:
             self.init_app(app)
 
@@ -113,6 +119,8 @@ class KeyService:
             register_api(app, self._url_prefix)
         if self._dashboard:
             app.register_blueprint(dashboard_blueprint, url_prefix=self._url_prefix)
+        if self._self_serve:
+            app.register_blueprint(self_serve_page, url_prefix=f"{self._url_prefix}{self_serve_page.url_prefix}")
         for command in (keys_cli, roles_cli, webhooks_cli):
             app.cli.add_command(command)
 

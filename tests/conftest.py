@@ -21,6 +21,7 @@ import flask_migrate
 import pytest
 from flask import Flask, g
 from flask.testing import FlaskClient, FlaskCliRunner
+from playwright.sync_api import Browser, sync_playwright
 
 from keyservice import create_app, require_key
 from keyservice.app import db
@@ -28,7 +29,7 @@ from keyservice.core.state import current_state
 
 from .helpers import issue
 from .servers import REPO
-from .services import PostgresServer, postgres_server, redis_server
+from .services import PostgresServer, missing, postgres_server, redis_server
 
 _STATUS_BEFORE = pytest.StashKey[str | None]()
 
@@ -64,7 +65,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _fail_if_the_clone_changed(session: pytest.Session) -> None:
-    """Tests write only to temp dirs: a run that changed the clone's ``git status`` fails."""
+    """Tests write only to temp dirs: a run that changed the clone's ``git status`` fails (unless it
+    was asked to renew the screenshots in docs/: ``make screenshots``)."""
+    if "SCREENSHOTS_DIR" in os.environ:
+        return
     before = session.config.stash.get(_STATUS_BEFORE, None)
     after = _working_tree_status()
     if before is not None and after is not None and after != before:
@@ -230,6 +234,37 @@ def issue_key(app: Flask) -> IssueKey:
 def admin_key(issue_key: IssueKey) -> str:
     """A keys:admin key of client ``ops``."""
     return issue_key(name="operator", external_client_id="ops", scopes=("keys:admin",))[1]
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a browser test's screenshots go: never the repository, unless asked (``SCREENSHOTS_DIR``,
+    which ``make screenshots`` sets to docs/screenshots)."""
+    asked = os.environ.get("SCREENSHOTS_DIR")
+    return Path(asked) if asked else tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright, without the background traffic this
+    machine's closed network would refuse."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        missing("chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
 
 
 def _fail_if_ci_skipped(session: pytest.Session) -> None:

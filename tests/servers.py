@@ -120,9 +120,11 @@ def gunicorn(
 
 
 @contextmanager
-def serving(command: Sequence[str], environ: dict[str, str], log: Path, cwd: Path = REPO) -> Iterator[str]:
+def serving(
+    command: Sequence[str], environ: dict[str, str], log: Path, cwd: Path = REPO, ready: str = "/healthz"
+) -> Iterator[str]:
     """Run a gunicorn ``command`` (bound here to a free port) in ``cwd``, logging to ``log``,
-    until it answers ``/healthz``; yield its base URL, and stop it after."""
+    until it answers ``ready`` with a 200; yield its base URL, and stop it after."""
     port = free_port()
     with log.open("ab") as log_file:
         process = subprocess.Popen(
@@ -135,7 +137,7 @@ def serving(command: Sequence[str], environ: dict[str, str], log: Path, cwd: Pat
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(base, process, log)
+        _wait_until_healthy(base, process, log, ready)
         yield base
     finally:
         stop(process)
@@ -151,18 +153,18 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
         process.wait()
 
 
-def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path, ready: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gunicorn exited: {log.read_text(errors='replace')}")
         try:
-            if request(base + "/healthz").status == 200:
+            if request(base + ready).status == 200:
                 return
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError("gunicorn did not answer /healthz within 30 s")
+    raise RuntimeError(f"gunicorn did not answer {ready} within 30 s")
 
 
 def labelled_metric(base: str, name: str, label: str) -> dict[str, float]:

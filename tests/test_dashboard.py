@@ -8,54 +8,23 @@ renews docs/screenshots/ that way when the page changes).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Page, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page
 
 from .helpers import bearer, wait_until
 from .load import outcome
 from .receivers import Receiver, serving, webhook_settings
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
-from .services import missing
 from .tokens import fetch_token
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 DESKTOP = {"width": 1280, "height": 860}
 PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the screenshots go: never the repository, unless asked."""
-    asked = os.environ.get("SCREENSHOTS_DIR")
-    return Path(asked) if asked else tmp_path_factory.mktemp("screenshots")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        missing("chromium")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -53,6 +53,15 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_TOKEN_AUDIENCE": "",
     "KEYSERVICE_JWKS_MAX_AGE": 300,
     "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY": "",
+    # The self-serve page (KeyService(self_serve=True)): the scopes customers may put on their
+    # keys (a list, or words split by spaces or commas), its title and brand colour, the host's
+    # Jinja layout it extends ("": a page of its own) and where a signed-out visitor is sent
+    # (an endpoint or a URL; "": Flask-Login's login_view, if any, else a 401).
+    "KEYSERVICE_SELF_SERVE_SCOPES": "",
+    "KEYSERVICE_SELF_SERVE_TITLE": "API keys",
+    "KEYSERVICE_SELF_SERVE_BRAND_COLOR": "#3730a3",
+    "KEYSERVICE_SELF_SERVE_LAYOUT": "",
+    "KEYSERVICE_SELF_SERVE_LOGIN_VIEW": "",
     # Where the management API's OpenAPI document (and, if asked for, a viewer of it) is served;
     # flask-smorest reads these names (keyservice's Api has the config prefix KEYSERVICE_).
     "KEYSERVICE_OPENAPI_URL_PREFIX": "",  # "": the extension's url_prefix
@@ -77,6 +86,9 @@ SECRET_KEY_MIN_LENGTH = 32
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+SCOPE_PATTERN = re.compile(r"[a-z0-9_.:*-]{1,100}")
+COLOR_PATTERN = re.compile(r"#[0-9a-fA-F]{6}")
+TITLE_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
 HEADER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # A path of plain segments: no "//", no werkzeug "<converter>", no query or fragment.
 URL_PATH_PATTERN = re.compile(r"/?([A-Za-z0-9._~-]+/?)*")
@@ -123,6 +135,11 @@ class Settings:
     jwks_max_age: int  # seconds a client may cache the JWKS; a rotated-in key signs only after longer
     signing_keys_encryption_keys: tuple[str, ...]  # Fernet keys for the private signing keys; (): stored in the clear
     openapi: tuple[tuple[str, str | None], ...]  # the KEYSERVICE_OPENAPI_* names and values flask-smorest reads
+    self_serve_scopes: tuple[str, ...]  # what the self-serve page offers (each principal: those it holds)
+    self_serve_title: str
+    self_serve_brand_color: str  # #rrggbb
+    self_serve_layout: str  # a template of the host's with blocks title, head and content; "": standalone
+    self_serve_login_view: str  # an endpoint or URL; "": Flask-Login's login_view, if any
 
 
 def _number(config: Mapping[str, Any], name: str, kind: type, low: float, high: float) -> Any:
@@ -241,6 +258,23 @@ def _openapi(config: Mapping[str, Any]) -> tuple[tuple[str, str | None], ...]:
     return tuple(checked.items())
 
 
+def _scope_list(config: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    raw = config[name]
+    words = re.split(r"[\s,]+", raw.strip()) if isinstance(raw, str) else [str(word) for word in raw]
+    scopes = tuple(dict.fromkeys(word for word in words if word))
+    for scope in scopes:
+        if not SCOPE_PATTERN.fullmatch(scope):
+            raise ConfigError(f"{name} must be scopes of a-z 0-9 _ . : * -, not {scope!r}")
+    return scopes
+
+
+def _text(config: Mapping[str, Any], name: str, pattern: re.Pattern[str], rule: str) -> str:
+    value = str(config[name]).strip()
+    if not pattern.fullmatch(value):
+        raise ConfigError(f"{name} must be {rule}, not {config[name]!r}")
+    return value
+
+
 def load_settings(config: Mapping[str, Any]) -> Settings:
     """Check the ``KEYSERVICE_*`` keys of ``config`` (defaults filled in) and type them."""
     prefix = str(config["KEYSERVICE_KEY_PREFIX"])
@@ -276,6 +310,13 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         jwks_max_age=_number(config, "KEYSERVICE_JWKS_MAX_AGE", int, 0, 86_400),
         signing_keys_encryption_keys=_fernet_keys(config, "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"),
         openapi=_openapi(config),
+        self_serve_scopes=_scope_list(config, "KEYSERVICE_SELF_SERVE_SCOPES"),
+        self_serve_title=_text(config, "KEYSERVICE_SELF_SERVE_TITLE", TITLE_PATTERN, "1 to 100 characters"),
+        self_serve_brand_color=_text(
+            config, "KEYSERVICE_SELF_SERVE_BRAND_COLOR", COLOR_PATTERN, "a colour like #3730a3"
+        ),
+        self_serve_layout=str(config["KEYSERVICE_SELF_SERVE_LAYOUT"]).strip(),
+        self_serve_login_view=str(config["KEYSERVICE_SELF_SERVE_LOGIN_VIEW"]).strip(),
     )
 
 

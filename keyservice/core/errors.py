@@ -4,8 +4,10 @@
     ├── VerificationFailed     a protected view refused its caller (401/400/403/429/503)
     ├── InvalidInput           input keyservice cannot accept (422), with per-field errors
     ├── ResourceNotFound       no such key, role or endpoint, or not the caller's to see (404)
+    ├── SignInRequired         the self-serve page asked without the host's sign-in (401)
     ├── NotAllowed             the caller may not do this, e.g. grant a scope it does not hold (403)
-    │   └── NeedsAdmin         a change that loosens a limit, by a principal without keys:admin (403)
+    │   ├── NeedsAdmin         a change that loosens a limit, by a principal without keys:admin (403)
+    │   └── CsrfFailed         a change on the self-serve page without the page's CSRF token (403)
     ├── Conflict               the key's state forbids it, e.g. rotating a revoked key (409)
     └── StorageUnavailable     the database cannot be read or written now (503, Retry-After)
 
@@ -130,6 +132,22 @@ class NotAllowed(KeyServiceError):
     status = 403
     code = "FORBIDDEN"
     title = "Forbidden"
+
+
+class SignInRequired(KeyServiceError):
+    """Raised by the self-serve page's routes when the host says nobody is signed in."""
+
+    status = 401
+    code = "SIGN_IN_REQUIRED"
+    title = "Sign in required"
+
+
+class CsrfFailed(NotAllowed):
+    """Raised for a change on the self-serve page that lacks the page's CSRF token (a cross-site
+    form post carries the session cookie, never the token)."""
+
+    code = "CSRF_FAILED"
+    title = "CSRF token missing or wrong"
 
 
 class NeedsAdmin(NotAllowed):

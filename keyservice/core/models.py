@@ -54,6 +54,7 @@ class ApiKey(Base):
     start: Mapped[str] = mapped_column(String(40))
     secret_hash: Mapped[str] = mapped_column(String(60))
     name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(String(1000))
     external_client_id: Mapped[str] = mapped_column(String(200), index=True)
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     roles: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -8,7 +8,7 @@ input through the same schemas, so both front doors apply the same rules.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -97,6 +97,10 @@ def _name(**kwargs: Any) -> Text:
     return Text(validate=validate.Length(1, 200), **kwargs)
 
 
+def _description(**kwargs: Any) -> Text:
+    return Text(allow_none=True, validate=validate.Length(max=1000), **kwargs)
+
+
 def _expires_at(**kwargs: Any) -> UtcDateTime:
     return UtcDateTime(allow_none=True, validate=_in_the_future, **kwargs)
 
@@ -150,6 +154,7 @@ def _ratelimit(**kwargs: Any) -> fields.Nested:
 
 class KeyCreateSchema(Schema):
     name = _name(required=True)
+    description = _description(load_default=None)
     external_client_id = _name(required=True)
     scopes = _scopes(load_default=list)
     roles = _role_names(load_default=list)
@@ -162,6 +167,7 @@ class KeyCreateSchema(Schema):
 
 class KeyUpdateSchema(Schema):
     name = _name()
+    description = _description()
     scopes = _scopes()
     roles = _role_names()
     meta = _meta()
@@ -176,6 +182,7 @@ class KeySchema(Schema):
     id = fields.String()
     start = fields.String()
     name = fields.String()
+    description = fields.String(allow_none=True)
     external_client_id = fields.String()
     scopes = fields.List(fields.String())
     roles = fields.List(fields.String())
@@ -438,3 +445,80 @@ class AuthorizationServerMetadataSchema(Schema):
     grant_types_supported = fields.List(fields.String(), required=True)
     token_endpoint_auth_methods_supported = fields.List(fields.String(), required=True)
     response_types_supported = fields.List(fields.String(), required=True)
+
+
+# The self-serve page's own routes (keyservice.management.self_serve): not in the OpenAPI document,
+# whose API is for management keys; the same field rules.
+
+# Clerk's presets: how long a key made on the page lives ("never": until revoked).
+EXPIRY_PRESETS = {
+    "never": None,
+    "1d": timedelta(days=1),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "60d": timedelta(days=60),
+    "90d": timedelta(days=90),
+    "180d": timedelta(days=180),
+    "1y": timedelta(days=365),
+}
+
+
+class SelfServeCreateSchema(Schema):
+    team = _name(load_default=None)
+    name = _name(required=True)
+    description = _description(load_default=None)
+    expires = Text(load_default="never", validate=validate.OneOf([*EXPIRY_PRESETS, "custom"]))
+    expires_at = UtcDateTime(validate=_in_the_future, load_default=None)
+    scopes = _scopes(load_default=list)
+
+    @validates_schema
+    def _custom_date_with_custom_only(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data["expires"] == "custom" and data["expires_at"] is None:
+            raise ValidationError("Required when expires is custom.", "expires_at")
+        if data["expires"] != "custom" and data["expires_at"] is not None:
+            raise ValidationError("Only with expires: custom.", "expires_at")
+
+
+class SelfServeListArgsSchema(Schema):
+    team = _name(load_default=None)
+    include_revoked = fields.Boolean(load_default=False)
+    cursor = Text(validate=validate.Length(max=200))
+
+
+class SelfServeRevokeSchema(Schema):
+    reason = Text(load_default=None, validate=validate.Length(1, 200))
+
+
+class DailyUseSchema(Schema):
+    date = fields.Date()
+    valid = fields.Integer()
+    refused = fields.Integer()
+
+
+class SelfServeKeySchema(Schema):
+    """A key as its team sees it on the page: no limits, roles or meta, which are the operator's."""
+
+    id = fields.String()
+    start = fields.String()
+    name = fields.String()
+    description = fields.String(allow_none=True)
+    scopes = fields.List(fields.String())
+    status = fields.String()
+    created_at = UtcTimestamp()
+    created_by = fields.String(allow_none=True)
+    expires_at = UtcTimestamp(allow_none=True)
+    revoked_at = UtcTimestamp(allow_none=True)
+    revocation_reason = fields.String(allow_none=True)
+    rotated_from = fields.String(allow_none=True)
+    rotated_to = fields.String(allow_none=True)
+    last_used_at = UtcTimestamp(allow_none=True)
+    use_7d = fields.List(fields.Nested(DailyUseSchema), metadata={"description": "The last 7 UTC days, oldest first."})
+
+
+class SelfServeKeyCreatedSchema(SelfServeKeySchema):
+    key = fields.String()
+
+
+class SelfServeKeyListSchema(Schema):
+    items = fields.List(fields.Nested(SelfServeKeySchema))
+    next_cursor = fields.String(allow_none=True)

@@ -15,7 +15,7 @@ import binascii
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, func, or_, select, text, update
@@ -24,6 +24,7 @@ from ..core.config import Settings
 from ..core.crypto import NewKey, generate_key, is_key_id
 from ..core.keystatus import LEAKED
 from ..core.models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
+from ..core.outcomes import Outcome
 from ..verification.changefeed import serialise_changes
 from .loosening import loosened
 from .rolenames import ROLE_NAME_RULE, is_role_name
@@ -33,6 +34,7 @@ from .webhooks import enqueue_key_event
 # The settings a rotated key carries over from the key it replaces.
 CARRIED_OVER = (
     "name",
+    "description",
     "external_client_id",
     "scopes",
     "roles",
@@ -99,6 +101,7 @@ def create_key(
     *,
     name: str,
     external_client_id: str,
+    description: str | None = None,
     scopes: Iterable[str] = (),
     roles: Iterable[str] = (),
     expires_at: datetime | None = None,
@@ -121,6 +124,7 @@ def create_key(
         start=f"{settings.key_prefix}_{new.key_id}",
         secret_hash=new.secret_hash,
         name=name,
+        description=description,
         external_client_id=external_client_id,
         scopes=list(dict.fromkeys(scopes)),
         roles=roles,
@@ -360,6 +364,26 @@ def key_usage(
             {"start": start, "counts": dict(counts), "total": counts.total()} for start, counts in periods.items()
         ],
     }
+
+
+def daily_use(session: AnySession, key_ids: list[str], days: int = 7) -> dict[str, list[dict[str, Any]]]:
+    """Each key's verifications per UTC day over the last ``days`` days, today included, oldest
+    first: ``{"date", "valid", "refused"}`` (counts reach the table at each usage flush)."""
+    today = utcnow().date()
+    dates = [today - timedelta(days=back) for back in range(days - 1, -1, -1)]
+    use: dict[str, dict[date, dict[str, Any]]] = {
+        key_id: {day: {"date": day, "valid": 0, "refused": 0} for day in dates} for key_id in key_ids
+    }
+    rows = session.execute(
+        select(KeyUsage.key_id, KeyUsage.hour, KeyUsage.outcome, KeyUsage.count).where(
+            KeyUsage.key_id.in_(key_ids), KeyUsage.hour >= datetime.combine(dates[0], time(), UTC)
+        )
+    )
+    for key_id, hour, outcome, count in rows:
+        day = use[key_id].get(cast(datetime, as_utc(hour)).date())
+        if day is not None:
+            day["valid" if outcome == Outcome.VALID.value else "refused"] += count
+    return {key_id: list(by_day.values()) for key_id, by_day in use.items()}
 
 
 def _encode_cursor(api_key: ApiKey) -> str:
