@@ -419,7 +419,8 @@ def test_each_bad_token_is_a_401_whose_code_says_why(app: Flask, client: FlaskCl
 
 
 def test_a_remembered_token_is_refused_once_it_expires(database_url: str) -> None:
-    with migrated_app(database_url, KEYSERVICE_TOKEN_LIFETIME=1) as app:
+    # Long enough for a busy machine between issuing and the first use; time_machine travels past it.
+    with migrated_app(database_url, KEYSERVICE_TOKEN_LIFETIME=30) as app:
         with app.app_context():
             _, key = KeyService.create_key(name="n", external_client_id="acme")
             db.session.commit()
