@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from flask import Flask, abort, g, redirect, render_template, request, url_for
+from flask import Flask, abort, g, redirect, render_template, request, session, url_for
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
@@ -120,11 +120,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def logout() -> Any:
         csrf.protect()
         logout_user()
+        session.clear()  # the CSRF token too
         return redirect(url_for("login_page"))
 
     @app.post("/create-key")
     def create_key() -> tuple[dict[str, Any], int]:
         user = signed_in_user()
+        if not request.is_json:
+            abort(415)  # JSON only: no other site's form can send it with the user's cookie
         body = request.get_json(silent=True) or {}
         if body.get("team", user.team) != user.team:
             abort(403)  # a user issues keys for their own team only

@@ -5,6 +5,7 @@ against gunicorn, is tests/test_self_serve_browser.py."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -159,7 +160,7 @@ def test_a_change_without_the_pages_csrf_token_is_refused_and_changes_nothing(sa
 def test_signed_out_the_page_redirects_to_the_login_and_every_other_route_answers_401(saas: Flask) -> None:
     client = saas.test_client()
     page = client.get("/my-keys")
-    assert (page.status_code, page.headers["Location"]) == (302, "/login?next=/my-keys")
+    assert (page.status_code, page.headers["Location"]) == (302, "/login?next=%2Fmy-keys")
     routes = [rule for rule in saas.url_map.iter_rules() if rule.endpoint.startswith("keyservice_self_serve.")]
     assert len(routes) == 7  # the page, its theme, its static files, and the four JSON routes
     for rule in routes:
@@ -401,3 +402,33 @@ def test_a_signed_out_host_without_a_login_view_answers_401(host: Host) -> None:
 def test_the_page_needs_the_hosts_sign_in() -> None:
     with pytest.raises(ValueError, match="principal_loader"):
         KeyService(self_serve=True)
+
+
+def test_a_chunked_body_is_read_like_any_other(saas: Flask) -> None:
+    alice = Customer(saas, ALICE)
+    key = alice.create()
+    headers = {"X-CSRFToken": alice.token, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+    # As gunicorn hands a chunked body over: no length, the stream ends where the body does.
+    chunked = {"wsgi.input_terminated": True}
+    rotated = alice.client.post(
+        f"/my-keys/keys/{key['id']}/rotate",
+        input_stream=io.BytesIO(b'{"grace_seconds": 3600}'),
+        headers=headers,
+        environ_overrides=chunked,
+    )
+    assert rotated.status_code == 201
+    assert protected(saas, key["key"]).status_code == 200  # the grace asked for, not none
+    plain = headers | {"Content-Type": "text/plain"}
+    refused = alice.client.post(
+        f"/my-keys/keys/{key['id']}/revoke",
+        input_stream=io.BytesIO(b"reason"),
+        headers=plain,
+        environ_overrides=chunked,
+    )
+    assert_problem(refused, 415)
+
+
+def test_the_examples_create_key_route_takes_json_only(saas: Flask) -> None:
+    alice = Customer(saas, ALICE)
+    forged = alice.client.post("/create-key", data='{"name": "x"}', headers={"Content-Type": "text/plain"})
+    assert forged.status_code == 415 and alice.listed() == []

@@ -73,7 +73,7 @@ def signed_in(browser: Browser, saas: Server, team: str, viewport: dict[str, int
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=saas.base)
     page = context.new_page()
     page.goto(saas.base + "/my-keys")
-    assert page.url == f"{saas.base}/login?next=/my-keys"  # signed out: to the host's login
+    assert page.url == f"{saas.base}/login?next=%2Fmy-keys"  # signed out: to the host's login
     page.get_by_label("Email").fill(f"{team}@example.com")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
@@ -149,6 +149,15 @@ def test_a_customer_creates_a_key_copies_it_once_and_calls_the_api_as_their_team
     expires = row.locator("td[data-label=Expires] time").get_attribute("datetime") or ""
     listed = json.loads(page.evaluate("async () => JSON.stringify(await (await fetch('/my-keys/keys')).json())"))
     assert listed["items"][0]["expires_at"] == expires
+
+    # Signed out in another tab: the page says so, in words, at its next request.
+    other_tab = page.context.new_page()
+    other_tab.goto(saas.base + "/my-keys")
+    other_tab.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Show revoked keys").check()
+    error = page.locator("#ks-error")
+    error.get_by_text("You are signed out.").wait_for()
+    assert error.get_attribute("role") == "alert" and error.get_by_role("button", name="Try again").is_visible()
 
 
 def csrf_token(page: Page) -> str:
@@ -247,7 +256,7 @@ def test_a_forged_post_from_another_site_with_the_customers_cookie_changes_nothi
 def test_signed_out_the_page_sends_to_the_login_and_its_other_routes_answer_401(browser: Browser, saas: Server) -> None:
     page = browser.new_page()
     page.goto(saas.base + "/my-keys")
-    assert page.url == saas.base + "/login?next=/my-keys"
+    assert page.url == saas.base + "/login?next=%2Fmy-keys"
     page.close()
     for method, path in (
         ("GET", "/my-keys/keys"),
@@ -294,6 +303,13 @@ def test_the_secret_leaves_no_trace_but_the_create_answer(browser: Browser, saas
     page.reload()
     page.locator("#ks-table tbody tr").first.wait_for()
     page.wait_for_load_state("networkidle")
+    # The replaced key, in its grace period: revoking it would revoke its replacement too, and says so.
+    replaced = page.locator("#ks-table tbody tr", has_text="replaced")
+    replaced.get_by_role("button", name="Revoke").click()
+    revoke = page.get_by_role("dialog", name="Revoke key")
+    assert revoke.get_by_text("the key that replaced it is revoked too").is_visible()
+    revoke.get_by_role("button", name="Cancel").click()
+    revoke.wait_for(state="hidden")
 
     secrets_ = [key, new_key, key.split("_")[2], new_key.split("_")[2]]
     issuing = [

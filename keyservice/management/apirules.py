@@ -34,15 +34,15 @@ def problems(blueprint: Blueprint, *statuses: int) -> Callable[[View], View]:
 
 def check_body() -> None:
     request.max_content_length = MAX_BODY_BYTES
+    # Read whole (werkzeug stops at the cap: 413), whether its length was given or it came chunked.
+    body = request.get_data(cache=True)  # cached: the schemas parse these same bytes
     # A body the schemas would not read (a form, plain text) must not pass as "no changes".
-    if request.content_length and not request.is_json:
+    if body and not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json.")
-    if request.is_json:
-        body = request.get_data(cache=True)  # cached: the schemas parse these same bytes
-        if body:
-            # Not JSON (or not UTF-8): the schemas' parser answers it with a 400.
-            with contextlib.suppress(ValueError):
-                check_json(body.decode())
+    if body:
+        # Not JSON (or not UTF-8): the schemas' parser answers it with a 400.
+        with contextlib.suppress(ValueError):
+            check_json(body.decode())
 
 
 def no_store(response: Response) -> Response:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import (
     Blueprint,
@@ -103,8 +104,8 @@ def _login_url() -> str | None:
         view = getattr(login_manager, "login_view", None) or ""
     if not view:
         return None
-    target = view if "/" in view else url_for(view)
-    return f"{target}{'&' if '?' in target else '?'}next={request.full_path.rstrip('?')}"
+    target = view if "/" in view else url_for(view)  # an endpoint's name has no "/"
+    return f"{target}{'&' if '?' in target else '?'}{urlencode({'next': request.full_path.rstrip('?')})}"
 
 
 @self_serve.before_request
@@ -164,8 +165,9 @@ def _load(schema: Schema, data: Any, location: str) -> dict[str, Any]:
 
 
 def _body() -> Any:
-    """The JSON body; none at all reads as ``{}`` (malformed JSON is a 400, not "no changes")."""
-    return request.get_json() if request.content_length else None
+    """The JSON body (checked by :func:`check_body`); none at all reads as ``{}``, but malformed
+    JSON is a 400, never "no changes", however the body came (with a length or chunked)."""
+    return request.get_json() if request.get_data(cache=True) else None
 
 
 def _team(requested: str | None) -> str:

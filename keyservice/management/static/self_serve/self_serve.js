@@ -387,6 +387,8 @@
   function openRevoke(key, button) {
     chosen = key;
     $("ks-revoke").querySelector(".ks-key-name").textContent = key.name;
+    // Revoking a key revokes the key that replaced it too: a leaked key must leave no live successor.
+    $("ks-revoke-successor").hidden = !key.rotated_to;
     $("ks-revoke-form").reset();
     openDialog($("ks-revoke"), button);
   }
