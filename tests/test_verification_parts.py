@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from keyservice import Outcome, verify_key
-from keyservice.core.models import ApiKey, Role
+from keyservice.core.models import RATE, ApiKey, Identity, NamedLimit, Role
 from keyservice.core.outcomes import KeyRecord
 from keyservice.verification.failedchecks import FailedCheckBudgets
 from keyservice.verification.keyrows import KeyRows
@@ -88,7 +88,7 @@ def test_a_copy_is_served_without_a_query_within_the_ttl_and_the_feed_is_read_on
 ) -> None:
     clock = Clock()
     cache: RowCache[str] = RowCache(lambda: engine, size=10, ttl=0.5, max_age=60, clock=clock)
-    cache.put(b"a", "key-a", (), "row a", cache.generation())
+    cache.put(b"a", "key-a", (), "acme", "row a", cache.generation())
     statements.clear()
     assert [cache.get(b"a") for _ in range(3)] == ["row a"] * 3
     assert cache.get(b"unknown") is None
@@ -98,24 +98,31 @@ def test_a_copy_is_served_without_a_query_within_the_ttl_and_the_feed_is_read_on
     assert len(statements) == 1
 
 
-def test_a_change_to_a_key_or_its_role_forgets_its_copy_once_the_ttl_is_over(engine: Engine) -> None:
-    for key_id, roles in (("key-a", []), ("key-b", []), ("key-ops", ["ops"])):
+def test_a_change_to_a_key_its_role_or_its_identity_forgets_its_copy_once_the_ttl_is_over(engine: Engine) -> None:
+    for key_id, roles in (("key-a", []), ("key-b", []), ("key-ops", ["ops"]), ("key-c", [])):
         add_key(engine, key_id, roles=roles)
     with Session(engine) as session, session.begin():
         session.add(Role(name="ops", scopes=["reports:read"]))
+        session.add(Identity(id="initech-identity", external_client_id="initech"))
     clock = Clock()
     cache: RowCache[str] = RowCache(lambda: engine, size=10, ttl=0.5, max_age=60, clock=clock)
     generation = cache.generation()
-    for digest, key_id, roles in ((b"a", "key-a", ()), (b"b", "key-b", ()), (b"ops", "key-ops", ("ops",))):
-        cache.put(digest, key_id, roles, f"row {key_id}", generation)
+    for digest, key_id, roles, client in (
+        (b"a", "key-a", (), "acme"),
+        (b"b", "key-b", (), "acme"),
+        (b"ops", "key-ops", ("ops",), "acme"),
+        (b"c", "key-c", (), "initech"),
+    ):
+        cache.put(digest, key_id, roles, client, f"row {key_id}", generation)
     change_key(engine, "key-a", enabled=False)
     with Session(engine) as session, session.begin():
         role = session.get(Role, "ops")
         assert role is not None
         role.scopes = ["reports:write"]
+        session.add(NamedLimit(identity_id="initech-identity", name="requests", kind=RATE, limit=20, period=10))
     assert cache.get(b"a") == "row key-a"  # trusted until the TTL is over
     clock.now += 0.5
-    assert [cache.get(digest) for digest in (b"a", b"b", b"ops")] == [None, "row key-b", None]
+    assert [cache.get(digest) for digest in (b"a", b"b", b"ops", b"c")] == [None, "row key-b", None, None]
 
 
 def test_a_row_read_before_a_change_the_cache_has_seen_is_not_kept(engine: Engine) -> None:
@@ -123,19 +130,19 @@ def test_a_row_read_before_a_change_the_cache_has_seen_is_not_kept(engine: Engin
     add_key(engine, "key-b")
     clock = Clock()
     cache: RowCache[str] = RowCache(lambda: engine, size=10, ttl=0.5, max_age=60, clock=clock)
-    cache.put(b"b", "key-b", (), "row key-b", cache.generation())
+    cache.put(b"b", "key-b", (), "acme", "row key-b", cache.generation())
     generation = cache.generation()  # then key-a's row is read, and changes
     change_key(engine, "key-a", enabled=False)
     clock.now += 0.5
     assert cache.get(b"b") == "row key-b"  # reads the feed: key-a changed
-    cache.put(b"a", "key-a", (), "stale row key-a", generation)
+    cache.put(b"a", "key-a", (), "acme", "stale row key-a", generation)
     assert cache.get(b"a") is None
 
 
 def test_a_copy_is_dropped_after_the_max_age_though_nothing_changed(engine: Engine) -> None:
     clock = Clock()
     cache: RowCache[str] = RowCache(lambda: engine, size=10, ttl=0.5, max_age=2, clock=clock)
-    cache.put(b"a", "key-a", (), "row a", cache.generation())
+    cache.put(b"a", "key-a", (), "acme", "row a", cache.generation())
     clock.now += 1.9
     assert cache.get(b"a") == "row a"
     clock.now += 0.1

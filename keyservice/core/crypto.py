@@ -63,6 +63,11 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(digits))
 
 
+def new_id() -> str:
+    """A random public identifier in the keys' id form (16 base62 characters), for other records."""
+    return _random_base62(ID_LENGTH)
+
+
 def checksum(body: str) -> str:
     """Return the 6-character base62 CRC32 of ``body``."""
     return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)

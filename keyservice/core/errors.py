@@ -74,12 +74,17 @@ def _problem_body(status: int, code: str, title: str, detail: str) -> str:
     return json.dumps(_problem_document(status, code, title, detail))
 
 
-def problem(status: int, code: str, title: str, detail: str, errors: dict[str, Any] | None = None) -> Response:
-    """Build an ``application/problem+json`` response (``errors``: per-field messages)."""
+def problem(
+    status: int, code: str, title: str, detail: str, errors: dict[str, Any] | None = None, **extra: Any
+) -> Response:
+    """Build an ``application/problem+json`` response (``errors``: per-field messages; ``extra``:
+    members of the problem type's own, such as the ``limit`` that refused a key)."""
     body = (
         _problem_body(status, code, title, detail)
-        if errors is None
-        else json.dumps(_problem_document(status, code, title, detail) | {"errors": errors})
+        if errors is None and not extra
+        else json.dumps(
+            _problem_document(status, code, title, detail) | ({"errors": errors} if errors is not None else {}) | extra
+        )
     )
     return Response(body, status=status, mimetype="application/problem+json", headers=NOSNIFF)
 
@@ -210,8 +215,13 @@ class VerificationFailed(KeyServiceError):
         self.result = result
 
     def to_response(self) -> Response:
-        """The problem response, with the RFC 6750 and ``Retry-After`` headers."""
-        response = super().to_response()
+        """The problem response, with the RFC 6750 and ``Retry-After`` headers; a named limit's
+        refusal names it (``limit``)."""
+        response = (
+            super().to_response()
+            if self.result.limit is None
+            else problem(self.status, self.code, self.title, self.detail, limit=self.result.limit)
+        )
         if self.result.code is Outcome.MISSING:
             response.headers["WWW-Authenticate"] = REALM
         elif self.status == 401:

@@ -144,10 +144,60 @@ class KeyEvent(Base):
     changes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class Identity(Base):
+    """A customer as a whole (one ``external_client_id``): its ``meta`` and the named limits every
+    key of the customer shares (:class:`NamedLimit`)."""
+
+    __tablename__ = "keyservice_identities"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    external_client_id: Mapped[str] = mapped_column(String(200), unique=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+RATE = "rate"
+CREDITS = "credits"
+
+
+class NamedLimit(Base):
+    """A named limit of an identity (shared by all its keys) or of one key (it then wins over the
+    identity's limit of the same name). ``kind`` is :data:`RATE` (``limit`` per ``period`` seconds,
+    counted in the rate-limit windows' storage) or :data:`CREDITS` (``remaining``, taken in the
+    database, with an optional daily or monthly refill). ``auto_apply``: counted at every
+    verification of the keys it covers; otherwise only when a check names it."""
+
+    __tablename__ = "keyservice_named_limits"
+    __table_args__ = (
+        UniqueConstraint("identity_id", "name"),
+        UniqueConstraint("key_id", "name"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    identity_id: Mapped[str | None] = mapped_column(ForeignKey(Identity.id, ondelete="CASCADE"), index=True)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey(ApiKey.id, ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(10))
+    auto_apply: Mapped[bool] = mapped_column(default=True)
+    limit: Mapped[int | None] = mapped_column("rate_limit")  # RATE: requests (units of cost) per period
+    period: Mapped[int | None]  # RATE: seconds
+    remaining: Mapped[int | None]  # CREDITS: units left
+    refill_amount: Mapped[int | None]
+    refill_interval: Mapped[str | None] = mapped_column(String(10))
+    refilled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # CREDITS: identity.credits_low is sent once when remaining falls below this, armed again above it.
+    low_threshold: Mapped[int | None]
+    low_announced: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # RATE: when identity.rate_limited was last sent (at most once a period).
+    rate_limited_announced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class KeyChange(Base):
-    """One change to a key's row (``key_id``) or to a role (``role``: every key holding it changed),
-    added in the transaction of the change. Ids grow in commit order, so each worker asks for
-    the ids after the last it saw and forgets exactly those keys (``changefeed.py``)."""
+    """One change to a key's row (``key_id``), to a role (``role``: every key holding it changed) or
+    to a customer's identity (``client``: every key of that external client id changed), added in
+    the transaction of the change. Ids grow in commit order, so each worker asks for the ids after
+    the last it saw and forgets exactly those keys (``changefeed.py``)."""
 
     __tablename__ = "keyservice_key_changes"
     # SQLite's AUTOINCREMENT: an id is never given out twice, even once older rows are pruned.
@@ -156,6 +206,7 @@ class KeyChange(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     key_id: Mapped[str | None] = mapped_column(String(16))
     role: Mapped[str | None] = mapped_column(String(100))
+    client: Mapped[str | None] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 

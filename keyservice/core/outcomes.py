@@ -54,6 +54,41 @@ class KeyRecord:
     refill_interval: str | None
     ratelimit_limit: int | None
     ratelimit_period: int | None
+    # The named limits that apply to the key: its own, and its identity's of other names.
+    limits: tuple[LimitRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitRecord:
+    """A named limit as verification needs it: an identity's (shared by all its keys) or a key's own."""
+
+    id: int
+    name: str
+    kind: str  # "rate" (limit per period, in the windows' storage) or "credits" (remaining, in the database)
+    auto_apply: bool  # counted at every check; otherwise only when a check names it
+    limit: int | None
+    period: int | None
+    refill_interval: str | None
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one check costs: ``cost`` units in the key's own limits and every auto-applied named
+    limit, and in each limit ``limits`` names its own cost (``{"tokens": 1200}``)."""
+
+    cost: int = 1
+    limits: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, cost: int = 1, limits: Mapping[str, int] | None = None) -> Charge:
+        """A charge, checked: costs are whole numbers of at least 1 (0 would count nothing)."""
+        for value in (cost, *(limits or {}).values()):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000_000:
+                raise ValueError(f"a cost is a whole number from 1 to 1000000000, not {value!r}")
+        return cls(cost, tuple(sorted((limits or {}).items())))
+
+
+ONE_USE = Charge()
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,7 @@ class VerificationResult:
     ratelimit: RateLimitState | None = None
     required_scopes: tuple[str, ...] = ()
     retry_after: int | None = None
+    limit: str | None = None  # the named limit that refused it (RATE_LIMITED, USAGE_EXCEEDED)
 
     @property
     def valid(self) -> bool:

@@ -27,7 +27,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Dialect, Engine
@@ -171,6 +171,58 @@ def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = Tru
         raise
     pooled.close()  # back to the pool
     return rows
+
+
+class Transaction:
+    """Statements run in one transaction by :func:`transaction`; raise anything to roll it back."""
+
+    def __init__(self, run: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]) -> None:
+        self.run = run
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Transaction]:
+    """Several statements as one transaction on the driver's connection (as :func:`execute`: the
+    thread's own SQLite connection, after the machine's other writers, its write lock taken at
+    BEGIN; a pooled PostgreSQL one). Committed when the block ends, rolled back if it raises."""
+    driver_error = engine.dialect.loaded_dbapi.Error
+    if engine.dialect.name == "sqlite":
+        try:
+            connection = _own_sqlite_connection(engine)
+            with writers_queue(engine):
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Transaction(lambda sql, params: [tuple(row) for row in connection.execute(sql, params)])
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+                connection.execute("COMMIT")
+        except driver_error as error:
+            _forget_own_connection(engine)
+            raise DBAPIError.instance(None, None, error, driver_error) from error
+        return
+    pooled = engine.raw_connection()
+    connection = cast(Any, pooled.dbapi_connection)
+    try:
+        cursor = connection.cursor()
+
+        def run(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+            cursor.execute(_for_driver(sql), params)
+            return [tuple(row) for row in cursor.fetchall()] if cursor.description is not None else []
+
+        try:
+            yield Transaction(run)
+        except driver_error:
+            raise  # the connection may be broken: invalidated below
+        except BaseException:
+            connection.rollback()  # the caller's refusal: the connection is sound, back to the pool
+            pooled.close()
+            raise
+        connection.commit()
+    except driver_error as error:
+        pooled.invalidate()
+        raise DBAPIError.instance(None, None, error, driver_error) from error
+    pooled.close()
 
 
 def execute_one(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> tuple[Any, ...] | None:

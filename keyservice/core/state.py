@@ -17,7 +17,7 @@ from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 
 from .config import Settings
-from .outcomes import VerificationResult
+from .outcomes import ONE_USE, Charge, VerificationResult
 from .scopes import Principal
 
 EXTENSION_NAME = "keyservice"
@@ -26,7 +26,9 @@ EXTENSION_NAME = "keyservice"
 class KeyChecker(Protocol):
     """What is asked of the app's :class:`keyservice.verification.verifier.Verifier`."""
 
-    def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult: ...
+    def verify(
+        self, key: str, scopes: Iterable[str] = (), client: str | None = None, charge: Charge = ONE_USE
+    ) -> VerificationResult: ...
 
     def ratelimit_storage_answers(self) -> bool: ...
 
@@ -48,7 +50,7 @@ class PublicKeys(Protocol):
 class TokenChecker(Protocol):
     """What is asked of the app's :class:`keyservice.verification.tokens.TokenVerifier`."""
 
-    def verify(self, token: str, scopes: tuple[str, ...] = ()) -> VerificationResult: ...
+    def verify(self, token: str, scopes: tuple[str, ...] = (), charge: Charge = ONE_USE) -> VerificationResult: ...
 
 
 class SigningKeyRing(Protocol):

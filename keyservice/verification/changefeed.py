@@ -1,6 +1,7 @@
-"""The change feed: every change to a key or a role, in commit order, for workers to forget their copies.
+"""The change feed: every change to a key, a role or an identity, in commit order, for workers to
+forget their copies.
 
-Each flush that changes a key's row or a role through the ORM (every function of
+Each flush that changes a key's row, a role, an identity or a named limit through the ORM (every function of
 ``store.py``, and a host app's own session alike) adds a :class:`KeyChange` row
 in the same transaction: committed with the change, or not at all. A worker
 asks at most every ``KEYSERVICE_CACHE_TTL`` for the rows after the last id it
@@ -29,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, event, func, select, text
 from sqlalchemy.orm import Session
 
-from ..core.models import AnySession, ApiKey, KeyChange, Role, utcnow
+from ..core.models import AnySession, ApiKey, Identity, KeyChange, NamedLimit, Role, utcnow
 
 PRUNE_AFTER = timedelta(minutes=10)
 # Any fixed number: the one advisory lock that orders key changes on PostgreSQL.
@@ -47,16 +48,25 @@ def serialise_changes(session: AnySession) -> None:
 def _note_changes(session: Session, flush_context: Any, instances: Any) -> None:
     key_ids = {row.id for row in session.dirty if isinstance(row, ApiKey) and session.is_modified(row)}
     key_ids |= {row.id for row in session.deleted if isinstance(row, ApiKey)}
-    roles = {
-        row.name
+    changed = [
+        row
         for row in (*session.new, *session.dirty, *session.deleted)
-        if isinstance(row, Role) and (row not in session.dirty or session.is_modified(row))
-    }
-    if not key_ids and not roles:
+        if row not in session.dirty or session.is_modified(row)
+    ]
+    roles = {row.name for row in changed if isinstance(row, Role)}
+    clients = {row.external_client_id for row in changed if isinstance(row, Identity)}
+    for limit in (row for row in changed if isinstance(row, NamedLimit)):
+        if limit.key_id is not None:
+            key_ids.add(limit.key_id)
+        elif (identity := session.get(Identity, limit.identity_id)) is not None:
+            clients.add(identity.external_client_id)
+    if not key_ids and not roles and not clients:
         return
     serialise_changes(session)
     session.add_all(
-        [KeyChange(key_id=key_id) for key_id in sorted(key_ids)] + [KeyChange(role=role) for role in sorted(roles)]
+        [KeyChange(key_id=key_id) for key_id in sorted(key_ids)]
+        + [KeyChange(role=role) for role in sorted(roles)]
+        + [KeyChange(client=client) for client in sorted(clients)]
     )
     session.connection().execute(delete(KeyChange).where(KeyChange.at < utcnow() - PRUNE_AFTER))
 
@@ -69,16 +79,20 @@ def latest_change(connection: Connection) -> int:
     return connection.scalar(select(func.max(KeyChange.id))) or 0
 
 
-def changes_after(connection: Connection, last: int) -> tuple[int, set[str], set[str]]:
-    """The changes after id ``last``: the newest id, the changed key ids, the changed roles."""
+def changes_after(connection: Connection, last: int) -> tuple[int, set[str], set[str], set[str]]:
+    """The changes after id ``last``: the newest id, the changed key ids, the changed roles, the
+    external client ids whose identity (or its limits) changed."""
     key_ids: set[str] = set()
     roles: set[str] = set()
-    for change_id, key_id, role in connection.execute(
-        select(KeyChange.id, KeyChange.key_id, KeyChange.role).where(KeyChange.id > last)
+    clients: set[str] = set()
+    for change_id, key_id, role, client in connection.execute(
+        select(KeyChange.id, KeyChange.key_id, KeyChange.role, KeyChange.client).where(KeyChange.id > last)
     ):
         last = max(last, change_id)
         if key_id is not None:
             key_ids.add(key_id)
         if role is not None:
             roles.add(role)
-    return last, key_ids, roles
+        if client is not None:
+            clients.add(client)
+    return last, key_ids, roles, clients

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from ..core.errors import VerificationFailed
-from ..core.outcomes import Outcome, VerificationResult
+from ..core.outcomes import ONE_USE, Charge, Outcome, VerificationResult
 from ..core.state import current_state
 from .tokens import looks_like_token
 
@@ -43,27 +43,28 @@ def key_from_request(environ: dict[str, Any], header_environ_key: str | None) ->
     return sent[0]
 
 
-def verify_request(scopes: tuple[str, ...] = ()) -> VerificationResult:
-    """Verify the key, or the access token, of the current request against ``scopes``."""
+def verify_request(scopes: tuple[str, ...] = (), charge: Charge = ONE_USE) -> VerificationResult:
+    """Verify the key, or the access token, of the current request against ``scopes``, charging
+    its limits ``charge``."""
     state = current_state()
     environ = request.environ
     key = key_from_request(environ, state.settings.header_environ_key)
     if isinstance(key, Outcome):
         result = VerificationResult(key)
     elif looks_like_token(key):
-        result = state.tokens.verify(key, scopes)
+        result = state.tokens.verify(key, scopes, charge)
     else:
-        result = state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"))
+        result = state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"), charge)
     g.verification = result  # for the request's log line
     return result
 
 
-def authenticate(scopes: tuple[str, ...]) -> None:
+def authenticate(scopes: tuple[str, ...], charge: Charge = ONE_USE) -> None:
     """Let the current request through only with a valid key holding ``scopes``: put its
     :class:`VerificationResult` in ``g.auth``, or raise the refusal's problem response."""
     if request.environ["REQUEST_METHOD"] in EXEMPT_METHODS:
         return
-    result = verify_request(scopes)
+    result = verify_request(scopes, charge)
     if not result.valid:
         raise VerificationFailed(result)
     g.auth = result
@@ -76,10 +77,16 @@ def authenticate(scopes: tuple[str, ...]) -> None:
             return response
 
 
-def require_key(*scopes: str) -> Callable[[Protected], Protected]:
+def require_key(
+    *scopes: str, cost: int = 1, limits: Mapping[str, int] | None = None
+) -> Callable[[Protected], Protected]:
     """Protect a view, or every view of a Blueprint: the request must carry a valid key
     holding every one of ``scopes``, or one of its access tokens (:mod:`keyservice.verification.tokens`)
     whose scope holds them too.
+
+    Each request costs ``cost`` units in the key's limits and its identity's auto-applied ones,
+    and, in each limit ``limits`` names, the cost given there (``limits={"tokens": 1200}``); it is
+    let through only if every one of them has room.
 
     Decorates a view function (sync or ``async def``), goes in a ``MethodView``'s
     ``decorators``, or takes a Blueprint before it is registered:
@@ -88,9 +95,11 @@ def require_key(*scopes: str) -> Callable[[Protected], Protected]:
     response of its outcome instead. ``OPTIONS`` requests pass without a key.
     """
 
+    charge = ONE_USE if cost == 1 and not limits else Charge.of(cost, limits)  # a wrong cost fails at import
+
     def decorator(protected: Protected) -> Protected:
         if isinstance(protected, Blueprint):
-            protected.before_request(functools.partial(authenticate, scopes))
+            protected.before_request(functools.partial(authenticate, scopes, charge))
             return protected
         view = protected
         # Flask's ensure_sync asks this of the view at every call; the answer never changes.
@@ -98,7 +107,7 @@ def require_key(*scopes: str) -> Callable[[Protected], Protected]:
 
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            authenticate(scopes)
+            authenticate(scopes, charge)
             return (current_app.ensure_sync(view) if is_async else view)(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]

@@ -15,13 +15,19 @@ from typing import Any
 from sqlalchemy import Dialect, Engine
 
 from ..core import rawsql
-from ..core.models import ApiKey, Role, as_utc
-from ..core.outcomes import KeyRecord
+from ..core.models import ApiKey, Identity, NamedLimit, Role, as_utc
+from ..core.outcomes import KeyRecord, LimitRecord
 
-_RECORD_NAMES = tuple(KeyRecord.__dataclass_fields__)
+_RECORD_NAMES = tuple(name for name in KeyRecord.__dataclass_fields__ if name != "limits")
 _RECORD_COLUMNS = [ApiKey.__table__.c[name] for name in _RECORD_NAMES]
 _RECORD_SQL = f"SELECT {', '.join(_RECORD_NAMES)} FROM {ApiKey.__tablename__} WHERE id = :key_id"
 _ROLE_SCOPES_SQL = f"SELECT scopes FROM {Role.__tablename__} WHERE name IN"
+# The key's own named limits and its identity's; by name, the key's own win (the key's first).
+_LIMITS_SQL = (
+    f"SELECT id, name, kind, auto_apply, rate_limit, period, refill_interval FROM {NamedLimit.__tablename__}"
+    f" WHERE key_id = :key_id OR identity_id = (SELECT id FROM {Identity.__tablename__}"
+    " WHERE external_client_id = :client) ORDER BY key_id IS NULL, id"
+)
 
 
 @functools.lru_cache(maxsize=4)
@@ -66,5 +72,15 @@ class KeyRows:
                 "roles": tuple(values["roles"]),
                 "expires_at": as_utc(values["expires_at"]),
                 "revoked_at": as_utc(values["revoked_at"]),
+                "limits": self._limits(engine, key_id, values["external_client_id"]),
             }
         )
+
+    @staticmethod
+    def _limits(engine: Engine, key_id: str, client: str) -> tuple[LimitRecord, ...]:
+        named: dict[str, LimitRecord] = {}
+        for limit_id, name, kind, auto_apply, limit, period, refill in rawsql.execute(
+            engine, _LIMITS_SQL, {"key_id": key_id, "client": client}, writes=False
+        ):
+            named.setdefault(name, LimitRecord(limit_id, name, kind, bool(auto_apply), limit, period, refill))
+        return tuple(named.values())

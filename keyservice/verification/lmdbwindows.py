@@ -28,13 +28,15 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 from sqlalchemy.engine import make_url
 
 from . import slidingwindow
-from .slidingwindow import SLOTS, Counts, Hit, WindowStorageError
+from .slidingwindow import SLOTS, Counted, Counts, Hit, WindowStorageError
 
 MAP_SIZE = 256 * 1024 * 1024  # sparse: costs only what is written; about a million keys' windows
 SWEEP_INTERVAL = 10.0
@@ -42,6 +44,7 @@ SWEEP_BATCH = 1000
 # expires_at, slot, then the SLOTS + 1 counts, newest first.
 _ENTRY = struct.Struct(f"<dq{SLOTS + 1}q")
 _EXPIRES_AT = struct.Struct("<d")
+T = TypeVar("T")
 
 
 def path_for(database_url: str, what: str = "ratelimit") -> Path:
@@ -91,14 +94,49 @@ class LmdbWindows:
 
     def hit(self, key: str, limit: int, period: int) -> Hit:
         """Count one request of ``key`` against ``limit`` per ``period`` seconds, atomically."""
+        return self._written(lambda: self._hit(key, limit, period))
+
+    def hit_all(self, windows: list[Counted]) -> list[Hit]:
+        """Count one request in every window of ``windows``, or in none (one write transaction)."""
+        return self._written(lambda: self._hit_all(windows))
+
+    def _written(self, write: Callable[[], T]) -> T:
         try:
-            return self._hit(key, limit, period)
+            return write()
         except lmdb.MapFullError:
             self.sweep(full=True)
             try:
-                return self._hit(key, limit, period)
+                return write()
             except lmdb.Error as error:
                 raise WindowStorageError("the rate-limit windows' file is full") from error
+        except lmdb.Error as error:
+            raise WindowStorageError("the rate-limit windows' file cannot be written") from error
+
+    def _hit_all(self, windows: list[Counted]) -> list[Hit]:
+        now = time.time()
+        entry_keys = [f"{window.key}/{window.period}".encode() for window in windows]
+        with environment(self._path).begin(write=True) as transaction:
+            stored = [_window_of(transaction.get(entry_key)) for entry_key in entry_keys]
+            after = slidingwindow.hit_all(
+                [(old, window.limit, window.period, window.cost) for old, window in zip(stored, windows, strict=True)],
+                now,
+            )
+            if after[0][1].allowed:
+                for entry_key, window, (counts, _) in zip(entry_keys, windows, after, strict=True):
+                    transaction.put(entry_key, _entry(counts, window.period))
+        return [result for _, result in after]
+
+    def give_back_all(self, windows: list[Counted]) -> None:
+        """Take back from each window the cost a request was counted with (one write transaction)."""
+        now = time.time()
+        try:
+            with environment(self._path).begin(write=True) as transaction:
+                for window in windows:
+                    entry_key = f"{window.key}/{window.period}".encode()
+                    counts = _window_of(transaction.get(entry_key))
+                    if counts is not None:
+                        given = slidingwindow.give_back(counts, window.period, now, window.cost)
+                        transaction.put(entry_key, _entry(given, window.period))
         except lmdb.Error as error:
             raise WindowStorageError("the rate-limit windows' file cannot be written") from error
 
@@ -147,6 +185,17 @@ class LmdbWindows:
         except lmdb.Error:
             return False
         return True
+
+
+def _window_of(stored: bytes | None) -> Counts | None:
+    if stored is None:
+        return None
+    _, slot, *counts = _ENTRY.unpack(stored)
+    return Counts(slot, tuple(counts))
+
+
+def _entry(window: Counts, period: int) -> bytes:
+    return _ENTRY.pack(slidingwindow.expires_at(window, period), window.slot, *window.counts)
 
 
 def sweep_expired(path: Path, start: bytes, full: bool) -> tuple[int, bytes]:

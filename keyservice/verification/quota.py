@@ -31,18 +31,19 @@ from ..core.outcomes import KeyRecord
 # updated_at is for changes of settings, not for uses: these leave it as it is. A rotated key's
 # uses are its successor's (quota_key_id), looked up in the same statement, never from a copy.
 _QUOTA_KEY = f"COALESCE((SELECT quota_key_id FROM {ApiKey.__tablename__} WHERE id = :key_id), :key_id)"
-_TAKE_ONE_USE = (
-    f"UPDATE {ApiKey.__tablename__} SET remaining = remaining - 1, usage_exhausted_at = NULL"
-    f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR remaining > 0) RETURNING remaining"
+_TAKE_USES = (
+    f"UPDATE {ApiKey.__tablename__} SET remaining = remaining - :cost, usage_exhausted_at = NULL"
+    f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR remaining >= :cost) RETURNING remaining"
 )
 # A refill due (once per interval: past the day's or month's start) and the use in the same
 # statement: the use is taken from the refilled amount.
 _REFILL_DUE = "refill_amount IS NOT NULL AND (refilled_at IS NULL OR refilled_at < :boundary)"
-_REFILL_AND_TAKE_ONE_USE = (
+_REFILLED = f"CASE WHEN {_REFILL_DUE} THEN refill_amount ELSE remaining END"
+_REFILL_AND_TAKE_USES = (
     f"UPDATE {ApiKey.__tablename__}"
-    f" SET remaining = CASE WHEN {_REFILL_DUE} THEN refill_amount ELSE remaining END - 1,"
+    f" SET remaining = {_REFILLED} - :cost,"
     f" refilled_at = CASE WHEN {_REFILL_DUE} THEN :now ELSE refilled_at END"
-    f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR remaining > 0 OR {_REFILL_DUE}) RETURNING remaining"
+    f" WHERE id = {_QUOTA_KEY} AND (remaining IS NULL OR {_REFILLED} >= :cost) RETURNING remaining"
 )
 # PostgreSQL commits a use without waiting for its WAL to reach the disk: the WAL writer
 # flushes it within 3 x wal_writer_delay (200 ms). A crash of the server can lose the uses
@@ -56,13 +57,14 @@ _WITHOUT_WAITING_FOR_THE_WAL = {
 
 
 @functools.lru_cache(maxsize=8)
-def _quota_statement(sql: str, dialect: str) -> str:
+def quota_statement(sql: str, dialect: str) -> str:
+    """``sql`` (an ``UPDATE ... WHERE``) committed without waiting for the WAL on PostgreSQL."""
     head, returning = sql.split(" WHERE ", 1)
     return f"{head}{_WITHOUT_WAITING_FOR_THE_WAL[dialect]} WHERE {returning}"
 
 
 @functools.lru_cache(maxsize=4)
-def _timestamp_binder(dialect: Dialect) -> Callable[[datetime], Any]:
+def timestamp_binder(dialect: Dialect) -> Callable[[datetime], Any]:
     """How the dialect stores a timestamp column's value (SQLite: a string of its own format)."""
     return DateTime(timezone=True).bind_processor(dialect) or (lambda value: value)
 
@@ -71,6 +73,19 @@ def refill_boundary(now: datetime, interval: str) -> datetime:
     """The start (UTC) of the day or month ``now`` is in: a refill is due once past it."""
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return day if interval == "daily" else day.replace(day=1)
+
+
+def take_uses(dialect: Dialect, record: KeyRecord, cost: int) -> tuple[str, dict[str, Any]]:
+    """The statement, and its parameters, that takes ``cost`` uses of ``record``'s key (a due
+    refill first) and answers what is left, or no row when fewer than ``cost`` are left."""
+    params: dict[str, Any] = {"key_id": record.id, "cost": cost}
+    sql = _TAKE_USES
+    if record.refill_interval is not None:
+        now = utcnow()
+        as_column = timestamp_binder(dialect)
+        params |= {"now": as_column(now), "boundary": as_column(refill_boundary(now, record.refill_interval))}
+        sql = _REFILL_AND_TAKE_USES
+    return quota_statement(sql, dialect.name), params
 
 
 class Quota:
@@ -93,21 +108,15 @@ class Quota:
         left after it (None if the key has become unlimited). A due refill comes first. A key
         out of uses is announced (see the module docstring)."""
         engine = self._engine()
-        dialect = engine.dialect
-        params: dict[str, Any] = {"key_id": record.id}
-        sql = _TAKE_ONE_USE
-        if record.refill_interval is not None:
-            now = utcnow()
-            as_column = _timestamp_binder(dialect)
-            params |= {"now": as_column(now), "boundary": as_column(refill_boundary(now, record.refill_interval))}
-            sql = _REFILL_AND_TAKE_ONE_USE
-        row = rawsql.execute_one(engine, _quota_statement(sql, dialect.name), params)
+        row = rawsql.execute_one(engine, *take_uses(engine.dialect, record, 1))
         if row is None:
-            self._announce_exhausted(engine, record.id)
+            self.announce_exhausted(record.id)
             return False, 0
         return True, row[0]
 
-    def _announce_exhausted(self, engine: Engine, key_id: str) -> None:
+    def announce_exhausted(self, key_id: str) -> None:
+        """Tell ``on_exhausted`` that key ``key_id`` is out of uses (at most once a second here)."""
+        engine = self._engine()
         if self._on_exhausted is None:
             return
         with self._lock:

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from .slidingwindow import SLOTS, Hit, WindowStorageError
+from .slidingwindow import SLOTS, Counted, Hit, WindowStorageError
 
 # KEYS[1]: the window; ARGV: limit, period, slots. Returns {allowed, count, reset_at}.
 _HIT = """
@@ -59,6 +59,64 @@ return 0
 """
 
 
+# KEYS: the windows; ARGV: slots, then limit, period and cost of each window. Counts the request in
+# every window if each has room for its cost, else in none. Returns {allowed, count1, reset1, ...}.
+_HIT_ALL = """
+local slots = tonumber(ARGV[1])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local standing, allowed = {}, 1
+for k = 1, #KEYS do
+  local limit, period, cost = tonumber(ARGV[3 * k - 1]), tonumber(ARGV[3 * k]), tonumber(ARGV[3 * k + 1])
+  local width = period / slots
+  local slot = math.floor(now / width)
+  local fields = redis.call('HGETALL', KEYS[k])
+  local count, oldest = 0, slot
+  for i = 1, #fields, 2 do
+    local counted = tonumber(fields[i])
+    if counted < slot - slots then
+      redis.call('HDEL', KEYS[k], fields[i])
+    else
+      count = count + tonumber(fields[i + 1])
+      oldest = math.min(oldest, counted)
+    end
+  end
+  if count + cost > limit then allowed = 0 end
+  standing[k] = {slot, width, count, oldest, cost, period}
+end
+local answer = {allowed}
+for k = 1, #KEYS do
+  local slot, width, count, oldest, cost, period = unpack(standing[k])
+  if allowed == 1 then
+    count = count + cost
+    redis.call('HINCRBY', KEYS[k], string.format('%d', slot), cost)
+    redis.call('PEXPIRE', KEYS[k], math.ceil((period + width) * 1000))
+  end
+  table.insert(answer, count)
+  table.insert(answer, tostring((oldest + slots + 1) * width))
+end
+return answer
+"""
+
+# KEYS: the windows; ARGV: the cost to take back from each, from its newest slots down.
+_GIVE_BACK_ALL = """
+for k = 1, #KEYS do
+  local cost = tonumber(ARGV[k])
+  local fields = redis.call('HGETALL', KEYS[k])
+  local slots = {}
+  for i = 1, #fields, 2 do table.insert(slots, {tonumber(fields[i]), tonumber(fields[i + 1]), fields[i]}) end
+  table.sort(slots, function(a, b) return a[1] > b[1] end)
+  for _, slot in ipairs(slots) do
+    if cost <= 0 then break end
+    local taken = math.min(cost, slot[2])
+    if taken > 0 then redis.call('HINCRBY', KEYS[k], slot[3], -taken) end
+    cost = cost - taken
+  end
+end
+return 0
+"""
+
+
 class RedisWindows:
     """Rate-limit windows in the Redis at ``url``."""
 
@@ -66,21 +124,44 @@ class RedisWindows:
         self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._script: Script = self._client.register_script(_HIT)
         self._give_back: Script = self._client.register_script(_GIVE_BACK)
+        self._hit_all: Script = self._client.register_script(_HIT_ALL)
+        self._give_back_all: Script = self._client.register_script(_GIVE_BACK_ALL)
 
     def hit(self, key: str, limit: int, period: int) -> Hit:
         """Count one request of ``key`` against ``limit`` per ``period`` seconds, atomically."""
         try:
-            allowed, count, reset_at = self._script(
-                keys=[f"keyservice:window:{key}/{period}"], args=[limit, period, SLOTS]
-            )
+            allowed, count, reset_at = self._script(keys=[_name(key, period)], args=[limit, period, SLOTS])
         except redis.RedisError as error:
             raise WindowStorageError(type(error).__name__) from error
         return Hit(bool(allowed), int(count), float(reset_at))
 
+    def hit_all(self, windows: list[Counted]) -> list[Hit]:
+        """Count one request in every window of ``windows``, or in none: one script, one round trip."""
+        args: list[int] = [SLOTS]
+        for window in windows:
+            args += [window.limit, window.period, window.cost]
+        try:
+            allowed, *answers = self._hit_all(keys=[_name(window.key, window.period) for window in windows], args=args)
+        except redis.RedisError as error:
+            raise WindowStorageError(type(error).__name__) from error
+        return [
+            Hit(bool(allowed), int(count), float(reset_at))
+            for count, reset_at in zip(answers[::2], answers[1::2], strict=True)
+        ]
+
+    def give_back_all(self, windows: list[Counted]) -> None:
+        """Take back from each window the cost a request was counted with: one script."""
+        try:
+            self._give_back_all(
+                keys=[_name(window.key, window.period) for window in windows], args=[w.cost for w in windows]
+            )
+        except redis.RedisError as error:
+            raise WindowStorageError(type(error).__name__) from error
+
     def give_back(self, key: str, period: int) -> None:
         """Take back one request of ``key`` counted in its ``period`` window, atomically."""
         try:
-            self._give_back(keys=[f"keyservice:window:{key}/{period}"])
+            self._give_back(keys=[_name(key, period)])
         except redis.RedisError as error:
             raise WindowStorageError(type(error).__name__) from error
 
@@ -91,3 +172,7 @@ class RedisWindows:
         except redis.RedisError:
             return False
         return bool(answer)
+
+
+def _name(key: str, period: int) -> str:
+    return f"keyservice:window:{key}/{period}"

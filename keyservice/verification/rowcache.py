@@ -32,6 +32,7 @@ Row = TypeVar("Row")
 class _Copy(Generic[Row]):
     key_id: str
     roles: tuple[str, ...]
+    client: str
     row: Row
     loaded_at: float
 
@@ -84,12 +85,13 @@ class RowCache(Generic[Row]):
             return None
         return copy.row
 
-    def put(self, digest: bytes, key_id: str, roles: tuple[str, ...], row: Row, generation: int) -> None:
-        """Keep ``row`` (of key ``key_id``, holding ``roles``), read after :attr:`generation` was
-        ``generation``; unless the feed has forgotten keys since: the row may predate the change."""
+    def put(self, digest: bytes, key_id: str, roles: tuple[str, ...], client: str, row: Row, generation: int) -> None:
+        """Keep ``row`` (of key ``key_id``, holding ``roles``, of external client ``client``), read
+        after :attr:`generation` was ``generation``; unless the feed has forgotten keys since: the
+        row may predate the change."""
         with self._lock:
             if generation == self._generation:
-                self._copies[digest] = _Copy(key_id, roles, row, self._clock())
+                self._copies[digest] = _Copy(key_id, roles, client, row, self._clock())
 
     def _read_feed(self) -> None:
         with self._reading:
@@ -99,17 +101,18 @@ class RowCache(Generic[Row]):
             starting_over = self._last_change is None or started - self._read_at >= self._max_age
             key_ids: set[str] = set()
             roles: set[str] = set()
+            clients: set[str] = set()
             with self._engine().connect() as connection:
                 if starting_over:
                     self._last_change = latest_change(connection)
                 else:
-                    self._last_change, key_ids, roles = changes_after(connection, self._last_change or 0)
-            if starting_over or key_ids or roles:
+                    self._last_change, key_ids, roles, clients = changes_after(connection, self._last_change or 0)
+            if starting_over or key_ids or roles or clients:
                 with self._lock:
                     self._generation += 1
                     if starting_over:
                         self._copies.clear()
                     for digest, copy in list(self._copies.items()):
-                        if copy.key_id in key_ids or not roles.isdisjoint(copy.roles):
+                        if copy.key_id in key_ids or copy.client in clients or not roles.isdisjoint(copy.roles):
                             del self._copies[digest]
             self._read_at = started

@@ -31,7 +31,7 @@ from ..core.config import Settings
 from ..core.crypto import hmac_sha256, is_key_id
 from ..core.dberrors import error_name
 from ..core.errors import KeyServiceError
-from ..core.outcomes import Outcome, VerificationResult
+from ..core.outcomes import ONE_USE, Charge, Outcome, VerificationResult
 from ..core.state import SigningKeyRing
 from . import metrics
 from .signingkeys import ALGORITHM, SigningKeys
@@ -128,15 +128,16 @@ class TokenVerifier:
         self._lock = threading.Lock()
         self._digest = hmac_sha256(os.urandom(32))
 
-    def verify(self, token: str, scopes: Iterable[str] = ()) -> VerificationResult:
-        """Check ``token`` and then its key, which must hold every scope in ``scopes``, as the token must."""
+    def verify(self, token: str, scopes: Iterable[str] = (), charge: Charge = ONE_USE) -> VerificationResult:
+        """Check ``token`` and then its key, which must hold every scope in ``scopes``, as the token
+        must; the key's limits are charged ``charge``."""
         started = time.perf_counter()
         token = token.strip()
         checked = self._claims(token)
         if isinstance(checked, Outcome):
             metrics.observe(checked, False, time.perf_counter() - started)
             return VerificationResult(checked, retry_after=1 if checked is Outcome.UNAVAILABLE else None)
-        return self._verifier.verify_token_key(checked.key_id, checked.scopes, scopes, started)
+        return self._verifier.verify_token_key(checked.key_id, checked.scopes, scopes, started, charge)
 
     def _claims(self, token: str) -> _Claims | Outcome:
         if len(token) > MAX_TOKEN_LENGTH:

@@ -26,7 +26,11 @@ Rows are read by ``keyrows.py``. Whatever the path, the key is then:
    disabled, its scopes;
 6. if valid and limited, counted in its rate-limit window (``ratelimit.py``), then
    one of its remaining uses is taken (``quota.py``: one SQL statement, refill
-   included): RATE_LIMITED or USAGE_EXCEEDED past either.
+   included): RATE_LIMITED or USAGE_EXCEEDED past either. A key whose identity (or
+   itself) has named limits that apply to the check is charged in all of them at once:
+   every rate window in one atomic operation of the windows' storage, then every credit
+   in one database transaction (``credits.py``), the windows given back if a credit
+   refuses. Allowed only if each has room; refused, none of them counts it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -47,12 +51,22 @@ from sqlalchemy.orm import Session
 from ..core.config import Settings
 from ..core.crypto import MAX_KEY_LENGTH, ParsedKey, check_secret, hmac_sha256, parse_key
 from ..core.dberrors import error_name
-from ..core.models import utcnow
-from ..core.outcomes import KeyRecord, Outcome, VerificationResult, read_only
+from ..core.models import CREDITS, RATE, utcnow
+from ..core.outcomes import (
+    ONE_USE,
+    Charge,
+    KeyRecord,
+    LimitRecord,
+    Outcome,
+    RateLimitState,
+    VerificationResult,
+    read_only,
+)
 from ..core.scopes import missing_scopes
 from ..core.state import current_state
 from . import metrics
 from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
+from .credits import Credits
 from .deploymentsecret import deployment_secret
 from .failedchecks import FailedCheckBudgets
 from .keyrows import KeyRows
@@ -60,7 +74,7 @@ from .lmdbwindows import LmdbWindows, path_for
 from .quota import Quota
 from .ratelimit import RateLimiter
 from .rowcache import RowCache
-from .slidingwindow import WindowStorageError, WindowStore
+from .slidingwindow import Counted, WindowStorageError, WindowStore
 from .usage import UsageRecorder
 
 
@@ -122,21 +136,27 @@ class Verifier:
             lambda: self._shared().budgets,
         )
         self._load = KeyRows(engine).load
-        self._take_one_use = Quota(engine, on_usage_exhausted, settings.cache_size).take_one
+        quota = Quota(engine, on_usage_exhausted, settings.cache_size)
+        self._take_one_use = quota.take_one
+        self._announce_exhausted = quota.announce_exhausted
+        self._credits = Credits(engine)
         self._lock = threading.Lock()
         self._shared_stores: _Shared | None = None
         self._checking: dict[bytes, tuple[threading.Lock, int]] = {}  # digest -> its lock, threads at it
         self._usage = UsageRecorder(db, settings.usage_flush_interval)
 
-    def verify(self, key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
+    def verify(
+        self, key: str, scopes: Iterable[str] = (), client: str | None = None, charge: Charge = ONE_USE
+    ) -> VerificationResult:
         """Check ``key`` and that it holds every scope in ``scopes``; count it in the
-        metrics and, if it names a key that exists, in that key's usage.
+        metrics and, if it names a key that exists, in that key's usage; charge its limits
+        ``charge`` (one unit in each that applies, by default).
 
         ``client`` (the caller's address) keys the failed-check budget, so that
         one client's wrong secrets do not lock the key out for everyone.
         """
         started = time.perf_counter()
-        return self._counted(self._verify(key, scopes, client), started)
+        return self._counted(self._verify(key, scopes, client, charge), started)
 
     def _counted(self, result: VerificationResult, started: float) -> VerificationResult:
         metrics.observe(result.code, result.key_id is not None, time.perf_counter() - started)
@@ -147,7 +167,7 @@ class Verifier:
     # --- A key proven by one of its access tokens (keyservice.verification.tokens), not by its secret. ---
 
     def verify_token_key(
-        self, key_id: str, granted: tuple[str, ...], scopes: Iterable[str], started: float
+        self, key_id: str, granted: tuple[str, ...], scopes: Iterable[str], started: float, charge: Charge = ONE_USE
     ) -> VerificationResult:
         """Judge key ``key_id`` for a request carrying one of its access tokens (checked since
         ``started``, a ``perf_counter``), which grants ``granted``: as :meth:`verify` judges a key
@@ -164,19 +184,19 @@ class Verifier:
                 if record is None:
                     return self._counted(VerificationResult(Outcome.NOT_FOUND), started)
                 verified = _VerifiedKey.of(record)
-                self._rows.put(digest, record.id, record.roles, verified, generation)
+                self._rows.put(digest, record.id, record.roles, record.external_client_id, verified, generation)
             result = self._judge(verified, required)
             if result.valid and missing_scopes(granted, required):
                 result = VerificationResult(Outcome.INSUFFICIENT_SCOPE, key_id=key_id, required_scopes=required)
             if result.valid:
-                result = self._limit(verified.record, dataclasses.replace(result, scopes=granted))
+                result = self._limit(verified.record, dataclasses.replace(result, scopes=granted), charge)
         except SQLAlchemyError as error:
             result = _database_unavailable(error)
         return self._counted(result, started)
 
     # --- end of access tokens ---
 
-    def _verify(self, key: str, scopes: Iterable[str], client: str | None) -> VerificationResult:
+    def _verify(self, key: str, scopes: Iterable[str], client: str | None, charge: Charge) -> VerificationResult:
         key = key.strip()
         if len(key) > MAX_KEY_LENGTH:
             return VerificationResult(Outcome.MALFORMED)
@@ -190,7 +210,7 @@ class Verifier:
                 verified = checked
             result = self._judge(verified, tuple(scopes))
             if result.valid:
-                result = self._limit(verified.record, result)
+                result = self._limit(verified.record, result, charge)
         except SQLAlchemyError as error:
             return _database_unavailable(error)
         return result
@@ -210,9 +230,14 @@ class Verifier:
                     )
         return self._shared_stores
 
-    def _limit(self, record: KeyRecord, valid: VerificationResult) -> VerificationResult:
+    def _limit(self, record: KeyRecord, valid: VerificationResult, charge: Charge = ONE_USE) -> VerificationResult:
         """Count the request against the key's rate limit, then take one of its remaining uses
-        (``valid`` as it is for a key without either)."""
+        (``valid`` as it is for a key without either); with named limits that apply, or another
+        cost, charge them all at once (:meth:`_charge`)."""
+        if record.limits or charge is not ONE_USE:
+            named = _applicable(record.limits, charge)
+            if named or charge.cost != 1:
+                return self._charge(record, valid, charge.cost, named)
         if not record.ratelimit_limit and record.remaining is None:
             return valid
         ratelimit = None
@@ -241,6 +266,72 @@ class Verifier:
                 return VerificationResult(Outcome.USAGE_EXCEEDED, key_id=record.id, remaining=0, ratelimit=ratelimit)
         return dataclasses.replace(valid, remaining=remaining, ratelimit=ratelimit)
 
+    def _charge(
+        self, record: KeyRecord, valid: VerificationResult, cost: int, named: list[tuple[LimitRecord, int]]
+    ) -> VerificationResult:
+        """Every limit that applies, all or nothing: the rate windows in one atomic hit, then the
+        credits in one transaction; a credit's refusal gives the windows back."""
+        windows: list[Counted] = []
+        names: list[str | None] = []  # each window's limit name (None: the key's own rate limit)
+        if record.ratelimit_limit and record.ratelimit_period:
+            windows.append(Counted(record.id, record.ratelimit_limit, record.ratelimit_period, cost))
+            names.append(None)
+        for limit, limit_cost in named:
+            if limit.kind == RATE and limit.limit and limit.period:
+                windows.append(Counted(f"limit:{limit.id}", limit.limit, limit.period, limit_cost))
+                names.append(limit.name)
+        states: list[RateLimitState] = []
+        if windows:
+            try:
+                hits = self._ratelimiter.windows.hit_all(windows)
+            except WindowStorageError as error:
+                if not self._settings.ratelimit_fail_open:
+                    return self._windows_unavailable(record, error)
+                windows, hits = [], []
+            states = [
+                RateLimitState(hit.allowed, window.limit, window.period, max(0, window.limit - hit.count), hit.reset_at)
+                for window, hit in zip(windows, hits, strict=True)
+            ]
+            if hits and not hits[0].allowed:
+                full = next(
+                    i for i, (w, hit) in enumerate(zip(windows, hits, strict=True)) if hit.count + w.cost > w.limit
+                )
+                return VerificationResult(
+                    Outcome.RATE_LIMITED,
+                    key_id=record.id,
+                    ratelimit=states[full],
+                    retry_after=states[full].reset_in,
+                    limit=names[full],
+                )
+        credits = [(limit, limit_cost) for limit, limit_cost in named if limit.kind == CREDITS]
+        remaining = None
+        if record.remaining is not None or credits:
+            drawn = self._credits.draw(record, cost, credits)
+            if not drawn.taken:
+                if windows:
+                    self._give_back(windows)
+                if drawn.refused is None:
+                    self._announce_exhausted(record.id)
+                return VerificationResult(
+                    Outcome.USAGE_EXCEEDED, key_id=record.id, remaining=drawn.key_remaining, limit=drawn.refused
+                )
+            remaining = drawn.key_remaining
+        nearest = min(states, key=lambda state: state.remaining / state.limit, default=None)
+        return dataclasses.replace(valid, remaining=remaining, ratelimit=nearest)
+
+    def _give_back(self, windows: list[Counted]) -> None:
+        try:
+            self._ratelimiter.windows.give_back_all(windows)
+        except WindowStorageError as error:
+            # Over-refusal for the rest of the window, never over-admission.
+            current_app.logger.warning("keyservice: a refused check's rate windows not given back (%s)", error)
+
+    def _windows_unavailable(self, record: KeyRecord, error: WindowStorageError) -> VerificationResult:
+        # The error's type only: its text can hold the storage URL, and a password with it.
+        reason = type(error.__cause__ or error).__name__
+        current_app.logger.warning("keyservice: rate-limit storage unavailable (%s)", reason)
+        return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
+
     def ratelimit_storage_answers(self) -> bool:
         """Whether the rate-limit storage answers now (for the readiness check)."""
         return self._ratelimiter.storage_answers()
@@ -266,7 +357,8 @@ class Verifier:
                     checked = _VerifiedKey.of(record)
             checked = checked or self._check_with_bcrypt(parsed, digest, client)
         if isinstance(checked, _VerifiedKey):
-            self._rows.put(digest, checked.record.id, checked.record.roles, checked, generation)
+            record = checked.record
+            self._rows.put(digest, record.id, record.roles, record.external_client_id, checked, generation)
         return checked
 
     @contextmanager
@@ -319,9 +411,26 @@ class Verifier:
         return verified.valid
 
 
-def verify_key(key: str, scopes: Iterable[str] = (), client: str | None = None) -> VerificationResult:
+def verify_key(
+    key: str,
+    scopes: Iterable[str] = (),
+    client: str | None = None,
+    *,
+    cost: int = 1,
+    limits: Mapping[str, int] | None = None,
+) -> VerificationResult:
     """Check ``key`` (and ``scopes``) for the current app, as ``@require_key`` does.
 
     Pass the caller's address as ``client`` where there is one: see :meth:`Verifier.verify`.
+    ``cost`` units are charged in the key's own limits and its auto-applied named limits;
+    ``limits`` names limits to charge and their costs (``{"tokens": 1200}``).
     """
-    return current_state().verifier.verify(key, scopes, client)
+    charge = ONE_USE if cost == 1 and not limits else Charge.of(cost, limits)
+    return current_state().verifier.verify(key, scopes, client, charge)
+
+
+def _applicable(limits: tuple[LimitRecord, ...], charge: Charge) -> list[tuple[LimitRecord, int]]:
+    """The named limits a check charges, each with its cost: those it names, at their costs, and
+    the auto-applied ones at the check's cost."""
+    named = dict(charge.limits)
+    return [(limit, named.get(limit.name, charge.cost)) for limit in limits if limit.name in named or limit.auto_apply]

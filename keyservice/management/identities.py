@@ -1,0 +1,170 @@
+"""Identities (one per customer, its ``external_client_id``) and named limits, in the database.
+
+An identity's named limits are shared by all of the customer's keys; a key may have named limits
+of its own, which win over the identity's of the same name (verification reads both:
+``keyservice.verification.keyrows``). Limits are given as the API gives them: ``{"name",
+"limit", "period"}`` for a rate limit, ``{"name", "remaining", "refill"?, "low_threshold"?}`` for
+credits, each with ``auto_apply`` (default true). As in ``store.py``: the input is already checked
+against the schemas, nothing is committed here, and what is refused is raised as ``storeerrors``;
+a change that loosens a limit needs ``may_loosen`` (``keys:admin``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ..core.crypto import is_key_id, new_id
+from ..core.models import CREDITS, RATE, AnySession, Identity, NamedLimit, utcnow
+from .storeerrors import AdminOnly, RecordNotFound
+
+NO_SUCH_IDENTITY = "No identity has this id."
+# Refill intervals from the shortest: a shorter one refills more often (it loosens).
+REFILL_INTERVALS = ("daily", "monthly")
+
+
+def limit_fields(limit: NamedLimit) -> dict[str, Any]:
+    """A named limit as the API shows it."""
+    shown: dict[str, Any] = {"name": limit.name, "auto_apply": limit.auto_apply}
+    if limit.kind == RATE:
+        return shown | {"limit": limit.limit, "period": limit.period}
+    refill = None if limit.refill_amount is None else {"amount": limit.refill_amount, "interval": limit.refill_interval}
+    return shown | {"remaining": limit.remaining, "refill": refill, "low_threshold": limit.low_threshold}
+
+
+def identity_limits(session: AnySession, identity_id: str) -> list[NamedLimit]:
+    """An identity's named limits, by name."""
+    query = select(NamedLimit).where(NamedLimit.identity_id == identity_id).order_by(NamedLimit.name)
+    return list(session.scalars(query))
+
+
+def key_limits(session: AnySession, key_id: str) -> list[NamedLimit]:
+    """A key's own named limits, by name."""
+    return list(session.scalars(select(NamedLimit).where(NamedLimit.key_id == key_id).order_by(NamedLimit.name)))
+
+
+def ensure_identity(session: AnySession, external_client_id: str) -> Identity:
+    """The identity of ``external_client_id``, made if it has none yet (by one insert that a
+    concurrent one cannot duplicate: the unique client id decides)."""
+    dialect = session.connection().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    now = utcnow()
+    session.execute(
+        insert(Identity)
+        .values(id=new_id(), external_client_id=external_client_id, meta={}, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=[Identity.external_client_id])
+    )
+    # Inserted now or there already: one row either way.
+    return session.scalars(select(Identity).where(Identity.external_client_id == external_client_id)).one()
+
+
+def get_identity(session: AnySession, identity_id: str) -> Identity:
+    """The identity with id ``identity_id``; raises :class:`RecordNotFound`."""
+    identity = session.get(Identity, identity_id) if is_key_id(identity_id) else None
+    if identity is None:
+        raise RecordNotFound(NO_SUCH_IDENTITY)
+    return identity
+
+
+def list_identities(session: AnySession, client_ids: Iterable[str] | None) -> list[Identity]:
+    """The identities of ``client_ids`` (None: all), by client id."""
+    query = select(Identity).order_by(Identity.external_client_id)
+    if client_ids is not None:
+        query = query.where(Identity.external_client_id.in_(list(client_ids)))
+    return list(session.scalars(query))
+
+
+def _loosens(old: NamedLimit | None, new: dict[str, Any] | None) -> bool:
+    """Whether replacing ``old`` (None: no such limit) by ``new`` (None: removed) lets more through."""
+    if old is None:
+        return False  # a new limit only holds traffic back
+    if new is None or _kind(new) != old.kind or (old.auto_apply and not new.get("auto_apply", True)):
+        return True
+    if old.kind == RATE:
+        return bool(new["limit"] > (old.limit or 0) or new["period"] < (old.period or 0))
+    refill = new.get("refill")
+    if refill is not None and (
+        old.refill_amount is None
+        or refill["amount"] > old.refill_amount
+        or REFILL_INTERVALS.index(refill["interval"]) < REFILL_INTERVALS.index(old.refill_interval or "monthly")
+    ):
+        return True
+    return bool(new["remaining"] > (old.remaining or 0))
+
+
+def _kind(fields: dict[str, Any]) -> str:
+    return RATE if "period" in fields else CREDITS
+
+
+def _columns(fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    columns: dict[str, Any] = {"kind": _kind(fields), "auto_apply": fields.get("auto_apply", True)}
+    if columns["kind"] == RATE:
+        return columns | {"limit": fields["limit"], "period": fields["period"], "remaining": None}
+    refill = fields.get("refill") or {}
+    return columns | {
+        "limit": None,
+        "period": None,
+        "remaining": fields["remaining"],
+        "refill_amount": refill.get("amount"),
+        "refill_interval": refill.get("interval"),
+        "refilled_at": now if refill else None,
+        "low_threshold": fields.get("low_threshold"),
+        "low_announced": False,
+    }
+
+
+def set_limits(
+    session: AnySession,
+    limits: list[dict[str, Any]],
+    may_loosen: bool,
+    *,
+    identity_id: str | None = None,
+    key_id: str | None = None,
+) -> None:
+    """Make the named limits of an identity (or of a key) exactly ``limits``: add, change and remove
+    by name. Raises :class:`AdminOnly`, naming each, when one would loosen without ``may_loosen``."""
+    owner = NamedLimit.identity_id == identity_id if identity_id is not None else NamedLimit.key_id == key_id
+    existing = {limit.name: limit for limit in session.scalars(select(NamedLimit).where(owner))}
+    wanted = {fields["name"]: fields for fields in limits}
+    if not may_loosen:
+        loosened = [
+            f"limits.{name}"
+            for name in sorted(existing.keys() | wanted.keys())
+            if _loosens(existing.get(name), wanted.get(name))
+        ]
+        if loosened:
+            raise AdminOnly(loosened)
+    now = utcnow()
+    for name, limit in existing.items():
+        if name not in wanted:
+            session.delete(limit)
+    for name, fields in wanted.items():
+        limit = existing.get(name) or NamedLimit(identity_id=identity_id, key_id=key_id, name=name)
+        for column, value in _columns(fields, now).items():
+            setattr(limit, column, value)
+        session.add(limit)
+    session.flush()
+
+
+def create_identity(
+    session: AnySession, external_client_id: str, meta: dict[str, Any], limits: list[dict[str, Any]]
+) -> Identity:
+    """Make (or take, if the client has one already) the identity of ``external_client_id`` with
+    ``meta`` and exactly ``limits``: new limits only tighten, so any manager of the client may."""
+    identity = ensure_identity(session, external_client_id)
+    existing = identity_limits(session, identity.id)
+    set_limits(session, limits, may_loosen=not existing, identity_id=identity.id)
+    identity.meta = meta
+    return identity
+
+
+def delete_identity(session: AnySession, identity: Identity, may_loosen: bool) -> None:
+    """Delete an identity and its limits (its keys stay, limited by their own only); with limits,
+    that loosens them: ``may_loosen`` is needed."""
+    set_limits(session, [], may_loosen, identity_id=identity.id)
+    session.delete(identity)

@@ -1,0 +1,156 @@
+"""Identities: named limits shared by all of a customer's keys, costs, all-or-nothing checks, and a
+key's own limit winning over its identity's; through ``@require_key`` and Flask's test client, on
+SQLite and PostgreSQL (threads at once where it matters: the database decides).
+End to end over gunicorn, workers and instances: tests/test_identities_e2e.py."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from flask import Flask, g
+from sqlalchemy import select
+
+from keyservice import require_key, verify_key
+from keyservice.app import db
+from keyservice.core.models import NamedLimit
+from keyservice.management.identities import ensure_identity, set_limits
+
+from .conftest import IssueKey
+from .helpers import bearer
+
+
+def limits_of(app: Flask, client: str, *limits: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+    """Give ``client``'s identity exactly ``limits`` (as keys:admin)."""
+    with app.app_context():
+        identity = ensure_identity(db.session, client)
+        identity.meta = meta or {}
+        set_limits(db.session, list(limits), may_loosen=True, identity_id=identity.id)
+        db.session.commit()
+
+
+def remaining_of(app: Flask, name: str) -> int | None:
+    with app.app_context():
+        return db.session.scalar(select(NamedLimit.remaining).where(NamedLimit.name == name))
+
+
+@pytest.fixture
+def costly(app: Flask) -> Flask:
+    """The app with a view that costs 7 units, and one that spends 1,200 tokens."""
+
+    @app.post("/costly")
+    @require_key(cost=7)
+    def costly_view() -> dict[str, Any]:
+        return {"remaining": g.auth.remaining}
+
+    @app.post("/completion")
+    @require_key(limits={"tokens": 1200})
+    def completion() -> dict[str, Any]:
+        return {"ok": True}
+
+    return app
+
+
+def outcomes(app: Flask, path: str, keys: list[str], count: int, threads: int = 1) -> Counter[tuple[int, Any]]:
+    """Send ``count`` requests to ``path``, round-robin over ``keys``, from ``threads`` threads at once."""
+
+    def one(number: int) -> tuple[int, Any]:
+        response = app.test_client().post(path, headers=bearer(keys[number % len(keys)]))
+        body = response.get_json() or {}
+        return response.status_code, body.get("limit") if response.status_code != 200 else None
+
+    with ThreadPoolExecutor(threads) as pool:
+        return Counter(pool.map(one, range(count)))
+
+
+def test_two_keys_of_a_customer_share_its_rate_limit(app: Flask, issue_key: IssueKey) -> None:
+    limits_of(app, "acme", {"name": "requests", "limit": 20, "period": 10})
+    keys = [issue_key(external_client_id="acme")[1] for _ in range(2)]
+    other = issue_key(external_client_id="globex")[1]
+    assert outcomes(app, "/protected-with-key", keys, 30, threads=8) == {(200, None): 20, (429, "requests"): 10}
+    assert outcomes(app, "/protected-with-key", [other], 5) == {(200, None): 5}  # another customer's own
+
+
+def test_a_shared_credit_pool_gives_exactly_what_it_holds_and_a_refusal_spends_nothing_elsewhere(
+    costly: Flask, issue_key: IssueKey
+) -> None:
+    limits_of(
+        costly,
+        "acme",
+        {"name": "credits", "remaining": 100},
+        {"name": "budget", "remaining": 10_000},  # roomy: refused checks must take nothing from it
+    )
+    keys = [issue_key(external_client_id="acme")[1] for _ in range(4)]
+    assert outcomes(costly, "/costly", keys, 64, threads=64) == {(200, None): 14, (429, "credits"): 50}
+    assert remaining_of(costly, "credits") == 2  # 98 used, never below zero
+    assert remaining_of(costly, "budget") == 10_000 - 98
+
+
+def test_a_credit_refusal_gives_back_what_the_rate_windows_counted(costly: Flask, issue_key: IssueKey) -> None:
+    limits_of(costly, "acme", {"name": "burst", "limit": 21, "period": 60}, {"name": "credits", "remaining": 14})
+    _, key = issue_key(external_client_id="acme")
+    assert outcomes(costly, "/costly", [key], 4) == {(200, None): 2, (429, "credits"): 2}
+    limits_of(costly, "acme", {"name": "burst", "limit": 21, "period": 60}, {"name": "credits", "remaining": 100})
+    # 14 of 21 burst units spent: one more check of 7 fits, had the refusals given theirs back.
+    assert outcomes(costly, "/costly", [key], 2) == {(200, None): 1, (429, "burst"): 1}
+
+
+def test_a_named_limit_is_charged_only_when_asked_unless_auto_applied(costly: Flask, issue_key: IssueKey) -> None:
+    limits_of(costly, "acme", {"name": "tokens", "remaining": 3000, "auto_apply": False})
+    _, key = issue_key(external_client_id="acme")
+    assert outcomes(costly, "/protected-with-key", [key], 5) == {(200, None): 5}
+    assert remaining_of(costly, "tokens") == 3000
+    assert outcomes(costly, "/completion", [key], 3) == {(200, None): 2, (429, "tokens"): 1}
+    assert remaining_of(costly, "tokens") == 600
+
+
+def test_a_keys_own_limit_wins_over_its_identitys_of_the_same_name(app: Flask, issue_key: IssueKey) -> None:
+    limits_of(app, "acme", {"name": "requests", "limit": 20, "period": 10})
+    own_id, own = issue_key(external_client_id="acme")
+    _, shared = issue_key(external_client_id="acme")
+    with app.app_context():
+        set_limits(db.session, [{"name": "requests", "limit": 3, "period": 10}], may_loosen=True, key_id=own_id)
+        db.session.commit()
+    assert outcomes(app, "/protected-with-key", [own], 5) == {(200, None): 3, (429, "requests"): 2}
+    # The identity's window is the other keys': untouched by the key with its own.
+    assert outcomes(app, "/protected-with-key", [shared], 25) == {(200, None): 20, (429, "requests"): 5}
+
+
+def test_the_key_remaining_and_named_credits_are_taken_together(costly: Flask, issue_key: IssueKey) -> None:
+    limits_of(costly, "acme", {"name": "credits", "remaining": 1000})
+    _, key = issue_key(external_client_id="acme", remaining=15)
+    assert outcomes(costly, "/costly", [key], 3) == {(200, None): 2, (429, None): 1}  # the key's own: 1 left
+    assert remaining_of(costly, "credits") == 1000 - 14
+
+
+def test_verify_key_takes_a_cost_and_named_limits(app: Flask, issue_key: IssueKey) -> None:
+    limits_of(app, "acme", {"name": "tokens", "remaining": 100, "auto_apply": False})
+    _, key = issue_key(external_client_id="acme")
+    with app.app_context():
+        assert verify_key(key, limits={"tokens": 60}).valid
+        refused = verify_key(key, limits={"tokens": 60})
+        assert (refused.code.value, refused.limit) == ("USAGE_EXCEEDED", "tokens")
+        with pytest.raises(ValueError, match="whole number"):
+            verify_key(key, cost=0)
+
+
+def test_a_refusal_names_the_limit_and_the_headers_describe_the_nearest_to_running_out(
+    app: Flask, issue_key: IssueKey
+) -> None:
+    limits_of(
+        app,
+        "acme",
+        {"name": "per-second", "limit": 100, "period": 1},
+        {"name": "per-minute", "limit": 3, "period": 60},
+    )
+    _, key = issue_key(external_client_id="acme")
+    client = app.test_client()
+    for left in (2, 1, 0):
+        answered = client.post("/protected-with-key", headers=bearer(key))
+        assert answered.status_code == 200
+        assert (answered.headers["X-RateLimit-Limit"], answered.headers["X-RateLimit-Remaining"]) == ("3", str(left))
+    refused = client.post("/protected-with-key", headers=bearer(key))
+    assert refused.status_code == 429 and refused.get_json()["limit"] == "per-minute"
+    assert refused.headers["RateLimit-Policy"] == '"default";q=3;w=60' and int(refused.headers["Retry-After"]) >= 1
