@@ -26,7 +26,7 @@ from .verification.verifier import Verifier
 
 # keyservice's own routes: the management API, its OpenAPI document, the dashboard, leak reports, tokens.
 OWN_BLUEPRINTS = frozenset(
-    {"keys", "roles", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning", "oauth"}
+    {"keys", "roles", "identities", "webhooks", "keyservice-api-docs", "dashboard", "secret-scanning", "oauth"}
 )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from keyservice import require_key, verify_key
 from keyservice.app import db
 from keyservice.core.models import NamedLimit
+from keyservice.core.state import current_state
 from keyservice.management.identities import ensure_identity, set_limits
 
 from .conftest import IssueKey
@@ -154,3 +155,112 @@ def test_a_refusal_names_the_limit_and_the_headers_describe_the_nearest_to_runni
     refused = client.post("/protected-with-key", headers=bearer(key))
     assert refused.status_code == 429 and refused.get_json()["limit"] == "per-minute"
     assert refused.headers["RateLimit-Policy"] == '"default";q=3;w=60' and int(refused.headers["Retry-After"]) >= 1
+
+
+# --- /identities ------------------------------------------------------------------------------------
+
+
+def manager(issue_key: IssueKey, client: str = "acme") -> dict[str, str]:
+    """The Authorization header of a keys:read + keys:write manager of ``client``."""
+    return bearer(issue_key(name="manager", external_client_id=client, scopes=("keys:read", "keys:write"))[1])
+
+
+REQUESTS = {"name": "requests", "limit": 20, "period": 10}
+CREDITS = {"name": "credits", "remaining": 100, "refill": {"amount": 100, "interval": "monthly"}, "low_threshold": 10}
+
+
+def test_a_manager_makes_its_clients_identity_and_its_keys_are_held_to_it(app: Flask, issue_key: IssueKey) -> None:
+    client = app.test_client()
+    acme = manager(issue_key)
+    created = client.post(
+        "/identities", headers=acme, json={"external_client_id": "acme", "meta": {"plan": "pro"}, "limits": [REQUESTS]}
+    )
+    assert created.status_code == 201, created.get_json()
+    identity = created.get_json()
+    assert (identity["external_client_id"], identity["meta"]) == ("acme", {"plan": "pro"})
+    assert identity["limits"] == [{"name": "requests", "auto_apply": True, "limit": 20, "period": 10}]
+    _, key = issue_key(external_client_id="acme")
+    assert outcomes(app, "/protected-with-key", [key], 22) == {(200, None): 20, (429, "requests"): 2}
+    # Every key of acme shares the limit, the manager's own too: its next call is refused.
+    refused = client.get(f"/identities/{identity['id']}", headers=acme)
+    assert (refused.status_code, refused.get_json()["limit"]) == (429, "requests")
+    admin = bearer(issue_key(name="operator", external_client_id="ops", scopes=("keys:admin",))[1])
+    assert client.get(f"/identities/{identity['id']}", headers=admin).get_json() == identity
+    assert [item["id"] for item in client.get("/identities", headers=admin).get_json()["items"]] == [identity["id"]]
+    again = client.post("/identities", headers=admin, json={"external_client_id": "acme"})
+    assert (again.status_code, again.get_json()["code"]) == (409, "CONFLICT")
+
+
+def test_a_manager_may_tighten_but_not_loosen_and_sees_no_other_clients_identity(
+    app: Flask, issue_key: IssueKey
+) -> None:
+    client = app.test_client()
+    admin = bearer(issue_key(name="operator", external_client_id="ops", scopes=("keys:admin",))[1])
+    acme, globex = manager(issue_key), manager(issue_key, "globex")
+    roomy = {"name": "requests", "limit": 1000, "period": 10}  # the manager's own calls count in it too
+    identity = client.post(
+        "/identities", headers=admin, json={"external_client_id": "acme", "limits": [roomy, CREDITS]}
+    ).get_json()
+    path = f"/identities/{identity['id']}"
+    tighter = {**roomy, "limit": 500}
+    fewer = {**CREDITS, "remaining": 50}  # below what is left: each of the manager's calls took one
+    assert client.patch(path, headers=acme, json={"limits": [tighter, fewer]}).status_code == 200
+    for loosened, field in (
+        ([{**roomy, "limit": 600}, fewer], "limits.requests"),  # raised
+        ([tighter], "limits.credits"),  # removed
+        ([tighter, CREDITS], "limits.credits"),  # topped up
+        ([tighter, {**fewer, "refill": {"amount": 100, "interval": "daily"}}], "limits.credits"),  # refilled sooner
+        ([{**tighter, "auto_apply": False}, fewer], "limits.requests"),  # counted only when named
+    ):
+        refused = client.patch(path, headers=acme, json={"limits": loosened})
+        assert (refused.status_code, refused.get_json()["code"]) == (403, "LOOSENING_NEEDS_ADMIN"), loosened
+        assert field in refused.get_json()["errors"]["json"]
+    assert client.delete(path, headers=acme).status_code == 403  # removing its limits loosens them
+    assert client.get(path, headers=acme).get_json()["limits"][1]["limit"] == 500  # nothing changed
+    # Another client's identity is exactly an unknown one.
+    theirs, unknown = client.get(path, headers=globex), client.get("/identities/AAAAAAAAAAAAAAAA", headers=globex)
+    assert (theirs.status_code, theirs.get_data()) == (unknown.status_code, unknown.get_data())
+    assert client.patch(path, headers=globex, json={"meta": {}}).get_data() == unknown.get_data()
+    assert client.get("/identities?external_client_id=acme", headers=globex).get_json() == {"items": []}
+    refused = client.post("/identities", headers=globex, json={"external_client_id": "initech"})
+    assert refused.status_code == 403
+    assert client.patch(path, headers=admin, json={"limits": [{**roomy, "limit": 5000}]}).status_code == 200
+    assert client.delete(path, headers=admin).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("limit", "field"),
+    [
+        ({"name": "x"}, "_schema"),
+        ({"name": "x", "limit": 5}, "_schema"),
+        ({"name": "x", "limit": 5, "period": 10, "remaining": 3}, "_schema"),
+        ({"name": "X Y", "remaining": 3}, "name"),
+        ({"name": "x", "remaining": -1}, "remaining"),
+        ({"name": "x", "remaining": 10**13}, "remaining"),
+        ({"name": "x", "limit": 0, "period": 10}, "limit"),
+        ({"name": "x", "limit": 5, "period": 10, "auto_apply": "yes"}, "auto_apply"),
+    ],
+)
+def test_a_limit_is_one_kind_or_the_other_and_checked(
+    app: Flask, issue_key: IssueKey, limit: dict[str, Any], field: str
+) -> None:
+    refused = app.test_client().post(
+        "/identities", headers=manager(issue_key), json={"external_client_id": "acme", "limits": [limit]}
+    )
+    assert refused.status_code == 422, refused.get_json()
+    assert field in refused.get_json()["errors"]["json"]["limits"]["0"]
+
+
+def test_an_identitys_usage_adds_up_all_its_keys(app: Flask, issue_key: IssueKey) -> None:
+    client = app.test_client()
+    acme = manager(issue_key)
+    identity = client.post("/identities", headers=acme, json={"external_client_id": "acme"}).get_json()
+    keys = [issue_key(external_client_id="acme")[1] for _ in range(2)]
+    assert outcomes(app, "/protected-with-key", keys, 6) == {(200, None): 6}
+    with app.app_context():
+        current_state().verifier.flush_usage()
+    used = client.get(f"/identities/{identity['id']}/usage?granularity=day", headers=acme).get_json()
+    [today] = used["items"]
+    assert today["counts"] == {"VALID": 6 + 1}  # and the manager's key, at the POST (this GET is not flushed yet)
+    other = client.get(f"/identities/{identity['id']}/usage", headers=manager(issue_key, "globex"))
+    assert other.status_code == 404

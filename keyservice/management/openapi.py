@@ -8,11 +8,12 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.state import state_of
 from .api import keys_blueprint, roles_blueprint
+from .identities_api import identities_blueprint
 from .oauth import oauth
 from .webhooks_api import webhooks_blueprint
 
 # The management API's blueprints and the token endpoint's, registered together (and documented) by register_api.
-API_BLUEPRINTS = (keys_blueprint, roles_blueprint, webhooks_blueprint, oauth)
+API_BLUEPRINTS = (keys_blueprint, roles_blueprint, identities_blueprint, webhooks_blueprint, oauth)
 
 
 class _ManagementApi(Api):  # type: ignore[misc]

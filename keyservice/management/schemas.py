@@ -522,3 +522,101 @@ class SelfServeKeyCreatedSchema(SelfServeKeySchema):
 class SelfServeKeyListSchema(Schema):
     items = fields.List(fields.Nested(SelfServeKeySchema))
     next_cursor = fields.String(allow_none=True)
+
+
+# Identities (/identities): a customer's limits shared by all its keys.
+
+MAX_NAMED_LIMITS = 20
+LIMIT_NAME_PATTERN = "[a-z0-9_.:-]{1,64}"
+
+
+class NamedLimitSchema(Schema):
+    """A rate limit (``limit`` per ``period`` seconds) or credits (``remaining``, with an optional
+    ``refill`` and a ``low_threshold`` for identity.credits_low): one or the other."""
+
+    name = Text(
+        required=True,
+        validate=validate.Regexp(rf"{LIMIT_NAME_PATTERN}\Z", error="Must be 1 to 64 of a-z 0-9 _ . : -."),
+        metadata={"pattern": f"^{LIMIT_NAME_PATTERN}$"},
+    )
+    auto_apply = StrictBoolean(load_default=True)
+    limit = fields.Integer(strict=True, validate=validate.Range(1, 1_000_000_000))
+    period = fields.Integer(
+        strict=True, validate=validate.Range(1, 31 * 24 * 3600), metadata={"description": "Seconds."}
+    )
+    remaining = fields.Integer(strict=True, validate=validate.Range(0, 1_000_000_000_000))
+    refill = fields.Nested(RefillSchema, allow_none=True)
+    low_threshold = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 1_000_000_000_000))
+
+    @validates_schema
+    def _one_kind(self, data: dict[str, Any], **kwargs: Any) -> None:
+        rate = "limit" in data or "period" in data
+        credits = "remaining" in data or data.get("refill") is not None or data.get("low_threshold") is not None
+        if rate == credits:
+            raise ValidationError("Either limit and period (a rate limit) or remaining (credits).", "_schema")
+        if rate and not ("limit" in data and "period" in data):
+            raise ValidationError("A rate limit needs both limit and period.", "_schema")
+        if credits and "remaining" not in data:
+            raise ValidationError("Credits need remaining.", "remaining")
+
+
+def _named_limits(**kwargs: Any) -> fields.List[Any]:
+    return fields.List(
+        fields.Nested(NamedLimitSchema), validate=[validate.Length(max=MAX_NAMED_LIMITS), _distinct_names], **kwargs
+    )
+
+
+def _distinct_names(limits: list[dict[str, Any]]) -> None:
+    names = [limit["name"] for limit in limits]
+    if len(set(names)) != len(names):
+        raise ValidationError("Each limit needs a name of its own.")
+
+
+class IdentityCreateSchema(Schema):
+    external_client_id = _name(required=True)
+    meta = _meta(load_default=dict)
+    limits = _named_limits(load_default=list)
+
+
+class IdentityUpdateSchema(Schema):
+    meta = _meta()
+    limits = _named_limits(metadata={"description": "The identity's limits, all of them: those left out are removed."})
+
+
+class NamedLimitOutSchema(Schema):
+    name = fields.String()
+    auto_apply = fields.Boolean()
+    limit = fields.Integer()
+    period = fields.Integer()
+    remaining = fields.Integer()
+    refill = fields.Nested(RefillSchema, allow_none=True)
+    low_threshold = fields.Integer(allow_none=True)
+
+
+class IdentitySchema(Schema):
+    id = fields.String()
+    external_client_id = fields.String()
+    meta = fields.Dict()
+    created_at = UtcTimestamp()
+    updated_at = UtcTimestamp()
+    limits = fields.List(fields.Nested(NamedLimitOutSchema))
+
+
+class IdentityListArgsSchema(Schema):
+    external_client_id = _name()
+
+
+class IdentityListSchema(Schema):
+    items = fields.List(fields.Nested(IdentitySchema))
+
+
+class IdentityUsageSchema(Schema):
+    identity_id = fields.String()
+    external_client_id = fields.String()
+    granularity = fields.String()
+    since = UtcTimestamp()
+    until = UtcTimestamp()
+    items = fields.List(
+        fields.Nested(UsagePeriodSchema),
+        metadata={"description": "Periods with any verification of any of its keys, oldest first."},
+    )

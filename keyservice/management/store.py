@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, func, or_, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, text, update
 
 from ..core.config import Settings
 from ..core.crypto import NewKey, generate_key, is_key_id
@@ -342,21 +342,45 @@ def key_usage(
 ) -> dict[str, Any]:
     """A key's verifications by outcome code, per hour or per UTC day, from ``since`` to ``until``
     (by default the last 24 hours, or 30 days); periods without any are left out."""
+    return {"key_id": key_id} | usage_of(session, KeyUsage.key_id == key_id, granularity, since, until)
+
+
+def client_usage(
+    session: AnySession,
+    external_client_id: str,
+    granularity: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """:func:`key_usage` across every key of a client (its identity's analytics)."""
+    keys = select(ApiKey.id).where(ApiKey.external_client_id == external_client_id)
+    return usage_of(session, KeyUsage.key_id.in_(keys), granularity, since, until)
+
+
+def usage_of(
+    session: AnySession,
+    which: ColumnElement[bool],
+    granularity: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """The verifications of the usage rows ``which`` selects, added up by outcome code per hour or
+    per UTC day (the database adds up each hour), from ``since`` to ``until``."""
     until = until or utcnow()
     since = since or until - (timedelta(hours=24) if granularity == "hour" else timedelta(days=30))
     first_hour = since.replace(minute=0, second=0, microsecond=0)
-    rows = session.scalars(
-        select(KeyUsage)
-        .where(KeyUsage.key_id == key_id, KeyUsage.hour >= first_hour, KeyUsage.hour < until)
+    rows = session.execute(
+        select(KeyUsage.hour, KeyUsage.outcome, func.sum(KeyUsage.count))
+        .where(which, KeyUsage.hour >= first_hour, KeyUsage.hour < until)
+        .group_by(KeyUsage.hour, KeyUsage.outcome)
         .order_by(KeyUsage.hour)
     )
     periods: dict[datetime, Counter[str]] = {}
-    for row in rows:
-        hour = cast(datetime, as_utc(row.hour))
+    for hour, outcome, count in rows:
+        hour = cast(datetime, as_utc(hour))
         start = hour if granularity == "hour" else hour.replace(hour=0)
-        periods.setdefault(start, Counter())[row.outcome] += row.count
+        periods.setdefault(start, Counter())[outcome] += int(count)
     return {
-        "key_id": key_id,
         "granularity": granularity,
         "since": since,
         "until": until,
