@@ -14,6 +14,7 @@ from .core.state import EXTENSION_NAME, KeyServiceState, current_state
 from .management.apirules import answer_store_errors
 from .management.cli import keys_cli, roles_cli, webhooks_cli
 from .management.dashboard import dashboard as dashboard_blueprint
+from .management.identities import announce_limit_event
 from .management.openapi import register_api
 from .management.principals import PrincipalLoader
 from .management.secret_scanning import GitHubKeys, secret_scanning
@@ -97,7 +98,7 @@ class KeyService:
         for table in Base.metadata.tables.values():
             if table.name not in db.metadata.tables:
                 table.to_metadata(db.metadata)
-        verifier = Verifier(settings, db, announce_usage_exhausted)
+        verifier = Verifier(settings, db, announce_usage_exhausted, announce_limit_event)
         signing_keys = SigningKeys(settings, db)
         state = KeyServiceState(
             settings,

@@ -6,6 +6,7 @@ End to end over gunicorn, workers and instances: tests/test_identities_e2e.py.""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,14 +14,16 @@ import pytest
 from flask import Flask, g
 from sqlalchemy import select
 
-from keyservice import require_key, verify_key
+from keyservice import KeyService, require_key, verify_key
 from keyservice.app import db
 from keyservice.core.models import NamedLimit
 from keyservice.core.state import current_state
 from keyservice.management.identities import ensure_identity, set_limits
 
-from .conftest import IssueKey
+from .conftest import IssueKey, migrated_app
 from .helpers import bearer
+from .receivers import Receiver, serving, webhook_settings
+from .test_webhooks import send_due
 
 
 def limits_of(app: Flask, client: str, *limits: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
@@ -264,3 +267,55 @@ def test_an_identitys_usage_adds_up_all_its_keys(app: Flask, issue_key: IssueKey
     assert today["counts"] == {"VALID": 6 + 1}  # and the manager's key, at the POST (this GET is not flushed yet)
     other = client.get(f"/identities/{identity['id']}/usage", headers=manager(issue_key, "globex"))
     assert other.status_code == 404
+
+
+# --- identity.credits_low and identity.rate_limited -------------------------------------------------
+
+
+@pytest.fixture
+def webhook_app(database_url: str) -> Iterator[Flask]:
+    """An app that can register webhook endpoints (its workers' sender off: the test sends)."""
+    with migrated_app(database_url, **webhook_settings(KEYSERVICE_WEBHOOKS_SEND="false")) as app:
+
+        @app.post("/costly")
+        @require_key(cost=7)
+        def costly_view() -> dict[str, Any]:
+            return {"ok": True}
+
+        yield app
+
+
+def test_low_credits_and_a_flood_are_announced_once_signed(webhook_app: Flask) -> None:
+    app = webhook_app
+    client = app.test_client()
+    with app.app_context():
+        _, admin = KeyService.create_key(name="operator", external_client_id="ops", scopes=["keys:admin"])
+        _, key = KeyService.create_key(name="app", external_client_id="acme")
+        db.session.commit()
+    pool = {"name": "credits", "remaining": 100, "low_threshold": 30}
+    burst = {"name": "burst", "limit": 35, "period": 60}  # 5 checks of 7
+    identity = client.post(
+        "/identities", headers=bearer(admin), json={"external_client_id": "acme", "limits": [pool, burst]}
+    ).get_json()
+    with serving(Receiver()) as server:
+        receiver = server.receiver
+        endpoint = client.post(
+            "/webhooks",
+            headers=bearer(admin),
+            json={"url": receiver.url, "events": ["identity.credits_low", "identity.rate_limited"]},
+        ).get_json()
+        receiver.secret = endpoint["secret"]
+        # 100 credits at 7 each: 93, 86, 79, 72, 65 (the burst of 5 is spent), then a flood of refusals.
+        assert outcomes(app, "/costly", [key], 5) == {(200, None): 5}
+        assert outcomes(app, "/costly", [key], 40, threads=8) == {(429, "burst"): 40}
+        # As a minute later: the burst has room again; and the pool crosses 30 at 23.
+        limits_of(app, "acme", {**pool, "remaining": 37}, {**burst, "limit": 1000})
+        assert outcomes(app, "/costly", [key], 3) == {(200, None): 3}  # 30, then 23: below 30, then 16
+        send_due(app)
+        got = receiver.accepted()
+    assert all(item.verified for item in got)
+    assert [item.payload["type"] for item in got] == ["identity.rate_limited", "identity.credits_low"]
+    rate_limited, credits_low = (item.payload["data"] for item in got)
+    assert (rate_limited["id"], rate_limited["limit"]["name"]) == (identity["id"], "burst")
+    assert (credits_low["limit"]["name"], credits_low["limit"]["remaining"]) == ("credits", 23)
+    assert key not in "".join(item.body.decode() for item in got)

@@ -69,6 +69,7 @@ class LimitRecord:
     limit: int | None
     period: int | None
     refill_interval: str | None
+    shared: bool = True  # the identity's (its events are identity.*), not the key's own
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,18 @@ a change that loosens a limit needs ``may_loosen`` (``keys:admin``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..core.crypto import is_key_id, new_id
 from ..core.models import CREDITS, RATE, AnySession, Identity, NamedLimit, utcnow
+from .schemas import IdentitySchema
 from .storeerrors import AdminOnly, RecordNotFound
+from .webhooks import enqueue_identity_event
 
 NO_SUCH_IDENTITY = "No identity has this id."
 # Refill intervals from the shortest: a shorter one refills more often (it loosens).
@@ -168,3 +170,46 @@ def delete_identity(session: AnySession, identity: Identity, may_loosen: bool) -
     that loosens them: ``may_loosen`` is needed."""
     set_limits(session, [], may_loosen, identity_id=identity.id)
     session.delete(identity)
+
+
+def identity_fields(session: AnySession, identity: Identity) -> dict[str, Any]:
+    """An identity's fields as the API gives them (for its schema to dump), its limits as they stand now."""
+    fields = {
+        name: getattr(identity, name) for name in ("id", "external_client_id", "meta", "created_at", "updated_at")
+    }
+    return fields | {"limits": [limit_fields(limit) for limit in identity_limits(session, identity.id)]}
+
+
+def announce_limit_event(session: AnySession, limit_id: int, event: str) -> None:
+    """Record, and announce as a webhook, that an identity's limit ``limit_id`` ran low on credits
+    (``credits_low``: once per crossing of its threshold) or refused a check (``rate_limited``: at
+    most once a period). The conditional UPDATE lets one check of all workers and instances do it."""
+    now = utcnow()
+    armed: tuple[ColumnElement[bool], ...]
+    if event == "credits_low":
+        armed = (
+            NamedLimit.low_threshold.is_not(None),
+            NamedLimit.remaining < NamedLimit.low_threshold,
+            NamedLimit.low_announced.is_(False),
+        )
+        values: dict[str, Any] = {"low_announced": True}
+    else:
+        limit = session.get(NamedLimit, limit_id)
+        if limit is None or limit.period is None:
+            return
+        cutoff = now - timedelta(seconds=limit.period)
+        armed = (or_(NamedLimit.rate_limited_announced_at.is_(None), NamedLimit.rate_limited_announced_at <= cutoff),)
+        values = {"rate_limited_announced_at": now}
+    announced = session.execute(
+        update(NamedLimit)
+        .where(NamedLimit.id == limit_id, NamedLimit.identity_id.is_not(None), *armed)
+        .values(**values)
+        .returning(NamedLimit.identity_id)
+    ).first()
+    if announced is None:
+        return
+    identity = session.get(Identity, announced[0])
+    limit = session.get(NamedLimit, limit_id, populate_existing=True)
+    if identity is not None and limit is not None:
+        shown = IdentitySchema().dump(identity_fields(session, identity))
+        enqueue_identity_event(session, event, shown, limit_fields(limit))

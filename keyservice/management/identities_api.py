@@ -26,8 +26,7 @@ from .identities import (
     create_identity,
     delete_identity,
     get_identity,
-    identity_limits,
-    limit_fields,
+    identity_fields,
     list_identities,
     set_limits,
 )
@@ -79,9 +78,7 @@ def _managed(identity_id: str, lock: bool = False) -> Identity:
 
 
 def _shown(identity: Identity) -> dict[str, Any]:
-    return {
-        name: getattr(identity, name) for name in ("id", "external_client_id", "meta", "created_at", "updated_at")
-    } | {"limits": [limit_fields(limit) for limit in identity_limits(_session(), identity.id)]}
+    return identity_fields(_session(), identity)
 
 
 @identities_blueprint.route("", methods=["POST"])

@@ -349,6 +349,8 @@ WEBHOOK_EVENTS = (
     "key.leaked",
     "key.expiring",
     "key.usage_exhausted",
+    "identity.credits_low",
+    "identity.rate_limited",
 )
 MAX_URL_LENGTH = 2000
 

@@ -147,24 +147,38 @@ def _add_message(
     return [delivery.id for delivery in deliveries]
 
 
-def enqueue_key_event(session: AnySession, api_key: ApiKey, action: str, changes: dict[str, Any]) -> None:
-    """Put ``key.<action>`` for ``api_key`` in the outbox, for every endpoint that wants it: the
-    operator's and those of the key's client. Nothing is written when no endpoint does."""
-    event_type = f"key.{action}"
-    endpoints = [
+def _wanting(session: AnySession, event_type: str, external_client_id: str) -> list[WebhookEndpoint]:
+    """The endpoints that want ``event_type`` of a client: the operator's, and the client's own."""
+    return [
         endpoint
         for endpoint in session.scalars(
             select(WebhookEndpoint).where(
                 or_(
                     WebhookEndpoint.external_client_id.is_(None),
-                    WebhookEndpoint.external_client_id == api_key.external_client_id,
+                    WebhookEndpoint.external_client_id == external_client_id,
                 )
             )
         )
         if not endpoint.events or event_type in endpoint.events
     ]
+
+
+def enqueue_key_event(session: AnySession, api_key: ApiKey, action: str, changes: dict[str, Any]) -> None:
+    """Put ``key.<action>`` for ``api_key`` in the outbox, for every endpoint that wants it: the
+    operator's and those of the key's client. Nothing is written when no endpoint does."""
+    event_type = f"key.{action}"
+    endpoints = _wanting(session, event_type, api_key.external_client_id)
     if endpoints:
         _add_message(session, event_type, api_key.id, KeySchema().dump(api_key), changes, endpoints)
+
+
+def enqueue_identity_event(session: AnySession, event: str, identity: dict[str, Any], limit: dict[str, Any]) -> None:
+    """Put ``identity.<event>`` in the outbox for the endpoints that want it (the operator's and the
+    client's): the identity object as the API gives it, and the limit it is about."""
+    event_type = f"identity.{event}"
+    endpoints = _wanting(session, event_type, identity["external_client_id"])
+    if endpoints:
+        _add_message(session, event_type, None, identity | {"limit": limit}, {}, endpoints)
 
 
 def enqueue_test(session: AnySession, endpoint: WebhookEndpoint) -> int:

@@ -25,14 +25,18 @@ from .quota import quota_statement, refill_boundary, take_uses, timestamp_binder
 
 _DUE = "refill_amount IS NOT NULL AND (refilled_at IS NULL OR refilled_at < :boundary)"
 _REFILLED = f"CASE WHEN {_DUE} THEN refill_amount ELSE remaining END"
+# What is left, and whether that is below the pool's low threshold with no announcement made yet
+# (a refill arms the announcement again).
+_LOW = "low_threshold IS NOT NULL AND remaining < low_threshold AND NOT low_announced"
 _TAKE = (
     f"UPDATE {NamedLimit.__tablename__} SET remaining = {_REFILLED} - :cost,"
+    f" low_announced = CASE WHEN {_DUE} THEN false ELSE low_announced END,"
     f" refilled_at = CASE WHEN {_DUE} THEN :now ELSE refilled_at END"
-    f" WHERE id = :limit_id AND {_REFILLED} >= :cost RETURNING remaining"
+    f" WHERE id = :limit_id AND {_REFILLED} >= :cost RETURNING remaining, {_LOW}"
 )
 _TAKE_NO_REFILL = (
     f"UPDATE {NamedLimit.__tablename__} SET remaining = remaining - :cost"
-    " WHERE id = :limit_id AND remaining >= :cost RETURNING remaining"
+    f" WHERE id = :limit_id AND remaining >= :cost RETURNING remaining, {_LOW}"
 )
 
 
@@ -44,6 +48,7 @@ class Drawn:
     taken: bool
     key_remaining: int | None = None
     refused: str | None = None
+    running_low: tuple[int, ...] = ()  # the ids of identity pools now below their low threshold, unannounced
 
 
 class _Refused(Exception):
@@ -63,6 +68,7 @@ class Credits:
         engine = self._engine()
         dialect = engine.dialect
         key_remaining = None
+        running_low = []
         try:
             with rawsql.transaction(engine) as transaction:
                 if record.remaining is not None:
@@ -71,11 +77,14 @@ class Credits:
                         raise _Refused(None)
                     key_remaining = rows[0][0]
                 for limit, limit_cost in sorted(limits, key=lambda drawn: drawn[0].id):
-                    if not transaction.run(*self._take(engine, limit, limit_cost)):
+                    rows = transaction.run(*self._take(engine, limit, limit_cost))
+                    if not rows:
                         raise _Refused(limit.name)
+                    if rows[0][1] and limit.shared:
+                        running_low.append(limit.id)
         except _Refused as refused:
             return Drawn(False, 0 if refused.name is None else None, refused.name)
-        return Drawn(True, key_remaining)
+        return Drawn(True, key_remaining, running_low=tuple(running_low))
 
     @staticmethod
     def _take(engine: Engine, limit: LimitRecord, cost: int) -> tuple[str, dict[str, Any]]:

@@ -24,7 +24,8 @@ _RECORD_SQL = f"SELECT {', '.join(_RECORD_NAMES)} FROM {ApiKey.__tablename__} WH
 _ROLE_SCOPES_SQL = f"SELECT scopes FROM {Role.__tablename__} WHERE name IN"
 # The key's own named limits and its identity's; by name, the key's own win (the key's first).
 _LIMITS_SQL = (
-    f"SELECT id, name, kind, auto_apply, rate_limit, period, refill_interval FROM {NamedLimit.__tablename__}"
+    "SELECT id, name, kind, auto_apply, rate_limit, period, refill_interval, key_id IS NULL"
+    f" FROM {NamedLimit.__tablename__}"
     f" WHERE key_id = :key_id OR identity_id = (SELECT id FROM {Identity.__tablename__}"
     " WHERE external_client_id = :client) ORDER BY key_id IS NULL, id"
 )
@@ -79,8 +80,9 @@ class KeyRows:
     @staticmethod
     def _limits(engine: Engine, key_id: str, client: str) -> tuple[LimitRecord, ...]:
         named: dict[str, LimitRecord] = {}
-        for limit_id, name, kind, auto_apply, limit, period, refill in rawsql.execute(
+        for limit_id, name, kind, auto_apply, limit, period, refill, shared in rawsql.execute(
             engine, _LIMITS_SQL, {"key_id": key_id, "client": client}, writes=False
         ):
-            named.setdefault(name, LimitRecord(limit_id, name, kind, bool(auto_apply), limit, period, refill))
+            limit_record = LimitRecord(limit_id, name, kind, bool(auto_apply), limit, period, refill, bool(shared))
+            named.setdefault(name, limit_record)
         return tuple(named.values())

@@ -119,8 +119,17 @@ class Verifier:
     """Checks keys for one app in one process; see the module docstring."""
 
     def __init__(
-        self, settings: Settings, db: SQLAlchemy, on_usage_exhausted: Callable[[Session, str], None] | None = None
+        self,
+        settings: Settings,
+        db: SQLAlchemy,
+        on_usage_exhausted: Callable[[Session, str], None] | None = None,
+        on_limit_event: Callable[[Session, int, str], None] | None = None,
     ) -> None:
+        """``on_usage_exhausted(session, key_id)``: a key is out of uses; ``on_limit_event(session,
+        limit_id, event)``: an identity's pool fell below its low threshold (``credits_low``) or its
+        rate limit refused a check (``rate_limited``: told at most once a period per worker). Each
+        in a transaction of its own, for the management side to record and announce."""
+
         def engine() -> Engine:
             return db.engine  # the app's, known in an app context
 
@@ -140,6 +149,8 @@ class Verifier:
         self._take_one_use = quota.take_one
         self._announce_exhausted = quota.announce_exhausted
         self._credits = Credits(engine)
+        self._on_limit_event = on_limit_event
+        self._rate_limited_told: dict[int, float] = {}  # limit id -> when this worker may tell again
         self._lock = threading.Lock()
         self._shared_stores: _Shared | None = None
         self._checking: dict[bytes, tuple[threading.Lock, int]] = {}  # digest -> its lock, threads at it
@@ -296,6 +307,8 @@ class Verifier:
                 full = next(
                     i for i, (w, hit) in enumerate(zip(windows, hits, strict=True)) if hit.count + w.cost > w.limit
                 )
+                if names[full] is not None:
+                    self._rate_limited(named, names[full])
                 return VerificationResult(
                     Outcome.RATE_LIMITED,
                     key_id=record.id,
@@ -316,8 +329,30 @@ class Verifier:
                     Outcome.USAGE_EXCEEDED, key_id=record.id, remaining=drawn.key_remaining, limit=drawn.refused
                 )
             remaining = drawn.key_remaining
+            for limit_id in drawn.running_low:
+                self._tell(limit_id, "credits_low")
         nearest = min(states, key=lambda state: state.remaining / state.limit, default=None)
         return dataclasses.replace(valid, remaining=remaining, ratelimit=nearest)
+
+    def _rate_limited(self, named: list[tuple[LimitRecord, int]], name: str | None) -> None:
+        """Tell of an identity's rate limit that refused, at most once a period from this worker
+        (the database's conditional UPDATE makes it once a period across all of them)."""
+        limit = next(limit for limit, _ in named if limit.name == name)
+        now = time.monotonic()
+        if not limit.shared or self._rate_limited_told.get(limit.id, 0.0) > now:
+            return
+        self._rate_limited_told[limit.id] = now + (limit.period or 1)
+        self._tell(limit.id, "rate_limited")
+
+    def _tell(self, limit_id: int, event: str) -> None:
+        if self._on_limit_event is None:
+            return
+        try:
+            with Session(self._engine()) as session, session.begin():
+                self._on_limit_event(session, limit_id, event)
+        except SQLAlchemyError as error:
+            # An announcement is not worth a refused or failed check: the next crossing tells.
+            current_app.logger.warning("keyservice: identity.%s not recorded (%s)", event, error_name(error))
 
     def _give_back(self, windows: list[Counted]) -> None:
         try:
