@@ -15,6 +15,7 @@ from .management.apirules import answer_store_errors
 from .management.cli import keys_cli, roles_cli, webhooks_cli
 from .management.dashboard import dashboard as dashboard_blueprint
 from .management.identities import announce_limit_event
+from .management.identities_cli import identities_cli
 from .management.openapi import register_api
 from .management.principals import PrincipalLoader
 from .management.secret_scanning import GitHubKeys, secret_scanning
@@ -124,6 +125,7 @@ class KeyService:
             app.register_blueprint(self_serve_page, url_prefix=f"{self._url_prefix}{self_serve_page.url_prefix}")
         for command in (keys_cli, roles_cli, webhooks_cli):
             app.cli.add_command(command)
+        keys_cli.add_command(identities_cli)
 
     @staticmethod
     def create_key(**fields: Any) -> tuple[ApiKey, str]:

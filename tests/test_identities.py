@@ -5,6 +5,7 @@ End to end over gunicorn, workers and instances: tests/test_identities_e2e.py.""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -319,3 +320,63 @@ def test_low_credits_and_a_flood_are_announced_once_signed(webhook_app: Flask) -
     assert (rate_limited["id"], rate_limited["limit"]["name"]) == (identity["id"], "burst")
     assert (credits_low["limit"]["name"], credits_low["limit"]["remaining"]) == ("credits", 23)
     assert key not in "".join(item.body.decode() for item in got)
+
+
+# --- flask keys identities ------------------------------------------------------------------------
+
+
+def test_the_cli_makes_shows_changes_and_deletes_an_identity(app: Flask, issue_key: IssueKey) -> None:
+    runner = app.test_cli_runner()
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(args=["keys", "identities", *args])
+        assert result.exit_code == 0, result.output
+        return result
+
+    made = json.loads(
+        run(
+            "create",
+            "acme",
+            "--ratelimit",
+            "requests=20/10s",
+            "--credits",
+            "credits=100",
+            "--refill",
+            "credits=100/monthly",
+            "--low",
+            "credits=10",
+            "--credits",
+            "tokens=5000",
+            "--manual",
+            "tokens",
+            "--json",
+        ).stdout
+    )
+    assert made["limits"] == [
+        {
+            "name": "credits",
+            "auto_apply": True,
+            "remaining": 100,
+            "refill": {"amount": 100, "interval": "monthly"},
+            "low_threshold": 10,
+        },
+        {"name": "requests", "auto_apply": True, "limit": 20, "period": 10},
+        {"name": "tokens", "auto_apply": False, "remaining": 5000, "refill": None, "low_threshold": None},
+    ]
+    assert json.loads(run("show", made["id"], "--json").stdout) == json.loads(run("show", "acme", "--json").stdout)
+    _, key = issue_key(external_client_id="acme")
+    assert outcomes(app, "/protected-with-key", [key], 3) == {(200, None): 3}
+    assert json.loads(run("show", "acme", "--json").stdout)["limits"][0]["remaining"] == 97
+    changed = json.loads(run("set", "acme", "--ratelimit", "requests=50/10s", "--json").stdout)
+    assert [limit["name"] for limit in changed["limits"]] == ["requests"]  # exactly these: the operator may loosen
+    run("delete", "acme")
+    refused = runner.invoke(args=["keys", "identities", "show", "acme"])
+    assert (refused.exit_code, refused.stderr.strip()) == (2, "Error: No identity has this id or client id.")
+    for wrong in (
+        ["--ratelimit", "requests"],
+        ["--credits", "c=lots"],
+        ["--refill", "nope=1/daily"],
+        ["--ratelimit", "r=1/10s", "--manual", "x"],
+    ):
+        refused = runner.invoke(args=["keys", "identities", "create", "initech", *wrong])
+        assert refused.exit_code == 2 and refused.stderr.startswith("Error: ") and "Traceback" not in refused.output

@@ -157,13 +157,13 @@ def _session() -> Any:
     return current_state().db.session
 
 
-def _echo_json(value: Any) -> None:
+def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
 def _echo_new_key(api_key: ApiKey, key: str, as_json: bool) -> None:
     if as_json:
-        _echo_json({**KeySchema().dump(api_key), "key": key})
+        echo_json({**KeySchema().dump(api_key), "key": key})
     else:
         click.echo(key)
     click.echo("Store this key now: it will not be shown again.", err=True)
@@ -226,7 +226,7 @@ def list_command(external_client_id: str | None, include_revoked: bool, as_json:
         _session(), client_ids=[external_client_id] if external_client_id else None, include_revoked=include_revoked
     )
     if as_json:
-        _echo_json(KeySchema(many=True).dump(api_keys))
+        echo_json(KeySchema(many=True).dump(api_keys))
         return
     rows = [("ID", "STATUS", "CLIENT", "NAME", "SCOPES")] + [
         (api_key.id, api_key.status, api_key.external_client_id, api_key.name, " ".join(api_key.scopes))
@@ -246,7 +246,7 @@ def show_command(key_id: str, as_json: bool) -> None:
     api_key = store.get_key(_session(), key_id)
     shown = KeySchema().dump(api_key)
     if as_json:
-        _echo_json(shown)
+        echo_json(shown)
         return
     for field, value in shown.items():
         click.echo(f"{field:19}{json.dumps(value) if isinstance(value, (list, dict)) else value}")
@@ -265,7 +265,7 @@ def usage_command(key_id: str, granularity: str, since: str | None, until: str |
     )
     usage = UsageSchema().dump(store.key_usage(_session(), store.get_key(_session(), key_id).id, **args))
     if as_json:
-        _echo_json(usage)
+        echo_json(usage)
         return
     for period in usage["items"]:
         counts = " ".join(f"{code}={count}" for code, count in sorted(period["counts"].items()))
@@ -437,7 +437,7 @@ def role_list_command(as_json: bool) -> None:
     """List roles and their scopes."""
     roles = store.list_roles(_session())
     if as_json:
-        _echo_json(RoleSchema(many=True).dump(roles))
+        echo_json(RoleSchema(many=True).dump(roles))
         return
     for role in roles:
         click.echo(f"{role.name}  [{' '.join(role.scopes)}]")
@@ -479,7 +479,7 @@ def webhook_list_command(as_json: bool) -> None:
     """List endpoints (never their secrets)."""
     endpoints = webhooks.list_endpoints(_session(), None)
     if as_json:
-        _echo_json(WebhookSchema(many=True).dump(endpoints))
+        echo_json(WebhookSchema(many=True).dump(endpoints))
         return
     for endpoint in endpoints:
         click.echo(
@@ -509,7 +509,7 @@ def webhook_deliveries_command(endpoint_id: str, as_json: bool) -> None:
     """An endpoint's last 100 deliveries, newest first."""
     items = DeliverySchema(many=True).dump(webhooks.list_deliveries(_session(), _endpoint(endpoint_id)))
     if as_json:
-        _echo_json(items)
+        echo_json(items)
         return
     for item in items:
         click.echo(
