@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as stack:
         tmp = Path(temp)
         redis_url = stack.enter_context(redis_server(tmp / "redis.log"))
-        redis_pids = pids_of(f"--port\0{redis_url.rsplit(':', 1)[1].split('/')[0]}\0")
+        # redis-server retitles itself "redis-server 127.0.0.1:<port>".
+        redis_pids = pids_of(f"redis-server 127.0.0.1:{redis_url.rsplit(':', 1)[1].split('/')[0]}")
         if not redis_pids:
             sys.exit("bench.identities: the Redis server's process was not found, so it cannot be pinned")
         for pid in redis_pids:
