@@ -289,3 +289,42 @@ def test_an_operator_sees_a_leaked_key_and_the_webhook_endpoints_deliveries(
             delivery = page.locator("#deliveries tbody tr").first
             delivery.wait_for()
             assert "key.leaked" in (delivery.text_content() or "") and "delivered" in (delivery.text_content() or "")
+
+
+def test_filtering_by_a_client_shows_its_identitys_shared_limits_and_use(
+    browser: Browser, service: tuple[str, KeysCli]
+) -> None:
+    base, cli = service
+    # An operator of its own client: acme's management keys would draw on acme's credits too.
+    operator = ("keys", "create", "--name", "operator", "--client-id", "ops", "--scope", "keys:admin")
+    admin = flask_cli(cli.environ, *operator).stdout.strip()
+    made = flask_cli(
+        cli.environ,
+        "keys",
+        "identities",
+        "create",
+        "acme",
+        "--ratelimit",
+        "requests=20/10s",
+        "--credits",
+        "credits=500",
+        "--low",
+        "credits=50",
+    )
+    assert made.returncode == 0, made.stderr
+    _, key = cli.create_key()  # of acme
+    for _ in range(3):
+        assert request(base + "/protected-with-key", "POST", bearer(key)).status == 200
+    page = page_at(browser, base)
+    sign_in(page, admin)
+    page.get_by_label("Client", exact=True).fill("acme")
+    page.get_by_label("Client", exact=True).press("Enter")
+    panel = page.get_by_role("region", name="Customer acme")
+    panel.locator("#identity-limits tbody tr").first.wait_for()
+    rows = panel.locator("#identity-limits tbody tr").all_text_contents()
+    assert rows == ["creditscredits497 left, alert below 50every check", "requestsrate limit20 per 10 severy check"]
+    panel.locator("#identity-chart svg").wait_for()
+    page.get_by_label("Client", exact=True).fill("globex")
+    page.get_by_label("Client", exact=True).press("Enter")
+    page.get_by_text("This client has no identity").wait_for()
+    assert page.locator("#identity-limits").is_hidden()

@@ -120,6 +120,46 @@ async function loadKeys(more = false) {
   } catch (error) { showError(error); }
 }
 
+// The client filtered by, as a customer: its identity's shared limits and its keys' use (7 days).
+let identityShown = 0;
+
+function limitRow(limit) {
+  const tr = document.createElement("tr");
+  const rate = limit.period !== undefined;
+  const now = rate
+    ? `${limit.limit} per ${limit.period} s`
+    : `${limit.remaining} left` + (limit.refill ? `, ${limit.refill.amount} ${limit.refill.interval}` : "")
+      + (limit.low_threshold ? `, alert below ${limit.low_threshold}` : "");
+  tr.append(
+    cell(limit.name, "Shared limit"),
+    cell(rate ? "rate limit" : "credits", "Kind"),
+    cell(now, "Now"),
+    cell(limit.auto_apply ? "every check" : "when named", "Counted"),
+  );
+  return tr;
+}
+
+async function loadIdentity() {
+  const shown = ++identityShown;
+  const client = $("client-filter").value.trim();
+  $("identity").hidden = !client;
+  if (!client) return;
+  try {
+    const [identity] = (await api("GET", `/identities?external_client_id=${encodeURIComponent(client)}`)).items;
+    if (shown !== identityShown) return;
+    $("identity-title").textContent = `Customer ${client}`;
+    $("no-identity").hidden = Boolean(identity);
+    $("identity-limits").hidden = !identity || !identity.limits.length;
+    $("identity-limits").tBodies[0].replaceChildren(...(identity ? identity.limits.map(limitRow) : []));
+    $("identity-chart").replaceChildren();
+    if (!identity) return;
+    const since = new Date(Date.now() - 7 * 24 * 3600 * 1000).toISOString();
+    const path = `/identities/${encodeURIComponent(identity.id)}/usage?granularity=day&since=${encodeURIComponent(since)}`;
+    const usage = await api("GET", path);
+    if (shown === identityShown) $("identity-chart").replaceChildren(chart(usage.items));
+  } catch (error) { if (shown === identityShown) showError(error); }
+}
+
 function applySearch() {
   const wanted = $("search").value.trim().toLowerCase();
   let shown = 0;
@@ -258,6 +298,7 @@ function signOut(clear = true) {
   $("keys").tBodies[0].replaceChildren();
   $("new-key").hidden = true;
   $("usage").hidden = true;
+  $("identity").hidden = true;
   $("webhooks").hidden = true;
   $("deliveries").hidden = true;
   $("deliveries-title").hidden = true;
@@ -288,7 +329,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("sign-out").addEventListener("click", () => signOut());
   $("create").addEventListener("submit", create);
   $("search").addEventListener("input", applySearch);
-  $("client-filter").addEventListener("change", () => loadKeys());
+  $("client-filter").addEventListener("change", () => { loadKeys(); loadIdentity(); });
   $("include-revoked").addEventListener("change", () => loadKeys());
   $("more").addEventListener("click", () => loadKeys(true));
   $("copy-key").addEventListener("click", () => navigator.clipboard.writeText($("new-key-value").textContent));
