@@ -380,3 +380,20 @@ def test_the_cli_makes_shows_changes_and_deletes_an_identity(app: Flask, issue_k
     ):
         refused = runner.invoke(args=["keys", "identities", "create", "initech", *wrong])
         assert refused.exit_code == 2 and refused.stderr.startswith("Error: ") and "Traceback" not in refused.output
+
+
+def test_a_rotation_carries_the_keys_own_limits_and_moves_its_credits(app: Flask, issue_key: IssueKey) -> None:
+    key_id, old = issue_key(external_client_id="acme")
+    with app.app_context():
+        own = [{"name": "requests", "limit": 2, "period": 60}, {"name": "credits", "remaining": 5}]
+        set_limits(db.session, own, may_loosen=True, key_id=key_id)
+        db.session.commit()
+    manager = bearer(issue_key(name="m", external_client_id="acme", scopes=("keys:read", "keys:write"))[1])
+    rotated = app.test_client().post(f"/keys/{key_id}/rotate", headers=manager, json={"grace_seconds": 3600})
+    new = rotated.get_json()["key"]
+    # The new key is held to the same rate limit; the credits are its own now, the old key has none.
+    assert outcomes(app, "/protected-with-key", [new], 3) == {(200, None): 2, (429, "requests"): 1}
+    assert outcomes(app, "/protected-with-key", [old], 1) == {(429, "credits"): 1}
+    with app.app_context():
+        left = db.session.scalars(select(NamedLimit.remaining).where(NamedLimit.name == "credits")).all()
+    assert sorted(left) == [0, 3]

@@ -153,6 +153,18 @@ def set_limits(
     session.flush()
 
 
+def carry_key_limits(session: AnySession, old_key_id: str, new_key_id: str) -> None:
+    """A rotation's new key gets the old key's own named limits: rate limits as they are, credits
+    moved (the old key keeps none: its grace period cannot spend them twice)."""
+    own = key_limits(session, old_key_id)
+    if not own:
+        return
+    set_limits(session, [limit_fields(limit) for limit in own], may_loosen=True, key_id=new_key_id)
+    for limit in own:
+        if limit.kind == CREDITS:
+            limit.remaining = 0
+
+
 def create_identity(
     session: AnySession, external_client_id: str, meta: dict[str, Any], limits: list[dict[str, Any]]
 ) -> Identity:

@@ -26,6 +26,7 @@ from ..core.keystatus import LEAKED
 from ..core.models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
 from ..core.outcomes import Outcome
 from ..verification.changefeed import serialise_changes
+from .identities import carry_key_limits
 from .loosening import loosened
 from .rolenames import ROLE_NAME_RULE, is_role_name
 from .storeerrors import AdminOnly, InvalidValue, RecordNotFound, StateConflict
@@ -314,6 +315,7 @@ def rotate_key(
     )
     new_key.refilled_at = api_key.refilled_at  # a refill that is due stays due
     new_key.disabled_by_admin = api_key.disabled_by_admin
+    carry_key_limits(session, api_key.id, new_key.id)
     api_key.rotated_to = new_key.id
     if api_key.remaining is not None:
         # The uses left move to the new key; the old one, and any key that drew on it, draw on the new one.
