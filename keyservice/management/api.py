@@ -11,17 +11,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flask import g, request
+from flask import request
 from flask_smorest import Blueprint
 
 from ..core.crypto import parse_key
 from ..core.errors import NotAllowed, StorageUnavailable
 from ..core.models import AnySession, ApiKey
 from ..core.outcomes import Outcome, VerificationResult
-from ..core.scopes import Principal
 from ..core.state import current_state
 from .apirules import apply_api_rules, no_store, problem_for, problems
-from .principals import requires
+from .principals import current_principal, requires
 from .schemas import (
     EventListSchema,
     KeyCreatedSchema,
@@ -66,11 +65,6 @@ for _blueprint in (keys_blueprint, roles_blueprint):
 keys_blueprint.after_request(no_store)
 
 
-def _principal() -> Principal:
-    principal: Principal = g.principal
-    return principal
-
-
 def _session() -> AnySession:
     return current_state().db.session
 
@@ -82,11 +76,11 @@ def _session() -> AnySession:
 @problems(keys_blueprint, 413, 415, 422)
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Issue a key. The response holds the full key, this once."""
-    if not _principal().manages(fields["external_client_id"]):
+    if not current_principal().manages(fields["external_client_id"]):
         raise NotAllowed("You cannot create keys for that client.")
-    check_grantable(_principal(), _session(), fields["scopes"], fields["roles"])
+    check_grantable(current_principal(), _session(), fields["scopes"], fields["roles"])
     state = current_state()
-    api_key, key = create_key(state.db.session, state.settings, created_by=_principal().id, **fields)
+    api_key, key = create_key(state.db.session, state.settings, created_by=current_principal().id, **fields)
     state.db.session.commit()
     return with_key(api_key, key)
 
@@ -98,7 +92,7 @@ def create(fields: dict[str, Any]) -> dict[str, Any]:
 @problems(keys_blueprint, 422)
 def list_(args: dict[str, Any]) -> dict[str, Any]:
     """List keys, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
-    principal = _principal()
+    principal = current_principal()
     client_ids: set[str] | frozenset[str] | None = principal.client_ids
     if "external_client_id" in args:
         client_ids = {args["external_client_id"]} if principal.manages(args["external_client_id"]) else set()
@@ -121,7 +115,7 @@ def list_(args: dict[str, Any]) -> dict[str, Any]:
 @problems(keys_blueprint, 404)
 def show(key_id: str) -> ApiKey:
     """One key (never its secret)."""
-    return managed_key(_principal(), _session(), key_id)
+    return managed_key(current_principal(), _session(), key_id)
 
 
 @keys_blueprint.route("/<key_id>", methods=["PATCH"])
@@ -135,9 +129,11 @@ def update(changes: dict[str, Any], key_id: str) -> ApiKey:
     Only ``keys:admin`` may loosen a limit: raise or clear ``remaining`` or ``ratelimit``, add or
     raise a ``refill``, extend or clear ``expires_at``, or enable a key that ``keys:admin`` disabled
     (403 ``LOOSENING_NEEDS_ADMIN``)."""
-    api_key = locked_managed_key(_principal(), _session(), key_id)
-    check_grantable(_principal(), _session(), changes.get("scopes", []), changes.get("roles", []))
-    update_key(current_state().db.session, api_key, changes, _principal().id, may_loosen=_principal().is_admin)
+    api_key = locked_managed_key(current_principal(), _session(), key_id)
+    check_grantable(current_principal(), _session(), changes.get("scopes", []), changes.get("roles", []))
+    update_key(
+        current_state().db.session, api_key, changes, current_principal().id, may_loosen=current_principal().is_admin
+    )
     current_state().db.session.commit()
     return api_key
 
@@ -149,7 +145,7 @@ def update(changes: dict[str, Any], key_id: str) -> ApiKey:
 @problems(keys_blueprint, 404, 422)
 def revoke(args: dict[str, Any], key_id: str) -> None:
     """Revoke a key for good (it is kept for the audit trail), and every key rotated from it."""
-    revoke_managed(_principal(), _session(), key_id, args.get("reason"))
+    revoke_managed(current_principal(), _session(), key_id, args.get("reason"))
     _session().commit()
 
 
@@ -161,7 +157,7 @@ def revoke(args: dict[str, Any], key_id: str) -> None:
 def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """Issue a key with the same settings; the old one stops working after ``grace_seconds`` and
     shares the new key's ``remaining`` meanwhile. A key has one successor: rotating it again is 409."""
-    new_key, key = rotate_managed(_principal(), current_state(), key_id, args.get("grace_seconds", 0))
+    new_key, key = rotate_managed(current_principal(), current_state(), key_id, args.get("grace_seconds", 0))
     _session().commit()
     return with_key(new_key, key)
 
@@ -172,7 +168,7 @@ def rotate(args: dict[str, Any], key_id: str) -> dict[str, Any]:
 @problems(keys_blueprint, 404)
 def events(key_id: str) -> dict[str, Any]:
     """Who created, changed, rotated or revoked the key, and when (oldest first)."""
-    return {"items": key_events(_session(), managed_key(_principal(), _session(), key_id).id)}
+    return {"items": key_events(_session(), managed_key(current_principal(), _session(), key_id).id)}
 
 
 @keys_blueprint.route("/<key_id>/usage", methods=["GET"])
@@ -183,7 +179,7 @@ def events(key_id: str) -> dict[str, Any]:
 def usage(args: dict[str, Any], key_id: str) -> dict[str, Any]:
     """The key's verifications by outcome code, per hour or per UTC day. Counts reach the
     database every KEYSERVICE_USAGE_FLUSH_INTERVAL seconds (10 by default)."""
-    return key_usage(_session(), managed_key(_principal(), _session(), key_id).id, **args)
+    return key_usage(_session(), managed_key(current_principal(), _session(), key_id).id, **args)
 
 
 @keys_blueprint.route("/verify", methods=["POST"])
@@ -198,7 +194,7 @@ def verify(body: dict[str, Any]) -> dict[str, Any]:
     state = current_state()
     parsed = parse_key(body["key"].strip(), state.settings.key_prefix)
     api_key = None if parsed is None else state.db.session.get(ApiKey, parsed.key_id)
-    if api_key is not None and not _principal().manages(api_key.external_client_id):
+    if api_key is not None and not current_principal().manages(api_key.external_client_id):
         result = VerificationResult(Outcome.NOT_FOUND)
     else:
         result = state.verifier.verify(body["key"], body["scopes"], request.remote_addr)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
 from flask_smorest import Blueprint
 from sqlalchemy import select, text
 
 from ..core.errors import Conflict, NotAllowed, ResourceNotFound
 from ..core.models import AnySession, Identity
-from ..core.scopes import Principal
 from ..core.state import current_state
 from ..verification.changefeed import serialise_changes
 from .apirules import apply_api_rules, no_store, problems
@@ -30,7 +28,7 @@ from .identities import (
     list_identities,
     set_limits,
 )
-from .principals import requires
+from .principals import current_principal, requires
 from .schemas import (
     IdentityCreateSchema,
     IdentityListArgsSchema,
@@ -55,11 +53,6 @@ identities_blueprint.after_request(no_store)
 _LOCK_IDENTITY = text(f"UPDATE {Identity.__tablename__} SET meta = meta WHERE id = :identity_id")
 
 
-def _principal() -> Principal:
-    principal: Principal = g.principal
-    return principal
-
-
 def _session() -> AnySession:
     return current_state().db.session
 
@@ -68,7 +61,7 @@ def _managed(identity_id: str, lock: bool = False) -> Identity:
     """The identity, if the principal manages its client (else 404 as if there were none); with
     ``lock``, held until the transaction ends, so that changes of one identity are serialised."""
     identity = get_identity(_session(), identity_id)
-    if not _principal().manages(identity.external_client_id):
+    if not current_principal().manages(identity.external_client_id):
         raise ResourceNotFound(NO_SUCH_IDENTITY)
     if lock:
         serialise_changes(_session())  # before the row's lock, as for keys
@@ -89,7 +82,7 @@ def _shown(identity: Identity) -> dict[str, Any]:
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Make a client's identity, with its meta and limits (new limits only hold traffic back, so a
     manager of the client may). A client has one identity: a second is 409, change it instead."""
-    if not _principal().manages(fields["external_client_id"]):
+    if not current_principal().manages(fields["external_client_id"]):
         raise NotAllowed("You cannot make identities for that client.")
     session = _session()
     serialise_changes(session)
@@ -108,10 +101,10 @@ def create(fields: dict[str, Any]) -> dict[str, Any]:
 @problems(identities_blueprint, 422)
 def list_(args: dict[str, Any]) -> dict[str, Any]:
     """The identities of the clients the principal manages (``?external_client_id=`` for one)."""
-    client_ids = _principal().client_ids
+    client_ids = current_principal().client_ids
     if "external_client_id" in args:
         asked = args["external_client_id"]
-        client_ids = frozenset([asked]) if _principal().manages(asked) else frozenset()
+        client_ids = frozenset([asked]) if current_principal().manages(asked) else frozenset()
     return {"items": [_shown(identity) for identity in list_identities(_session(), client_ids)]}
 
 
@@ -134,7 +127,7 @@ def update(changes: dict[str, Any], identity_id: str) -> dict[str, Any]:
     needs ``keys:admin``: raising it, removing it, a refill added or raised, auto_apply turned off."""
     identity = _managed(identity_id, lock=True)
     if "limits" in changes:
-        set_limits(_session(), changes["limits"], _principal().is_admin, identity_id=identity.id)
+        set_limits(_session(), changes["limits"], current_principal().is_admin, identity_id=identity.id)
     if "meta" in changes:
         identity.meta = changes["meta"]
     _session().commit()
@@ -148,7 +141,7 @@ def update(changes: dict[str, Any], identity_id: str) -> dict[str, Any]:
 def delete(identity_id: str) -> None:
     """Delete an identity and its limits (its keys stay, with their own limits only): with limits,
     a loosening, for ``keys:admin``."""
-    delete_identity(_session(), _managed(identity_id, lock=True), _principal().is_admin)
+    delete_identity(_session(), _managed(identity_id, lock=True), current_principal().is_admin)
     _session().commit()
 
 

@@ -36,6 +36,12 @@ View = TypeVar("View", bound=Callable[..., Any])
 PrincipalLoader = Callable[[], "Principal | None"]
 
 
+def current_principal() -> Principal:
+    """The principal of the current request, as :func:`requires` (or the self-serve page) left it in ``g``."""
+    principal: Principal = g.principal
+    return principal
+
+
 def principal_from_key(scope: str) -> Principal:
     """Without a ``principal_loader``: the management key the request carries, which must hold
     ``scope``. The key is verified against it, so that a refusal (403) is counted in the key's

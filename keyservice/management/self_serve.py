@@ -54,6 +54,7 @@ from ..core.models import ApiKey, utcnow
 from ..core.scopes import Principal
 from ..core.state import current_state
 from .apirules import check_body, problem_for
+from .principals import current_principal
 from .schemas import (
     EXPIRY_PRESETS,
     RotateSchema,
@@ -85,11 +86,6 @@ CONTENT_SECURITY_POLICY = (
     " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def _principal() -> Principal:
-    principal: Principal = g.principal
-    return principal
 
 
 def _teams(principal: Principal) -> list[str]:
@@ -172,7 +168,7 @@ def _body() -> Any:
 
 def _team(requested: str | None) -> str:
     """The team a request is about: the one asked for if it is the principal's, or its only one."""
-    teams = _teams(_principal())
+    teams = _teams(current_principal())
     if requested is None:
         if len(teams) > 1:
             raise InvalidInput("Name the team.", errors={"json": {"team": ["Required: you are in several teams."]}})
@@ -205,7 +201,7 @@ def page_context() -> dict[str, Any]:
     layout's own): for a host that renders the ``key_manager`` macro in a page of its own
     (``render_template("mine.html", **page_context())``), in a request of a signed-in user."""
     settings = current_state().settings
-    principal = _principal()
+    principal = current_principal()
     return {
         "keyservice_page": {
             "title": settings.self_serve_title,
@@ -265,7 +261,7 @@ def create() -> tuple[dict[str, Any], int]:
     """Issue a key for the team; the answer holds the full key, this once."""
     body = _load(SelfServeCreateSchema(), _body(), "json")
     team = _team(body["team"])
-    offered = offered_scopes(_principal())
+    offered = offered_scopes(current_principal())
     not_offered = [scope for scope in body["scopes"] if scope not in offered]
     if not_offered:
         raise InvalidInput(
@@ -284,7 +280,7 @@ def create() -> tuple[dict[str, Any], int]:
         external_client_id=team,
         scopes=body["scopes"],
         expires_at=expires_at,
-        created_by=_principal().id,
+        created_by=current_principal().id,
     )
     state.db.session.commit()
     return _with_secret(api_key, key), 201
@@ -294,7 +290,7 @@ def create() -> tuple[dict[str, Any], int]:
 def rotate(key_id: str) -> tuple[dict[str, Any], int]:
     """A new key with the same settings; the old one works ``grace_seconds`` more."""
     body = _load(RotateSchema(), _body(), "json")
-    new_key, key = rotate_managed(_principal(), current_state(), key_id, body["grace_seconds"])
+    new_key, key = rotate_managed(current_principal(), current_state(), key_id, body["grace_seconds"])
     current_state().db.session.commit()
     return _with_secret(new_key, key), 201
 
@@ -304,7 +300,7 @@ def revoke(key_id: str) -> dict[str, Any]:
     """Revoke the key for good, with the reason given."""
     body = _load(SelfServeRevokeSchema(), _body(), "json")
     session = current_state().db.session
-    revoke_managed(_principal(), session, key_id, body["reason"])
+    revoke_managed(current_principal(), session, key_id, body["reason"])
     session.commit()
-    shown: dict[str, Any] = SelfServeKeySchema().dump(_as_seen([managed_key(_principal(), session, key_id)])[0])
+    shown: dict[str, Any] = SelfServeKeySchema().dump(_as_seen([managed_key(current_principal(), session, key_id)])[0])
     return shown

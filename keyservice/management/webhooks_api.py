@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
 from flask_smorest import Blueprint
 
 from ..core.errors import InvalidInput, NotAllowed
 from ..core.models import WebhookEndpoint
-from ..core.scopes import Principal
 from ..core.state import current_state
 from .apirules import apply_api_rules, no_store, problems
-from .principals import requires
+from .principals import current_principal, requires
 from .schemas import DeliveryListSchema, WebhookCreatedSchema, WebhookCreateSchema, WebhookListSchema, WebhookSchema
 from .webhooks import (
     create_endpoint,
@@ -39,15 +37,10 @@ apply_api_rules(webhooks_blueprint)
 webhooks_blueprint.after_request(no_store)  # create answers with a secret
 
 
-def _principal() -> Principal:
-    principal: Principal = g.principal
-    return principal
-
-
 def _owner(asked: str | None) -> str | None:
     """Whose the new endpoint is: the client asked for (if the principal manages it), the
     principal's one client, or nobody's, i.e. the operator's (keys:admin only)."""
-    principal = _principal()
+    principal = current_principal()
     if asked is not None:
         if not principal.manages(asked):
             raise NotAllowed("You cannot register endpoints for that client.")
@@ -63,7 +56,7 @@ def _owner(asked: str | None) -> str | None:
 
 
 def _endpoint(endpoint_id: str) -> WebhookEndpoint:
-    return get_endpoint(current_state().db.session, endpoint_id, _principal().client_ids)
+    return get_endpoint(current_state().db.session, endpoint_id, current_principal().client_ids)
 
 
 @webhooks_blueprint.route("", methods=["POST"])
@@ -80,7 +73,7 @@ def create(fields: dict[str, Any]) -> dict[str, Any]:
         url=fields["url"],
         events=fields["events"],
         external_client_id=_owner(fields["external_client_id"]),
-        created_by=_principal().id,
+        created_by=current_principal().id,
     )
     state.db.session.commit()
     return {name: getattr(endpoint, name) for name in WebhookSchema().fields} | {"secret": secret}
@@ -92,7 +85,7 @@ def create(fields: dict[str, Any]) -> dict[str, Any]:
 @problems(webhooks_blueprint)
 def list_() -> dict[str, Any]:
     """The endpoints the caller manages (never their secrets)."""
-    return {"items": list_endpoints(current_state().db.session, _principal().client_ids)}
+    return {"items": list_endpoints(current_state().db.session, current_principal().client_ids)}
 
 
 @webhooks_blueprint.route("/<endpoint_id>", methods=["DELETE"])
