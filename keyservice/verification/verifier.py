@@ -353,6 +353,9 @@ class Verifier:
         except SQLAlchemyError as error:
             # An announcement is not worth a refused or failed check: the next crossing tells.
             current_app.logger.warning("keyservice: identity.%s not recorded (%s)", event, error_name(error))
+        except Exception:
+            # Nor is a bug in it: the check's own answer stands; the bug is logged whole.
+            current_app.logger.exception("keyservice: identity.%s not recorded", event)
 
     def _give_back(self, windows: list[Counted]) -> None:
         try:
