@@ -309,6 +309,11 @@ def test_low_credits_and_a_flood_are_announced_once_signed(webhook_app: Flask) -
         # 100 credits at 7 each: 93, 86, 79, 72, 65 (the burst of 5 is spent), then a flood of refusals.
         assert outcomes(app, "/costly", [key], 5) == {(200, None): 5}
         assert outcomes(app, "/costly", [key], 40, threads=8) == {(429, "burst"): 40}
+        # Another worker (an app of its own on the same database) refused too: it finds the
+        # announcement made, and its refusals stay refusals.
+        with migrated_app(app.config["SQLALCHEMY_DATABASE_URI"]) as other_worker:
+            other_worker.add_url_rule("/costly", "costly", require_key(cost=7)(lambda: {"ok": True}), methods=["POST"])
+            assert outcomes(other_worker, "/costly", [key], 10, threads=4) == {(429, "burst"): 10}
         # As a minute later: the burst has room again; and the pool crosses 30 at 23.
         limits_of(app, "acme", {**pool, "remaining": 37}, {**burst, "limit": 1000})
         assert outcomes(app, "/costly", [key], 3) == {(200, None): 3}  # 30, then 23: below 30, then 16
@@ -397,3 +402,25 @@ def test_a_rotation_carries_the_keys_own_limits_and_moves_its_credits(app: Flask
     with app.app_context():
         left = db.session.scalars(select(NamedLimit.remaining).where(NamedLimit.name == "credits")).all()
     assert sorted(left) == [0, 3]
+
+
+def test_a_keys_own_limits_through_the_api_tighten_for_a_manager_and_loosen_for_keys_admin(
+    app: Flask, issue_key: IssueKey
+) -> None:
+    client = app.test_client()
+    acme = manager(issue_key)
+    admin = bearer(issue_key(name="operator", external_client_id="ops", scopes=("keys:admin",))[1])
+    limits = [{"name": "requests", "limit": 3, "period": 60}]
+    created = client.post("/keys", headers=acme, json={"name": "bot", "external_client_id": "acme", "limits": limits})
+    assert created.status_code == 201, created.get_json()
+    made = created.get_json()
+    assert made["limits"] == [{"name": "requests", "auto_apply": True, "limit": 3, "period": 60}]
+    assert outcomes(app, "/protected-with-key", [made["key"]], 4) == {(200, None): 3, (429, "requests"): 1}
+    path = f"/keys/{made['id']}"
+    raised = client.patch(path, headers=acme, json={"limits": [{**limits[0], "limit": 10}]})
+    assert (raised.status_code, raised.get_json()["code"]) == (403, "LOOSENING_NEEDS_ADMIN")
+    assert "limits.requests" in raised.get_json()["errors"]["json"]
+    assert client.patch(path, headers=admin, json={"limits": []}).get_json()["limits"] == []
+    events = client.get(f"{path}/events", headers=admin).get_json()["items"]
+    assert events[-1]["changes"]["limits"] == [made["limits"], []]
+    assert outcomes(app, "/protected-with-key", [made["key"]], 2) == {(200, None): 2}

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, event, false
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, scoped_session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, scoped_session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .keystatus import key_status
@@ -90,6 +90,8 @@ class ApiKey(Base):
     usage_exhausted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The expires_at that key.expiring was announced for (a new expires_at is announced again).
     expiry_announced_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Its own named limits (changed through management.identities.set_limits only).
+    named_limits: Mapped[list[NamedLimit]] = relationship(order_by="NamedLimit.name", viewonly=True)
 
     @property
     def refill(self) -> dict[str, Any] | None:
@@ -104,6 +106,11 @@ class ApiKey(Base):
         if self.ratelimit_limit is None or self.ratelimit_period is None:
             return None
         return {"limit": self.ratelimit_limit, "period": self.ratelimit_period}
+
+    @property
+    def limits(self) -> list[dict[str, Any]]:
+        """The API form of its own named limits (its identity's are the identity's)."""
+        return [limit.api_form for limit in self.named_limits]
 
     @property
     def status(self) -> str:
@@ -191,6 +198,17 @@ class NamedLimit(Base):
     low_announced: Mapped[bool] = mapped_column(default=False, server_default=false())
     # RATE: when identity.rate_limited was last sent (at most once a period).
     rate_limited_announced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def api_form(self) -> dict[str, Any]:
+        """The limit as the API gives it: its name, auto_apply, and its kind's settings."""
+        shown: dict[str, Any] = {"name": self.name, "auto_apply": self.auto_apply}
+        if self.kind == RATE:
+            return shown | {"limit": self.limit, "period": self.period}
+        refill = (
+            None if self.refill_amount is None else {"amount": self.refill_amount, "interval": self.refill_interval}
+        )
+        return shown | {"remaining": self.remaining, "refill": refill, "low_threshold": self.low_threshold}
 
 
 class KeyChange(Base):

@@ -30,15 +30,6 @@ NO_SUCH_IDENTITY = "No identity has this id."
 REFILL_INTERVALS = ("daily", "monthly")
 
 
-def limit_fields(limit: NamedLimit) -> dict[str, Any]:
-    """A named limit as the API shows it."""
-    shown: dict[str, Any] = {"name": limit.name, "auto_apply": limit.auto_apply}
-    if limit.kind == RATE:
-        return shown | {"limit": limit.limit, "period": limit.period}
-    refill = None if limit.refill_amount is None else {"amount": limit.refill_amount, "interval": limit.refill_interval}
-    return shown | {"remaining": limit.remaining, "refill": refill, "low_threshold": limit.low_threshold}
-
-
 def identity_limits(session: AnySession, identity_id: str) -> list[NamedLimit]:
     """An identity's named limits, by name."""
     query = select(NamedLimit).where(NamedLimit.identity_id == identity_id).order_by(NamedLimit.name)
@@ -159,7 +150,7 @@ def carry_key_limits(session: AnySession, old_key_id: str, new_key_id: str) -> N
     own = key_limits(session, old_key_id)
     if not own:
         return
-    set_limits(session, [limit_fields(limit) for limit in own], may_loosen=True, key_id=new_key_id)
+    set_limits(session, [limit.api_form for limit in own], may_loosen=True, key_id=new_key_id)
     for limit in own:
         if limit.kind == CREDITS:
             limit.remaining = 0
@@ -189,7 +180,7 @@ def identity_fields(session: AnySession, identity: Identity) -> dict[str, Any]:
     fields = {
         name: getattr(identity, name) for name in ("id", "external_client_id", "meta", "created_at", "updated_at")
     }
-    return fields | {"limits": [limit_fields(limit) for limit in identity_limits(session, identity.id)]}
+    return fields | {"limits": [limit.api_form for limit in identity_limits(session, identity.id)]}
 
 
 def announce_limit_event(session: AnySession, limit_id: int, event: str) -> None:
@@ -206,10 +197,10 @@ def announce_limit_event(session: AnySession, limit_id: int, event: str) -> None
         )
         values: dict[str, Any] = {"low_announced": True}
     else:
-        limit = session.get(NamedLimit, limit_id)
-        if limit is None or limit.period is None:
+        period = session.scalar(select(NamedLimit.period).where(NamedLimit.id == limit_id))
+        if period is None:
             return
-        cutoff = now - timedelta(seconds=limit.period)
+        cutoff = now - timedelta(seconds=period)
         armed = (or_(NamedLimit.rate_limited_announced_at.is_(None), NamedLimit.rate_limited_announced_at <= cutoff),)
         values = {"rate_limited_announced_at": now}
     announced = session.execute(
@@ -217,6 +208,8 @@ def announce_limit_event(session: AnySession, limit_id: int, event: str) -> None
         .where(NamedLimit.id == limit_id, NamedLimit.identity_id.is_not(None), *armed)
         .values(**values)
         .returning(NamedLimit.identity_id)
+        # No ORM object is loaded to be kept in step (SQLite's naive times against an aware cutoff).
+        .execution_options(synchronize_session=False)
     ).first()
     if announced is None:
         return
@@ -224,4 +217,4 @@ def announce_limit_event(session: AnySession, limit_id: int, event: str) -> None
     limit = session.get(NamedLimit, limit_id, populate_existing=True)
     if identity is not None and limit is not None:
         shown = IdentitySchema().dump(identity_fields(session, identity))
-        enqueue_identity_event(session, event, shown, limit_fields(limit))
+        enqueue_identity_event(session, event, shown, limit.api_form)

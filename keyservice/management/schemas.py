@@ -152,6 +152,64 @@ def _ratelimit(**kwargs: Any) -> fields.Nested:
     return fields.Nested(RateLimitSchema, allow_none=True, **kwargs)
 
 
+# Named limits: an identity's (shared by all its keys), or a key's own.
+
+MAX_NAMED_LIMITS = 20
+LIMIT_NAME_PATTERN = "[a-z0-9_.:-]{1,64}"
+
+
+class NamedLimitSchema(Schema):
+    """A rate limit (``limit`` per ``period`` seconds) or credits (``remaining``, with an optional
+    ``refill`` and a ``low_threshold`` for identity.credits_low): one or the other."""
+
+    name = Text(
+        required=True,
+        validate=validate.Regexp(rf"{LIMIT_NAME_PATTERN}\Z", error="Must be 1 to 64 of a-z 0-9 _ . : -."),
+        metadata={"pattern": f"^{LIMIT_NAME_PATTERN}$"},
+    )
+    auto_apply = StrictBoolean(load_default=True)
+    limit = fields.Integer(strict=True, validate=validate.Range(1, 1_000_000_000))
+    period = fields.Integer(
+        strict=True, validate=validate.Range(1, 31 * 24 * 3600), metadata={"description": "Seconds."}
+    )
+    remaining = fields.Integer(strict=True, validate=validate.Range(0, 1_000_000_000_000))
+    refill = fields.Nested(RefillSchema, allow_none=True)
+    low_threshold = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 1_000_000_000_000))
+
+    @validates_schema
+    def _one_kind(self, data: dict[str, Any], **kwargs: Any) -> None:
+        rate = "limit" in data or "period" in data
+        credits = "remaining" in data or data.get("refill") is not None or data.get("low_threshold") is not None
+        if rate == credits:
+            raise ValidationError("Either limit and period (a rate limit) or remaining (credits).", "_schema")
+        if rate and not ("limit" in data and "period" in data):
+            raise ValidationError("A rate limit needs both limit and period.", "_schema")
+        if credits and "remaining" not in data:
+            raise ValidationError("Credits need remaining.", "remaining")
+
+
+def _named_limits(**kwargs: Any) -> fields.List[Any]:
+    return fields.List(
+        fields.Nested(NamedLimitSchema), validate=[validate.Length(max=MAX_NAMED_LIMITS), _distinct_names], **kwargs
+    )
+
+
+def _distinct_names(limits: list[dict[str, Any]]) -> None:
+    names = [limit["name"] for limit in limits]
+    if len(set(names)) != len(names):
+        raise ValidationError("Each limit needs a name of its own.")
+
+
+class NamedLimitOutSchema(Schema):
+    name = fields.String()
+    auto_apply = fields.Boolean()
+    limit = fields.Integer()
+    period = fields.Integer()
+    remaining = fields.Integer()
+    refill = fields.Nested(RefillSchema, allow_none=True)
+    low_threshold = fields.Integer(allow_none=True)
+
+
 class KeyCreateSchema(Schema):
     name = _name(required=True)
     description = _description(load_default=None)
@@ -163,6 +221,9 @@ class KeyCreateSchema(Schema):
     remaining = _remaining(load_default=None)
     refill = _refill(load_default=None)
     ratelimit = _ratelimit(load_default=None)
+    limits = _named_limits(
+        load_default=list, metadata={"description": "Named limits of its own; each wins over its identity's."}
+    )
 
 
 class KeyUpdateSchema(Schema):
@@ -176,6 +237,7 @@ class KeyUpdateSchema(Schema):
     remaining = _remaining()
     refill = _refill()
     ratelimit = _ratelimit()
+    limits = _named_limits(metadata={"description": "Its named limits, all of them: those left out are removed."})
 
 
 class KeySchema(Schema):
@@ -202,6 +264,7 @@ class KeySchema(Schema):
     remaining = fields.Integer(allow_none=True)
     refill = fields.Nested(RefillSchema, allow_none=True)
     ratelimit = fields.Nested(RateLimitSchema, allow_none=True)
+    limits = fields.List(fields.Nested(NamedLimitOutSchema), metadata={"description": "Its own named limits."})
     status = fields.String(
         dump_only=True,
         metadata={
@@ -528,51 +591,6 @@ class SelfServeKeyListSchema(Schema):
 
 # Identities (/identities): a customer's limits shared by all its keys.
 
-MAX_NAMED_LIMITS = 20
-LIMIT_NAME_PATTERN = "[a-z0-9_.:-]{1,64}"
-
-
-class NamedLimitSchema(Schema):
-    """A rate limit (``limit`` per ``period`` seconds) or credits (``remaining``, with an optional
-    ``refill`` and a ``low_threshold`` for identity.credits_low): one or the other."""
-
-    name = Text(
-        required=True,
-        validate=validate.Regexp(rf"{LIMIT_NAME_PATTERN}\Z", error="Must be 1 to 64 of a-z 0-9 _ . : -."),
-        metadata={"pattern": f"^{LIMIT_NAME_PATTERN}$"},
-    )
-    auto_apply = StrictBoolean(load_default=True)
-    limit = fields.Integer(strict=True, validate=validate.Range(1, 1_000_000_000))
-    period = fields.Integer(
-        strict=True, validate=validate.Range(1, 31 * 24 * 3600), metadata={"description": "Seconds."}
-    )
-    remaining = fields.Integer(strict=True, validate=validate.Range(0, 1_000_000_000_000))
-    refill = fields.Nested(RefillSchema, allow_none=True)
-    low_threshold = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 1_000_000_000_000))
-
-    @validates_schema
-    def _one_kind(self, data: dict[str, Any], **kwargs: Any) -> None:
-        rate = "limit" in data or "period" in data
-        credits = "remaining" in data or data.get("refill") is not None or data.get("low_threshold") is not None
-        if rate == credits:
-            raise ValidationError("Either limit and period (a rate limit) or remaining (credits).", "_schema")
-        if rate and not ("limit" in data and "period" in data):
-            raise ValidationError("A rate limit needs both limit and period.", "_schema")
-        if credits and "remaining" not in data:
-            raise ValidationError("Credits need remaining.", "remaining")
-
-
-def _named_limits(**kwargs: Any) -> fields.List[Any]:
-    return fields.List(
-        fields.Nested(NamedLimitSchema), validate=[validate.Length(max=MAX_NAMED_LIMITS), _distinct_names], **kwargs
-    )
-
-
-def _distinct_names(limits: list[dict[str, Any]]) -> None:
-    names = [limit["name"] for limit in limits]
-    if len(set(names)) != len(names):
-        raise ValidationError("Each limit needs a name of its own.")
-
 
 class IdentityCreateSchema(Schema):
     external_client_id = _name(required=True)
@@ -583,16 +601,6 @@ class IdentityCreateSchema(Schema):
 class IdentityUpdateSchema(Schema):
     meta = _meta()
     limits = _named_limits(metadata={"description": "The identity's limits, all of them: those left out are removed."})
-
-
-class NamedLimitOutSchema(Schema):
-    name = fields.String()
-    auto_apply = fields.Boolean()
-    limit = fields.Integer()
-    period = fields.Integer()
-    remaining = fields.Integer()
-    refill = fields.Nested(RefillSchema, allow_none=True)
-    low_threshold = fields.Integer(allow_none=True)
 
 
 class IdentitySchema(Schema):

@@ -26,7 +26,7 @@ from ..core.keystatus import LEAKED
 from ..core.models import AnySession, ApiKey, KeyEvent, KeyUsage, Role, as_utc, utcnow
 from ..core.outcomes import Outcome
 from ..verification.changefeed import serialise_changes
-from .identities import carry_key_limits
+from .identities import carry_key_limits, set_limits
 from .loosening import loosened
 from .rolenames import ROLE_NAME_RULE, is_role_name
 from .storeerrors import AdminOnly, InvalidValue, RecordNotFound, StateConflict
@@ -114,6 +114,7 @@ def create_key(
     created_by: str | None = None,
     rotated_from: str | None = None,
     new: NewKey | None = None,
+    limits: list[dict[str, Any]] | None = None,
 ) -> tuple[ApiKey, str]:
     """Issue a key (``new``: one already generated); return its row and the full key,
     which is never available again."""
@@ -140,6 +141,9 @@ def create_key(
     _check_refill(api_key)
     session.add(api_key)
     session.flush()
+    if limits:  # a new key's limits only hold it back: anyone who may issue it may set them
+        set_limits(session, limits, may_loosen=True, key_id=api_key.id)
+        session.expire(api_key, ["named_limits"])
     record_event(session, api_key.id, "created", created_by, {"rotated_from": rotated_from} if rotated_from else None)
     return api_key, new.key
 
@@ -188,7 +192,7 @@ def update_key(
         _check_roles(session, changes["roles"])
     if "scopes" in changes:
         changes["scopes"] = list(dict.fromkeys(changes["scopes"]))
-    columns = {name: value for name, value in changes.items() if name not in ("refill", "ratelimit")}
+    columns = {name: value for name, value in changes.items() if name not in ("refill", "ratelimit", "limits")}
     if "refill" in changes and changes["refill"] != api_key.refill:  # an unchanged refill keeps its clock
         columns |= _limit_columns({"refill": changes["refill"]})
     if "ratelimit" in changes:
@@ -201,6 +205,12 @@ def update_key(
             changed[field] = [_jsonable(old), _jsonable(value)]
             setattr(api_key, field, value)
     _check_refill(api_key)
+    if "limits" in changes:
+        before = api_key.limits
+        set_limits(session, changes["limits"], may_loosen, key_id=api_key.id)  # AdminOnly for a loosening
+        session.expire(api_key, ["named_limits"])
+        if api_key.limits != before:
+            changed["limits"] = [before, api_key.limits]
     if changed:
         record_event(session, api_key.id, "updated", actor, changed)
 
