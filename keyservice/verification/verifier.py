@@ -256,16 +256,8 @@ class Verifier:
             try:
                 ratelimit = self._ratelimiter.hit(record.id, record.ratelimit_limit, record.ratelimit_period)
             except WindowStorageError as error:
-                # The error's type only: its text can hold the storage URL, and a password with it.
-                reason = type(error.__cause__ or error).__name__
-                if not self._settings.ratelimit_fail_open:
-                    current_app.logger.warning("keyservice: rate-limit storage unavailable (%s)", reason)
-                    return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
-                current_app.logger.warning(
-                    "keyservice: rate-limit storage unavailable (%s); letting the"
-                    " request through (KEYSERVICE_RATELIMIT_FAIL_OPEN)",
-                    reason,
-                )
+                if (unavailable := self._windows_unavailable(record, error)) is not None:
+                    return unavailable
             if ratelimit is not None and not ratelimit.allowed:
                 return VerificationResult(
                     Outcome.RATE_LIMITED, key_id=record.id, ratelimit=ratelimit, retry_after=ratelimit.reset_in
@@ -283,21 +275,21 @@ class Verifier:
         """Every limit that applies, all or nothing: the rate windows in one atomic hit, then the
         credits in one transaction; a credit's refusal gives the windows back."""
         windows: list[Counted] = []
-        names: list[str | None] = []  # each window's limit name (None: the key's own rate limit)
+        owners: list[LimitRecord | None] = []  # each window's named limit (None: the key's own rate limit)
         if record.ratelimit_limit and record.ratelimit_period:
             windows.append(Counted(record.id, record.ratelimit_limit, record.ratelimit_period, cost))
-            names.append(None)
+            owners.append(None)
         for limit, limit_cost in named:
             if limit.kind == RATE and limit.limit and limit.period:
                 windows.append(Counted(f"limit:{limit.id}", limit.limit, limit.period, limit_cost))
-                names.append(limit.name)
+                owners.append(limit)
         states: list[RateLimitState] = []
         if windows:
             try:
                 hits = self._ratelimiter.windows.hit_all(windows)
             except WindowStorageError as error:
-                if not self._settings.ratelimit_fail_open:
-                    return self._windows_unavailable(record, error)
+                if (unavailable := self._windows_unavailable(record, error)) is not None:
+                    return unavailable
                 windows, hits = [], []
             states = [
                 RateLimitState(hit.allowed, window.limit, window.period, max(0, window.limit - hit.count), hit.reset_at)
@@ -307,14 +299,15 @@ class Verifier:
                 full = next(
                     i for i, (w, hit) in enumerate(zip(windows, hits, strict=True)) if hit.count + w.cost > w.limit
                 )
-                if names[full] is not None:
-                    self._rate_limited(named, names[full])
+                owner = owners[full]
+                if owner is not None:
+                    self._rate_limited(owner)
                 return VerificationResult(
                     Outcome.RATE_LIMITED,
                     key_id=record.id,
                     ratelimit=states[full],
                     retry_after=states[full].reset_in,
-                    limit=names[full],
+                    limit=None if owner is None else owner.name,
                 )
         credits = [(limit, limit_cost) for limit, limit_cost in named if limit.kind == CREDITS]
         remaining = None
@@ -334,10 +327,9 @@ class Verifier:
         nearest = min(states, key=lambda state: state.remaining / state.limit, default=None)
         return dataclasses.replace(valid, remaining=remaining, ratelimit=nearest)
 
-    def _rate_limited(self, named: list[tuple[LimitRecord, int]], name: str | None) -> None:
+    def _rate_limited(self, limit: LimitRecord) -> None:
         """Tell of an identity's rate limit that refused, at most once a period from this worker
         (the database's conditional UPDATE makes it once a period across all of them)."""
-        limit = next(limit for limit, _ in named if limit.name == name)
         now = time.monotonic()
         if not limit.shared or self._rate_limited_told.get(limit.id, 0.0) > now:
             return
@@ -364,11 +356,20 @@ class Verifier:
             # Over-refusal for the rest of the window, never over-admission.
             current_app.logger.warning("keyservice: a refused check's rate windows not given back (%s)", error)
 
-    def _windows_unavailable(self, record: KeyRecord, error: WindowStorageError) -> VerificationResult:
+    def _windows_unavailable(self, record: KeyRecord, error: WindowStorageError) -> VerificationResult | None:
+        """The answer when the rate-limit storage fails: UNAVAILABLE, or None (the request goes
+        through, said in the log) with ``KEYSERVICE_RATELIMIT_FAIL_OPEN``."""
         # The error's type only: its text can hold the storage URL, and a password with it.
         reason = type(error.__cause__ or error).__name__
-        current_app.logger.warning("keyservice: rate-limit storage unavailable (%s)", reason)
-        return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
+        if not self._settings.ratelimit_fail_open:
+            current_app.logger.warning("keyservice: rate-limit storage unavailable (%s)", reason)
+            return VerificationResult(Outcome.UNAVAILABLE, key_id=record.id, retry_after=1)
+        current_app.logger.warning(
+            "keyservice: rate-limit storage unavailable (%s); letting the request through"
+            " (KEYSERVICE_RATELIMIT_FAIL_OPEN)",
+            reason,
+        )
+        return None
 
     def ratelimit_storage_answers(self) -> bool:
         """Whether the rate-limit storage answers now (for the readiness check)."""
