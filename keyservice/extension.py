@@ -7,9 +7,10 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_sqlalchemy import SQLAlchemy
 
-from .core.config import DEFAULTS, check_database, load_settings
+from .core.config import DEFAULTS, check_database, check_deployment, load_settings
 from .core.errors import nosniff, register_error_handlers
 from .core.models import ApiKey, Base
+from .core.secretkeys import secret_keys_for
 from .core.state import EXTENSION_NAME, KeyServiceState, current_state
 from .management.apirules import answer_store_errors
 from .management.cli import keys_cli, roles_cli, webhooks_cli
@@ -22,6 +23,7 @@ from .management.secret_scanning import GitHubKeys, secret_scanning
 from .management.self_serve import self_serve as self_serve_page
 from .management.sender import WebhookSender
 from .management.store import announce_usage_exhausted, create_key
+from .verification import metrics
 from .verification.signingkeys import SigningKeys
 from .verification.tokens import TokenVerifier
 from .verification.verifier import Verifier
@@ -91,22 +93,27 @@ class KeyService:
                 " before KeyService(app) or keys.init_app(app)."
             )
         with app.app_context():
-            # The engine's dialect, read from its URL: nothing connects.
-            check_database(db.engine.dialect.name, "SQLALCHEMY_DATABASE_URI")
+            # The engine's dialect and URL: nothing connects.
+            dialect, database_url = db.engine.dialect.name, db.engine.url.render_as_string(hide_password=False)
+        check_database(dialect, "SQLALCHEMY_DATABASE_URI")
         for name, value in DEFAULTS.items():
             app.config.setdefault(name, value)
         settings = load_settings(app.config)
+        check_deployment(settings, dialect)
+        secret_keys = secret_keys_for(settings, database_url)
+        metrics.warn_if_per_worker()
         for table in Base.metadata.tables.values():
             if table.name not in db.metadata.tables:
                 table.to_metadata(db.metadata)
-        verifier = Verifier(settings, db, announce_usage_exhausted, announce_limit_event)
-        signing_keys = SigningKeys(settings, db)
+        verifier = Verifier(settings, db, secret_keys, announce_usage_exhausted, announce_limit_event)
+        signing_keys = SigningKeys(settings, db, secret_keys)
         state = KeyServiceState(
             settings,
+            secret_keys,
             db,
             verifier,
             self._principal_loader,
-            WebhookSender(settings, db),
+            WebhookSender(settings, db, secret_keys),
             GitHubKeys(settings.secret_scanning_keys_url),
             signing_keys,
             TokenVerifier(settings, signing_keys, verifier),

@@ -9,6 +9,7 @@ import glob
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import Any
@@ -46,16 +47,31 @@ if OWN_METRICS_FOLDER:
 
 
 def on_starting(server: Any) -> None:
-    """Start the metrics from zero; refuse to start, in one line, when a setting is wrong."""
+    """Start the metrics from zero; refuse to start, in one line, when a setting is wrong; on one
+    machine without KEYSERVICE_TOKEN_ISSUER, name the bind address the tokens' issuer."""
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     for left_over in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(left_over)
     from keyservice.core.config import ConfigError, config_from_environment
 
     try:
-        config_from_environment()
+        config = config_from_environment()
     except ConfigError as error:
         sys.exit(f"keyservice: {error}")
+    # Checked: without an issuer the service runs on one machine (else config_from_environment refused).
+    bound = bind_address_url(server.cfg.address[0], server.cfg.is_ssl)
+    if not config.get("KEYSERVICE_TOKEN_ISSUER") and bound is not None:
+        os.environ["KEYSERVICE_TOKEN_ISSUER"] = bound  # the workers, forked after this, read it
+
+
+def bind_address_url(address: Any, tls: bool) -> str | None:
+    """The URL of gunicorn's bind address (a wildcard host: this machine's name); None for a Unix socket."""
+    if not isinstance(address, tuple):
+        return None
+    host, port = address[0], address[1]
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -28,7 +28,7 @@ from keyservice.app import db
 from keyservice.core.state import current_state
 
 from .helpers import issue
-from .servers import REPO
+from .servers import DEPLOYMENT_SECRET, REPO
 from .services import PostgresServer, missing, postgres_server, redis_server
 
 _STATUS_BEFORE = pytest.StashKey[str | None]()
@@ -81,7 +81,15 @@ def _fail_if_the_clone_changed(session: pytest.Session) -> None:
 
 
 # bcrypt at cost 4 keeps the suite fast; one test checks the default of 12.
-TEST_CONFIG = {"TESTING": True, "KEYSERVICE_BCRYPT_ROUNDS": 4, "KEYSERVICE_CACHE_TTL": 0}
+# The tokens' issuer is the test client's own URL, as a configured one would be. No webhook
+# sender polls the database of every test's app: the webhooks' tests start it (receivers.webhook_settings).
+TEST_CONFIG = {
+    "TESTING": True,
+    "KEYSERVICE_BCRYPT_ROUNDS": 4,
+    "KEYSERVICE_CACHE_TTL": 0,
+    "KEYSERVICE_TOKEN_ISSUER": "http://localhost",
+    "KEYSERVICE_WEBHOOKS_SEND": False,
+}
 DATABASES = ("sqlite", "postgresql")
 TEMPLATE = "keyservice_template"
 
@@ -175,6 +183,8 @@ def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest
 @contextmanager
 def migrated_app(database_url: str, **config: Any) -> Iterator[Flask]:
     """An app (test settings and ``config``) on a migrated database; its engine disposed after."""
+    if not database_url.startswith("sqlite"):
+        config.setdefault("KEYSERVICE_SECRET_KEY", DEPLOYMENT_SECRET)
     app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url, **config})
     with app.app_context():
         flask_migrate.upgrade()

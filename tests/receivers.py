@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -30,7 +29,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 def webhook_settings(**overrides: str) -> dict[str, str]:
     """Settings (as environment strings) for webhooks to loopback receivers, with short retries."""
     return {
-        "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "KEYSERVICE_WEBHOOKS_SEND": "true",
         "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE": "true",
         "KEYSERVICE_WEBHOOKS_TIMEOUT": "2",
         "KEYSERVICE_WEBHOOKS_RETRY_DELAY": "0.05",

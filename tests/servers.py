@@ -19,12 +19,24 @@ from typing import Any
 from .helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+# What a deployment on PostgreSQL or Redis, or behind a proxy, must set (the service refuses to start without).
+DEPLOYMENT_SECRET = "the deployment secret of these tests, 32+ characters"
+PUBLIC_URL = "https://keys.example.test"
 
 
 def service_environment(database_url: str, **settings: str) -> dict[str, str]:
-    """The environment the service runs with: this one, less any KEYSERVICE_* of the caller."""
+    """The environment the service runs with: this one, less any KEYSERVICE_* of the caller; on
+    PostgreSQL or Redis, or behind a proxy, the deployment secret and the tokens' issuer too."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
     environ.update({"DATABASE_URL": database_url, **settings})
+    if not database_url.startswith("sqlite"):
+        environ.setdefault("KEYSERVICE_SECRET_KEY", DEPLOYMENT_SECRET)
+    if (
+        not database_url.startswith("sqlite")
+        or settings.get("KEYSERVICE_RATELIMIT_STORAGE_URL")
+        or settings.get("KEYSERVICE_PROXIES", "0") not in ("", "0")
+    ):
+        environ.setdefault("KEYSERVICE_TOKEN_ISSUER", PUBLIC_URL)
     return environ
 
 

@@ -23,10 +23,10 @@ from sqlalchemy import func, select
 from keyservice import Outcome, verify_key
 from keyservice.app import db
 from keyservice.core.config import DEFAULTS, ConfigError, load_settings
+from keyservice.core.machinefiles import path_for
 from keyservice.core.models import ApiKey, KeyChange
 from keyservice.management.store import put_role
 from keyservice.verification.changefeed import PRUNE_AFTER
-from keyservice.verification.lmdbwindows import path_for
 
 from .conftest import migrated_app, postgres_database
 from .helpers import bearer, issue, wait_until, wrong_secret

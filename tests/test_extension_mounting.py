@@ -16,8 +16,15 @@ from examples import host_app
 from keyservice import KeyService, require_key
 
 from .helpers import bearer, issue
+from .servers import DEPLOYMENT_SECRET
 
-TEST_SETTINGS = {"TESTING": True, "KEYSERVICE_BCRYPT_ROUNDS": 4}
+# A host on PostgreSQL sets the deployment secret and its public URL (the tokens' issuer), as a deployment would.
+TEST_SETTINGS = {
+    "TESTING": True,
+    "KEYSERVICE_BCRYPT_ROUNDS": 4,
+    "KEYSERVICE_SECRET_KEY": DEPLOYMENT_SECRET,
+    "KEYSERVICE_TOKEN_ISSUER": "http://localhost/auth",
+}
 
 
 @pytest.fixture
@@ -40,7 +47,7 @@ def test_url_prefix_moves_every_route_keyservice_adds(host: Flask) -> None:
         assert (page.status_code, script.status_code) == (200, 200)
         # The page's own links are relative: they stay under the prefix.
         assert 'src="dashboard/static/dashboard.js"' in page.get_data(as_text=True)
-    assert client.get("/auth/webhooks", headers=admin).status_code in (200, 409)  # 409: no encryption key set
+    assert client.get("/auth/webhooks", headers=admin).status_code == 200
     assert client.get("/auth/.well-known/jwks.json").status_code == 200
     assert client.get("/auth/.well-known/oauth-authorization-server").status_code == 200
     assert client.post("/auth/oauth/token", data={"grant_type": "client_credentials"}).status_code in (400, 401)
@@ -103,7 +110,10 @@ def test_g_auth_is_read_only_all_the_way_down(host: Flask) -> None:
 
 def test_without_the_management_api_only_the_decorator_and_the_cli_are_added(tmp_path: Path) -> None:
     app = Flask(__name__)
-    app.config.update(TEST_SETTINGS, SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'host.db'}")
+    # No secret set: on SQLite it is made beside the database.
+    app.config.update(
+        TEST_SETTINGS, SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'host.db'}", KEYSERVICE_SECRET_KEY=""
+    )
     db = SQLAlchemy(app)
     KeyService(app, management_api=False)
     app.register_blueprint(host_app.reports)

@@ -31,8 +31,8 @@ from werkzeug.test import TestResponse
 from keyservice import create_app, require_key
 from keyservice.app import db
 from keyservice.core.config import ConfigError
+from keyservice.core.machinefiles import path_for
 from keyservice.core.models import ApiKey
-from keyservice.verification.lmdbwindows import path_for
 from keyservice.verification.slidingwindow import SLOTS
 
 from .conftest import TEST_CONFIG, migrated_app

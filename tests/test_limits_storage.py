@@ -14,7 +14,7 @@ import pytest
 import redis
 import sqlalchemy
 
-from keyservice.verification.lmdbwindows import path_for
+from keyservice.core.machinefiles import path_for
 
 from .helpers import bearer
 from .load import Timed, hammer, outcome

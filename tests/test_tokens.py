@@ -11,13 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import jwt
 import pytest
 import time_machine
-from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, g
 from flask.testing import FlaskClient
@@ -34,14 +34,14 @@ from keyservice.management.store import get_key, key_usage
 from keyservice.verification.signingkeys import SigningKeys, rotate_signing_keys
 
 from .conftest import IssueKey, migrated_app
-from .helpers import assert_problem, bearer, wait_until, wrong_secret
+from .helpers import assert_problem, bearer, issue, wait_until, wrong_secret
 from .test_hostile_input import hostile_raw_bodies, hostile_text
 from .test_require_key import assert_invalid_token
 from .tokens import basic
 
 TOKEN = "/oauth/token"
 PROTECTED = "/protected-with-key"
-ISSUER = "http://localhost"  # the test client's URL: the default issuer
+ISSUER = "http://localhost"  # the tests' configured issuer (conftest.TEST_CONFIG): the test client's URL
 GRANT = {"grant_type": "client_credentials"}
 
 
@@ -473,8 +473,8 @@ def signing_keys(app: Flask) -> list[SigningKey]:
 
 def test_concurrent_first_uses_make_one_signing_key(app: Flask) -> None:
     with app.app_context():
-        settings = current_state().settings
-    views = [SigningKeys(settings, db) for _ in range(8)]
+        state = current_state()
+    views = [SigningKeys(state.settings, db, state.secret_keys) for _ in range(8)]
     barrier = threading.Barrier(len(views))
     kids: list[str] = []
 
@@ -499,7 +499,9 @@ def test_a_rotation_publishes_first_signs_later_and_retires_after_the_token_life
     old_token = token_of(client, key)
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     with app.app_context():
-        new = rotate_signing_keys(db.session, current_state().settings, timedelta(seconds=1.5))
+        new = rotate_signing_keys(
+            db.session, current_state().settings, current_state().secret_keys, timedelta(seconds=1.5)
+        )
         db.session.commit()
         new_kid = new.kid
 
@@ -537,28 +539,20 @@ def test_a_rotation_delay_within_the_jwks_cache_is_refused(runner: Any) -> None:
     assert refused.exit_code == 2 and "KEYSERVICE_JWKS_MAX_AGE" in refused.stderr
 
 
-def test_private_keys_are_encrypted_at_rest_when_a_secret_is_set(database_url: str) -> None:
-    secret = Fernet.generate_key().decode()
-    with migrated_app(database_url, KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY=secret) as app:
+def test_private_keys_are_encrypted_at_rest_under_the_deployment_secret(database_url: str) -> None:
+    with migrated_app(database_url, KEYSERVICE_SECRET_KEY="the first deployment secret, 32+ characters") as app:
         with app.app_context():
             _, key = KeyService.create_key(name="n", external_client_id="acme")
             db.session.commit()
         token = token_of(app.test_client(), key)
         [row] = signing_keys(app)
         assert row.encrypted and "PRIVATE KEY" not in row.private_key
-    # Without the secret, nothing can be signed (503), and what was signed still verifies.
-    with migrated_app(database_url) as app:
+    # Under another secret (the first not among its fallbacks), nothing can be signed (503),
+    # and what was signed still verifies.
+    with migrated_app(database_url, KEYSERVICE_SECRET_KEY="another deployment secret, 32+ characters") as app:
         client = app.test_client()
         assert_problem(post_token(client, key), 503, "UNAVAILABLE")
         assert client.post(PROTECTED, headers=bearer(token)).status_code == 200
-
-
-def test_without_a_secret_private_keys_are_stored_in_the_clear(
-    app: Flask, client: FlaskClient, issue_key: IssueKey
-) -> None:
-    token_of(client, issue_key()[1])
-    [row] = signing_keys(app)
-    assert not row.encrypted and row.private_key.startswith("-----BEGIN PRIVATE KEY-----")
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------
@@ -582,11 +576,20 @@ def test_keys_token_prints_a_token_the_service_accepts(issuer_app: Flask) -> Non
     assert response.status_code == 200
 
 
-def test_keys_token_refuses_a_revoked_key_and_needs_an_issuer(app: Flask, issue_key: IssueKey) -> None:
-    _, key = issue_key()
-    no_issuer = app.test_cli_runner().invoke(args=["keys", "token", key])
-    assert no_issuer.exit_code == 2 and "KEYSERVICE_TOKEN_ISSUER" in no_issuer.stderr
-    assert key not in no_issuer.output
+def test_without_an_issuer_no_token_is_made_whatever_the_host(tmp_path: Path) -> None:
+    """On one machine with no issuer set and not under keyservice's gunicorn settings (which name
+    the bind address), tokens wait for KEYSERVICE_TOKEN_ISSUER: a request's Host never names it."""
+    with migrated_app(f"sqlite:///{tmp_path / 'keys.db'}", KEYSERVICE_TOKEN_ISSUER="") as app:
+        _, key = issue(app)
+        no_issuer = app.test_cli_runner().invoke(args=["keys", "token", key])
+        assert no_issuer.exit_code == 2 and "KEYSERVICE_TOKEN_ISSUER" in no_issuer.stderr
+        assert key not in no_issuer.output
+        client = app.test_client()
+        for host in ("localhost", "evil.example"):
+            refused = client.post(TOKEN, data=GRANT, headers=basic(key) | {"Host": host})
+            assert_problem(refused, 409, "TOKENS_NOT_CONFIGURED")
+            metadata = client.get("/.well-known/oauth-authorization-server", headers={"Host": host})
+            assert metadata.status_code == 409 and "evil.example" not in metadata.get_data(as_text=True)
 
 
 def test_keys_token_prints_the_outcome_of_a_refused_key(issuer_app: Flask) -> None:

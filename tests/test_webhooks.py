@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from keyservice import KeyService
 from keyservice.app import db
-from keyservice.core.models import utcnow
+from keyservice.core.models import WebhookEndpoint, utcnow
 from keyservice.core.state import current_state
 
 from .conftest import IssueKey, migrated_app
@@ -139,9 +140,7 @@ def test_a_clients_endpoint_gets_only_its_own_clients_events(
 
 
 def test_a_loopback_or_private_url_is_refused_without_the_setting(database_url: str) -> None:
-    with migrated_app(
-        database_url, KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY=webhook_settings()["KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"]
-    ) as app:
+    with migrated_app(database_url) as app:
         client, admin = app.test_client(), operator_key(app)
         for url in (
             "http://127.0.0.1:9/hook",
@@ -158,12 +157,16 @@ def test_a_loopback_or_private_url_is_refused_without_the_setting(database_url: 
         assert client.get("/webhooks", headers=bearer(admin)).get_json()["items"] == []
 
 
-def test_without_an_encryption_key_no_endpoint_can_be_registered(database_url: str) -> None:
+def test_with_no_setting_an_endpoint_registers_and_its_secret_is_stored_encrypted(database_url: str) -> None:
     with migrated_app(database_url) as app:
         response = app.test_client().post(
-            "/webhooks", headers=bearer(operator_key(app)), json={"url": "https://example.com/"}
+            "/webhooks", headers=bearer(operator_key(app)), json={"url": "https://1.1.1.1/hook"}
         )
-        assert response.status_code == 409 and response.get_json()["code"] == "WEBHOOKS_NOT_CONFIGURED"
+        assert response.status_code == 201
+        secret = response.get_json()["secret"]
+        with app.app_context():
+            [stored] = db.session.scalars(select(WebhookEndpoint.encrypted_secret))
+        assert secret.encode() not in stored.encode() and secret.removeprefix("whsec_") not in stored
 
 
 def test_failed_attempts_are_retried_then_the_delivery_fails_and_can_be_redelivered(database_url: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "KEYSERVICE_CACHE_SIZE": 10_000,
     "KEYSERVICE_CACHE_MAX_AGE": 60.0,
     "KEYSERVICE_SECRET_KEY": "",
+    "KEYSERVICE_SECRET_KEY_FALLBACKS": "",
     "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT": "5/minute",
     "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "30/minute",
     "KEYSERVICE_RATELIMIT_STORAGE_URL": "",
@@ -112,7 +114,8 @@ class Settings:
     cache_ttl: float
     cache_size: int
     cache_max_age: float
-    secret_key: str = field(repr=False)  # "": generated once beside the machine's store (deploymentsecret.py)
+    secret_key: str = field(repr=False)  # "": made once beside a SQLite database (secretkeys.py)
+    secret_key_fallbacks: tuple[str, ...] = field(repr=False)  # earlier secrets, still read while rotating
     failed_verify_limit_per_client: RateLimitItem
     failed_verify_limit_per_key: RateLimitItem
     ratelimit_storage_url: str  # "": the embedded LMDB file
@@ -120,7 +123,7 @@ class Settings:
     usage_flush_interval: float
     log_format: str  # "json" or "text"
     proxies: int  # how many proxies in front set X-Forwarded-For (the standalone service trusts that many)
-    webhooks_encryption_keys: tuple[str, ...]  # Fernet keys: the first encrypts, all decrypt; (): no webhooks
+    webhooks_encryption_keys: tuple[str, ...]  # deprecated Fernet keys, still decrypting
     webhooks_allow_private: bool
     webhooks_send: bool  # whether this process's workers run a sender
     webhooks_timeout: float
@@ -130,10 +133,10 @@ class Settings:
     webhooks_expiring_before: float
     secret_scanning_keys_url: str
     token_lifetime: int  # seconds an access token lives
-    token_issuer: str  # "": each request's own URL (scheme, host, path to keyservice's routes)
+    token_issuer: str  # "": none (check_deployment: only one machine's service may lack it)
     token_audience: str  # "": the issuer
     jwks_max_age: int  # seconds a client may cache the JWKS; a rotated-in key signs only after longer
-    signing_keys_encryption_keys: tuple[str, ...]  # Fernet keys for the private signing keys; (): stored in the clear
+    signing_keys_encryption_keys: tuple[str, ...]  # deprecated Fernet keys, still decrypting
     openapi: tuple[tuple[str, str | None], ...]  # the KEYSERVICE_OPENAPI_* names and values flask-smorest reads
     self_serve_scopes: tuple[str, ...]  # what the self-serve page offers (each principal: those it holds)
     self_serve_title: str
@@ -179,13 +182,11 @@ def _ratelimit_storage_url(config: Mapping[str, Any]) -> str:
     return url
 
 
-def _secret_key(config: Mapping[str, Any]) -> str:
-    secret = str(config["KEYSERVICE_SECRET_KEY"])
+def _secret(name: str, value: Any) -> str:
+    secret = str(value)
     if secret and len(secret) < SECRET_KEY_MIN_LENGTH:
         # The message never repeats the value: it is a secret, even when too short.
-        raise ConfigError(
-            f"KEYSERVICE_SECRET_KEY must be empty (generated) or at least {SECRET_KEY_MIN_LENGTH} random characters"
-        )
+        raise ConfigError(f"{name} must be empty or at least {SECRET_KEY_MIN_LENGTH} random characters")
     return secret
 
 
@@ -205,13 +206,20 @@ def _choice(config: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> s
     return value
 
 
-def _fernet_keys(config: Mapping[str, Any], name: str) -> tuple[str, ...]:
+def _deprecated_fernet_keys(config: Mapping[str, Any], name: str) -> tuple[str, ...]:
     keys = tuple(key.strip() for key in str(config[name]).split(",") if key.strip())
     for key in keys:
         try:
             Fernet(key)
         except ValueError:
             raise ConfigError(f"{name} must be Fernet keys (32 url-safe base64 bytes), separated by commas") from None
+    if keys:
+        warnings.warn(
+            f"{name} is deprecated: keys are derived from KEYSERVICE_SECRET_KEY now. It is still read, so what"
+            " it encrypted stays readable; run `flask keys reencrypt`, then remove it.",
+            FutureWarning,
+            stacklevel=2,
+        )
     return keys
 
 
@@ -258,10 +266,14 @@ def _openapi(config: Mapping[str, Any]) -> tuple[tuple[str, str | None], ...]:
     return tuple(checked.items())
 
 
+def _words(raw: Any, separators: str) -> list[str]:
+    """A list as it is, or a string split at ``separators``; empty words left out."""
+    words = re.split(separators, raw.strip()) if isinstance(raw, str) else [str(word) for word in raw]
+    return [word for word in words if word]
+
+
 def _scope_list(config: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    raw = config[name]
-    words = re.split(r"[\s,]+", raw.strip()) if isinstance(raw, str) else [str(word) for word in raw]
-    scopes = tuple(dict.fromkeys(word for word in words if word))
+    scopes = tuple(dict.fromkeys(_words(config[name], r"[\s,]+")))
     for scope in scopes:
         if not SCOPE_PATTERN.fullmatch(scope):
             raise ConfigError(f"{name} must be scopes of a-z 0-9 _ . : * -, not {scope!r}")
@@ -287,7 +299,11 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         cache_ttl=_number(config, "KEYSERVICE_CACHE_TTL", float, 0, 60),
         cache_size=_number(config, "KEYSERVICE_CACHE_SIZE", int, 1, 10_000_000),
         cache_max_age=_number(config, "KEYSERVICE_CACHE_MAX_AGE", float, 1, 300),
-        secret_key=_secret_key(config),
+        secret_key=_secret("KEYSERVICE_SECRET_KEY", config["KEYSERVICE_SECRET_KEY"]),
+        secret_key_fallbacks=tuple(
+            _secret("KEYSERVICE_SECRET_KEY_FALLBACKS", fallback)
+            for fallback in _words(config["KEYSERVICE_SECRET_KEY_FALLBACKS"], r"\s*,\s*")
+        ),
         failed_verify_limit_per_client=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT"),
         failed_verify_limit_per_key=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY"),
         ratelimit_storage_url=_ratelimit_storage_url(config),
@@ -295,7 +311,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         usage_flush_interval=_number(config, "KEYSERVICE_USAGE_FLUSH_INTERVAL", float, 0.1, 3600),
         log_format=_choice(config, "KEYSERVICE_LOG_FORMAT", ("json", "text")),
         proxies=_number(config, "KEYSERVICE_PROXIES", int, 0, 10),
-        webhooks_encryption_keys=_fernet_keys(config, "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"),
+        webhooks_encryption_keys=_deprecated_fernet_keys(config, "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY"),
         webhooks_allow_private=_boolean(config, "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE"),
         webhooks_send=_boolean(config, "KEYSERVICE_WEBHOOKS_SEND"),
         webhooks_timeout=_number(config, "KEYSERVICE_WEBHOOKS_TIMEOUT", float, 0.1, 60),
@@ -308,7 +324,7 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         token_issuer=_issuer(config),
         token_audience=str(config["KEYSERVICE_TOKEN_AUDIENCE"]).strip(),
         jwks_max_age=_number(config, "KEYSERVICE_JWKS_MAX_AGE", int, 0, 86_400),
-        signing_keys_encryption_keys=_fernet_keys(config, "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"),
+        signing_keys_encryption_keys=_deprecated_fernet_keys(config, "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"),
         openapi=_openapi(config),
         self_serve_scopes=_scope_list(config, "KEYSERVICE_SELF_SERVE_SCOPES"),
         self_serve_title=_text(config, "KEYSERVICE_SELF_SERVE_TITLE", TITLE_PATTERN, "1 to 100 characters"),
@@ -335,8 +351,25 @@ def config_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str
         config[name] = value
     if "DATABASE_URL" in environ:
         config["SQLALCHEMY_DATABASE_URI"] = check_database_url(environ["DATABASE_URL"])
-    load_settings({**DEFAULTS, **config})
+    dialect = make_url(config.get("SQLALCHEMY_DATABASE_URI", "sqlite://")).get_backend_name()
+    check_deployment(load_settings({**DEFAULTS, **config}), dialect)
     return config
+
+
+def check_deployment(settings: Settings, dialect: str) -> None:
+    """Refuse to start without what only one machine's service may do without: on PostgreSQL,
+    the deployment secret (every instance must derive the same keys); behind a proxy or with
+    several instances (PostgreSQL, Redis), the tokens' issuer (no request may choose it)."""
+    if dialect != "sqlite" and not settings.secret_key:
+        raise ConfigError(
+            "KEYSERVICE_SECRET_KEY must be set on PostgreSQL (at least 32 random characters, the same on every"
+            " instance): keyservice derives its keys from it"
+        )
+    if not settings.token_issuer and (dialect != "sqlite" or settings.ratelimit_storage_url or settings.proxies):
+        raise ConfigError(
+            "KEYSERVICE_TOKEN_ISSUER must be set (the service's public URL) behind a proxy or on several"
+            " instances (PostgreSQL, Redis): every instance must name the same issuer in its tokens"
+        )
 
 
 def check_database(dialect: str, setting: str) -> None:

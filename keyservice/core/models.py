@@ -258,7 +258,7 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(String(2000))
     events: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every event
     external_client_id: Mapped[str | None] = mapped_column(String(200), index=True)
-    # The whsec_ signing secret, encrypted (Fernet) under KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY.
+    # The whsec_ signing secret, encrypted (Fernet) under the deployment secret's key (core/secretkeys.py).
     encrypted_secret: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
@@ -322,7 +322,7 @@ class SigningKey(Base):
     generation: Mapped[int] = mapped_column(unique=True)
     algorithm: Mapped[str] = mapped_column(String(10))
     public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # PKCS#8 PEM, encrypted (Fernet) under KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY when ``encrypted``.
+    # PKCS#8 PEM, encrypted (Fernet) under the deployment secret's key when ``encrypted`` (0.1 could store it clear).
     private_key: Mapped[str] = mapped_column(Text)
     encrypted: Mapped[bool]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

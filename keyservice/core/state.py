@@ -19,6 +19,7 @@ from flask_sqlalchemy import SQLAlchemy
 from .config import Settings
 from .outcomes import ONE_USE, Charge, VerificationResult
 from .scopes import Principal
+from .secretkeys import SecretKeys
 
 EXTENSION_NAME = "keyservice"
 
@@ -68,6 +69,7 @@ class KeyServiceState:
     """keyservice's state for one app, in ``app.extensions[EXTENSION_NAME]``."""
 
     settings: Settings
+    secret_keys: SecretKeys
     db: SQLAlchemy
     verifier: KeyChecker
     principal_loader: Callable[[], Principal | None] | None  # None: management keys

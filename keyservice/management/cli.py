@@ -29,6 +29,7 @@ from ..verification import signingkeys
 from ..verification.tokens import issue_token, issuer
 from ..verification.verifier import verify_key
 from . import store, webhooks
+from .reencrypt import reencrypt_all
 from .scan import find_keys
 from .schemas import (
     WEBHOOK_EVENTS,
@@ -355,6 +356,25 @@ def token_command(key: str, scopes: tuple[str, ...]) -> None:
     click.echo(issue_token(state.settings, state.signing_keys, result, scopes or result.scopes).access_token)
 
 
+@keys_cli.command("reencrypt")
+def reencrypt_command() -> None:
+    """Encrypt every stored secret (token signing keys, webhook secrets) again under the current
+    KEYSERVICE_SECRET_KEY; after it, KEYSERVICE_SECRET_KEY_FALLBACKS can go. What no secret
+    decrypts is left as it was and named (exit 1)."""
+    done = reencrypt_all(_session(), current_state().secret_keys)
+    _session().commit()
+    click.echo(
+        f"re-encrypted {done.signing_keys} signing keys and {done.webhook_secrets} webhook secrets"
+        " under the current KEYSERVICE_SECRET_KEY"
+    )
+    if done.unreadable:
+        click.echo(
+            f"not decrypted by KEYSERVICE_SECRET_KEY or a fallback, left as they were: {', '.join(done.unreadable)}",
+            err=True,
+        )
+        click.get_current_context().exit(1)
+
+
 signing_keys_cli = OneLineErrorGroup("signing-keys", help="The keys that sign access tokens.")
 keys_cli.add_command(signing_keys_cli)
 
@@ -378,7 +398,7 @@ def signing_keys_rotate_command(delay: timedelta | None) -> None:
             f"--delay must be longer than KEYSERVICE_JWKS_MAX_AGE ({settings.jwks_max_age} s), or a"
             " verifier's cached JWKS would not know the new key"
         )
-    new = signingkeys.rotate_signing_keys(_session(), settings, delay)
+    new = signingkeys.rotate_signing_keys(_session(), settings, current_state().secret_keys, delay)
     _session().commit()
     click.echo(f"published {new.kid}; it signs from {new.activates_at.isoformat()}")
 
@@ -466,7 +486,9 @@ def webhook_create_command(url: str, events: tuple[str, ...], external_client_id
     """Register an endpoint; print its id, then its signing secret (shown this once)."""
     fields = WebhookCreateSchema().load({"url": url, "events": list(events), "external_client_id": external_client_id})
     state = current_state()
-    endpoint, secret = webhooks.create_endpoint(state.db.session, state.settings, created_by="cli", **fields)
+    endpoint, secret = webhooks.create_endpoint(
+        state.db.session, state.settings, state.secret_keys, created_by="cli", **fields
+    )
     _session().commit()
     click.echo(endpoint.id)
     click.echo(secret)

@@ -40,6 +40,7 @@ from ..core.config import Settings
 from ..core.dberrors import error_name
 from ..core.errors import InvalidInput
 from ..core.models import WebhookDelivery, WebhookEndpoint, WebhookMessage, as_utc, utcnow
+from ..core.secretkeys import SecretKeys
 from .addresses import check_url
 from .store import announce_expiring
 from .webhooks import decrypt_secret
@@ -121,21 +122,17 @@ def signed_headers(secret: str, message_id: str, body: str, at: datetime) -> dic
 class WebhookSender:
     """One process's sender thread (started by :meth:`ensure_started`, in each forked worker)."""
 
-    def __init__(self, settings: Settings, db: SQLAlchemy) -> None:
+    def __init__(self, settings: Settings, db: SQLAlchemy, secret_keys: SecretKeys) -> None:
         self._settings = settings
         self._db = db
+        self._secret_keys = secret_keys
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._stop = threading.Event()
 
-    @property
-    def enabled(self) -> bool:
-        """Whether this process sends: webhooks configured and KEYSERVICE_WEBHOOKS_SEND on."""
-        return self._settings.webhooks_send and bool(self._settings.webhooks_encryption_keys)
-
     def ensure_started(self) -> None:
         """Start this process's thread if it has none (in an app context: it uses the app's engine)."""
-        if self._pid == os.getpid() or not self.enabled:
+        if self._pid == os.getpid() or not self._settings.webhooks_send:
             return
         with self._lock:
             if self._pid == os.getpid():
@@ -226,7 +223,7 @@ class WebhookSender:
                 message_id,
                 json.dumps(payload, separators=(",", ":")),
                 endpoint.url,
-                decrypt_secret(self._settings, endpoint),
+                decrypt_secret(self._secret_keys, endpoint),
             )
 
     def send(self, engine: Engine, claimed: Claimed) -> None:

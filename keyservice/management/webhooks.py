@@ -8,8 +8,7 @@ API gives it, never the key or its hash.
 
 The signing secrets (``whsec_...``) are the one secret keyservice must keep in a
 form it can use: they are stored encrypted (Fernet: AES-128-CBC and HMAC-SHA256)
-under ``KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY``; without that setting, no endpoint
-can be registered.
+under the deployment secret's key for them (``core/secretkeys.py``).
 """
 
 from __future__ import annotations
@@ -18,12 +17,11 @@ import base64
 import secrets
 from typing import Any, cast
 
-from cryptography.fernet import Fernet, MultiFernet
 from sqlalchemy import CursorResult, delete, or_, select, update
 
 from ..core.config import Settings
-from ..core.errors import KeyServiceError
 from ..core.models import AnySession, ApiKey, WebhookDelivery, WebhookEndpoint, WebhookMessage, utcnow
+from ..core.secretkeys import Purpose, SecretKeys
 from .addresses import check_url
 from .schemas import KeySchema
 from .storeerrors import RecordNotFound, StateConflict
@@ -33,26 +31,9 @@ TEST_EVENT = "webhook.test"
 NO_SUCH_ENDPOINT = "No webhook endpoint has this id."
 
 
-class WebhooksNotConfigured(KeyServiceError):
-    """Raised when an endpoint is registered without an encryption key for its secret."""
-
-    status = 409
-    code = "WEBHOOKS_NOT_CONFIGURED"
-    title = "Webhooks are not configured"
-
-    def __init__(self) -> None:
-        super().__init__("Set KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY to register webhook endpoints.")
-
-
-def _fernet(settings: Settings) -> MultiFernet:
-    if not settings.webhooks_encryption_keys:
-        raise WebhooksNotConfigured()
-    return MultiFernet([Fernet(key) for key in settings.webhooks_encryption_keys])
-
-
-def decrypt_secret(settings: Settings, endpoint: WebhookEndpoint) -> str:
+def decrypt_secret(secret_keys: SecretKeys, endpoint: WebhookEndpoint) -> str:
     """The endpoint's ``whsec_`` secret, to sign with."""
-    return _fernet(settings).decrypt(endpoint.encrypted_secret.encode()).decode()
+    return secret_keys.fernet(Purpose.WEBHOOK_SECRETS).decrypt(endpoint.encrypted_secret.encode()).decode()
 
 
 def _random_id(prefix: str) -> str:
@@ -62,6 +43,7 @@ def _random_id(prefix: str) -> str:
 def create_endpoint(
     session: AnySession,
     settings: Settings,
+    secret_keys: SecretKeys,
     *,
     url: str,
     events: list[str],
@@ -70,7 +52,6 @@ def create_endpoint(
 ) -> tuple[WebhookEndpoint, str]:
     """Register an endpoint (its URL checked: see :func:`keyservice.management.addresses.check_url`); return
     it and its signing secret, which is never available again."""
-    fernet = _fernet(settings)
     check_url(url, settings.webhooks_allow_private)
     secret = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
     endpoint = WebhookEndpoint(
@@ -79,7 +60,7 @@ def create_endpoint(
         events=list(dict.fromkeys(events)),
         external_client_id=external_client_id,
         created_by=created_by,
-        encrypted_secret=fernet.encrypt(secret.encode()).decode(),
+        encrypted_secret=secret_keys.fernet(Purpose.WEBHOOK_SECRETS).encrypt(secret.encode()).decode(),
     )
     session.add(endpoint)
     return endpoint, secret

@@ -63,13 +63,14 @@ def _endpoint(endpoint_id: str) -> WebhookEndpoint:
 @requires("keys:write")
 @webhooks_blueprint.arguments(WebhookCreateSchema)
 @webhooks_blueprint.response(201, WebhookCreatedSchema)
-@problems(webhooks_blueprint, 409, 413, 415, 422)
+@problems(webhooks_blueprint, 413, 415, 422)
 def create(fields: dict[str, Any]) -> dict[str, Any]:
     """Register an endpoint. The response holds its signing secret (``whsec_...``), this once."""
     state = current_state()
     endpoint, secret = create_endpoint(
         state.db.session,
         state.settings,
+        state.secret_keys,
         url=fields["url"],
         events=fields["events"],
         external_client_id=_owner(fields["external_client_id"]),

@@ -1,7 +1,7 @@
 """The checked keys every worker shares: "this whole key was accepted by bcrypt", and nothing more.
 
 An entry is named by the HMAC-SHA256 of the whole key under the deployment
-secret (``deploymentsecret.py``) and holds the key's id and a digest of the
+secret's key for them (``core/secretkeys.py``) and holds the key's id and a digest of the
 ``secret_hash`` bcrypt accepted it against (the first 16 bytes of its SHA-256):
 no key, no secret and no bcrypt hash. A worker that meets a key it has not seen
 (just started, or replaced) finds its entry, reads the key's row, and skips
@@ -34,7 +34,8 @@ import lmdb
 import redis
 
 from ..core.crypto import ID_LENGTH
-from .lmdbwindows import SWEEP_INTERVAL, environment, path_for, sweep_expired
+from ..core.machinefiles import path_for
+from .lmdbwindows import SWEEP_INTERVAL, environment, sweep_expired
 
 ENTRY_TTL = 7 * 86_400
 HASH_DIGEST_BYTES = 16

@@ -22,10 +22,8 @@ at once if the map ever fills.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +31,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
-from sqlalchemy.engine import make_url
 
 from . import slidingwindow
 from .slidingwindow import SLOTS, Counted, Counts, Hit, WindowStorageError
@@ -45,17 +42,6 @@ SWEEP_BATCH = 1000
 _ENTRY = struct.Struct(f"<dq{SLOTS + 1}q")
 _EXPIRES_AT = struct.Struct("<d")
 T = TypeVar("T")
-
-
-def path_for(database_url: str, what: str = "ratelimit") -> Path:
-    """Where the machine's file ``what`` (``ratelimit``: the windows) of the app on ``database_url``
-    lives: beside a SQLite database, else in the temp folder under a name of the database (never
-    of its password)."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return Path(f"{url.database}.{what}")
-    name = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"keyservice-{what}-{name}"
 
 
 _environments: dict[tuple[int, Path], lmdb.Environment] = {}

@@ -9,6 +9,7 @@ that variable (the dev server, tests, a host app) they live in this process.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -21,6 +22,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from ..core.outcomes import Outcome
+
+logger = logging.getLogger("keyservice.metrics")
 
 _VERIFICATIONS = Counter("keyservice_verifications", "Key verifications, by outcome code.", ["outcome"])
 _LATENCY = Histogram(
@@ -46,16 +51,20 @@ _BCRYPT_CHECKS = Counter(
     ["result"],
 )
 
-_by_outcome: dict[str, Any] = {}  # labels() takes a lock and checks its arguments: once per code
+# Every labelled series is made at 0 now, so that /metrics lists each from the start (a rate of
+# bcrypt checks needs its 0 before the first one). labels() takes a lock and checks its
+# arguments: the verifications' series are kept here, once per code.
+_by_outcome: dict[str, Any] = {outcome.value: _VERIFICATIONS.labels(outcome.value) for outcome in Outcome}
+for _limit in ("rate_limit", "failed_checks", "usage"):
+    _LIMIT_REFUSALS.labels(_limit)
+for _result in ("accepted", "refused"):
+    _BCRYPT_CHECKS.labels(_result)
 
 
 def observe(code: str, of_a_key: bool, seconds: float) -> None:
     """Count one verification that took ``seconds`` and ended in ``code`` (an outcome code);
     ``of_a_key``: it was judged on a key's row (a refusal then is the key's own limit)."""
-    counter = _by_outcome.get(code)
-    if counter is None:
-        counter = _by_outcome[code] = _VERIFICATIONS.labels(code)
-    counter.inc()
+    _by_outcome[code].inc()
     _LATENCY.observe(seconds)
     if code == "RATE_LIMITED":
         _LIMIT_REFUSALS.labels("rate_limit" if of_a_key else "failed_checks").inc()
@@ -77,3 +86,31 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def warn_if_per_worker() -> None:
+    """Warn when gunicorn runs several workers without ``PROMETHEUS_MULTIPROC_DIR``: each worker
+    then counts alone, and /metrics shows whichever one answers the scrape."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    workers = gunicorn_workers()
+    if workers > 1:
+        logger.warning(
+            "keyservice: gunicorn runs %d workers without PROMETHEUS_MULTIPROC_DIR: /metrics shows one worker's"
+            " counts. Start it with -c python:keyservice.gunicorn_conf, or point PROMETHEUS_MULTIPROC_DIR at an"
+            " empty folder",
+            workers,
+        )
+
+
+def gunicorn_workers() -> int:
+    """How many workers the gunicorn running this process starts (1 outside gunicorn), read from
+    its command line, config file and ``GUNICORN_CMD_ARGS`` as gunicorn itself read them."""
+    if not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):  # gunicorn's master sets it
+        return 1
+    from gunicorn.app.wsgiapp import WSGIApplication
+
+    try:
+        return int(WSGIApplication().cfg.workers)
+    except (Exception, SystemExit):  # a command line gunicorn read but we cannot: no warning, never a failed start
+        return 1

@@ -13,8 +13,9 @@ import threading
 
 from flask_sqlalchemy import SQLAlchemy
 
+from ..core.machinefiles import path_for
 from ..core.outcomes import RateLimitState
-from .lmdbwindows import LmdbWindows, path_for
+from .lmdbwindows import LmdbWindows
 from .rediswindows import RedisWindows
 from .slidingwindow import WindowStore
 

@@ -12,8 +12,10 @@ key and accept the same ones. A key's state follows from its times (see
   signed has expired.
 - **retired**: no longer published; its tokens are refused.
 
-The private key is kept as PKCS#8 PEM, encrypted (Fernet) under
-``KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY`` when that is set, in the clear otherwise.
+The private key is kept as PKCS#8 PEM, encrypted (Fernet) under the deployment secret's
+key for signing keys (``core/secretkeys.py``). Rows written in the clear by 0.1 without
+``KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY`` are still read; ``flask keys reencrypt``
+encrypts them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask_sqlalchemy import SQLAlchemy
@@ -40,6 +42,7 @@ from sqlalchemy.orm import Session
 from ..core.config import Settings
 from ..core.errors import Conflict, StorageUnavailable
 from ..core.models import AnySession, SigningKey, as_utc, utcnow
+from ..core.secretkeys import Purpose, SecretKeys
 
 logger = logging.getLogger("keyservice.signingkeys")
 
@@ -98,29 +101,21 @@ def state_of(key: SigningKey, current_generation: int | None, now: datetime) -> 
     return "current" if key.generation == current_generation else "retiring"
 
 
-def _fernet(settings: Settings) -> MultiFernet | None:
-    keys = settings.signing_keys_encryption_keys
-    return MultiFernet([Fernet(key) for key in keys]) if keys else None
-
-
-def new_signing_key(settings: Settings, generation: int, activates_at: datetime) -> SigningKey:
+def new_signing_key(secret_keys: SecretKeys, generation: int, activates_at: datetime) -> SigningKey:
     """A new key pair's row (not yet added to a session)."""
     kid = secrets.token_urlsafe(12)
     private_key = ec.generate_private_key(ec.SECP256R1())
     pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fernet = _fernet(settings)
-    if fernet is None:
-        logger.warning("keyservice: signing key %s stored unencrypted: set KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY", kid)
     jwk = ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True) | {"kid": kid, "alg": ALGORITHM, "use": "sig"}
     return SigningKey(
         kid=kid,
         generation=generation,
         algorithm=ALGORITHM,
         public_jwk=jwk,
-        private_key=(fernet.encrypt(pem) if fernet else pem).decode(),
-        encrypted=fernet is not None,
+        private_key=secret_keys.fernet(Purpose.SIGNING_KEYS).encrypt(pem).decode(),
+        encrypted=True,
         created_at=utcnow(),
         activates_at=activates_at,
         retires_at=None,
@@ -143,7 +138,9 @@ def list_signing_keys(session: AnySession) -> list[SigningKey]:
     return list(session.scalars(select(SigningKey).order_by(SigningKey.generation.desc())))
 
 
-def rotate_signing_keys(session: AnySession, settings: Settings, delay: timedelta) -> SigningKey:
+def rotate_signing_keys(
+    session: AnySession, settings: Settings, secret_keys: SecretKeys, delay: timedelta
+) -> SigningKey:
     """Publish a new key now that signs ``delay`` from now; the key it replaces retires once the
     last token it can sign has expired. On an empty table the new key signs at once.
 
@@ -155,7 +152,7 @@ def rotate_signing_keys(session: AnySession, settings: Settings, delay: timedelt
     if latest is not None and as_utc(latest.activates_at) > now:  # type: ignore[operator]
         raise Conflict(f"a rotation is under way: key {latest.kid} signs from {as_utc(latest.activates_at)}")
     activates_at = now + delay if latest is not None else now
-    new = new_signing_key(settings, latest.generation + 1 if latest else 1, activates_at)
+    new = new_signing_key(secret_keys, latest.generation + 1 if latest else 1, activates_at)
     session.add(new)
     session.execute(
         update(SigningKey)
@@ -174,9 +171,10 @@ class SigningKeys:
     """One process's view of the signing keys: the published ones, re-read every
     :data:`REFRESH_INTERVAL` seconds, and private keys decrypted once."""
 
-    def __init__(self, settings: Settings, db: SQLAlchemy) -> None:
+    def __init__(self, settings: Settings, db: SQLAlchemy, secret_keys: SecretKeys) -> None:
         self._settings = settings
         self._db = db
+        self._secret_keys = secret_keys
         self._lock = threading.Lock()
         self._published: dict[str, _Published] = {}
         self._loaded_at: float | None = None
@@ -247,7 +245,7 @@ class SigningKeys:
     def _create_first(self) -> None:
         try:
             with Session(self._db.engine) as session, session.begin():
-                session.add(new_signing_key(self._settings, 1, utcnow()))
+                session.add(new_signing_key(self._secret_keys, 1, utcnow()))
         except IntegrityError:
             pass  # another worker or instance made it first: the next read finds it
 
@@ -262,15 +260,12 @@ class SigningKeys:
             raise SigningUnavailable()
         pem = stored.encode()
         if encrypted:
-            fernet = _fernet(self._settings)
             try:
-                if fernet is None:
-                    raise InvalidToken()
-                pem = fernet.decrypt(pem)
+                pem = self._secret_keys.fernet(Purpose.SIGNING_KEYS).decrypt(pem)
             except InvalidToken:
                 logger.warning(
-                    "keyservice: signing key %s cannot be decrypted: KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY"
-                    " is not set or lacks the key it was encrypted under",
+                    "keyservice: signing key %s cannot be decrypted: it was encrypted under a secret that is"
+                    " neither KEYSERVICE_SECRET_KEY nor one of KEYSERVICE_SECRET_KEY_FALLBACKS",
                     kid,
                 )
                 raise SigningUnavailable() from None

@@ -24,7 +24,7 @@ from typing import Any
 
 import jwt
 from cachetools import LRUCache
-from flask import current_app, has_request_context, url_for
+from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..core.config import Settings
@@ -45,14 +45,17 @@ REQUIRED_CLAIMS = ["iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope
 
 
 class NoIssuer(KeyServiceError):
-    """Raised when a token is issued outside a request and ``KEYSERVICE_TOKEN_ISSUER`` is not set."""
+    """Raised when a token is to be issued (or the issuer named) and ``KEYSERVICE_TOKEN_ISSUER`` is not set."""
 
     status = 409
     code = "TOKENS_NOT_CONFIGURED"
     title = "No token issuer"
 
     def __init__(self) -> None:
-        super().__init__("Set KEYSERVICE_TOKEN_ISSUER (the service's public URL) to issue tokens outside a request.")
+        super().__init__(
+            "Set KEYSERVICE_TOKEN_ISSUER (the service's public URL) to issue tokens; gunicorn with keyservice's"
+            " settings sets it to its bind address on one machine."
+        )
 
 
 def looks_like_token(credential: str) -> bool:
@@ -61,12 +64,11 @@ def looks_like_token(credential: str) -> bool:
 
 
 def issuer(settings: Settings) -> str:
-    """``iss``: ``KEYSERVICE_TOKEN_ISSUER``, or the URL this request reached keyservice's routes at."""
-    if settings.token_issuer:
-        return settings.token_issuer
-    if not has_request_context():
+    """``iss``: ``KEYSERVICE_TOKEN_ISSUER``. Never a request's own URL: its Host is the client's
+    to choose, and two instances reached at two addresses would refuse each other's tokens."""
+    if not settings.token_issuer:
         raise NoIssuer()
-    return url_for("oauth.token", _external=True).removesuffix(TOKEN_PATH)
+    return settings.token_issuer
 
 
 def audience(settings: Settings, iss: str) -> str:

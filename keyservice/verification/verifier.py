@@ -2,7 +2,8 @@
 
 bcrypt at cost 12 takes about a quarter of a second, so it cannot run on every
 request, nor on every worker's first meeting with a key. Keys are found by an
-HMAC-SHA256 of the whole key under the deployment secret (``deploymentsecret.py``):
+HMAC-SHA256 of the whole key under the deployment secret's key for them
+(``core/secretkeys.py``; after a rotation of the secret, under a fallback's too):
 
 1. In this worker's copies of rows (``rowcache.py``), trusted while the change
    feed has been read within ``KEYSERVICE_CACHE_TTL`` (0.5 s): a key found there
@@ -51,6 +52,7 @@ from sqlalchemy.orm import Session
 from ..core.config import Settings
 from ..core.crypto import MAX_KEY_LENGTH, ParsedKey, check_secret, hmac_sha256, parse_key
 from ..core.dberrors import error_name
+from ..core.machinefiles import path_for
 from ..core.models import CREDITS, RATE, utcnow
 from ..core.outcomes import (
     ONE_USE,
@@ -63,14 +65,14 @@ from ..core.outcomes import (
     read_only,
 )
 from ..core.scopes import missing_scopes
+from ..core.secretkeys import Purpose, SecretKeys
 from ..core.state import current_state
 from . import metrics
 from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
 from .credits import Credits
-from .deploymentsecret import deployment_secret
 from .failedchecks import FailedCheckBudgets
 from .keyrows import KeyRows
-from .lmdbwindows import LmdbWindows, path_for
+from .lmdbwindows import LmdbWindows
 from .quota import Quota
 from .ratelimit import RateLimiter
 from .rowcache import RowCache
@@ -101,10 +103,11 @@ class _VerifiedKey:
 
 @dataclass(frozen=True)
 class _Shared:
-    """What the app's workers share: the HMAC under the deployment secret, the checked keys, the
-    failed-check budgets."""
+    """What the app's workers share: the HMAC under the deployment secret (and those under its
+    fallbacks, while it is rotated), the checked keys, the failed-check budgets."""
 
     digest: Callable[[bytes], bytes]
+    earlier_digests: tuple[Callable[[bytes], bytes], ...]
     checked: CheckedKeys
     budgets: WindowStore
 
@@ -122,6 +125,7 @@ class Verifier:
         self,
         settings: Settings,
         db: SQLAlchemy,
+        secret_keys: SecretKeys,
         on_usage_exhausted: Callable[[Session, str], None] | None = None,
         on_limit_event: Callable[[Session, int, str], None] | None = None,
     ) -> None:
@@ -135,6 +139,7 @@ class Verifier:
 
         self._settings = settings
         self._engine = engine
+        self._checked_key_names = secret_keys.derived(Purpose.CHECKED_KEYS)
         self._ratelimiter = RateLimiter(settings.ratelimit_storage_url, db)
         self._rows: RowCache[_VerifiedKey] = RowCache(
             engine, settings.cache_size, settings.cache_ttl, settings.cache_max_age
@@ -233,8 +238,10 @@ class Verifier:
                 if self._shared_stores is None:
                     database_url = self._engine().url.render_as_string(hide_password=False)
                     storage_url = self._settings.ratelimit_storage_url
+                    current, *earlier = self._checked_key_names
                     self._shared_stores = _Shared(
-                        hmac_sha256(deployment_secret(self._settings.secret_key, path_for(database_url, "secret"))),
+                        hmac_sha256(current),
+                        tuple(hmac_sha256(name_key) for name_key in earlier),
                         checked_keys_at(storage_url, database_url),
                         # The windows' Redis; on one machine a file of their own beside the windows'.
                         self._ratelimiter.windows if storage_url else LmdbWindows(path_for(database_url, "budgets")),
@@ -387,7 +394,7 @@ class Verifier:
         generation = self._rows.generation()
         with self._one_check_at_a_time(digest):  # the others then find the key checked
             checked: _VerifiedKey | VerificationResult | None = None
-            entry = self._shared().checked.get(digest)
+            entry = self._checked_entry(key, digest)
             if entry is not None:
                 record = self._load(parsed.key_id)
                 if record is None:
@@ -399,6 +406,18 @@ class Verifier:
             record = checked.record
             self._rows.put(digest, record.id, record.roles, record.external_client_id, checked, generation)
         return checked
+
+    def _checked_entry(self, key: str, digest: bytes) -> CheckedKey | None:
+        """The key's entry in the shared checked keys; one named under a fallback secret is
+        named again under the current one (after a secret's rotation, no key needs bcrypt again)."""
+        shared = self._shared()
+        entry = shared.checked.get(digest)
+        for earlier in shared.earlier_digests if entry is None else ():
+            entry = shared.checked.get(earlier(key.encode(errors="replace")))
+            if entry is not None:
+                shared.checked.put(digest, entry)
+                break
+        return entry
 
     @contextmanager
     def _one_check_at_a_time(self, digest: bytes) -> Iterator[None]:
