@@ -12,7 +12,12 @@ if TYPE_CHECKING:
     from .verification.decorators import require_key
     from .verification.verifier import verify_key
 
-__all__ = ["KeyService", "Outcome", "VerificationResult", "create_app", "require_key", "verify_key"]
+__all__ = ["KeyService", "Outcome", "VerificationResult", "__version__", "create_app", "require_key", "verify_key"]
+
+# The one place the version is stated: setup.cfg reads it (version = attr: keyservice.__version__).
+# A plain string literal, so that setuptools reads it from this file's source without importing
+# the package (and so its dependencies) in an isolated build.
+__version__ = "0.2.0"
 
 # Each public name's module, imported when the name is first used: importing a submodule alone
 # must not load the app's modules. gunicorn's settings (keyservice.gunicorn_conf) choose
