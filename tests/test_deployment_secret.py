@@ -1,0 +1,187 @@
+"""The one deployment secret: rotated with the old one as a fallback, every stored secret stays
+usable and no checked key needs bcrypt again; ``flask keys reencrypt`` moves everything to the
+new secret, so the fallback can go; the deprecated settings still decrypt what they encrypted."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import jwt
+import pytest
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from flask import Flask
+from jwt.algorithms import ECAlgorithm
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from keyservice import create_app
+from keyservice.app import db
+from keyservice.core.config import ConfigError
+from keyservice.core.models import SigningKey, WebhookEndpoint, utcnow
+from keyservice.core.secretkeys import Purpose
+from keyservice.core.state import current_state
+from keyservice.management.webhooks import decrypt_secret
+from keyservice.verification.verifier import verify_key
+
+from .conftest import migrated_app
+from .helpers import assert_problem, bearer, issue
+from .receivers import Receiver, serving, webhook_settings
+from .test_webhooks import operator_key, register, send_due
+from .tokens import basic
+
+OLD = "the old deployment secret: 32+ characters long"
+NEW = "the new deployment secret: 32+ characters long"
+GRANT = {"grant_type": "client_credentials"}
+KID = "a-0.1-signing-ky"
+
+
+def bcrypt_checks() -> float:
+    return REGISTRY.get_sample_value("keyservice_bcrypt_checks_total", {"result": "accepted"}) or 0.0
+
+
+@contextmanager
+def app_with(database_url: str, secret: str, *fallbacks: str) -> Iterator[Flask]:
+    settings = webhook_settings(KEYSERVICE_WEBHOOKS_SEND="false")
+    fallback_setting = {"KEYSERVICE_SECRET_KEY_FALLBACKS": ", ".join(fallbacks)}
+    with migrated_app(database_url, KEYSERVICE_SECRET_KEY=secret, **fallback_setting, **settings) as app:
+        yield app
+
+
+def assert_everything_usable(app: Flask, key: str, receivers: list[Receiver]) -> None:
+    """The key verifies without bcrypt, each endpoint's test event arrives signed with its secret,
+    every signing key decrypts and signs, and a token is issued."""
+    before = bcrypt_checks()
+    with app.app_context():
+        assert verify_key(key).valid
+    assert bcrypt_checks() == before, "a checked key needed bcrypt again"
+    client, admin = app.test_client(), operator_key(app)
+    for receiver in receivers:
+        [endpoint] = [
+            e for e in client.get("/webhooks", headers=bearer(admin)).get_json()["items"] if e["url"] == receiver.url
+        ]
+        assert client.post(f"/webhooks/{endpoint['id']}/test", headers=bearer(admin)).status_code == 202
+    send_due(app)
+    for receiver in receivers:
+        assert receiver.received[-1].status == 200 and receiver.received[-1].verified
+    with app.app_context():
+        fernet = current_state().secret_keys.fernet(Purpose.SIGNING_KEYS)
+        rows = list(db.session.scalars(select(SigningKey)))
+    assert len(rows) == 2
+    for row in rows:
+        private = serialization.load_pem_private_key(fernet.decrypt(row.private_key.encode()), password=None)
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        signed = jwt.encode({"sub": "x"}, private, algorithm="ES256")
+        public = jwt.PyJWK(row.public_jwk).key
+        assert jwt.decode(signed, public, algorithms=["ES256"]) == {"sub": "x"}
+    assert app.test_client().post("/oauth/token", data=GRANT, headers=basic(key)).status_code == 200
+
+
+def test_a_rotated_secret_keeps_every_stored_secret_usable_and_reencrypt_lets_the_old_one_go(
+    database_url: str,
+) -> None:
+    receivers = [Receiver(), Receiver()]
+    with ExitStack() as stack:
+        for receiver in receivers:
+            stack.enter_context(serving(receiver))
+        with app_with(database_url, OLD) as old:
+            client, admin = old.test_client(), operator_key(old)
+            for receiver in receivers:
+                receiver.secret = register(client, admin, receiver.url)["secret"]
+            _, key = issue(old)
+            with old.app_context():
+                assert verify_key(key).valid  # bcrypt once: the key is checked
+            assert client.post("/oauth/token", data=GRANT, headers=basic(key)).status_code == 200
+            rotated = old.test_cli_runner().invoke(args=["keys", "signing-keys", "rotate", "--delay", "1h"])
+            assert rotated.exit_code == 0, rotated.output  # a second signing key, published before it signs
+
+        with app_with(database_url, NEW, OLD) as rotating:
+            assert_everything_usable(rotating, key, receivers)
+            done = rotating.test_cli_runner().invoke(args=["keys", "reencrypt"])
+            assert (done.exit_code, done.stdout) == (
+                0,
+                "re-encrypted 2 signing keys and 2 webhook secrets under the current KEYSERVICE_SECRET_KEY\n",
+            )
+
+        with app_with(database_url, NEW) as after:  # the fallback removed
+            assert_everything_usable(after, key, receivers)
+
+        # Everything was moved: the old secret alone reads nothing of it.
+        with app_with(database_url, OLD) as undone:
+            assert_problem(
+                undone.test_client().post("/oauth/token", data=GRANT, headers=basic(key)), 503, "UNAVAILABLE"
+            )
+            refused = undone.test_cli_runner().invoke(args=["keys", "reencrypt"])
+            assert refused.exit_code == 1 and "left as they were" in refused.stderr
+
+
+def test_the_deprecated_settings_still_decrypt_and_reencrypt_moves_off_them(database_url: str) -> None:
+    """As 0.1 left them: a webhook secret under KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY, a signing key in the clear."""
+    legacy = Fernet.generate_key().decode()
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    jwk = ECAlgorithm.to_jwk(private.public_key(), as_dict=True) | {"kid": KID, "alg": "ES256", "use": "sig"}
+    secret = "whsec_" + base64.b64encode(b"the webhook secret of 0.1").decode()
+    with (
+        pytest.warns(FutureWarning, match="KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY is deprecated"),
+        migrated_app(database_url, KEYSERVICE_SECRET_KEY=NEW, KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY=legacy) as app,
+        app.app_context(),
+    ):
+        encrypted_secret = Fernet(legacy).encrypt(secret.encode()).decode()
+        db.session.add(
+            WebhookEndpoint(id="ep_legacy", url="https://1.1.1.1/", events=[], encrypted_secret=encrypted_secret)
+        )
+        db.session.add(
+            SigningKey(
+                kid=KID,
+                generation=1,
+                algorithm="ES256",
+                public_jwk=jwk,
+                private_key=pem.decode(),
+                encrypted=False,
+                activates_at=utcnow(),
+            )
+        )
+        db.session.commit()
+        assert stored_webhook_secret() == secret
+        done = app.test_cli_runner().invoke(args=["keys", "reencrypt"])
+        assert done.exit_code == 0 and "1 signing keys and 1 webhook secrets" in done.stdout
+    with migrated_app(database_url, KEYSERVICE_SECRET_KEY=NEW) as after, after.app_context():  # the old variable gone
+        assert stored_webhook_secret() == secret
+        row = db.session.get(SigningKey, KID)
+        assert row is not None and row.encrypted and "PRIVATE KEY" not in row.private_key
+        assert current_state().secret_keys.fernet(Purpose.SIGNING_KEYS).decrypt(row.private_key.encode()) == pem
+        assert after.test_client().post("/oauth/token", data=GRANT, headers=basic(issue(after)[1])).status_code == 200
+
+
+def stored_webhook_secret() -> str:
+    endpoint = db.session.get(WebhookEndpoint, "ep_legacy")
+    assert endpoint is not None
+    return decrypt_secret(current_state().secret_keys, endpoint)
+
+
+def test_each_purpose_has_its_own_key_and_no_secret_is_shown(database_url: str) -> None:
+    with migrated_app(database_url, KEYSERVICE_SECRET_KEY=NEW, KEYSERVICE_SECRET_KEY_FALLBACKS=OLD) as app:
+        with app.app_context():
+            state = current_state()
+        derived = [key for purpose in Purpose for key in state.secret_keys.derived(purpose)]
+        assert len(set(derived)) == len(derived) == 2 * len(Purpose)  # every purpose's, under every secret, apart
+        for text in (repr(state.secret_keys), repr(state.settings)):
+            assert NEW not in text and OLD not in text
+    for name, value in (("KEYSERVICE_SECRET_KEY", "short"), ("KEYSERVICE_SECRET_KEY_FALLBACKS", f"{OLD}, short")):
+        with pytest.raises(ConfigError, match=name) as refused, migrated_app(database_url, **{name: value}):
+            pass
+        assert "short" not in str(refused.value)
+
+
+def test_postgresql_refuses_to_start_without_the_secret_or_the_issuer() -> None:
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"  # never connected to: refused before
+    with pytest.raises(ConfigError, match=r"^KEYSERVICE_SECRET_KEY must be set on PostgreSQL"):
+        create_app({"SQLALCHEMY_DATABASE_URI": url, "KEYSERVICE_TOKEN_ISSUER": "https://keys.example.com"})
+    with pytest.raises(ConfigError, match=r"^KEYSERVICE_TOKEN_ISSUER must be set"):
+        create_app({"SQLALCHEMY_DATABASE_URI": url, "KEYSERVICE_SECRET_KEY": NEW})
