@@ -1,8 +1,8 @@
 """``python -m keyservice``: the installed version, and where the service's real commands are.
 
 The service itself runs under gunicorn and is managed through Flask's CLI; this entry point
-only says which version is installed and points there. It imports nothing but click and
-the version, so it answers without loading the app (or touching a database).
+only says which version is installed and points there. It builds no app, so it answers
+without reading a setting or touching a database.
 """
 
 from __future__ import annotations
