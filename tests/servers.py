@@ -54,6 +54,21 @@ def flask_cli(environ: dict[str, str], *args: str, app: str = "wsgi") -> subproc
     )
 
 
+def refused_start(environ: dict[str, str]) -> str:
+    """Start the service with gunicorn's shipped settings, which must refuse to: the last line it wrote."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "wsgi:app"],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert result.returncode != 0, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 @dataclass(frozen=True)
 class KeysCli:
     """``flask keys ...`` on a service's database, as an operator would type it."""

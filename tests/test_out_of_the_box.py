@@ -21,7 +21,16 @@ import jwt
 import pytest
 
 from .helpers import bearer, free_port
-from .servers import REPO, _wait_until_healthy, flask_cli, labelled_metric, request, service_environment, serving
+from .servers import (
+    REPO,
+    _wait_until_healthy,
+    flask_cli,
+    labelled_metric,
+    refused_start,
+    request,
+    service_environment,
+    serving,
+)
 from .tokens import FORM, basic
 
 pytestmark = pytest.mark.slow  # starts the service
@@ -143,17 +152,7 @@ def test_a_deployment_missing_what_it_must_set_refuses_to_start_in_one_line(
     settings: dict[str, str], named: str, tmp_path: Path
 ) -> None:
     environ = new_user_environment(free_port()) | {"DATABASE_URL": f"sqlite:///{tmp_path / 'keys.db'}"} | settings
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1].startswith(f"keyservice: {named} must be set")
+    assert refused_start(environ).startswith(f"keyservice: {named} must be set")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
