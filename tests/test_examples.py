@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from examples import saas_app
+from examples import minimal_app, saas_app
 
 from .helpers import bearer
 from .servers import REPO
@@ -74,6 +75,23 @@ def test_without_signing_in_no_key_is_made_and_no_key_no_entry(saas: Flask) -> N
     assert (refused.status_code, refused.get_json()["code"]) == (401, "MISSING")
     # The example leaves the management API out: its users create keys through /create-key.
     assert client.get("/keys").status_code == 404
+
+
+def test_the_minimal_app_answers_a_key_holding_its_scope_with_the_keys_customer(tmp_path: Path) -> None:
+    app = minimal_app.create_app(
+        {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'minimal.db'}", "KEYSERVICE_BCRYPT_ROUNDS": 4}
+    )
+    runner = app.test_cli_runner()
+    options = ["keys", "create", "--name", "demo", "--client-id", "acme"]
+    key = runner.invoke(args=[*options, "--scope", "hello:read"]).stdout.strip()
+    without_scope = runner.invoke(args=options).stdout.strip()
+    client = app.test_client()
+    answered = client.post("/hello", headers=bearer(key))
+    assert (answered.status_code, answered.get_json()) == (200, {"hello": "acme"})
+    assert client.post("/hello", headers=bearer(without_scope)).get_json()["code"] == "INSUFFICIENT_SCOPE"
+    assert client.post("/hello").status_code == 401
+    with app.app_context():
+        minimal_app.db.engine.dispose()
 
 
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
