@@ -1,9 +1,9 @@
-"""examples/saas_app.py end to end, and the README's Python blocks: each is part of a file the
-tests run (examples/host_app.py is tested in test_extension_mounting.py)."""
+"""examples/saas_app.py and examples/minimal_app.py end to end, and the Python blocks of the README
+and the docs: each is part of a file the tests run (examples/host_app.py is tested in
+test_extension_mounting.py). test_doc_blocks.py runs the other blocks."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from examples import minimal_app, saas_app
 
+from .docblocks import every_block
 from .helpers import bearer
 from .servers import REPO
 
@@ -94,13 +95,14 @@ def test_the_minimal_app_answers_a_key_holding_its_scope_with_the_keys_customer(
         minimal_app.db.engine.dispose()
 
 
-PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 TESTED_FILES = [*sorted((REPO / "examples").glob("*.py")), *sorted((REPO / "tests").glob("host_app*.py"))]
 
 
-def test_every_python_block_in_the_readme_is_part_of_a_tested_file() -> None:
-    blocks = PYTHON_BLOCK.findall((REPO / "README.md").read_text())
-    assert blocks
+def test_every_python_block_of_the_readme_and_the_docs_is_part_of_a_tested_file() -> None:
+    python_blocks = [block for block in every_block() if block.language == "python"]
+    assert python_blocks
     sources = {path: path.read_text() for path in TESTED_FILES}
-    for block in blocks:
-        assert any(block in source for source in sources.values()), f"not in {[p.name for p in sources]}:\n{block}"
+    for block in python_blocks:
+        assert any(block.text in source for source in sources.values()), (
+            f"{block} is not in {[p.name for p in sources]}:\n{block.text}"
+        )
