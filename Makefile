@@ -1,4 +1,5 @@
-# `make serve` runs the service on SQLite; `make test` lints (ruff), type-checks (mypy) and runs the whole suite.
+# `make serve` runs the service on SQLite; `make test` lints (ruff), type-checks (mypy), builds the docs
+# and runs the whole suite.
 # Each sets up what it needs first: a virtualenv with the pinned packages, serving's only
 # (requirements.txt and the package) for `make serve`, the test tools on top for the rest.
 PYTHON ?= python3
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 SERVING := $(VENV)/.installed-serve
 INSTALLED := $(VENV)/.installed-test
 
-.PHONY: serve test test-fast bench screenshots
+.PHONY: serve test test-fast docs bench screenshots
 
 $(SERVING): requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +16,7 @@ $(SERVING): requirements.txt setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
 	touch $@
 
-$(INSTALLED): $(SERVING) requirements-test.txt
+$(INSTALLED): $(SERVING) requirements-test.txt requirements-docs.txt
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt
 	touch $@
 
@@ -48,7 +49,15 @@ test: $(INSTALLED)
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
 	$(BIN)/mypy
+	$(MAKE) docs
 	$(BIN)/pytest -n 4 --dist worksteal
+
+# The documentation site (Sphinx, docs/): warnings are errors and every internal reference must
+# resolve (-n). It is built into the venv, outside the tracked tree; open $(DOCS_HTML)/index.html.
+# External links are not checked: the build must work offline.
+DOCS_HTML := $(VENV)/docs-html
+docs: $(INSTALLED)
+	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs $(DOCS_HTML)
 
 # Day to day: the in-process tests on SQLite, no server or browser started (about 75 s of CPU,
 # in 2 processes); `make test` before a push.

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from keyservice import create_app
-from keyservice.core.config import DEFAULTS, ConfigError, config_from_environment
+from keyservice.core.config import DATABASE_URL, DEFAULTS, SETTINGS, ConfigError, config_from_environment
 
 from .conftest import TEST_CONFIG
 from .servers import flask_cli, service_environment
@@ -109,3 +109,10 @@ def test_the_installed_packages_cli_prints_a_wrong_setting_without_a_traceback(t
         "Error: DATABASE_URL must be a SQLite or PostgreSQL database"
         " (keyservice's SQL is written for those), not oracle\n"
     )
+
+
+def test_every_setting_is_declared_once_with_a_description() -> None:
+    names = [setting.name for setting in SETTINGS]
+    assert len(names) == len(set(names)) == len(DEFAULTS)
+    for setting in (*SETTINGS, DATABASE_URL):
+        assert setting.description.endswith("."), setting.name

@@ -1,17 +1,19 @@
-"""examples/saas_app.py end to end, and the README's Python blocks: each is part of a file the
-tests run (examples/host_app.py is tested in test_extension_mounting.py)."""
+"""examples/saas_app.py and examples/minimal_app.py end to end, and the Python blocks of the README
+and the docs: each is part of a file the tests run (examples/host_app.py is tested in
+test_extension_mounting.py). test_doc_blocks.py runs the other blocks."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from examples import saas_app
+from examples import minimal_app, saas_app
 
+from .docblocks import every_block
 from .helpers import bearer
 from .servers import REPO
 
@@ -76,13 +78,31 @@ def test_without_signing_in_no_key_is_made_and_no_key_no_entry(saas: Flask) -> N
     assert client.get("/keys").status_code == 404
 
 
-PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+def test_the_minimal_app_answers_a_key_holding_its_scope_with_the_keys_customer(tmp_path: Path) -> None:
+    app = minimal_app.create_app(
+        {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'minimal.db'}", "KEYSERVICE_BCRYPT_ROUNDS": 4}
+    )
+    runner = app.test_cli_runner()
+    options = ["keys", "create", "--name", "demo", "--client-id", "acme"]
+    key = runner.invoke(args=[*options, "--scope", "hello:read"]).stdout.strip()
+    without_scope = runner.invoke(args=options).stdout.strip()
+    client = app.test_client()
+    answered = client.post("/hello", headers=bearer(key))
+    assert (answered.status_code, answered.get_json()) == (200, {"hello": "acme"})
+    assert client.post("/hello", headers=bearer(without_scope)).get_json()["code"] == "INSUFFICIENT_SCOPE"
+    assert client.post("/hello").status_code == 401
+    with app.app_context():
+        minimal_app.db.engine.dispose()
+
+
 TESTED_FILES = [*sorted((REPO / "examples").glob("*.py")), *sorted((REPO / "tests").glob("host_app*.py"))]
 
 
-def test_every_python_block_in_the_readme_is_part_of_a_tested_file() -> None:
-    blocks = PYTHON_BLOCK.findall((REPO / "README.md").read_text())
-    assert blocks
+def test_every_python_block_of_the_readme_and_the_docs_is_part_of_a_tested_file() -> None:
+    python_blocks = [block for block in every_block() if block.language == "python"]
+    assert python_blocks
     sources = {path: path.read_text() for path in TESTED_FILES}
-    for block in blocks:
-        assert any(block in source for source in sources.values()), f"not in {[p.name for p in sources]}:\n{block}"
+    for block in python_blocks:
+        assert any(block.text in source for source in sources.values()), (
+            f"{block} is not in {[p.name for p in sources]}:\n{block.text}"
+        )

@@ -25,56 +25,239 @@ from sqlalchemy.exc import ArgumentError
 
 from .crypto import PREFIX_PATTERN
 
-DEFAULTS: dict[str, Any] = {
-    "KEYSERVICE_KEY_PREFIX": "sk",
-    "KEYSERVICE_BCRYPT_ROUNDS": 12,
-    "KEYSERVICE_HEADER": "X-API-Key",
-    "KEYSERVICE_CACHE_TTL": 0.5,
-    "KEYSERVICE_CACHE_SIZE": 10_000,
-    "KEYSERVICE_CACHE_MAX_AGE": 60.0,
-    "KEYSERVICE_SECRET_KEY": "",
-    "KEYSERVICE_SECRET_KEY_FALLBACKS": "",
-    "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT": "5/minute",
-    "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY": "30/minute",
-    "KEYSERVICE_RATELIMIT_STORAGE_URL": "",
-    "KEYSERVICE_RATELIMIT_FAIL_OPEN": False,
-    "KEYSERVICE_USAGE_FLUSH_INTERVAL": 10.0,
-    "KEYSERVICE_LOG_FORMAT": "json",
-    "KEYSERVICE_PROXIES": 0,
-    "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY": "",
-    "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE": False,
-    "KEYSERVICE_WEBHOOKS_SEND": True,
-    "KEYSERVICE_WEBHOOKS_TIMEOUT": 5.0,
-    "KEYSERVICE_WEBHOOKS_RETRY_DELAY": 30.0,
-    "KEYSERVICE_WEBHOOKS_RETRY_FOR": 86_400.0,
-    "KEYSERVICE_WEBHOOKS_POLL_INTERVAL": 1.0,
-    "KEYSERVICE_WEBHOOKS_EXPIRING_BEFORE": 7 * 86_400.0,
-    "KEYSERVICE_SECRET_SCANNING_KEYS_URL": "https://api.github.com/meta/public_keys/secret_scanning",
-    "KEYSERVICE_TOKEN_LIFETIME": 300,
-    "KEYSERVICE_TOKEN_ISSUER": "",
-    "KEYSERVICE_TOKEN_AUDIENCE": "",
-    "KEYSERVICE_JWKS_MAX_AGE": 300,
-    "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY": "",
-    # The self-serve page (KeyService(self_serve=True)): the scopes customers may put on their
-    # keys (a list, or words split by spaces or commas), its title and brand colour, the host's
-    # Jinja layout it extends ("": a page of its own) and where a signed-out visitor is sent
-    # (an endpoint or a URL; "": Flask-Login's login_view, if any, else a 401).
-    "KEYSERVICE_SELF_SERVE_SCOPES": "",
-    "KEYSERVICE_SELF_SERVE_TITLE": "API keys",
-    "KEYSERVICE_SELF_SERVE_BRAND_COLOR": "#3730a3",
-    "KEYSERVICE_SELF_SERVE_LAYOUT": "",
-    "KEYSERVICE_SELF_SERVE_LOGIN_VIEW": "",
-    # Where the management API's OpenAPI document (and, if asked for, a viewer of it) is served;
-    # flask-smorest reads these names (keyservice's Api has the config prefix KEYSERVICE_).
-    "KEYSERVICE_OPENAPI_URL_PREFIX": "",  # "": the extension's url_prefix
-    "KEYSERVICE_OPENAPI_JSON_PATH": "openapi.json",
-    "KEYSERVICE_OPENAPI_REDOC_PATH": "",
-    "KEYSERVICE_OPENAPI_REDOC_URL": "",
-    "KEYSERVICE_OPENAPI_SWAGGER_UI_PATH": "",
-    "KEYSERVICE_OPENAPI_SWAGGER_UI_URL": "",
-    "KEYSERVICE_OPENAPI_RAPIDOC_PATH": "",
-    "KEYSERVICE_OPENAPI_RAPIDOC_URL": "",
-}
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting, declared once: its name, its default, and what it does (the docs' configuration
+    reference is rendered from these)."""
+
+    name: str
+    default: Any
+    description: str
+
+
+DEPRECATED_FERNET = (
+    "Deprecated: derived from KEYSERVICE_SECRET_KEY now; still read (what it encrypted stays readable)"
+    " for one release, with a warning."
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("KEYSERVICE_KEY_PREFIX", "sk", "The keys' prefix (``sk_...``): 1 to 16 lowercase letters or digits."),
+    Setting("KEYSERVICE_BCRYPT_ROUNDS", 12, "The bcrypt cost of each key's stored hash (4 to 31)."),
+    Setting(
+        "KEYSERVICE_HEADER",
+        "X-API-Key",
+        "A second header a key may come in, besides ``Authorization: Bearer``; empty turns it off.",
+    ),
+    Setting(
+        "KEYSERVICE_CACHE_TTL",
+        0.5,
+        "Seconds between a worker's reads of the change feed: the longest a revoke, disable, expiry change,"
+        " PATCH or rotation takes to reach every worker, and the longest a worker trusts its rows without the"
+        " database.",
+    ),
+    Setting(
+        "KEYSERVICE_CACHE_SIZE",
+        10_000,
+        "How many keys' rows (and checked access tokens) each worker keeps in memory.",
+    ),
+    Setting(
+        "KEYSERVICE_CACHE_MAX_AGE",
+        60.0,
+        "Seconds a worker keeps a key's row without a change before reading it again, a safety net (1 to 300).",
+    ),
+    Setting(
+        "KEYSERVICE_SECRET_KEY",
+        "",
+        "The deployment secret, at least 32 random characters. Every key keyservice needs is derived from it"
+        " with HKDF, one per purpose (the checked-keys HMAC, the signing keys at rest, the webhook secrets at"
+        " rest). Unset on SQLite: a random one is made once, as text, in a file beside the database"
+        " (``instance/keyservice.db.secret`` by default, mode 0600; the log says so)."
+        " Required on PostgreSQL.",
+    ),
+    Setting(
+        "KEYSERVICE_SECRET_KEY_FALLBACKS",
+        "",
+        "Earlier deployment secrets, separated by commas, still accepted for reading while you rotate: what"
+        " they encrypted stays readable and checked keys are found again; ``flask keys reencrypt`` moves"
+        " everything to the current secret.",
+    ),
+    Setting(
+        "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT",
+        "5/minute",
+        "bcrypt checks allowed per key id and client address, per machine (per deployment with Redis).",
+    ),
+    Setting(
+        "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY",
+        "30/minute",
+        "bcrypt checks allowed per key id from all addresses, per machine (per deployment with Redis): the"
+        " ceiling on a flood's bcrypt work.",
+    ),
+    Setting(
+        "KEYSERVICE_RATELIMIT_STORAGE_URL",
+        "",
+        "Where rate-limit windows, the checked keys and the failed-check budgets live: empty for LMDB files"
+        " every worker of the machine shares, or ``redis://host:6379/0`` (``rediss://``, ``unix://``) for"
+        " many machines.",
+    ),
+    Setting(
+        "KEYSERVICE_RATELIMIT_FAIL_OPEN",
+        False,
+        "When that storage cannot be reached: ``false`` answers 503 ``UNAVAILABLE``; ``true`` lets requests"
+        " through and logs a warning.",
+    ),
+    Setting(
+        "KEYSERVICE_USAGE_FLUSH_INTERVAL",
+        10.0,
+        "Seconds between a worker's writes of its usage counts and ``last_used_at``: what a killed worker can lose.",
+    ),
+    Setting(
+        "KEYSERVICE_LOG_FORMAT",
+        "json",
+        "The service's request log lines (``create_app()``): ``json`` (one object per line) or ``text``.",
+    ),
+    Setting(
+        "KEYSERVICE_PROXIES",
+        0,
+        "How many proxies in front of the standalone service set ``X-Forwarded-For`` (1 behind the shipped"
+        " nginx site); the caller's address is taken from them. Leave it 0 without a proxy, or a caller could"
+        " choose its own address.",
+    ),
+    Setting(
+        "KEYSERVICE_WEBHOOKS_ENCRYPTION_KEY",
+        "",
+        "Fernet keys (comma-separated: the first encrypts, all decrypt) the webhook signing secrets are stored"
+        " under. " + DEPRECATED_FERNET,
+    ),
+    Setting(
+        "KEYSERVICE_WEBHOOKS_ALLOW_PRIVATE",
+        False,
+        "``true`` lets webhook URLs reach private, loopback and link-local addresses.",
+    ),
+    Setting(
+        "KEYSERVICE_WEBHOOKS_SEND",
+        True,
+        "Whether this deployment's workers run a webhook sender (``false``: another deployment on the same"
+        " database sends).",
+    ),
+    Setting("KEYSERVICE_WEBHOOKS_TIMEOUT", 5.0, "Seconds for one delivery attempt's connect and each read."),
+    Setting(
+        "KEYSERVICE_WEBHOOKS_RETRY_DELAY",
+        30.0,
+        "Seconds before a failed delivery's first retry; each next one waits twice as long, at most an hour.",
+    ),
+    Setting(
+        "KEYSERVICE_WEBHOOKS_RETRY_FOR",
+        86_400.0,
+        "Seconds after its event (or a redelivery) a delivery is retried before it is marked failed.",
+    ),
+    Setting(
+        "KEYSERVICE_WEBHOOKS_POLL_INTERVAL",
+        1.0,
+        "Seconds an idle sender waits before it looks for due deliveries (and expiring keys) again.",
+    ),
+    Setting(
+        "KEYSERVICE_WEBHOOKS_EXPIRING_BEFORE",
+        7 * 86_400.0,
+        "Seconds before a key's ``expires_at`` that ``key.expiring`` is sent (0: never).",
+    ),
+    Setting(
+        "KEYSERVICE_SECRET_SCANNING_KEYS_URL",
+        "https://api.github.com/meta/public_keys/secret_scanning",
+        "Where GitHub's secret scanning public keys are listed (leak reports are checked against them).",
+    ),
+    Setting("KEYSERVICE_TOKEN_LIFETIME", 300, "Seconds an access token lives (1 to 86400)."),
+    Setting(
+        "KEYSERVICE_TOKEN_ISSUER",
+        "",
+        "The tokens' ``iss``, the service's public URL. Unset: on one machine behind gunicorn with the shipped"
+        " settings, the bind address (``http://127.0.0.1:8000``); behind a proxy (KEYSERVICE_PROXIES) or on"
+        " PostgreSQL or Redis (several instances) the service refuses to start until it is set. Never taken"
+        " from a request's Host header: without it elsewhere (``flask run``, a host app), ``POST /oauth/token``"
+        " answers 409 ``TOKENS_NOT_CONFIGURED``.",
+    ),
+    Setting(
+        "KEYSERVICE_TOKEN_AUDIENCE",
+        "",
+        "The tokens' ``aud``, which ``@require_key`` requires; empty: the issuer.",
+    ),
+    Setting(
+        "KEYSERVICE_JWKS_MAX_AGE",
+        300,
+        "Seconds clients may cache the JWKS and the metadata (``Cache-Control``); a rotated-in signing key"
+        " signs only after longer.",
+    ),
+    Setting(
+        "KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY",
+        "",
+        "Fernet keys (comma-separated: the first encrypts, all decrypt) the token signing keys are stored"
+        " under. " + DEPRECATED_FERNET,
+    ),
+    Setting(
+        "KEYSERVICE_SELF_SERVE_SCOPES",
+        "",
+        "The scopes the self-serve page offers (a list, or words split by spaces or commas); each user is"
+        " offered those it holds.",
+    ),
+    Setting("KEYSERVICE_SELF_SERVE_TITLE", "API keys", "The self-serve page's title and heading."),
+    Setting(
+        "KEYSERVICE_SELF_SERVE_BRAND_COLOR",
+        "#3730a3",
+        "The self-serve page's buttons and focus rings (``#rrggbb``); the text on them is black or white,"
+        " whichever contrasts more.",
+    ),
+    Setting(
+        "KEYSERVICE_SELF_SERVE_LAYOUT",
+        "",
+        "A template of the host app's, with ``title``, ``head`` and ``content`` blocks, that the self-serve"
+        " page extends; empty: a page of its own.",
+    ),
+    Setting(
+        "KEYSERVICE_SELF_SERVE_LOGIN_VIEW",
+        "",
+        "Where a signed-out visitor of the self-serve page is sent: an endpoint or a URL (``?next=`` added);"
+        " empty: Flask-Login's ``login_view``, if any, else a 401.",
+    ),
+    # flask-smorest reads the OPENAPI names itself (keyservice's Api has the config prefix KEYSERVICE_).
+    Setting(
+        "KEYSERVICE_OPENAPI_URL_PREFIX",
+        "",
+        "The path the management API's OpenAPI document (and its viewers) are served under; empty: the"
+        " extension's ``url_prefix`` (``/`` standalone).",
+    ),
+    Setting("KEYSERVICE_OPENAPI_JSON_PATH", "openapi.json", "The OpenAPI document's path under that prefix."),
+    Setting(
+        "KEYSERVICE_OPENAPI_REDOC_PATH",
+        "",
+        "A page under that prefix that shows the document in ReDoc; empty: not served. Needs"
+        " KEYSERVICE_OPENAPI_REDOC_URL.",
+    ),
+    Setting("KEYSERVICE_OPENAPI_REDOC_URL", "", "The http(s) URL ReDoc's page loads its script from."),
+    Setting(
+        "KEYSERVICE_OPENAPI_SWAGGER_UI_PATH",
+        "",
+        "A page under that prefix that shows the document in Swagger UI; empty: not served. Needs"
+        " KEYSERVICE_OPENAPI_SWAGGER_UI_URL.",
+    ),
+    Setting("KEYSERVICE_OPENAPI_SWAGGER_UI_URL", "", "The http(s) URL Swagger UI's page loads its files from."),
+    Setting(
+        "KEYSERVICE_OPENAPI_RAPIDOC_PATH",
+        "",
+        "A page under that prefix that shows the document in RapiDoc; empty: not served. Needs"
+        " KEYSERVICE_OPENAPI_RAPIDOC_URL.",
+    ),
+    Setting("KEYSERVICE_OPENAPI_RAPIDOC_URL", "", "The http(s) URL RapiDoc's page loads its script from."),
+)
+
+DEFAULTS: dict[str, Any] = {setting.name: setting.default for setting in SETTINGS}
+
+# Read from the environment by config_from_environment() alone (a host app configures its own db).
+DATABASE_URL = Setting(
+    "DATABASE_URL",
+    "",
+    "The database: ``sqlite:////absolute/path`` or ``postgresql://user:password@host/db`` (psycopg 3);"
+    " unset: SQLite in ``instance/keyservice.db`` under the working directory.",
+)
 
 # The OpenAPI document's viewers, each served at its path only with the URL of its script.
 OPENAPI_VIEWERS = ("REDOC", "SWAGGER_UI", "RAPIDOC")

@@ -443,7 +443,7 @@ class WebhookSchema(Schema):
 
 
 class WebhookCreatedSchema(WebhookSchema):
-    secret = fields.String(metadata={"description": "The whsec_ signing secret. It is shown this once."})
+    secret = fields.String(metadata={"description": "The signing secret (``whsec_...``). It is shown this once."})
 
 
 class WebhookListSchema(Schema):
