@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ def openapi_document() -> dict[str, Any]:
     from keyservice import create_app
 
     with tempfile.TemporaryDirectory(prefix="keyservice-docs-") as folder:
-        app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{Path(folder) / 'keys.db'}"})
+        # No sender thread polling a database about to go; a secret of its own, so none is made on disk.
+        app = create_app(
+            {
+                "SQLALCHEMY_DATABASE_URI": f"sqlite:///{Path(folder) / 'keys.db'}",
+                "KEYSERVICE_WEBHOOKS_SEND": False,
+                "KEYSERVICE_SECRET_KEY": secrets.token_urlsafe(32),
+            }
+        )
         document: dict[str, Any] = app.test_client().get("/openapi.json").get_json()
     return document
 
