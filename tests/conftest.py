@@ -28,7 +28,7 @@ from keyservice.app import db
 from keyservice.core.state import current_state
 
 from .helpers import issue
-from .servers import DEPLOYMENT_SECRET, REPO
+from .servers import REPO, deployment_settings
 from .services import PostgresServer, missing, postgres_server, redis_server
 
 _STATUS_BEFORE = pytest.StashKey[str | None]()
@@ -183,9 +183,9 @@ def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest
 @contextmanager
 def migrated_app(database_url: str, **config: Any) -> Iterator[Flask]:
     """An app (test settings and ``config``) on a migrated database; its engine disposed after."""
-    if not database_url.startswith("sqlite"):
-        config.setdefault("KEYSERVICE_SECRET_KEY", DEPLOYMENT_SECRET)
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url, **config})
+    app = create_app(
+        {**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url, **deployment_settings(database_url), **config}
+    )
     with app.app_context():
         flask_migrate.upgrade()
     try:

@@ -24,18 +24,20 @@ DEPLOYMENT_SECRET = "the deployment secret of these tests, 32+ characters"
 PUBLIC_URL = "https://keys.example.test"
 
 
+def deployment_settings(database_url: str) -> dict[str, str]:
+    """What an app on ``database_url`` must be given besides: on PostgreSQL, the deployment
+    secret and the tokens' issuer (it refuses to start without them)."""
+    if database_url.startswith("sqlite"):
+        return {}
+    return {"KEYSERVICE_SECRET_KEY": DEPLOYMENT_SECRET, "KEYSERVICE_TOKEN_ISSUER": PUBLIC_URL}
+
+
 def service_environment(database_url: str, **settings: str) -> dict[str, str]:
     """The environment the service runs with: this one, less any KEYSERVICE_* of the caller; on
     PostgreSQL or Redis, or behind a proxy, the deployment secret and the tokens' issuer too."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("KEYSERVICE_")}
-    environ.update({"DATABASE_URL": database_url, **settings})
-    if not database_url.startswith("sqlite"):
-        environ.setdefault("KEYSERVICE_SECRET_KEY", DEPLOYMENT_SECRET)
-    if (
-        not database_url.startswith("sqlite")
-        or settings.get("KEYSERVICE_RATELIMIT_STORAGE_URL")
-        or settings.get("KEYSERVICE_PROXIES", "0") not in ("", "0")
-    ):
+    environ.update({"DATABASE_URL": database_url, **deployment_settings(database_url), **settings})
+    if settings.get("KEYSERVICE_RATELIMIT_STORAGE_URL") or settings.get("KEYSERVICE_PROXIES", "0") not in ("", "0"):
         environ.setdefault("KEYSERVICE_TOKEN_ISSUER", PUBLIC_URL)
     return environ
 

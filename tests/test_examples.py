@@ -15,7 +15,7 @@ from examples import minimal_app, saas_app
 
 from .docblocks import every_block
 from .helpers import bearer
-from .servers import REPO
+from .servers import REPO, deployment_settings
 
 ALICE = ("alice@a.example", "team-a", "alice's password")
 BOB = ("bob@b.example", "team-b", "bob's password")
@@ -30,6 +30,7 @@ def saas(empty_database_url: str) -> Iterator[Flask]:
             "SECRET_KEY": "test session secret",
             "KEYSERVICE_BCRYPT_ROUNDS": 4,
             "SQLALCHEMY_DATABASE_URI": empty_database_url,
+            **deployment_settings(empty_database_url),
         }
     )
     for email, team, password in (ALICE, BOB):

@@ -23,6 +23,7 @@ from keyservice.core.state import current_state
 from keyservice.management.principals import Principal
 
 from .helpers import assert_problem, bearer, parse_time, wrong_secret
+from .servers import deployment_settings
 
 ALICE = ("alice@acme.example", "acme", "alice's password")
 ALEX = ("alex@acme.example", "acme", "alex's password")
@@ -44,6 +45,7 @@ def saas(empty_database_url: str) -> Iterator[Flask]:
             "KEYSERVICE_BCRYPT_ROUNDS": 4,
             "KEYSERVICE_CACHE_TTL": 0,
             "SQLALCHEMY_DATABASE_URI": empty_database_url,
+            **deployment_settings(empty_database_url),
         }
     )
     for email, team, password in (ALICE, ALEX, GLOBEX):

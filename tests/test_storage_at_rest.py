@@ -17,6 +17,7 @@ from keyservice.app import db
 from keyservice.core.models import ApiKey
 
 from .conftest import IssueKey
+from .servers import deployment_settings
 from .services import PostgresServer
 
 FORMER_NAME = "a-name-only-a-dead-row-holds"
@@ -79,7 +80,8 @@ def test_the_database_holds_no_key_and_no_secret(
 
 
 def test_default_bcrypt_cost_is_12(database_url: str) -> None:
-    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url})  # no test settings: the defaults
+    # No test settings: the defaults (and on PostgreSQL what it must be given).
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, **deployment_settings(database_url)})
     with app.app_context():
         flask_migrate.upgrade()
         api_key, _ = KeyService.create_key(name="n", external_client_id="c")
