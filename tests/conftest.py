@@ -183,9 +183,8 @@ def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest
 @contextmanager
 def migrated_app(database_url: str, **config: Any) -> Iterator[Flask]:
     """An app (test settings and ``config``) on a migrated database; its engine disposed after."""
-    app = create_app(
-        {**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": database_url, **deployment_settings(database_url), **config}
-    )
+    settings = {**deployment_settings(database_url), **TEST_CONFIG, **config}
+    app = create_app({**settings, "SQLALCHEMY_DATABASE_URI": database_url})
     with app.app_context():
         flask_migrate.upgrade()
     try:

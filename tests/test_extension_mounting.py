@@ -16,13 +16,12 @@ from examples import host_app
 from keyservice import KeyService, require_key
 
 from .helpers import bearer, issue
-from .servers import DEPLOYMENT_SECRET
 
 # A host on PostgreSQL sets the deployment secret and its public URL (the tokens' issuer), as a deployment would.
 TEST_SETTINGS = {
     "TESTING": True,
     "KEYSERVICE_BCRYPT_ROUNDS": 4,
-    "KEYSERVICE_SECRET_KEY": DEPLOYMENT_SECRET,
+    "KEYSERVICE_SECRET_KEY": "a host's deployment secret of 32+ characters",
     "KEYSERVICE_TOKEN_ISSUER": "http://localhost/auth",
 }
 

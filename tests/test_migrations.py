@@ -15,9 +15,8 @@ from .servers import deployment_settings
 
 
 def test_db_upgrade_on_an_empty_database_creates_the_schema(empty_database_url: str) -> None:
-    app = create_app(
-        {**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": empty_database_url, **deployment_settings(empty_database_url)}
-    )
+    settings = {**deployment_settings(empty_database_url), **TEST_CONFIG}
+    app = create_app({**settings, "SQLALCHEMY_DATABASE_URI": empty_database_url})
     try:
         result = app.test_cli_runner().invoke(args=["db", "upgrade"])
         assert result.exit_code == 0, result.output
