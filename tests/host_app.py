@@ -11,6 +11,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from keyservice import KeyService, require_key
 
+from .servers import TEST_HOST_SETTINGS, deployment_settings
+
 db = SQLAlchemy()
 migrate = Migrate()
 keys = KeyService()
@@ -25,7 +27,8 @@ class Team(db.Model):
 
 def create_host_app(database_uri: str, migrations: Path) -> Flask:
     app = Flask(__name__)
-    app.config.update(SQLALCHEMY_DATABASE_URI=database_uri, KEYSERVICE_BCRYPT_ROUNDS=4)
+    app.config.update(SQLALCHEMY_DATABASE_URI=database_uri, KEYSERVICE_BCRYPT_ROUNDS=4, **TEST_HOST_SETTINGS)
+    app.config.update(deployment_settings(database_uri))
     db.init_app(app)
     migrate.init_app(app, db, directory=str(migrations))
     keys.init_app(app)

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from keyservice import KeyService, require_key
 from keyservice.management.principals import Principal
 
+from .servers import TEST_HOST_SETTINGS, deployment_settings
+
 db = SQLAlchemy()
 migrate = Migrate()
 
@@ -47,6 +49,7 @@ keys = KeyService(principal_loader=load_principal)
 def create_host_app(database_uri: str, migrations: Path) -> Flask:
     app = Flask(__name__)
     app.config.update(SQLALCHEMY_DATABASE_URI=database_uri, KEYSERVICE_BCRYPT_ROUNDS=4, KEYSERVICE_CACHE_TTL=0)
+    app.config.update(TEST_HOST_SETTINGS, **deployment_settings(database_uri))
     db.init_app(app)
     migrate.init_app(app, db, directory=str(migrations))
     keys.init_app(app)

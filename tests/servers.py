@@ -24,6 +24,11 @@ DEPLOYMENT_SECRET = "the deployment secret of these tests, 32+ characters"
 PUBLIC_URL = "https://keys.example.test"
 
 
+# The test apps that keyservice is installed into run no webhook sender: it would poll their
+# databases, which go with the test (the webhooks' tests start it: receivers.webhook_settings).
+TEST_HOST_SETTINGS = {"KEYSERVICE_WEBHOOKS_SEND": False}
+
+
 def deployment_settings(database_url: str) -> dict[str, str]:
     """What an app on ``database_url`` must be given besides: on PostgreSQL, the deployment
     secret and the tokens' issuer (it refuses to start without them)."""

@@ -15,7 +15,7 @@ from examples import minimal_app, saas_app
 
 from .docblocks import every_block
 from .helpers import bearer
-from .servers import REPO, deployment_settings
+from .servers import REPO, TEST_HOST_SETTINGS, deployment_settings
 
 ALICE = ("alice@a.example", "team-a", "alice's password")
 BOB = ("bob@b.example", "team-b", "bob's password")
@@ -31,6 +31,7 @@ def saas(empty_database_url: str) -> Iterator[Flask]:
             "KEYSERVICE_BCRYPT_ROUNDS": 4,
             "SQLALCHEMY_DATABASE_URI": empty_database_url,
             **deployment_settings(empty_database_url),
+            **TEST_HOST_SETTINGS,
         }
     )
     for email, team, password in (ALICE, BOB):
@@ -81,7 +82,11 @@ def test_without_signing_in_no_key_is_made_and_no_key_no_entry(saas: Flask) -> N
 
 def test_the_minimal_app_answers_a_key_holding_its_scope_with_the_keys_customer(tmp_path: Path) -> None:
     app = minimal_app.create_app(
-        {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'minimal.db'}", "KEYSERVICE_BCRYPT_ROUNDS": 4}
+        {
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'minimal.db'}",
+            "KEYSERVICE_BCRYPT_ROUNDS": 4,
+            **TEST_HOST_SETTINGS,
+        }
     )
     runner = app.test_cli_runner()
     options = ["keys", "create", "--name", "demo", "--client-id", "acme"]

@@ -20,6 +20,7 @@ from keyservice.management.principals import Principal
 
 from .helpers import bearer
 from .host_app import Team, create_host_app, db, keys
+from .servers import TEST_HOST_SETTINGS
 
 
 @contextmanager
@@ -83,7 +84,7 @@ def test_keyservices_own_responses_in_a_host_app_say_nosniff(host: Flask) -> Non
 
 def test_a_hosts_own_http_error_handler_answers_its_errors_and_keyservice_answers_its_own(tmp_path: Path) -> None:
     app = Flask(__name__)
-    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'host.db'}"
+    app.config.update(TEST_HOST_SETTINGS, SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'host.db'}")
     SQLAlchemy(app)
     KeyService(app, principal_loader=lambda: Principal(id="ops", scopes=("keys:admin",), client_ids=None))
     app.register_error_handler(HTTPException, lambda error: ({"host_error": error.code}, error.code or 500))

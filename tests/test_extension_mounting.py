@@ -16,11 +16,13 @@ from examples import host_app
 from keyservice import KeyService, require_key
 
 from .helpers import bearer, issue
+from .servers import TEST_HOST_SETTINGS
 
 # A host on PostgreSQL sets the deployment secret and its public URL (the tokens' issuer), as a deployment would.
 TEST_SETTINGS = {
     "TESTING": True,
     "KEYSERVICE_BCRYPT_ROUNDS": 4,
+    **TEST_HOST_SETTINGS,
     "KEYSERVICE_SECRET_KEY": "a host's deployment secret of 32+ characters",
     "KEYSERVICE_TOKEN_ISSUER": "http://localhost/auth",
 }

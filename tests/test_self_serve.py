@@ -23,7 +23,7 @@ from keyservice.core.state import current_state
 from keyservice.management.principals import Principal
 
 from .helpers import assert_problem, bearer, parse_time, wrong_secret
-from .servers import deployment_settings
+from .servers import TEST_HOST_SETTINGS, deployment_settings
 
 ALICE = ("alice@acme.example", "acme", "alice's password")
 ALEX = ("alex@acme.example", "acme", "alex's password")
@@ -46,6 +46,7 @@ def saas(empty_database_url: str) -> Iterator[Flask]:
             "KEYSERVICE_CACHE_TTL": 0,
             "SQLALCHEMY_DATABASE_URI": empty_database_url,
             **deployment_settings(empty_database_url),
+            **TEST_HOST_SETTINGS,
         }
     )
     for email, team, password in (ALICE, ALEX, GLOBEX):
@@ -332,6 +333,8 @@ def host(database_url: str) -> Iterator[Host]:
             SECRET_KEY="a host's session secret, thirty-two+",
             SQLALCHEMY_DATABASE_URI=database_url,
             KEYSERVICE_BCRYPT_ROUNDS=4,
+            **TEST_HOST_SETTINGS,
+            **deployment_settings(database_url),
             **config,
         )
         db = SQLAlchemy()
