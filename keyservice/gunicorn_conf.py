@@ -41,17 +41,18 @@ logger_class = "keyservice.accesslog.EscapingLogger"
 # Prometheus' multiprocess mode (keyservice/verification/metrics.py): every worker writes its metrics to
 # files in this folder, /metrics adds them up. Set here, before any worker imports the app;
 # a folder of our own is removed at exit.
+# Left-over files of an earlier run go now, before a preloaded app (--preload) writes its zeros.
 OWN_METRICS_FOLDER = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if OWN_METRICS_FOLDER:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="keyservice-metrics-")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+for _left_over in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+    os.remove(_left_over)
 
 
 def on_starting(server: Any) -> None:
-    """Start the metrics from zero; refuse to start, in one line, when a setting is wrong; on one
-    machine without KEYSERVICE_TOKEN_ISSUER, name the bind address the tokens' issuer."""
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-    for left_over in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
-        os.remove(left_over)
+    """Refuse to start, in one line, when a setting is wrong; on one machine without
+    KEYSERVICE_TOKEN_ISSUER, name the bind address the tokens' issuer."""
     from keyservice.core.config import ConfigError, config_from_environment
 
     try:
@@ -61,6 +62,11 @@ def on_starting(server: Any) -> None:
     # Checked: without an issuer the service runs on one machine (else config_from_environment refused).
     bound = bind_address_url(server.cfg.address[0], server.cfg.is_ssl)
     if not config.get("KEYSERVICE_TOKEN_ISSUER") and bound is not None:
+        if server.cfg.preload_app:
+            sys.exit(
+                "keyservice: with --preload, set KEYSERVICE_TOKEN_ISSUER: the app is built before gunicorn"
+                " binds, so its tokens cannot name the bind address"
+            )
         os.environ["KEYSERVICE_TOKEN_ISSUER"] = bound  # the workers, forked after this, read it
 
 

@@ -20,7 +20,7 @@ from .helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 # What a deployment on PostgreSQL or Redis, or behind a proxy, must set (the service refuses to start without).
-DEPLOYMENT_SECRET = "the deployment secret of these tests, 32+ characters"
+DEPLOYMENT_SECRET = "the-deployment-secret-of-these-tests-32+"
 PUBLIC_URL = "https://keys.example.test"
 
 

@@ -5,8 +5,11 @@ new secret, so the fallback can go; the deprecated settings still decrypt what t
 from __future__ import annotations
 
 import base64
+import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import jwt
 import pytest
@@ -33,8 +36,8 @@ from .receivers import Receiver, serving, webhook_settings
 from .test_webhooks import operator_key, register, send_due
 from .tokens import basic
 
-OLD = "the old deployment secret: 32+ characters long"
-NEW = "the new deployment secret: 32+ characters long"
+OLD = "the-old-deployment-secret-of-32+-characters"
+NEW = "the-new-deployment-secret-of-32+-characters"
 GRANT = {"grant_type": "client_credentials"}
 KID = "a-0.1-signing-ky"
 
@@ -115,7 +118,7 @@ def test_a_rotated_secret_keeps_every_stored_secret_usable_and_reencrypt_lets_th
                 undone.test_client().post("/oauth/token", data=GRANT, headers=basic(key)), 503, "UNAVAILABLE"
             )
             refused = undone.test_cli_runner().invoke(args=["keys", "reencrypt"])
-            assert refused.exit_code == 1 and "left as they were" in refused.stderr
+            assert refused.exit_code == 1 and "still not under the current secret" in refused.stderr
 
 
 def test_the_deprecated_settings_still_decrypt_and_reencrypt_moves_off_them(database_url: str) -> None:
@@ -166,17 +169,103 @@ def stored_webhook_secret() -> str:
 
 
 def test_each_purpose_has_its_own_key_and_no_secret_is_shown(database_url: str) -> None:
-    with migrated_app(database_url, KEYSERVICE_SECRET_KEY=NEW, KEYSERVICE_SECRET_KEY_FALLBACKS=OLD) as app:
-        with app.app_context():
-            state = current_state()
-        derived = [key for purpose in Purpose for key in state.secret_keys.derived(purpose)]
-        assert len(set(derived)) == len(derived) == 2 * len(Purpose)  # every purpose's, under every secret, apart
-        for text in (repr(state.secret_keys), repr(state.settings)):
-            assert NEW not in text and OLD not in text
-    for name, value in (("KEYSERVICE_SECRET_KEY", "short"), ("KEYSERVICE_SECRET_KEY_FALLBACKS", f"{OLD}, short")):
-        with pytest.raises(ConfigError, match=name) as refused, migrated_app(database_url, **{name: value}):
-            pass
-        assert "short" not in str(refused.value)
+    legacy = Fernet.generate_key().decode()
+    with (
+        pytest.warns(FutureWarning),
+        migrated_app(
+            database_url,
+            KEYSERVICE_SECRET_KEY=NEW,
+            KEYSERVICE_SECRET_KEY_FALLBACKS=OLD,
+            KEYSERVICE_SIGNING_KEYS_ENCRYPTION_KEY=legacy,
+        ) as app,
+        app.app_context(),
+    ):
+        state = current_state()
+    derived = [key for purpose in Purpose for key in state.secret_keys.derived(purpose)]
+    assert len(set(derived)) == len(derived) == 2 * len(Purpose)  # every purpose's, under every secret, apart
+    for text in (repr(state.secret_keys), repr(state.settings), repr(state)):
+        assert NEW not in text and OLD not in text and legacy not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KEYSERVICE_SECRET_KEY", "a-secret-shorter-than-32"),
+        ("KEYSERVICE_SECRET_KEY", "a secret with spaces, and a comma, 32+"),
+        ("KEYSERVICE_SECRET_KEY", "\ud800" * 40),
+        ("KEYSERVICE_SECRET_KEY", "\x00" * 40),
+        ("KEYSERVICE_SECRET_KEY", b"bytes-are-not-a-secret-of-32-characters"),
+        ("KEYSERVICE_SECRET_KEY_FALLBACKS", f"{OLD},a-secret-shorter-than-32"),
+    ],
+)
+def test_a_secret_that_would_not_survive_a_rotation_is_refused_without_being_shown(
+    name: str, value: object, tmp_path: Path
+) -> None:
+    with (
+        pytest.raises(ConfigError, match=name) as refused,
+        migrated_app(f"sqlite:///{tmp_path / 'k.db'}", **{name: value}),
+    ):
+        pass
+    assert "shorter" not in str(refused.value) and "bytes" not in str(refused.value)
+
+
+def test_a_secret_read_from_a_file_keeps_its_keys_as_a_fallback(tmp_path: Path) -> None:
+    """The trailing newline of a secret file, in either setting, is not part of the secret."""
+    with migrated_app(f"sqlite:///{tmp_path / 'k.db'}", KEYSERVICE_SECRET_KEY=OLD + "\n") as first:
+        before = current_state_keys(first)
+    with migrated_app(
+        f"sqlite:///{tmp_path / 'k.db'}", KEYSERVICE_SECRET_KEY=NEW, KEYSERVICE_SECRET_KEY_FALLBACKS=f" {OLD}\n"
+    ) as second:
+        assert current_state_keys(second)[1] == before[0]
+
+
+def current_state_keys(app: Flask) -> tuple[bytes, ...]:
+    with app.app_context():
+        return current_state().secret_keys.derived(Purpose.SIGNING_KEYS)
+
+
+def test_the_made_secret_is_text_the_service_alone_reads(tmp_path: Path) -> None:
+    database = tmp_path / "keys.db"
+    secret = tmp_path / "keys.db.secret"
+    with migrated_app(f"sqlite:///{database}", KEYSERVICE_SECRET_KEY="") as app:
+        made = current_state_keys(app)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    # Its text, set as the secret, is the same secret.
+    with migrated_app(f"sqlite:///{database}", KEYSERVICE_SECRET_KEY=secret.read_text()) as app:
+        assert current_state_keys(app) == made
+
+    secret.chmod(0o644)  # readable by others: not trusted
+    with (
+        pytest.raises(ConfigError, match="must be a file of the service's user"),
+        migrated_app(f"sqlite:///{database}", KEYSERVICE_SECRET_KEY=""),
+    ):
+        pass
+    secret.unlink()
+    secret.symlink_to(tmp_path / "planted")  # a link planted where it will be made
+    (tmp_path / "planted").write_text("p" * 43)
+    with (
+        pytest.raises(ConfigError, match="must be a file of the service's user"),
+        migrated_app(f"sqlite:///{database}", KEYSERVICE_SECRET_KEY=""),
+    ):
+        pass
+
+    # 0.1 kept 32 raw bytes: turned into text once, the same for every worker.
+    secret.unlink()
+    secret.write_bytes(bytes(range(200, 232)))
+    secret.chmod(0o600)
+    with migrated_app(f"sqlite:///{database}", KEYSERVICE_SECRET_KEY="") as first:
+        converted = current_state_keys(first)
+    assert secret.read_text().isascii() and len(secret.read_text()) == 43
+    with migrated_app(f"sqlite:///{database}", KEYSERVICE_SECRET_KEY="") as second:
+        assert current_state_keys(second) == converted
+
+
+def test_an_in_memory_database_keeps_no_secret_file() -> None:
+    before = set(Path(tempfile.gettempdir()).glob("keyservice-secret-*"))
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://", "KEYSERVICE_WEBHOOKS_SEND": False})
+    with app.app_context():
+        assert current_state().secret_keys.derived(Purpose.CHECKED_KEYS)
+    assert set(Path(tempfile.gettempdir()).glob("keyservice-secret-*")) == before
 
 
 def test_postgresql_refuses_to_start_without_the_secret_or_the_issuer() -> None:

@@ -23,7 +23,7 @@ TEST_SETTINGS = {
     "TESTING": True,
     "KEYSERVICE_BCRYPT_ROUNDS": 4,
     **TEST_HOST_SETTINGS,
-    "KEYSERVICE_SECRET_KEY": "a host's deployment secret of 32+ characters",
+    "KEYSERVICE_SECRET_KEY": "a-host's-deployment-secret-of-32+-characters",
     "KEYSERVICE_TOKEN_ISSUER": "http://localhost/auth",
 }
 

@@ -540,7 +540,7 @@ def test_a_rotation_delay_within_the_jwks_cache_is_refused(runner: Any) -> None:
 
 
 def test_private_keys_are_encrypted_at_rest_under_the_deployment_secret(database_url: str) -> None:
-    with migrated_app(database_url, KEYSERVICE_SECRET_KEY="the first deployment secret, 32+ characters") as app:
+    with migrated_app(database_url, KEYSERVICE_SECRET_KEY="the-first-deployment-secret-of-32+-characters") as app:
         with app.app_context():
             _, key = KeyService.create_key(name="n", external_client_id="acme")
             db.session.commit()
@@ -549,7 +549,7 @@ def test_private_keys_are_encrypted_at_rest_under_the_deployment_secret(database
         assert row.encrypted and "PRIVATE KEY" not in row.private_key
     # Under another secret (the first not among its fallbacks), nothing can be signed (503),
     # and what was signed still verifies.
-    with migrated_app(database_url, KEYSERVICE_SECRET_KEY="another deployment secret, 32+ characters") as app:
+    with migrated_app(database_url, KEYSERVICE_SECRET_KEY="another-deployment-secret-of-32+-characters") as app:
         client = app.test_client()
         assert_problem(post_token(client, key), 503, "UNAVAILABLE")
         assert client.post(PROTECTED, headers=bearer(token)).status_code == 200

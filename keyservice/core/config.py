@@ -69,10 +69,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "KEYSERVICE_SECRET_KEY",
         "",
-        "The deployment secret, at least 32 random characters. Every key keyservice needs is derived from it"
-        " with HKDF, one per purpose (the checked-keys HMAC, the signing keys at rest, the webhook secrets at"
-        " rest). Unset on SQLite: a random one is made once, as text, in a file beside the database"
-        " (``instance/keyservice.db.secret`` by default, mode 0600; the log says so)."
+        "The deployment secret: at least 32 random printable ASCII characters, no space or comma. Every key"
+        " keyservice needs is derived from it with HKDF, one per purpose (the checked-keys HMAC, the signing"
+        " keys at rest, the webhook secrets at rest). Unset on SQLite: a random one is made once, as text, in a"
+        " file beside the database (``instance/keyservice.db.secret`` by default, mode 0600; the log says so)."
         " Required on PostgreSQL.",
     ),
     Setting(
@@ -171,7 +171,8 @@ SETTINGS: tuple[Setting, ...] = (
         "KEYSERVICE_TOKEN_ISSUER",
         "",
         "The tokens' ``iss``, the service's public URL. Unset: on one machine behind gunicorn with the shipped"
-        " settings, the bind address (``http://127.0.0.1:8000``); behind a proxy (KEYSERVICE_PROXIES) or on"
+        " settings (without ``--preload``), the bind address (``http://127.0.0.1:8000``; bound to all addresses,"
+        " the machine's name); behind a proxy (KEYSERVICE_PROXIES) or on"
         " PostgreSQL or Redis (several instances) the service refuses to start until it is set. Never taken"
         " from a request's Host header: without it elsewhere (``flask run``, a host app), ``POST /oauth/token``"
         " answers 409 ``TOKENS_NOT_CONFIGURED``.",
@@ -268,6 +269,9 @@ SUPPORTED_DATABASES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 # Redis URLs as redis-py reads them; the default ("") is the embedded LMDB file.
 RATELIMIT_SCHEMES = ("redis", "rediss", "unix")
 SECRET_KEY_MIN_LENGTH = 32
+# Printable ASCII but space and comma: any of them survives an environment variable, a file's
+# trailing newline stripped, and the commas that separate the fallbacks.
+SECRET_PATTERN = re.compile(rf"[\x21-\x2b\x2d-\x7e]{{{SECRET_KEY_MIN_LENGTH},}}")
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -306,7 +310,7 @@ class Settings:
     usage_flush_interval: float
     log_format: str  # "json" or "text"
     proxies: int  # how many proxies in front set X-Forwarded-For (the standalone service trusts that many)
-    webhooks_encryption_keys: tuple[str, ...]  # deprecated Fernet keys, still decrypting
+    webhooks_encryption_keys: tuple[str, ...] = field(repr=False)  # deprecated Fernet keys, still decrypting
     webhooks_allow_private: bool
     webhooks_send: bool  # whether this process's workers run a sender
     webhooks_timeout: float
@@ -319,7 +323,7 @@ class Settings:
     token_issuer: str  # "": none (check_deployment: only one machine's service may lack it)
     token_audience: str  # "": the issuer
     jwks_max_age: int  # seconds a client may cache the JWKS; a rotated-in key signs only after longer
-    signing_keys_encryption_keys: tuple[str, ...]  # deprecated Fernet keys, still decrypting
+    signing_keys_encryption_keys: tuple[str, ...] = field(repr=False)  # deprecated Fernet keys, still decrypting
     openapi: tuple[tuple[str, str | None], ...]  # the KEYSERVICE_OPENAPI_* names and values flask-smorest reads
     self_serve_scopes: tuple[str, ...]  # what the self-serve page offers (each principal: those it holds)
     self_serve_title: str
@@ -365,12 +369,26 @@ def _ratelimit_storage_url(config: Mapping[str, Any]) -> str:
     return url
 
 
-def _secret(name: str, value: Any) -> str:
-    secret = str(value)
-    if secret and len(secret) < SECRET_KEY_MIN_LENGTH:
-        # The message never repeats the value: it is a secret, even when too short.
-        raise ConfigError(f"{name} must be empty or at least {SECRET_KEY_MIN_LENGTH} random characters")
-    return secret
+def _secrets(config: Mapping[str, Any], name: str, several: bool = False) -> tuple[str, ...]:
+    """The secret (``several``: the secrets, a list or a string split at commas), each stripped of
+    surrounding whitespace (a secret read from a file ends in a newline) and checked; "" for none."""
+    raw = config[name]
+    if isinstance(raw, str):
+        values = raw.split(",") if several else [raw]
+    elif several and isinstance(raw, list | tuple) and all(isinstance(value, str) for value in raw):
+        values = list(raw)
+    else:
+        raise ConfigError(f"{name} must be {'a list of strings or ' if several else ''}a string")
+    secrets = [value.strip() for value in values]
+    for secret in secrets:
+        # The message never repeats the value: it is a secret, even when refused.
+        if secret and not SECRET_PATTERN.fullmatch(secret):
+            raise ConfigError(
+                f"{name} must be {'secrets' if several else 'empty or a secret'} of at least"
+                f" {SECRET_KEY_MIN_LENGTH} printable ASCII characters, no space or comma"
+                " (python -c 'import secrets; print(secrets.token_urlsafe(32))' makes one)"
+            )
+    return tuple(secret for secret in secrets if secret)
 
 
 def _boolean(config: Mapping[str, Any], name: str) -> bool:
@@ -482,11 +500,8 @@ def load_settings(config: Mapping[str, Any]) -> Settings:
         cache_ttl=_number(config, "KEYSERVICE_CACHE_TTL", float, 0, 60),
         cache_size=_number(config, "KEYSERVICE_CACHE_SIZE", int, 1, 10_000_000),
         cache_max_age=_number(config, "KEYSERVICE_CACHE_MAX_AGE", float, 1, 300),
-        secret_key=_secret("KEYSERVICE_SECRET_KEY", config["KEYSERVICE_SECRET_KEY"]),
-        secret_key_fallbacks=tuple(
-            _secret("KEYSERVICE_SECRET_KEY_FALLBACKS", fallback)
-            for fallback in _words(config["KEYSERVICE_SECRET_KEY_FALLBACKS"], r"\s*,\s*")
-        ),
+        secret_key="".join(_secrets(config, "KEYSERVICE_SECRET_KEY")),  # one secret, or none
+        secret_key_fallbacks=_secrets(config, "KEYSERVICE_SECRET_KEY_FALLBACKS", several=True),
         failed_verify_limit_per_client=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT"),
         failed_verify_limit_per_key=_rate(config, "KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY"),
         ratelimit_storage_url=_ratelimit_storage_url(config),

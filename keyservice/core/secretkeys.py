@@ -14,7 +14,8 @@ key) still decrypts; ``flask keys reencrypt`` moves everything to the current on
 
 Unset on SQLite, the secret is made once, 32 random bytes as text, in a file of its own
 (mode 0600) beside the database (``instance/keyservice.db.secret`` by default): never in
-the database, so a copy of the database alone cannot read what it encrypts. On PostgreSQL
+the database, so a copy of the database alone cannot read what it encrypts (a copy of both
+can). On PostgreSQL
 it must be set (:func:`keyservice.core.config.check_deployment`): every instance needs
 the same one.
 """
@@ -22,7 +23,6 @@ the same one.
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import secrets
@@ -35,13 +35,15 @@ from pathlib import Path
 from cryptography.fernet import Fernet, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy.engine import make_url
 
-from .config import SECRET_KEY_MIN_LENGTH, Settings
+from .config import SECRET_KEY_MIN_LENGTH, SECRET_PATTERN, ConfigError, Settings
 from .machinefiles import path_for
 
 logger = logging.getLogger("keyservice.secretkeys")
 
 KEY_BYTES = 32
+LEGACY_BYTES = 32  # what 0.1 wrote: raw random bytes
 
 
 class Purpose(StrEnum):
@@ -52,8 +54,8 @@ class Purpose(StrEnum):
     WEBHOOK_SECRETS = "webhook-secrets"
 
 
-class DeploymentSecretError(RuntimeError):
-    """The secret's file is not one this service made for itself."""
+class DeploymentSecretError(ConfigError):
+    """The secret's file is not one this service made for itself (a one-line error, as a setting's)."""
 
 
 def derive(secret: bytes, purpose: Purpose) -> bytes:
@@ -85,6 +87,10 @@ class SecretKeys:
         """``purpose``'s key under the current secret, then under each fallback."""
         return self._derived[purpose]
 
+    def current_fernet(self, purpose: Purpose) -> Fernet:
+        """``purpose``'s key under the current secret alone."""
+        return Fernet(base64.urlsafe_b64encode(self._derived[purpose][0]))
+
     def fernet(self, purpose: Purpose) -> MultiFernet:
         """Encrypts under the current secret's key of ``purpose``; decrypts under any secret's,
         or a deprecated setting's key of that purpose."""
@@ -93,9 +99,12 @@ class SecretKeys:
 
 def secret_keys_for(settings: Settings, database_url: str) -> SecretKeys:
     """The app's keys: from ``KEYSERVICE_SECRET_KEY`` and its fallbacks, or from the secret
-    made once beside a SQLite database (PostgreSQL's is checked to be set before)."""
+    made once beside a SQLite database (PostgreSQL's is checked to be set before); an
+    in-memory database, gone with its process, gets one of this process's."""
     if settings.secret_key:
         current = settings.secret_key.encode()
+    elif make_url(database_url).database in (None, "", ":memory:"):
+        current = secrets.token_urlsafe(KEY_BYTES).encode()
     else:
         current = generated_secret(path_for(database_url, "secret"))
     return SecretKeys(
@@ -114,36 +123,52 @@ def generated_secret(path: Path) -> bytes:
         return _read(path)
     except FileNotFoundError:
         pass
-    descriptor, made = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    made = _written(path, secrets.token_urlsafe(KEY_BYTES).encode())
     try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(secrets.token_urlsafe(KEY_BYTES).encode())
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            os.link(made, path)
-            logger.warning(
-                "keyservice: made the deployment secret %s (mode 0600): keep it with the database,"
-                " or set KEYSERVICE_SECRET_KEY to its text",
-                path,
-            )
-        except FileExistsError:
-            pass  # another worker made it first: theirs is everyone's
+        os.link(made, path)
+        logger.warning(
+            "keyservice: made the deployment secret %s (mode 0600): keep it, apart from the database's"
+            " backups, or set KEYSERVICE_SECRET_KEY to its text",
+            path,
+        )
+    except FileExistsError:
+        pass  # another worker made it first: theirs is everyone's
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(made)
+        os.unlink(made)
     return _read(path)
 
 
+def _written(path: Path, content: bytes) -> Path:
+    """A new file beside ``path`` (mode 0600, on disk) holding ``content``."""
+    descriptor, made = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)
+        file.flush()
+        os.fsync(file.fileno())
+    return Path(made)
+
+
 def _read(path: Path) -> bytes:
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # a symbolic link (ELOOP), a folder, no permission
+        raise DeploymentSecretError(
+            f"{path} must be a file of the service's user, mode 0600 ({error.strerror})"
+        ) from None
     with os.fdopen(descriptor, "rb") as file:
         status = os.fstat(file.fileno())
-        # In a shared folder (the temp folder), a file someone else planted must not become the key.
-        if status.st_uid != os.getuid() or stat.S_IMODE(status.st_mode) & 0o077:
-            raise DeploymentSecretError(f"{path} must belong to the service's user, mode 0600")
+        # In a shared folder, a file someone else planted must not become the key.
+        if not stat.S_ISREG(status.st_mode) or status.st_uid != os.getuid() or stat.S_IMODE(status.st_mode) & 0o077:
+            raise DeploymentSecretError(f"{path} must be a file of the service's user, mode 0600")
         secret = file.read()
-    # 0.1 wrote 32 raw bytes; since, 43 characters of text (copied into KEYSERVICE_SECRET_KEY as they are).
-    if len(secret) < SECRET_KEY_MIN_LENGTH:
-        raise DeploymentSecretError(f"{path} must hold at least {SECRET_KEY_MIN_LENGTH} bytes")
-    return secret
+    if SECRET_PATTERN.fullmatch(secret.decode("latin-1")):
+        return secret
+    if len(secret) == LEGACY_BYTES:
+        # 0.1 kept 32 raw bytes, which no setting can hold; they named checked keys only. Every
+        # worker turns them into the same text, so rewriting the file races with no one.
+        text = base64.urlsafe_b64encode(secret).rstrip(b"=")
+        os.replace(_written(path, text), path)
+        return text
+    raise DeploymentSecretError(f"{path} must hold a secret of at least {SECRET_KEY_MIN_LENGTH} characters")

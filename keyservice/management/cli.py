@@ -360,16 +360,18 @@ def token_command(key: str, scopes: tuple[str, ...]) -> None:
 def reencrypt_command() -> None:
     """Encrypt every stored secret (token signing keys, webhook secrets) again under the current
     KEYSERVICE_SECRET_KEY; after it, KEYSERVICE_SECRET_KEY_FALLBACKS can go. What no secret
-    decrypts is left as it was and named (exit 1)."""
+    decrypts, or an instance on an older secret wrote meanwhile, is named (exit 1)."""
     done = reencrypt_all(_session(), current_state().secret_keys)
     _session().commit()
     click.echo(
         f"re-encrypted {done.signing_keys} signing keys and {done.webhook_secrets} webhook secrets"
         " under the current KEYSERVICE_SECRET_KEY"
     )
-    if done.unreadable:
+    if done.left:
         click.echo(
-            f"not decrypted by KEYSERVICE_SECRET_KEY or a fallback, left as they were: {', '.join(done.unreadable)}",
+            f"still not under the current secret (keep the fallbacks): {', '.join(done.left)}."
+            " Not decrypted by KEYSERVICE_SECRET_KEY or a fallback, or written meanwhile by an instance"
+            " on an older secret: run it again once every instance has the new one",
             err=True,
         )
         click.get_current_context().exit(1)

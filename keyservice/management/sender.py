@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.fernet import InvalidToken
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Engine, and_, event, exists, or_, select, update
 from sqlalchemy.orm import Session
@@ -216,6 +217,16 @@ class WebhookSender:
             endpoint = session.get(WebhookEndpoint, endpoint_id)
             if endpoint is None:  # deleted meanwhile; its deliveries go with it
                 return None
+            try:
+                secret = decrypt_secret(self._secret_keys, endpoint)
+            except InvalidToken:
+                # Kept leased, so the other deliveries go on; it is tried again once the lease ends.
+                logger.warning(
+                    "keyservice: webhook endpoint %s's secret cannot be decrypted: it was encrypted under a secret"
+                    " that is neither KEYSERVICE_SECRET_KEY nor one of KEYSERVICE_SECRET_KEY_FALLBACKS",
+                    endpoint.id,
+                )
+                return None
             return Claimed(
                 delivery_id,
                 attempt,
@@ -223,7 +234,7 @@ class WebhookSender:
                 message_id,
                 json.dumps(payload, separators=(",", ":")),
                 endpoint.url,
-                decrypt_secret(self._secret_keys, endpoint),
+                secret,
             )
 
     def send(self, engine: Engine, claimed: Claimed) -> None:

@@ -9,8 +9,12 @@ that variable (the dev server, tests, a host app) they live in this process.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import os
+import shlex
+import sys
 from typing import Any
 
 from prometheus_client import (
@@ -104,13 +108,16 @@ def warn_if_per_worker() -> None:
 
 
 def gunicorn_workers() -> int:
-    """How many workers the gunicorn running this process starts (1 outside gunicorn), read from
-    its command line, config file and ``GUNICORN_CMD_ARGS`` as gunicorn itself read them."""
+    """How many workers the gunicorn running this process starts (1 outside gunicorn), as its
+    command line, ``GUNICORN_CMD_ARGS`` or ``WEB_CONCURRENCY`` say (a config file's ``workers`` is
+    not read: reading one runs it again)."""
     if not os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):  # gunicorn's master sets it
         return 1
-    from gunicorn.app.wsgiapp import WSGIApplication
-
-    try:
-        return int(WSGIApplication().cfg.workers)
-    except (Exception, SystemExit):  # a command line gunicorn read but we cannot: no warning, never a failed start
-        return 1
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("-w", "--workers", type=int)
+    workers = os.environ.get("WEB_CONCURRENCY", "1")
+    # The command line wins over GUNICORN_CMD_ARGS, which wins over WEB_CONCURRENCY, as in gunicorn.
+    for arguments in (shlex.split(os.environ.get("GUNICORN_CMD_ARGS", "")), sys.argv[1:]):
+        with contextlib.suppress(argparse.ArgumentError):  # a value gunicorn would have refused too
+            workers = str(parser.parse_known_args(arguments)[0].workers or workers)
+    return int(workers) if workers.isdigit() else 1

@@ -394,30 +394,33 @@ class Verifier:
         generation = self._rows.generation()
         with self._one_check_at_a_time(digest):  # the others then find the key checked
             checked: _VerifiedKey | VerificationResult | None = None
-            entry = self._checked_entry(key, digest)
+            entry, under_fallback = self._checked_entry(key, digest)
             if entry is not None:
                 record = self._load(parsed.key_id)
                 if record is None:
                     return VerificationResult(Outcome.NOT_FOUND)
                 if entry.matches(parsed.key_id, record.secret_hash):
                     checked = _VerifiedKey.of(record)
+                    if under_fallback:  # named again under the current secret: no bcrypt after a rotation
+                        self._shared().checked.put(digest, entry)
             checked = checked or self._check_with_bcrypt(parsed, digest, client)
         if isinstance(checked, _VerifiedKey):
             record = checked.record
             self._rows.put(digest, record.id, record.roles, record.external_client_id, checked, generation)
         return checked
 
-    def _checked_entry(self, key: str, digest: bytes) -> CheckedKey | None:
-        """The key's entry in the shared checked keys; one named under a fallback secret is
-        named again under the current one (after a secret's rotation, no key needs bcrypt again)."""
+    def _checked_entry(self, key: str, digest: bytes) -> tuple[CheckedKey | None, bool]:
+        """The key's entry in the shared checked keys, and whether it was found under a fallback
+        secret's name (the deployment secret is being rotated) rather than the current one's."""
         shared = self._shared()
         entry = shared.checked.get(digest)
-        for earlier in shared.earlier_digests if entry is None else ():
+        if entry is not None:
+            return entry, False
+        for earlier in shared.earlier_digests:
             entry = shared.checked.get(earlier(key.encode(errors="replace")))
             if entry is not None:
-                shared.checked.put(digest, entry)
-                break
-        return entry
+                return entry, True
+        return None, False
 
     @contextmanager
     def _one_check_at_a_time(self, digest: bytes) -> Iterator[None]:
