@@ -5,6 +5,7 @@ new secret, so the fallback can go; the deprecated settings still decrypt what t
 from __future__ import annotations
 
 import base64
+import logging
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -119,6 +120,34 @@ def test_a_rotated_secret_keeps_every_stored_secret_usable_and_reencrypt_lets_th
             )
             refused = undone.test_cli_runner().invoke(args=["keys", "reencrypt"])
             assert refused.exit_code == 1 and "still not under the current secret" in refused.stderr
+
+
+def test_an_endpoint_whose_secret_no_key_decrypts_holds_up_no_other(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost, kept = Receiver(), Receiver()
+    with serving(lost), serving(kept):
+        with app_with(database_url, OLD) as old:
+            lost_id = register(old.test_client(), operator_key(old), lost.url)["id"]
+        with app_with(database_url, NEW) as new:  # the old secret gone, not a fallback
+            client, admin = new.test_client(), operator_key(new)
+            kept.secret = register(client, admin, kept.url)["secret"]
+            kept_id = next(
+                e["id"]
+                for e in client.get("/webhooks", headers=bearer(admin)).get_json()["items"]
+                if e["url"] == kept.url
+            )
+            for endpoint_id in (lost_id, kept_id):  # the one that cannot be signed is due first
+                assert client.post(f"/webhooks/{endpoint_id}/test", headers=bearer(admin)).status_code == 202
+            sender_log = logging.getLogger("keyservice.webhooks")  # its own handler, when logging is set up
+            sender_log.addHandler(caplog.handler)
+            with new.app_context():  # its two deliveries (this test, an operator key's creation), then the other
+                rounds = [current_state().sender.run_once(db.engine) for _ in range(4)]
+            sender_log.removeHandler(caplog.handler)
+            assert rounds == [False, False, True, False]
+    assert lost.received == []
+    assert [(r.status, r.verified) for r in kept.received] == [(200, True)]
+    assert f"webhook endpoint {lost_id}'s secret cannot be decrypted" in caplog.text
 
 
 def test_the_deprecated_settings_still_decrypt_and_reencrypt_moves_off_them(database_url: str) -> None:
