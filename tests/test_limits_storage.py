@@ -57,7 +57,9 @@ def test_a_million_per_hour_hammered_for_20_s_keeps_a_few_rows_and_bytes(tmp_pat
     """Both storages at once, each behind its own gunicorn on the same SQLite database and key."""
     database_url = f"sqlite:///{tmp_path / 'keys.db'}"
     embedded = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4")
-    with_redis = {**embedded, "KEYSERVICE_RATELIMIT_STORAGE_URL": redis_url}
+    with_redis = service_environment(
+        database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_RATELIMIT_STORAGE_URL=redis_url
+    )
     assert flask_cli(embedded, "db", "upgrade").returncode == 0
     _, key = KeysCli(embedded).create_key("--ratelimit", "1000000/1h")
     redis_client = redis.Redis.from_url(redis_url)
