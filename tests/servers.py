@@ -47,10 +47,10 @@ def service_environment(database_url: str, **settings: str) -> dict[str, str]:
     return environ
 
 
-def flask_cli(environ: dict[str, str], *args: str, app: str = "wsgi") -> subprocess.CompletedProcess[str]:
-    """Run ``flask --app APP ARGS`` (the service's ``wsgi`` unless said) as a user would."""
+def _command(environ: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m COMMAND`` at the clone's top, no stdin, its output kept (a minute at most)."""
     return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", app, *args],
+        [sys.executable, "-m", *command],
         cwd=REPO,
         env=environ,
         capture_output=True,
@@ -61,17 +61,14 @@ def flask_cli(environ: dict[str, str], *args: str, app: str = "wsgi") -> subproc
     )
 
 
+def flask_cli(environ: dict[str, str], *args: str, app: str = "wsgi") -> subprocess.CompletedProcess[str]:
+    """Run ``flask --app APP ARGS`` (the service's ``wsgi`` unless said) as a user would."""
+    return _command(environ, "flask", "--app", app, *args)
+
+
 def refused_start(environ: dict[str, str]) -> str:
     """Start the service with gunicorn's shipped settings, which must refuse to: the last line it wrote."""
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "wsgi:app"],
-        cwd=REPO,
-        env=environ,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    result = _command(environ, "gunicorn", "-c", "gunicorn.conf.py", "-b", "127.0.0.1:0", "wsgi:app")
     assert result.returncode != 0, result.stderr
     return result.stderr.strip().splitlines()[-1]
 
@@ -171,7 +168,7 @@ def serving(
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(base, process, log, ready)
+        wait_until_healthy(base, process, log, ready)
         yield base
     finally:
         stop(process)
@@ -187,7 +184,8 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
         process.wait()
 
 
-def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path, ready: str) -> None:
+def wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path, ready: str) -> None:
+    """Wait (30 s at most) until the server ``process`` started answers ``ready`` with a 200; fail with its log."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

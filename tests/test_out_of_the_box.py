@@ -23,13 +23,13 @@ import pytest
 from .helpers import bearer, free_port
 from .servers import (
     REPO,
-    _wait_until_healthy,
     flask_cli,
     labelled_metric,
     refused_start,
     request,
     service_environment,
     serving,
+    wait_until_healthy,
 )
 from .tokens import FORM, basic
 
@@ -79,7 +79,7 @@ def make_serve(clone: Path, environ: dict[str, str], log: Path) -> Iterator[str]
         )
     base = f"http://{environ['BIND']}"
     try:
-        _wait_until_healthy(base, process, log, "/healthz")
+        wait_until_healthy(base, process, log, "/healthz")
         yield base
     finally:
         os.killpg(process.pid, signal.SIGTERM)

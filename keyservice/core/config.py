@@ -467,14 +467,10 @@ def _openapi(config: Mapping[str, Any]) -> tuple[tuple[str, str | None], ...]:
     return tuple(checked.items())
 
 
-def _words(raw: Any, separators: str) -> list[str]:
-    """A list as it is, or a string split at ``separators``; empty words left out."""
-    words = re.split(separators, raw.strip()) if isinstance(raw, str) else [str(word) for word in raw]
-    return [word for word in words if word]
-
-
 def _scope_list(config: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    scopes = tuple(dict.fromkeys(_words(config[name], r"[\s,]+")))
+    raw = config[name]
+    words = re.split(r"[\s,]+", raw.strip()) if isinstance(raw, str) else [str(word) for word in raw]
+    scopes = tuple(dict.fromkeys(word for word in words if word))
     for scope in scopes:
         if not SCOPE_PATTERN.fullmatch(scope):
             raise ConfigError(f"{name} must be scopes of a-z 0-9 _ . : * -, not {scope!r}")
