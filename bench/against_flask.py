@@ -1,24 +1,26 @@
-"""The service and ``@require_key`` against bare Flask, under the same gunicorn settings.
+"""The service and ``@require_key`` against bare Flask.
 
 Run from the repository root (``make bench`` runs it too)::
 
     .venv/bin/python -m bench.against_flask
 
-Three gunicorns with the repo's gunicorn.conf.py (gthread, 64 threads) and 2 workers
-each, on one throwaway SQLite database per app (every ``KEYSERVICE_*`` variable dropped,
-so the defaults apply: bcrypt cost 12, usage and metrics on). Those settings' logger
-class writes the one JSON line per request for every app they serve, bare Flask included:
+Three gunicorns with 2 gthread workers of 64 threads each, on one throwaway SQLite database
+per app (every ``KEYSERVICE_*`` variable dropped, so the defaults apply: bcrypt cost 12, usage
+and metrics on), pinned to one half of the cores, wrk on the other (``cores.py``):
 
-- ``bench.apps:bare``: Flask alone, ``POST /unprotected`` answering ``{"protected": false}``;
-- the service (``wsgi:app``): its ``POST /unprotected`` (goal >= 0.90 x bare Flask) and
-  ``POST /protected-with-key`` with a valid key (goal >= 0.80 x bare Flask);
-- ``bench.apps:create_host_app()``: a host app with keyservice installed, the same view
-  undecorated and under ``@require_key()`` with a valid key (goal: decorated >= 0.90 x
-  undecorated).
+- ``bench.apps:bare``: Flask alone, ``POST /unprotected`` answering ``{"protected": false}``,
+  served as a bare Flask app is: plain gunicorn with its own access log (one line per
+  request, as the service writes its JSON line), nothing of the service's settings;
+- the service (``wsgi:app``, the repo's gunicorn.conf.py): its ``POST /unprotected`` (goal
+  >= 0.90 x bare Flask) and ``POST /protected-with-key`` with a valid key (goal >= 0.80 x
+  bare Flask);
+- ``bench.apps:create_host_app()`` with the repo's settings: a host app with keyservice
+  installed, the same view undecorated and under ``@require_key()`` with a valid key (goal:
+  decorated >= 0.90 x undecorated).
 
-The five variants alternate round by round (wrk, medians compared), so every ratio
-comes from one run. It prints figures and asserts nothing; the keys exist only in the
-temp dir.
+The five variants alternate round by round; each ratio is the median of the pair ratios,
+with min and max (``compare.py``). It prints figures and asserts nothing; the keys exist only
+in the temp dir.
 """
 
 from __future__ import annotations
@@ -32,19 +34,11 @@ from pathlib import Path
 
 from tests.servers import gunicorn, service_environment
 
-from .protected_route import (
-    PROTECTED,
-    UNPROTECTED,
-    WORKERS,
-    Variant,
-    flask,
-    measure_overhead,
-    post,
-    print_reproduce,
-    report_server_log,
-    verdict,
-    write_lua,
-)
+from .compare import Variant, measure_overhead
+from .cores import pin_servers
+from .report import print_reproduce, report_server_log
+from .service import PROTECTED, UNPROTECTED, WORKERS, flask, plain_gunicorn, post
+from .wrk import write_lua
 
 UNPROTECTED_GOAL = 0.90
 PROTECTED_GOAL = 0.80
@@ -58,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=4, help="length of each run")
     parser.add_argument("--connections", type=int, default=8, help="connections of each run")
     args = parser.parse_args(argv)
+    print(pin_servers())
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as servers:
         tmp = Path(temp)
@@ -69,13 +64,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         host_key = flask(host_env, "keys", "create", "--name", "bench", "--client-id", "bench", app=HOST_APP).strip()
         logs = {name: tmp / f"gunicorn-{name}.log" for name in ("bare", "service", "host")}
         try:
-            bare = servers.enter_context(gunicorn(service_env, logs["bare"], WORKERS, app="bench.apps:bare"))
+            bare = servers.enter_context(plain_gunicorn("bench.apps:bare", service_env, logs["bare"]))
             service = servers.enter_context(gunicorn(service_env, logs["service"], WORKERS))
             host = servers.enter_context(gunicorn(host_env, logs["host"], WORKERS, app=HOST_APP))
             if post(service + PROTECTED, service_key)[0] != 200 or post(host + "/decorated", host_key)[0] != 200:
                 raise RuntimeError("a valid key was refused")
             unprotected = write_lua(tmp / "unprotected.lua")
-            medians = measure_overhead(
+            comparison = measure_overhead(
                 [
                     Variant("bare Flask", bare + UNPROTECTED, unprotected, 1.0),
                     Variant("service, unprotected", service + UNPROTECTED, unprotected, UNPROTECTED_GOAL),
@@ -93,8 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 connections=args.connections,
                 title="the service and @require_key against bare Flask (ratios to bare Flask)",
             )
-            ratio = medians["host, @require_key()"] / medians["host, undecorated"]
-            print(f"  host, @require_key() / host, undecorated req/s: {ratio:.2f}  ({verdict(ratio, DECORATOR_GOAL)})")
+            comparison.report("host, @require_key()", "host, undecorated", DECORATOR_GOAL)
         finally:
             servers.close()
             for log in logs.values():

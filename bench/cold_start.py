@@ -40,7 +40,10 @@ from keyservice.core.state import current_state
 from keyservice.management.store import create_key
 from tests.servers import gunicorn, labelled_metric, request, service_environment
 
-from .protected_route import PROTECTED, WORKERS, flask, print_reproduce, report_server_log, verdict
+from .compare import Spread
+from .cores import on_load_cores, pin_servers
+from .report import print_reproduce, report_server_log, verdict
+from .service import PROTECTED, WORKERS, flask
 
 KEYS = 200
 USES = 4
@@ -94,7 +97,7 @@ def send(url: str, requests: list[str]) -> Run:
         return (time.perf_counter() - sent) * 1000, status == 200
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadPoolExecutor(CLIENTS, initializer=on_load_cores) as pool:  # the client on wrk's cores
         answers = list(pool.map(one, requests))
     return Run(time.perf_counter() - started, [ms for ms, _ in answers], sum(1 for _, ok in answers if not ok))
 
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="restarts, each followed by a warm pass")
     args = parser.parse_args(argv)
+    print(pin_servers())
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp:
         tmp = Path(temp)
@@ -139,12 +143,11 @@ def main(argv: list[str] | None = None) -> None:
                     )
         finally:
             report_server_log(log)
-        after = statistics.median(run.per_second for run in restarted)
-        before = statistics.median(run.per_second for run in warm)
+        pairs = Spread.of([r.per_second / w.per_second for r, w in zip(restarted, warm, strict=True)])
         print(
-            f"\n  after a restart / warm (median req/s): {after:.1f} / {before:.1f} = {after / before:.2f}"
-            f"  ({verdict(after / before, GOAL)}); per round "
-            + ", ".join(f"{r.per_second / w.per_second:.2f}" for r, w in zip(restarted, warm, strict=False))
+            f"\n  after a restart / warm req/s, pair by pair: {pairs}  ({verdict(pairs.median, GOAL)}); medians"
+            f" {statistics.median(run.per_second for run in restarted):.1f}"
+            f" and {statistics.median(run.per_second for run in warm):.1f}"
         )
 
     print_reproduce("bench.cold_start", sys.argv[1:] if argv is None else list(argv))

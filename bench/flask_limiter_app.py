@@ -1,7 +1,7 @@
 """The comparison for ``bench.ratelimits``: a bare Flask view (``bare_app``), and the same view
 behind Flask-Limiter (``app``).
 
-Served with the repo's gunicorn.conf.py like keyservice itself. ``/limited`` is
+Served as a Flask app is on its own (``bench.service.plain_gunicorn``). ``/limited`` is
 what a Flask user would pick for per-key limits: Flask-Limiter's moving window on
 the Redis at ``BENCH_REDIS_URL``, keyed by the ``Authorization`` header, with its
 rate-limit headers on (each request: the hit, then a read of the window).

@@ -38,17 +38,12 @@ from tests.helpers import bearer
 from tests.servers import gunicorn, labelled_metric, request, service_environment
 from tests.services import postgres_server
 
-from .protected_route import (
-    PROTECTED,
-    WORKERS,
-    Variant,
-    flask,
-    measure_overhead,
-    print_reproduce,
-    report_server_log,
-    run_wrk,
-)
+from .compare import Variant, measure_overhead
+from .cores import on_load_cores, pin_servers
+from .report import print_reproduce, report_server_log
 from .scale_out import create_database
+from .service import PROTECTED, WORKERS, flask
+from .wrk import run_wrk
 
 KEYS = 2_000
 GOAL = 0.9
@@ -100,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=4, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=8, help="connections of each wrk run")
     args = parser.parse_args(argv)
+    print(pin_servers())
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as stack:
         tmp = Path(temp)
@@ -112,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             base = stack.enter_context(gunicorn(env, log, workers=WORKERS))
             random_lua = write_random_lua(tmp / "random.lua", keys)
-            with ThreadPoolExecutor(args.connections) as pool:
+            with ThreadPoolExecutor(args.connections, initializer=on_load_cores) as pool:
                 statuses = set(pool.map(lambda key: request(base + PROTECTED, "POST", bearer(key)).status, keys))
             run_wrk(base + PROTECTED, random_lua, connections=args.connections, seconds=WARM_UP_SECONDS)
             checked = bcrypt_checks(base)

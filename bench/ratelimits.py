@@ -5,12 +5,13 @@ Run from the repository root (``make bench`` runs it after ``bench.scale_out``):
     .venv/bin/python -m bench.ratelimits
 
 One run starts a throwaway Redis and PostgreSQL (durable settings: fsync on) on
-127.0.0.1 (``tests/services.py``) and six gunicorns with the repo's
-gunicorn.conf.py (2 gthread workers each), and alternates ``wrk`` over:
+127.0.0.1 (``tests/services.py``) and six gunicorns (2 gthread workers each), all pinned to
+one half of the cores with wrk on the other (``cores.py``), and alternates ``wrk`` over:
 
 - a bare Flask view, and the same view behind Flask-Limiter (moving window on the
   same Redis, its headers on, keyed by the ``Authorization`` header;
-  ``bench/flask_limiter_app.py``);
+  ``bench/flask_limiter_app.py``), each served as a Flask app is on its own (plain
+  gunicorn, its access log on: ``service.plain_gunicorn``);
 - keyservice on SQLite with the embedded windows: ``/unprotected``, a key without
   limits, a key with a rate limit, a key with ``remaining``;
 - keyservice on SQLite with the windows in Redis: a key with a rate limit;
@@ -20,7 +21,8 @@ Every limit is far above the load: what is measured is the bookkeeping. Goals:
 keyservice's rate-limited key on Redis >= 1.5 x Flask-Limiter; on the embedded
 default, a rate-limited key >= 0.75 and a key with ``remaining`` >= 0.70 of
 keyservice's unprotected route; on PostgreSQL, a key with ``remaining`` >= 0.50
-of it. Only ratios within one run are meaningful; see ``bench/protected_route.py``.
+of it. Each ratio is the median of the pair ratios of at least 5 alternating rounds, with
+min and max (``compare.py``).
 """
 
 from __future__ import annotations
@@ -34,20 +36,12 @@ from pathlib import Path
 from tests.servers import gunicorn, service_environment
 from tests.services import postgres_server, redis_server
 
-from .protected_route import (
-    PROTECTED,
-    UNPROTECTED,
-    WORKERS,
-    Variant,
-    create_keys,
-    flask,
-    measure_overhead,
-    print_reproduce,
-    report_server_log,
-    verdict,
-    write_lua,
-)
+from .compare import Variant, measure_overhead
+from .cores import pin_servers
+from .report import print_reproduce, report_server_log
 from .scale_out import create_database
+from .service import PROTECTED, UNPROTECTED, WORKERS, create_keys, flask, plain_gunicorn
+from .wrk import write_lua
 
 # (variant, against which variant, goal)
 GOALS = [
@@ -71,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=4, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=8, help="connections of each wrk run")
     args = parser.parse_args(argv)
+    print(pin_servers())
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as stack:
         tmp = Path(temp)
@@ -82,9 +77,13 @@ def main(argv: list[str] | None = None) -> None:
         postgres = stack.enter_context(postgres_server(fast=False))
         logs: list[Path] = []
 
-        def serve(env: dict[str, str], name: str, app: str = "wsgi:app") -> str:
+        def serve(env: dict[str, str], name: str) -> str:
             logs.append(tmp / f"gunicorn-{name}.log")
-            return stack.enter_context(gunicorn(env, logs[-1], workers=WORKERS, app=app))
+            return stack.enter_context(gunicorn(env, logs[-1], workers=WORKERS))
+
+        def serve_flask_app(app: str, name: str) -> str:
+            logs.append(tmp / f"gunicorn-{name}.log")
+            return stack.enter_context(plain_gunicorn(app, limiter_env, logs[-1]))
 
         try:
             sqlite = service_environment(f"sqlite:///{tmp / 'bench.db'}")
@@ -95,8 +94,8 @@ def main(argv: list[str] | None = None) -> None:
             valid_on_postgres, _, remaining_on_postgres = create_keys(on_postgres)
 
             limiter_env = service_environment(f"sqlite:///{tmp / 'unused.db'}", BENCH_REDIS_URL=redis_url)
-            bare = serve(limiter_env, "bare-flask", "bench.flask_limiter_app:bare_app")
-            limiter = serve(limiter_env, "flask-limiter", "bench.flask_limiter_app:app")
+            bare = serve_flask_app("bench.flask_limiter_app:bare_app", "bare-flask")
+            limiter = serve_flask_app("bench.flask_limiter_app:app", "flask-limiter")
             embedded = serve(sqlite, "embedded")
             with_redis = serve({**sqlite, "KEYSERVICE_RATELIMIT_STORAGE_URL": redis_url}, "redis")
             postgresql = serve(on_postgres, "postgresql")
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                     None,
                 ),
             ]
-            medians = measure_overhead(
+            comparison = measure_overhead(
                 variants,
                 rounds=args.rounds,
                 seconds=args.seconds,
@@ -150,11 +149,10 @@ def main(argv: list[str] | None = None) -> None:
             )
             print("\n== goals")
             for label, against, goal in GOALS:
-                ratio = medians[label] / medians[against]
-                print(f"  {label} / {against}: {ratio:.2f}  ({verdict(ratio, goal)})")
+                comparison.report(label, against, goal)
             print("\n== the limits' own cost: a limited key against a key without limits, same server (no goal)")
             for label, against in LIMITS_OWN_COST:
-                print(f"  {label} / {against}: {medians[label] / medians[against]:.2f}")
+                comparison.report(label, against, None)
         finally:
             for log in logs:
                 report_server_log(log)

@@ -38,18 +38,12 @@ import sqlalchemy
 from tests.servers import gunicorn, service_environment
 from tests.services import PostgresServer, postgres_server, redis_server
 
-from .protected_route import (
-    PROTECTED,
-    WORKERS,
-    Variant,
-    create_keys,
-    flask,
-    measure_overhead,
-    overhead_variants,
-    print_reproduce,
-    report_server_log,
-    write_lua,
-)
+from .compare import Variant, measure_overhead
+from .cores import pin_servers
+from .protected_route import overhead_variants
+from .report import print_reproduce, report_server_log
+from .service import PROTECTED, WORKERS, create_keys, flask
+from .wrk import write_lua
 
 SCALE_OUT_GOAL = 0.85
 GROWTH_GOAL = 0.95
@@ -92,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=8, help="connections of each wrk run")
     parser.add_argument("--keys", type=int, default=MANY, help="keys in the large database")
     args = parser.parse_args(argv)
+    print(pin_servers())
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp, ExitStack() as stack:
         tmp = Path(temp)

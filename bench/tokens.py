@@ -34,19 +34,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.protected_route import (
-    PROTECTED,
-    WORKERS,
-    Variant,
-    flask,
-    measure_overhead,
-    post,
-    print_reproduce,
-    report_server_log,
-    write_lua,
-)
 from tests.servers import gunicorn, service_environment
 from tests.tokens import access_token
+
+from .compare import Variant, measure_overhead
+from .cores import on_load_cores, pin_servers
+from .report import print_reproduce, report_server_log
+from .service import PROTECTED, WORKERS, flask, post
+from .wrk import write_lua
 
 THROUGHPUT_GOAL = 0.95
 FIRST_REQUEST_GOAL = 2.0
@@ -77,6 +72,7 @@ def percentile(values: list[float], n: int) -> float:
 
 def measure_first_requests(base: str, key: str, count: int) -> None:
     """Fresh tokens' first requests against the cached key's, alternating in blocks of 50."""
+    on_load_cores()  # this thread is the client from here on; the servers are started already
     print(f"\n== 2. first request with a fresh token against the cached key: {count} of each, alternating")
     started = time.perf_counter()
     tokens = [access_token(base, key) for _ in range(count)]
@@ -103,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=8, help="connections of each wrk run")
     parser.add_argument("--fresh", type=int, default=2000, help="fresh tokens sent once each")
     args = parser.parse_args(argv)
+    print(pin_servers())
 
     with tempfile.TemporaryDirectory(prefix="keyservice-bench-") as temp:
         tmp = Path(temp)
