@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.identities [--pairs 7 --seconds 4]
 
 Two setups, each one gunicorn (the repo's gunicorn.conf.py, 2 gthread workers) on SQLite: the
-windows in the embedded LMDB file, and in Redis. On each, two keys: one with a rate limit of its
+windows in the embedded SQLite file, and in Redis. On each, two keys: one with a rate limit of its
 own, and one of a customer whose identity has two auto-applied rate limits (every limit far
 above the load: what is measured is the bookkeeping). The servers (gunicorn and Redis) run
 on one half of the cores and wrk on the other (``cores.py``); the two keys are measured in
@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         redis_url = stack.enter_context(redis_server(tmp / "redis.log"))
         logs = []
         try:
-            for label, storage in (("embedded (LMDB)", {}), ("Redis", {"KEYSERVICE_RATELIMIT_STORAGE_URL": redis_url})):
+            for label, storage in (
+                ("embedded (SQLite)", {}),
+                ("Redis", {"KEYSERVICE_RATELIMIT_STORAGE_URL": redis_url}),
+            ):
                 name = "redis" if storage else "embedded"
                 env = service_environment(f"sqlite:///{tmp / (name + '.db')}", **storage)
                 own, shared = setup_keys(env)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask
@@ -126,3 +129,22 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def stored_windows(path: Path) -> int:
+    """How many windows (a key and a period) the embedded windows' file at ``path`` holds, as
+    another process reading it sees them."""
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; print(sqlite3.connect(sys.argv[1])"
+            ".execute('SELECT count(*) FROM (SELECT DISTINCT key, period FROM slots)').fetchone()[0])",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return int(read.stdout)

@@ -163,11 +163,12 @@ def test_a_key_checked_on_one_instance_costs_no_bcrypt_on_the_other(
 # --- What the shared stores hold --------------------------------------------------------------------
 
 
-def lmdb_bytes(database_url: str) -> bytes:
-    """The bytes of the machine's LMDB files (checked keys, budgets, windows) and their lock files."""
+def embedded_bytes(database_url: str) -> bytes:
+    """The bytes of the machine's files: the checked keys' (LMDB, and its lock file), the budgets'
+    and the rate limits' windows (SQLite, and their write-ahead logs and shared memory)."""
     return b"".join(
         path.read_bytes()
-        for what in ("checked", "budgets", "ratelimit")
+        for what in ("checked", "budget-windows", "windows")
         for path in path_for(database_url, what).parent.glob(path_for(database_url, what).name + "*")
     )
 
@@ -187,7 +188,7 @@ def redis_bytes(url: str) -> bytes:
     return b"".join(held)
 
 
-@pytest.mark.parametrize("shared", ["lmdb", "redis"])
+@pytest.mark.parametrize("shared", ["embedded", "redis"])
 def test_the_shared_stores_hold_no_key_no_secret_no_hash_and_a_rotated_key_expires_though_checked(
     database_url: str, shared: str, request: pytest.FixtureRequest
 ) -> None:
@@ -215,7 +216,7 @@ def test_the_shared_stores_hold_no_key_no_secret_no_hash_and_a_rotated_key_expir
             "the old key refused (a grace of 1 s, a cache TTL of 0.5 s)",
         )
 
-        stored = redis_bytes(storage) if shared == "redis" else lmdb_bytes(database_url)
+        stored = redis_bytes(storage) if shared == "redis" else embedded_bytes(database_url)
         secret = deployment_secret(database_url)
         for held in (stored, raw_database(database_url, request)):
             assert secret not in held

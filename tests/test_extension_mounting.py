@@ -136,8 +136,9 @@ def test_without_the_management_api_only_the_decorator_and_the_cli_are_added(tmp
     # the deployment secret, the checked keys and the failed-check budgets (no writers' lock file).
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "host.db",
-        "host.db.budgets",
-        "host.db.budgets-lock",
+        "host.db.budget-windows",
+        "host.db.budget-windows-shm",
+        "host.db.budget-windows-wal",
         "host.db.checked",
         "host.db.checked-lock",
         "host.db.secret",

@@ -12,8 +12,6 @@ import json
 import logging
 import math
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +34,7 @@ from keyservice.core.models import ApiKey
 from keyservice.verification.slidingwindow import SLOTS
 
 from .conftest import TEST_CONFIG, migrated_app
-from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, cli_create, describe, free_port, issue
+from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, cli_create, describe, free_port, issue, stored_windows
 
 RATELIMIT_FIELD = re.compile(r'"default";r=(\d+);t=(\d+)')
 MANAGEMENT = ("keys:read", "keys:write", "keys:verify")
@@ -160,20 +158,7 @@ def test_the_window_lets_requests_through_again_within_a_slot_after_the_period(a
 def windows_stored(app: Flask) -> int:
     """How many windows the embedded storage holds, as another process reading its file sees them."""
     with app.app_context():
-        path = path_for(db.engine.url.render_as_string())
-    read = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import lmdb, sys; print(lmdb.open(sys.argv[1], subdir=False, readonly=True).stat()['entries'])",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return int(read.stdout)
+        return stored_windows(path_for(db.engine.url.render_as_string()))
 
 
 @embedded_only

@@ -3,8 +3,6 @@ limit, and uses that a crash of PostgreSQL never takes from the customer."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -16,7 +14,7 @@ import sqlalchemy
 
 from keyservice.core.machinefiles import path_for
 
-from .helpers import bearer
+from .helpers import bearer, stored_windows
 from .load import Timed, hammer, outcome
 from .servers import KeysCli, flask_cli, gunicorn, service_environment
 from .services import postgres_server
@@ -36,21 +34,9 @@ def rows_per_table(database_url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def lmdb_entries(database_url: str) -> int:
-    """The embedded windows' entries, as another process reading the file sees them."""
-    read = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import lmdb, sys; print(lmdb.open(sys.argv[1], subdir=False, readonly=True).stat()['entries'])",
-            str(path_for(database_url)),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return int(read.stdout)
+def windows_entries(database_url: str) -> int:
+    """The embedded windows held, as another process reading the file sees them."""
+    return stored_windows(path_for(database_url))
 
 
 def test_a_million_per_hour_hammered_for_20_s_keeps_a_few_rows_and_bytes(tmp_path: Path, redis_url: str) -> None:
@@ -83,7 +69,7 @@ def test_a_million_per_hour_hammered_for_20_s_keeps_a_few_rows_and_bytes(tmp_pat
         assert set(served) == {(200, None)} and len(served) > 500, (url, len(served))
     grown = sum(rows_per_table(database_url).values()) - sum(rows_before.values())
     assert grown <= 100, (rows_before, rows_per_table(database_url))
-    assert lmdb_entries(database_url) == 1
+    assert windows_entries(database_url) == 1
     memory_grown = redis_client.info("memory")["used_memory"] - memory_before
     redis_client.close()
     assert memory_grown < 64 * 1024, f"{len(answers)} requests grew Redis by {memory_grown} bytes"

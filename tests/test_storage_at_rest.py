@@ -30,7 +30,7 @@ def raw_database(url: str, request: pytest.FixtureRequest) -> bytes:
     assert database
     if url.startswith("sqlite"):
         path = Path(database)
-        # Not the machine's files beside it (<database>.checked, .ratelimit, .secret): only the database's.
+        # Not the machine's files beside it (<database>.checked, .windows, .secret): only the database's.
         files = (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
         return b"".join(file.read_bytes() for file in files if file.exists())
     server: PostgresServer = request.getfixturevalue("postgres")

@@ -23,10 +23,10 @@ from keyservice.core.models import RATE, ApiKey, Identity, NamedLimit, Role
 from keyservice.core.outcomes import KeyRecord
 from keyservice.verification.failedchecks import FailedCheckBudgets
 from keyservice.verification.keyrows import KeyRows
-from keyservice.verification.lmdbwindows import LmdbWindows
 from keyservice.verification.quota import Quota
 from keyservice.verification.rowcache import RowCache
 from keyservice.verification.slidingwindow import Hit, WindowStorageError
+from keyservice.verification.sqlitewindows import SqliteWindows
 
 from .conftest import migrated_app
 from .helpers import issue, wrong_secret
@@ -154,8 +154,8 @@ def test_a_copy_is_dropped_after_the_max_age_though_nothing_changed(engine: Engi
 
 @pytest.fixture
 def budgets(tmp_path: Path) -> FailedCheckBudgets:
-    """3 checks a minute per key id and client, 5 per key id, in an LMDB file."""
-    windows = LmdbWindows(tmp_path / "budgets")
+    """3 checks a minute per key id and client, 5 per key id, in a SQLite windows' file."""
+    windows = SqliteWindows(tmp_path / "budget-windows")
     return FailedCheckBudgets(parse("3/minute"), parse("5/minute"), lambda: windows)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 
-def path_for(database_url: str, what: str = "ratelimit") -> Path:
-    """Where the machine's file ``what`` (``ratelimit``: the windows) of the app on ``database_url``
+def path_for(database_url: str, what: str = "windows") -> Path:
+    """Where the machine's file ``what`` (``windows``: the rate limits' windows) of the app on ``database_url``
     lives: beside a SQLite database, else in the temp folder under a name of the database (never
     of its password)."""
     url = make_url(database_url)

@@ -14,7 +14,7 @@ By default the entries live in an LMDB file every worker of the machine shares
 rate-limit windows' file; with ``KEYSERVICE_RATELIMIT_STORAGE_URL`` they live in
 that Redis, shared by every instance. Both are bounded: an entry lasts
 ``ENTRY_TTL`` from its bcrypt check (Redis expires it; LMDB's are swept), and the
-LMDB file is mapped at ``lmdbwindows.MAP_SIZE``: full of live entries, it is
+LMDB file is mapped at ``lmdbfiles.MAP_SIZE``: full of live entries, it is
 emptied (every key then costs one bcrypt check again, once per machine). The
 cache is an optimisation only: when its store fails, a key is checked with bcrypt.
 """
@@ -35,7 +35,7 @@ import redis
 
 from ..core.crypto import ID_LENGTH
 from ..core.machinefiles import path_for
-from .lmdbwindows import SWEEP_INTERVAL, environment, sweep_expired
+from .lmdbfiles import SWEEP_INTERVAL, environment, sweep_expired
 
 ENTRY_TTL = 7 * 86_400
 HASH_DIGEST_BYTES = 16

@@ -3,7 +3,7 @@
 Each bcrypt check (a key no worker of the machine has checked, or a wrong
 secret for a real key id) first takes one from two slotted sliding windows
 (``slidingwindow.py``) in the store the rate limits use, so every worker of the
-machine (the LMDB file), or of the deployment (Redis), draws on the same
+machine (the SQLite windows' file), or of the deployment (Redis), draws on the same
 budgets: ``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT`` for the key id and the
 caller's address, then ``KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY`` for the key id
 from everywhere. Taken before the check, not counted after a failure, the

@@ -1,10 +1,11 @@
 """Per-key rate limits: the slotted sliding window (``slidingwindow.py``) over a storage
 every worker shares.
 
-By default the windows live in an LMDB file beside the app's SQLite database
-(``lmdbwindows.py``), shared by every gunicorn worker of the machine;
+By default the windows live in a SQLite file of their own beside the app's SQLite database
+(``sqlitewindows.py``), shared by every gunicorn worker of the machine;
 ``KEYSERVICE_RATELIMIT_STORAGE_URL`` (``redis://...``) moves them to Redis for
-many machines (``rediswindows.py``). Either way a request is one atomic operation.
+many machines (``rediswindows.py``). Either way a request is one atomic operation: one
+SQL statement, or one Lua script.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from flask_sqlalchemy import SQLAlchemy
 
 from ..core.machinefiles import path_for
 from ..core.outcomes import RateLimitState
-from .lmdbwindows import LmdbWindows
 from .rediswindows import RedisWindows
 from .slidingwindow import WindowStore
+from .sqlitewindows import SqliteWindows
 
 
 class RateLimiter:
@@ -38,7 +39,7 @@ class RateLimiter:
                     self._windows = (
                         RedisWindows(self._storage_url)
                         if self._storage_url
-                        else LmdbWindows(path_for(self._db.engine.url.render_as_string()))
+                        else SqliteWindows(path_for(self._db.engine.url.render_as_string()))
                     )
         return self._windows
 

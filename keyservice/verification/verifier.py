@@ -72,11 +72,11 @@ from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
 from .credits import Credits
 from .failedchecks import FailedCheckBudgets
 from .keyrows import KeyRows
-from .lmdbwindows import LmdbWindows
 from .quota import Quota
 from .ratelimit import RateLimiter
 from .rowcache import RowCache
 from .slidingwindow import Counted, WindowStorageError, WindowStore
+from .sqlitewindows import SqliteWindows
 from .usage import UsageRecorder
 
 
@@ -244,7 +244,11 @@ class Verifier:
                         tuple(hmac_sha256(name_key) for name_key in earlier),
                         checked_keys_at(storage_url, database_url),
                         # The windows' Redis; on one machine a file of their own beside the windows'.
-                        self._ratelimiter.windows if storage_url else LmdbWindows(path_for(database_url, "budgets")),
+                        (
+                            self._ratelimiter.windows
+                            if storage_url
+                            else SqliteWindows(path_for(database_url, "budget-windows"))
+                        ),
                     )
         return self._shared_stores
 
