@@ -8,14 +8,16 @@ a pooled PostgreSQL one. Statements are
 written with ``:name`` parameters (sqlite3's own style) and rewritten once for
 drivers that want ``%(name)s`` (psycopg).
 
-SQLite lets one connection write at a time, and a connection that finds the
-database locked sleeps (1 ms, then longer) before it tries again: with every
-worker writing on every request, those sleeps would cost more than the writes.
-So on SQLite the workers of a machine queue for these transactions on a file
-lock beside the database, which the kernel hands over the moment it is free.
-The threads of one worker (gunicorn's gthread) queue on a lock of the process
-first: ``flock`` belongs to the open file, which they share, so it cannot keep
-them apart.
+SQLite lets one connection write at a time. A statement run alone, in autocommit mode,
+takes the database's write lock and lets it go inside one call into SQLite, in C, where
+the interpreter lock is released: no other worker ever waits on a thread of this one that
+waits for the interpreter. The threads of one worker (gunicorn's gthread) queue on a lock
+of the process first, so that they hand the write over at once instead of meeting
+SQLite's busy handler, which sleeps (1 ms, then longer) before it tries again. A
+transaction of several statements (:func:`transaction`) has to come back to Python between
+them while it holds the write lock, so those queue on a file lock beside the database as
+well, which the kernel hands over the moment it is free (``flock`` belongs to the open
+file, which a process's threads share: they queue on the process's lock first).
 """
 
 from __future__ import annotations
@@ -51,25 +53,25 @@ def _for_driver(sql: str) -> str:
 
 class _WritersQueue:
     """A process's place in the queue of one SQLite database's writers: a lock for its
-    threads, then the file lock for its peers."""
+    threads (:attr:`threads`), then, for a transaction, the file lock for its peers."""
 
     def __init__(self, descriptor: int) -> None:
         self._descriptor = descriptor
-        self._threads = threading.Lock()
+        self.threads = threading.Lock()
 
     def __enter__(self) -> None:
-        self._threads.acquire()
+        self.threads.acquire()
         try:
             fcntl.flock(self._descriptor, fcntl.LOCK_EX)
         except BaseException:
-            self._threads.release()
+            self.threads.release()
             raise
 
     def __exit__(self, *exc_info: object) -> None:
         try:
             fcntl.flock(self._descriptor, fcntl.LOCK_UN)
         finally:
-            self._threads.release()
+            self.threads.release()
 
 
 _queues: dict[tuple[int, str], _WritersQueue | None] = {}
@@ -126,26 +128,47 @@ def _forget_own_connection(engine: Engine) -> None:
 
 
 def writers_queue(engine: Engine) -> contextlib.AbstractContextManager[None]:
-    """This machine's place in the queue of the engine's writers, to hold with ``with``
-    (SQLite; elsewhere nothing)."""
+    """This machine's place in the queue of the engine's writers, to hold with ``with`` around a
+    transaction (SQLite; elsewhere nothing)."""
     return _writers_queue(engine) or contextlib.nullcontext()
+
+
+def _thread_queue(engine: Engine) -> contextlib.AbstractContextManager[Any]:
+    """This process's queue of the engine's writing threads (SQLite; elsewhere nothing)."""
+    queue = _writers_queue(engine)
+    return queue.threads if queue is not None else contextlib.nullcontext()
 
 
 def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> list[tuple[Any, ...]]:
     """Run ``sql`` as a transaction of its own (autocommit: one round trip, no BEGIN or COMMIT);
-    return its rows. One that ``writes`` queues with the other writers on SQLite.
+    return its rows. One that ``writes`` queues with the process's other writing threads on SQLite.
 
     On SQLite the statement runs on the calling thread's own connection; on PostgreSQL, on
     one of the pool's. Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     The values are the driver's: see :func:`result_processors`.
+
+    On SQLite, a writing statement that returns rows (``RETURNING``) commits only once Python
+    has fetched them: it holds the write lock while this thread may wait for the interpreter
+    lock. Where that matters (on every request), write with :func:`changed` and read after.
     """
+    return _run(engine, sql, params, writes)[0]
+
+
+def changed(engine: Engine, sql: str, params: dict[str, Any]) -> int:
+    """Run a writing ``sql`` that returns no rows, as :func:`execute` does; how many rows it
+    changed. On SQLite its write lock is taken and let go within the one call into SQLite."""
+    return _run(engine, sql, params, True)[1]
+
+
+def _run(engine: Engine, sql: str, params: dict[str, Any], writes: bool) -> tuple[list[tuple[Any, ...]], int]:
     driver_error = engine.dialect.loaded_dbapi.Error
     if engine.dialect.name == "sqlite":
         try:
             connection = _own_sqlite_connection(engine)
-            with writers_queue(engine) if writes else contextlib.nullcontext():
+            with _thread_queue(engine) if writes else contextlib.nullcontext():
+                cursor = connection.execute(sql, params)
                 # All of it: the autocommit transaction ends when the statement has run to its end.
-                return [tuple(row) for row in connection.execute(sql, params).fetchall()]
+                return [tuple(row) for row in cursor.fetchall()], cursor.rowcount
         except driver_error as error:
             _forget_own_connection(engine)  # it may be broken
             raise DBAPIError.instance(None, None, error, driver_error) from error
@@ -159,6 +182,7 @@ def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = Tru
             cursor = connection.cursor()
             cursor.execute(_for_driver(sql) if engine.dialect.paramstyle in ("pyformat", "format") else sql, params)
             rows = [tuple(row) for row in cursor.fetchall()] if cursor.description is not None else []
+            count = cursor.rowcount
         finally:
             connection.autocommit = False  # as the pool hands it to everyone else
     except driver_error as error:
@@ -170,7 +194,7 @@ def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = Tru
             pooled.invalidate()
         raise
     pooled.close()  # back to the pool
-    return rows
+    return rows, count
 
 
 class Transaction:

@@ -1,8 +1,10 @@
 """A key's remaining uses: one taken per valid request, in one SQL statement, refill included.
 
 A key with ``remaining`` gives one use per valid request, taken by one atomic
-``UPDATE ... RETURNING`` run through ``rawsql.py`` (no ORM, no pool checkout):
-it never goes below zero, however many workers and threads take at once. A key
+conditional ``UPDATE`` run through ``rawsql.py`` (no ORM, no pool checkout):
+it never goes below zero, however many workers and threads take at once. On
+PostgreSQL it answers what is left (``RETURNING``); on SQLite that is read after
+it (see :meth:`Quota.take_one`). A key
 with a refill gets ``refill_amount`` back once per interval (at the day's or the
 month's start, UTC) in that same statement, before the use is taken. A rotated
 key's uses are its successor's (``quota_key_id``), looked up in the statement too.
@@ -75,6 +77,10 @@ def refill_boundary(now: datetime, interval: str) -> datetime:
     return day if interval == "daily" else day.replace(day=1)
 
 
+# What is left of a key's uses (its successor's, for a rotated key).
+_LEFT = f"SELECT remaining FROM {ApiKey.__tablename__} WHERE id = {_QUOTA_KEY}"
+
+
 def take_uses(dialect: Dialect, record: KeyRecord, cost: int) -> tuple[str, dict[str, Any]]:
     """The statement, and its parameters, that takes ``cost`` uses of ``record``'s key (a due
     refill first) and answers what is left, or no row when fewer than ``cost`` are left."""
@@ -105,10 +111,20 @@ class Quota:
 
     def take_one(self, record: KeyRecord) -> tuple[bool, int | None]:
         """Atomically take one use of ``record``'s key: whether one was left, and how many are
-        left after it (None if the key has become unlimited). A due refill comes first. A key
+        left after it (None if the key has become unlimited; on SQLite, read right after it, so
+        other requests' uses taken meanwhile are counted too). A due refill comes first. A key
         out of uses is announced (see the module docstring)."""
         engine = self._engine()
-        row = rawsql.execute_one(engine, *take_uses(engine.dialect, record, 1))
+        sql, params = take_uses(engine.dialect, record, 1)
+        if engine.dialect.name == "sqlite":
+            # With RETURNING, SQLite would hold its write lock until Python has fetched the row,
+            # and this thread may wait for the interpreter lock meanwhile while every other
+            # worker waits for it: the use is taken by a statement that returns nothing (its
+            # lock taken and let go within SQLite), and what is left is read after it.
+            taken = rawsql.changed(engine, sql.split(" RETURNING ", 1)[0], params)
+            row = rawsql.execute_one(engine, _LEFT, {"key_id": record.id}, writes=False) if taken else None
+        else:
+            row = rawsql.execute_one(engine, sql, params)
         if row is None:
             self.announce_exhausted(record.id)
             return False, 0
