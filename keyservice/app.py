@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
@@ -16,10 +16,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import routes
 from .core.config import config_from_environment
-from .core.errors import nosniff, register_http_problem_handlers
+from .core.errors import register_http_problem_handlers
 from .core.state import state_of
 from .extension import KeyService
-from .requestlog import configure_logging, mark_request
+from .requestlog import MarkedResponses, configure_logging
 
 
 def migrations_directory() -> Path:
@@ -58,11 +58,6 @@ POSTGRESQL_ENGINE_OPTIONS = {
 }
 
 
-def _finish(response: Response) -> Response:
-    """Every response of the service: not to be sniffed, and marked for its request's log line."""
-    return mark_request(nosniff(response))
-
-
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the keyservice app from the environment (or ``test_config``).
 
@@ -92,8 +87,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(migrations_directory()))
     keyservice.init_app(app)
     register_http_problem_handlers(app)
-    app.after_request(_finish)
     app.register_blueprint(routes.bp)
+    app.wsgi_app = MarkedResponses(app.wsgi_app)  # type: ignore[method-assign]
     proxies = state_of(app).settings.proxies
     if proxies:
         # The caller's address is what the proxies saw: it keys the failed-check budget per client.

@@ -3,10 +3,11 @@ outcome, the latency, and the worker (process id) that answered.
 
 gunicorn writes it, once the response is sent, through the logger class of the
 service's gunicorn settings (``accesslog.py``): the line replaces gunicorn's access
-line, and any Flask app served with those settings gets it. The app leaves what
-only it knows in the request's WSGI environ (:func:`mark_request`): the request id
-(the caller's ``X-Request-ID`` when it is a plain token, else a new one, and
-returned in the response's ``X-Request-ID``), the key's id and the outcome.
+line, and any Flask app served with those settings gets it. What only the app knows
+it leaves in the request's WSGI environ: ``@require_key`` the key's id and the
+outcome (``verification/decorators.py``), the standalone service's
+:class:`MarkedResponses` the request id (the caller's ``X-Request-ID`` when it is a
+plain token, else a new one, and returned in the response's ``X-Request-ID``).
 
 The line goes through the standard ``logging`` module (logger ``keyservice.request``,
 level INFO), with the fields as the record's attributes. It never holds the key:
@@ -19,15 +20,19 @@ handler on stderr, in JSON (one object per line) or text
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import re
 import sys
+from collections.abc import Iterable
 from typing import Any
 
-from flask import Response, g, request
 from pythonjsonlogger.json import JsonFormatter
+
+from .core.errors import NOSNIFF
+from .verification.decorators import CODE, KEY_ID
 
 logger = logging.getLogger("keyservice.request")
 
@@ -49,10 +54,8 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 FIELDS = ("request_id", "client", "method", "path", "status", "key_id", "code", "latency_ms", "worker")
 
 
-# Where the app leaves its part of the line, in the request's WSGI environ.
+# Where the service leaves the request's id, in its WSGI environ (the key's marks: decorators.py).
 REQUEST_ID = "keyservice.request_id"
-KEY_ID = "keyservice.key_id"
-CODE = "keyservice.code"
 
 
 def _new_request_id() -> str:
@@ -61,22 +64,36 @@ def _new_request_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def mark_request(response: Response) -> Response:
-    """Leave the request's id, and its key's id and outcome if it had one, for its log line;
-    return the id in the response's ``X-Request-ID`` (part of an ``after_request`` hook)."""
-    environ = request.environ
-    sent = environ.get("HTTP_X_REQUEST_ID", "")
-    environ[REQUEST_ID] = request_id = sent if _REQUEST_ID.fullmatch(sent) else _new_request_id()
-    response.headers["X-Request-ID"] = request_id
-    verification = g.get("verification")
-    if verification is not None:
-        environ[KEY_ID] = verification.key_id
-        environ[CODE] = verification.code.value
-    return response
+_NOSNIFF = list(NOSNIFF.items())
+_MARKED = frozenset({*(name.lower() for name in NOSNIFF), "x-request-id"})  # set here, whatever the view set
+
+
+class MarkedResponses:
+    """WSGI middleware for every response of the standalone service: not to be sniffed
+    (``X-Content-Type-Options: nosniff``), and marked with its request's id, which it leaves in
+    the environ for the log line and returns in ``X-Request-ID``.
+
+    A middleware rather than ``after_request`` hooks: it adds two pairs to the header list
+    where Flask's hooks set them one by one through werkzeug's header view and its proxies."""
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        """Answer the request, its response's headers marked."""
+        sent = environ.get("HTTP_X_REQUEST_ID", "")
+        environ[REQUEST_ID] = request_id = sent if _REQUEST_ID.fullmatch(sent) else _new_request_id()
+        ours = [*_NOSNIFF, ("X-Request-ID", request_id)]
+
+        def marked_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers = [header for header in headers if header[0].lower() not in _MARKED] + ours
+            return start_response(status, headers, exc_info)
+
+        return self.wsgi_app(environ, marked_start_response)  # type: ignore[no-any-return]
 
 
 def log_request(environ: dict[str, Any], status: int | None, seconds: float) -> None:
-    """Write the request's line: what the app left in its ``environ`` (:func:`mark_request`), its
+    """Write the request's line: what the app left in its ``environ``, its
     ``status`` and how many ``seconds`` it took. The client is ``REMOTE_ADDR`` as the app left it
     (behind ``KEYSERVICE_PROXIES``, the address the proxies saw)."""
     if not logger.isEnabledFor(logging.INFO):
@@ -117,12 +134,38 @@ class _TextFormatter(logging.Formatter):
         return f"{line} {' '.join(pairs)}" if pairs else line
 
 
+# A request's record: a plain record's attributes and the request's fields, nothing more.
+_REQUEST_RECORD_SIZE = len(logging.makeLogRecord({}).__dict__) + len(FIELDS)
+_FIELD_NAMES = frozenset(FIELDS)
+
+
+class _JsonFormatter(JsonFormatter):
+    """python-json-logger's formatter, the request's line made directly: the same JSON, without the
+    library's walk over every attribute of the record and the encoder it makes for each line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON object; a request's (:func:`log_request`) on the short way."""
+        attributes = record.__dict__
+        if (
+            len(attributes) != _REQUEST_RECORD_SIZE
+            or not attributes.keys() >= _FIELD_NAMES
+            or not isinstance(record.msg, str)
+            or record.exc_info
+            or record.stack_info
+        ):
+            return super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = {"asctime": record.asctime, "level": record.levelname, "logger": record.name, "message": record.message}
+        return json.dumps(line | {name: getattr(record, name) for name in FIELDS})
+
+
 def configure_logging(log_format: str) -> None:
     """Send the ``keyservice`` loggers (INFO and up) to stderr, as JSON lines or text."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(
-            JsonFormatter(
+            _JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"}
             )
         )

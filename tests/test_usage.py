@@ -17,13 +17,14 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Connection, event, func, select
 from werkzeug.test import TestResponse
 
 from keyservice.app import db
 from keyservice.core.models import ApiKey, KeyUsage
 from keyservice.core.state import current_state
-from keyservice.requestlog import log_request
+from keyservice.requestlog import configure_logging, log_request
 
 from .conftest import IssueKey, migrated_app
 from .helpers import bearer, issue, parse_time, wait_until, wrong_secret
@@ -338,6 +339,34 @@ def test_each_request_leaves_its_id_key_id_and_outcome_for_its_log_line(
     assert refused.headers["X-Request-ID"] == second.request_id  # type: ignore[attr-defined]
     assert (third.key_id, third.code, third.status) == (None, None, 200)  # type: ignore[attr-defined]
     assert key not in caplog.text and key.split("_")[2] not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("path", "key_id", "code"),
+    [("/protected-with-key", "abcDEF123456", "VALID"), ('/a"b\\c\x01\u00e9\U0001f600', None, None)],
+)
+def test_a_request_line_in_json_is_the_one_python_json_logger_writes(
+    path: str, key_id: str | None, code: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines: list[logging.LogRecord] = []
+    monkeypatch.setattr(logging.getLogger("keyservice"), "handlers", [])
+    configure_logging("json")
+    [handler] = logging.getLogger("keyservice").handlers
+    monkeypatch.setattr(handler, "emit", lines.append)
+    wsgi_path = path.encode().decode("latin-1")  # a WSGI string: the bytes that came, one character each
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": wsgi_path,
+        "REMOTE_ADDR": "127.0.0.1",
+        "keyservice.request_id": "r-1",
+    }
+    log_request(environ | {"keyservice.key_id": key_id, "keyservice.code": code}, 200, 0.0015)
+    [record] = lines
+    library = JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"}
+    )
+    assert handler.format(record) == library.format(record)
+    assert json.loads(handler.format(record))["path"] == path
 
 
 def test_a_request_id_that_is_not_a_plain_token_is_replaced(

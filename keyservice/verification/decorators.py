@@ -16,6 +16,11 @@ from .tokens import looks_like_token
 
 Protected = TypeVar("Protected", bound=Callable[..., Any] | Blueprint)
 
+# Where a check leaves the key's id and its outcome, in the request's WSGI environ, for the
+# request's log line (requestlog.py).
+KEY_ID = "keyservice.key_id"
+CODE = "keyservice.code"
+
 # A CORS preflight carries no credentials; as Flask-Login's login_required, let it through.
 EXEMPT_METHODS = frozenset({"OPTIONS"})
 
@@ -55,7 +60,8 @@ def verify_request(scopes: tuple[str, ...] = (), charge: Charge = ONE_USE) -> Ve
         result = state.tokens.verify(key, scopes, charge)
     else:
         result = state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"), charge)
-    g.verification = result  # for the request's log line
+    environ[KEY_ID] = result.key_id
+    environ[CODE] = result.code.value
     return result
 
 
