@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> None:
             bare = serve_flask_app("bench.flask_limiter_app:bare_app", "bare-flask")
             limiter = serve_flask_app("bench.flask_limiter_app:app", "flask-limiter")
             embedded = serve(sqlite, "embedded")
-            with_redis = serve({**sqlite, "KEYSERVICE_RATELIMIT_STORAGE_URL": redis_url}, "redis")
+            with_redis = serve(
+                service_environment(sqlite["DATABASE_URL"], KEYSERVICE_RATELIMIT_STORAGE_URL=redis_url), "redis"
+            )
             postgresql = serve(on_postgres, "postgresql")
 
             anonymous = write_lua(tmp / "anonymous.lua")
