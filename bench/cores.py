@@ -13,6 +13,7 @@ import os
 import sys
 
 _load_cores: set[int] = set()
+_server_cores: set[int] = set()
 
 
 def pin_servers() -> str:
@@ -23,6 +24,7 @@ def pin_servers() -> str:
         sys.exit("the benchmarks pin the servers and wrk to separate cores: they need at least 2")
     servers, load = cores[: len(cores) // 2], cores[len(cores) // 2 :]
     os.sched_setaffinity(0, servers)
+    _server_cores.update(servers)
     _load_cores.update(load)
     return f"servers on CPU {','.join(map(str, servers))}, wrk on CPU {','.join(map(str, load))}"
 
@@ -32,3 +34,8 @@ def on_load_cores() -> None:
     (where it was started from, if :func:`pin_servers` was not called)."""
     if _load_cores:
         os.sched_setaffinity(0, _load_cores)
+
+
+def server_core_count() -> int:
+    """How many cores the servers run on (all of this process's, if :func:`pin_servers` was not called)."""
+    return len(_server_cores) or len(os.sched_getaffinity(0))
