@@ -67,7 +67,7 @@ test-fast: $(INSTALLED)
 # The service and @require_key against bare Flask, the protected route on SQLite, then on
 # PostgreSQL + Redis with the growth figure, tokens against keys, rate limits and quotas beside
 # Flask-Limiter, a restart with 200 keys and a random key of 2,000, and an identity's two shared limits
-# against a key's own (pinned: servers and wrk on separate cores).
+# against a key's own. Each pins its servers to one half of the cores and wrk to the other.
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.against_flask
