@@ -156,24 +156,30 @@ def _hit_statement(windows: int) -> str:
     tests/test_sqlite_windows.py checks it. "WHERE true" lets the parser tell the SELECT's end from
     the upsert's ON CONFLICT."""
     asked = ", ".join(["(?, ?, ?, ?, ?, ?)"] * windows)
-    slot = "coalesce(windows.slot, asked.now_slot)"
-    kept = [_kept(slot, f"coalesce(windows.c{j}, 0)", "asked.now_slot", j) for j in _COLUMNS]
-    kept_as = ", ".join(f"{kept[j]} AS k{j}" for j in _COLUMNS)
+    kept = [_kept("windows.slot", f"windows.c{j}", "asked.now_slot", j) for j in _COLUMNS]
+    unmoved = "asked.now_slot <= windows.slot"
+    kept_as = ", ".join(
+        f"CASE WHEN windows.slot IS NULL THEN 0 WHEN {unmoved} THEN windows.c{j} ELSE {kept[j]} END AS k{j}"
+        for j in _COLUMNS
+    )
     counted = ", ".join(f"k{j} + iif(allowed AND slot % {_RING} = {j}, cost, 0)" for j in _COLUMNS)
     oldest = _oldest("slot", [f"k{j}" for j in _COLUMNS])
     return f"""
 WITH asked(key, period, now_slot, width, lim, cost) AS (VALUES {asked}),
-standing AS (
-    SELECT asked.key, asked.period, asked.width, asked.lim, asked.cost, max(asked.now_slot, {slot}) AS slot,
-        {kept_as}
+standing AS MATERIALIZED (
+    SELECT asked.key, asked.period, asked.width, asked.lim, asked.cost,
+        max(asked.now_slot, coalesce(windows.slot, asked.now_slot)) AS slot, {kept_as},
+        CASE WHEN windows.slot IS NULL THEN 0 WHEN {unmoved} THEN windows.total ELSE {" + ".join(kept)} END
+            AS standing_total,
+        CASE WHEN windows.slot IS NULL THEN (asked.now_slot + {_RING}) * asked.width
+            WHEN {unmoved} THEN windows.reset_at END AS unmoved_reset_at
     FROM asked LEFT JOIN windows ON windows.key = asked.key AND windows.period = asked.period
 ),
-summed AS (SELECT *, {" + ".join(f"k{j}" for j in _COLUMNS)} AS standing_total FROM standing),
-verdict(allowed) AS (SELECT NOT EXISTS (SELECT 1 FROM summed WHERE standing_total + cost > lim))
+verdict(allowed) AS (SELECT NOT EXISTS (SELECT 1 FROM standing WHERE standing_total + cost > lim))
 INSERT INTO windows (key, period, slot, {_COUNTS}, allowed, total, reset_at)
 SELECT key, period, slot, {counted}, allowed, standing_total + iif(allowed, cost, 0),
-    (slot - {oldest} + {_RING}) * width
-FROM summed, verdict WHERE true
+    coalesce(unmoved_reset_at, (slot - {oldest} + {_RING}) * width)
+FROM standing, verdict WHERE true
 ON CONFLICT (key, period) DO UPDATE SET
     slot = excluded.slot, {", ".join(f"c{j} = excluded.c{j}" for j in _COLUMNS)},
     allowed = excluded.allowed, total = excluded.total, reset_at = excluded.reset_at
