@@ -233,12 +233,16 @@ class SqliteWindows:
 
     def hit(self, key: str, limit: int, period: int) -> Hit:
         """Count one request of ``key`` against ``limit`` per ``period`` seconds: one statement,
-        the upsert of the window's row. Its answer is read by the window's key (the answer of each
-        window this connection counted in stays until it is replaced, or the answers are cleared
-        every ``ANSWERS_KEPT`` hits of the thread or by :meth:`hit_all`)."""
+        the upsert of the window's row."""
+        return self._hit_one(key, limit, period, 1)
+
+    def _hit_one(self, key: str, limit: int, period: int, cost: int) -> Hit:
+        """One window's hit: its answer is read by the window's key (the answer of each window this
+        connection counted in stays until it is replaced, or the answers are cleared every
+        ``ANSWERS_KEPT`` hits of the thread or by a hit of several windows)."""
         now = time.time()
         width = period / SLOTS  # slot_width's
-        self._write(_HIT, (key, period, math.floor(now / width), width, limit, 1))
+        self._write(_HIT, (key, period, math.floor(now / width), width, limit, cost))
         local = self._local
         try:
             ((allowed, total, reset_at),) = local.connection.execute(_READ_ANSWER, (key, period)).fetchall()
@@ -253,7 +257,11 @@ class SqliteWindows:
         return Hit(bool(allowed), total, reset_at)
 
     def hit_all(self, windows: list[Counted]) -> list[Hit]:
-        """Count one request in every window of ``windows``, or in none: one statement."""
+        """Count one request in every window of ``windows``, or in none: one statement (for one
+        window, the single hit's upsert)."""
+        if len(windows) == 1:
+            (window,) = windows
+            return [self._hit_one(window.key, window.limit, window.period, window.cost)]
         if not windows:
             return []
         now = time.time()
