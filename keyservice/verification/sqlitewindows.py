@@ -84,7 +84,8 @@ CREATE VIEW IF NOT EXISTS slots (key, period, slot, count) AS {
 };
 """
 
-# This connection's own: what its last hit met, written by the hit's statement and read after its commit.
+# This connection's own: what its hits met, a row per window, written by the hit's statement and read
+# after its commit (a window's row is replaced by its next hit; the rows are cleared now and then).
 _ANSWERS = """
 CREATE TEMP TABLE answers (
     key TEXT, period INTEGER, allowed INTEGER, total INTEGER, reset_at REAL, PRIMARY KEY (key, period)
