@@ -7,16 +7,22 @@ meanwhile). No Python runs while the lock is held, so a worker thread that
 waits for its process's interpreter lock never holds up another worker.
 
 The statement is the strategy of ``slidingwindow.py`` in SQL. A window is one
-row per slot that counts (key, period, slot: the primary key of a ``WITHOUT
-ROWID`` table, so a hit is one short range of one B-tree), and a trigger
-deletes a window's slots that stopped counting whenever a newer slot is
-written: a key's window never holds more than ``SLOTS + 1`` rows, whatever its
-limit. What the request met is written into the slot's row and copied by this
-connection's ``TEMP`` triggers into a table of its own, read after the commit
-(``RETURNING`` would hold the write lock until Python has fetched the rows).
+row (key, period: the primary key of a ``WITHOUT ROWID`` table, so a hit is one
+seek of one B-tree) holding its newest slot and the counts of its ``SLOTS + 1``
+slots, slot ``s`` in column ``s % (SLOTS + 1)``: a ring, so a hit in the newest
+slot shifts nothing, and a hit in a newer one zeroes the columns whose slots
+stopped counting. The row also keeps the window's count and when its oldest
+request stops counting, and what the last request counted in it met. A single
+window's hit is a plain ``INSERT ... VALUES ... ON CONFLICT DO UPDATE`` whose SET
+expressions read the row as it was; several windows' hit, all or none, is one
+``INSERT ... SELECT`` upsert whose verdict is of every window before it. A
+refused hit writes its row too, and this connection's ``TEMP`` triggers copy what
+it met into a table of its own, read after the commit (``RETURNING`` would hold
+the write lock until Python has fetched the rows). The view ``slots`` shows the
+windows one row per slot.
 
 Windows whose every request has stopped counting are swept every
-``SWEEP_INTERVAL`` seconds, ``SWEEP_BATCH`` rows at a time, and all at once if
+``SWEEP_INTERVAL`` seconds, ``SWEEP_BATCH`` windows at a time, and all at once if
 the file ever reaches ``MAX_PAGES`` (or the disk is full). Commits are not
 flushed to disk (``synchronous=OFF``, WAL): a killed worker loses nothing it
 committed, and only a crash of the machine can lose windows, which lets at most
@@ -43,98 +49,178 @@ BUSY_TIMEOUT = 5.0  # seconds a statement waits for another's write lock before 
 SWEEP_INTERVAL = 10.0
 SWEEP_BATCH = 1000
 
-# What each slot's row holds beside its count is what the last request counted there met.
+_RING = SLOTS + 1  # a window's counts: column c<j> counts the requests of its slot congruent to j
+
+
+def _age(slot: str, column: int) -> str:
+    """How many slots before ``slot`` the slot counted in column ``column`` is (0 to ``SLOTS``)."""
+    return f"((({slot}) - {column}) % {_RING} + {_RING}) % {_RING}"
+
+
+_COLUMNS = range(_RING)
+_COUNTS = ", ".join(f"c{j}" for j in _COLUMNS)
+
+# A window is one row: its newest slot, the count of each of its SLOTS + 1 slots (slot s in column
+# s % (SLOTS + 1)), their sum (``total``), when the oldest request counted stops counting
+# (``reset_at``), and whether the last request was let through: every statement keeps them true.
+# ``slots`` shows it one row per slot that counts (and the newest one, even empty), as the tests
+# and operators read the windows.
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS slots (
+CREATE TABLE IF NOT EXISTS windows (
     key TEXT NOT NULL,
     period INTEGER NOT NULL,
     slot INTEGER NOT NULL,
-    count INTEGER NOT NULL,
+    {", ".join(f"c{j} INTEGER NOT NULL" for j in _COLUMNS)},
     allowed INTEGER NOT NULL,
     total INTEGER NOT NULL,
     reset_at REAL NOT NULL,
-    PRIMARY KEY (key, period, slot)
+    PRIMARY KEY (key, period)
 ) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS slots_stop_counting AFTER INSERT ON slots BEGIN
-    DELETE FROM slots WHERE key = NEW.key AND period = NEW.period AND slot < NEW.slot - {SLOTS};
-END;
+CREATE VIEW IF NOT EXISTS slots (key, period, slot, count) AS {
+    " UNION ALL ".join(
+        f"SELECT key, period, slot - {_age('slot', j)}, c{j} FROM windows WHERE c{j} > 0 OR {_age('slot', j)} = 0"
+        for j in _COLUMNS
+    )
+};
 """
 
-# This connection's own: what its last hit met, written by the hit's statement and read after its commit.
+# This connection's own: what its hits met, a row per window, written by the hit's statement and read
+# after its commit (a window's row is replaced by its next hit; the rows are cleared now and then).
 _ANSWERS = """
-CREATE TEMP TABLE answers (key TEXT, period INTEGER, allowed INTEGER, total INTEGER, reset_at REAL);
-CREATE TEMP TRIGGER answered_new AFTER INSERT ON main.slots BEGIN
-    INSERT INTO answers VALUES (NEW.key, NEW.period, NEW.allowed, NEW.total, NEW.reset_at);
+CREATE TEMP TABLE answers (
+    key TEXT, period INTEGER, allowed INTEGER, total INTEGER, reset_at REAL, PRIMARY KEY (key, period)
+) WITHOUT ROWID;
+CREATE TEMP TRIGGER answered_new AFTER INSERT ON main.windows BEGIN
+    INSERT INTO answers VALUES (NEW.key, NEW.period, NEW.allowed, NEW.total, NEW.reset_at) ON CONFLICT DO UPDATE
+        SET allowed = excluded.allowed, total = excluded.total, reset_at = excluded.reset_at;
 END;
-CREATE TEMP TRIGGER answered AFTER UPDATE OF allowed, total, reset_at ON main.slots BEGIN
-    INSERT INTO answers VALUES (NEW.key, NEW.period, NEW.allowed, NEW.total, NEW.reset_at);
+CREATE TEMP TRIGGER answered AFTER UPDATE OF allowed ON main.windows BEGIN
+    INSERT INTO answers VALUES (NEW.key, NEW.period, NEW.allowed, NEW.total, NEW.reset_at) ON CONFLICT DO UPDATE
+        SET allowed = excluded.allowed, total = excluded.total, reset_at = excluded.reset_at;
 END;
 """
 
-# Whether a row's slot stopped counting at ``now`` (?): the hit's own test, in the slot numbers
+# Whether a window stopped counting at ``now`` (?): the hit's own test, in the slot numbers
 # Python's math.floor gives (the same divisions; CAST truncates, which is floor for times after 1970).
-_STOPPED_COUNTING = f"slot + {SLOTS + 1} <= CAST(? / (period / {float(SLOTS)}) AS INTEGER)"
+_STOPPED_COUNTING = f"slot + {_RING} <= CAST(? / (period / {float(SLOTS)}) AS INTEGER)"
+
+
+def _kept(slot: str, count: str, now: str, column: int) -> str:
+    """The count of ``column`` of a window whose newest slot is ``slot``, if it still counts at slot ``now``."""
+    return f"iif({_age(slot, column)} + max(0, {now} - ({slot})) <= {SLOTS}, {count}, 0)"
+
+
+def _oldest(slot: str, kept: list[str]) -> str:
+    """How many slots before ``slot`` the oldest slot with requests is (0 if none has)."""
+    return "max(0, " + ", ".join(f"iif({kept[j]} > 0, {_age(slot, j)}, 0)" for j in _COLUMNS) + ")"
+
+
+def _upsert_hit() -> str:
+    """One request counted in one window (?1 key, ?2 period, ?3 current slot, ?4 slot width, ?5 limit,
+    ?6 cost): one upsert of the window's row, one seek of its primary key. Its SET expressions read
+    the row as it was, so the verdict and the counts are the strategy's on the window before it.
+    While the current slot is still the window's newest (or the clock stepped back), nothing
+    shifts: the window's count is its ``total`` and its oldest request's slot is its ``reset_at``'s,
+    which every statement keeps (a request counted in the newest slot leaves both as they were)."""
+    unmoved = "?3 <= slot"
+    kept = [_kept("slot", f"c{j}", "?3", j) for j in _COLUMNS]
+    newest = "max(?3, slot)"
+    standing = f"CASE WHEN {unmoved} THEN total ELSE {' + '.join(kept)} END"
+    allowed = f"({standing}) + ?6 <= ?5"
+    fresh = ", ".join(f"iif(?3 % {_RING} = {j} AND ?6 <= ?5, ?6, 0)" for j in _COLUMNS)
+    counted = ", ".join(
+        f"c{j} = CASE WHEN {unmoved} THEN iif(slot % {_RING} = {j} AND total + ?6 <= ?5, c{j} + ?6, c{j}) "
+        f"WHEN ?3 % {_RING} != {j} THEN {kept[j]} WHEN {allowed} THEN {kept[j]} + ?6 ELSE {kept[j]} END"
+        for j in _COLUMNS
+    )
+    return f"""
+INSERT INTO windows (key, period, slot, {_COUNTS}, allowed, total, reset_at)
+VALUES (?1, ?2, ?3, {fresh}, ?6 <= ?5, iif(?6 <= ?5, ?6, 0), (?3 + {_RING}) * ?4)
+ON CONFLICT (key, period) DO UPDATE SET
+    slot = {newest}, {counted}, allowed = {allowed},
+    total = CASE WHEN {allowed} THEN ({standing}) + ?6 ELSE {standing} END,
+    reset_at = CASE WHEN {unmoved} THEN reset_at ELSE (?3 - {_oldest("?3", kept)} + {_RING}) * ?4 END
+"""
+
+
+_HIT = _upsert_hit()
 
 
 @cache
 def _hit_statement(windows: int) -> str:
-    """One request counted in ``windows`` windows, all or none. Each window's slots are those at
-    or after its current slot less ``SLOTS`` (with a clock that stepped back, every slot it holds,
-    since the trigger keeps none older than its newest less ``SLOTS``)."""
-    asked = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * windows)
-    # SQLite runs an INSERT ... SELECT that reads the table it writes to completion into a
-    # temporary table first (insert.c: "A temp table must be used if the table being updated is
-    # also one of the tables being read by the SELECT statement"), so the verdict and every
-    # window's count are of the windows before this statement: tests/test_sqlite_windows.py
-    # checks it. "WHERE true" lets the parser tell the SELECT's end from the upsert's ON CONFLICT.
+    """One request counted in ``windows`` windows, all or none: each window's counts shifted to
+    the current slot (with a clock that stepped back, its newest slot's) and summed, the verdict of
+    every window's sum, then each window's new row. SQLite runs an INSERT ... SELECT that reads the
+    table it writes to completion into a temporary table first (insert.c: "A temp table must be
+    used if the table being updated is also one of the tables being read by the SELECT statement"),
+    so the verdict and every window's count are of the windows before this statement:
+    tests/test_sqlite_windows.py checks it. "WHERE true" lets the parser tell the SELECT's end from
+    the upsert's ON CONFLICT."""
+    asked = ", ".join(["(?, ?, ?, ?, ?, ?)"] * windows)
+    kept = [_kept("windows.slot", f"windows.c{j}", "asked.now_slot", j) for j in _COLUMNS]
+    unmoved = "asked.now_slot <= windows.slot"
+    kept_as = ", ".join(
+        f"CASE WHEN windows.slot IS NULL THEN 0 WHEN {unmoved} THEN windows.c{j} ELSE {kept[j]} END AS k{j}"
+        for j in _COLUMNS
+    )
+    counted = ", ".join(f"k{j} + iif(allowed AND slot % {_RING} = {j}, cost, 0)" for j in _COLUMNS)
+    oldest = _oldest("slot", [f"k{j}" for j in _COLUMNS])
     return f"""
-WITH asked(position, key, period, now_slot, width, lim, cost) AS (VALUES {asked}),
-standing AS (
+WITH asked(key, period, now_slot, width, lim, cost) AS (VALUES {asked}),
+standing AS MATERIALIZED (
     SELECT asked.key, asked.period, asked.width, asked.lim, asked.cost,
-        max(asked.now_slot, coalesce(max(slots.slot), asked.now_slot)) AS slot,
-        coalesce(sum(slots.count), 0) AS total,
-        min(CASE WHEN slots.count > 0 THEN slots.slot END) AS oldest
-    FROM asked LEFT JOIN slots
-        ON slots.key = asked.key AND slots.period = asked.period AND slots.slot >= asked.now_slot - {SLOTS}
-    GROUP BY asked.position
+        max(asked.now_slot, coalesce(windows.slot, asked.now_slot)) AS slot, {kept_as},
+        CASE WHEN windows.slot IS NULL THEN 0 WHEN {unmoved} THEN windows.total ELSE {" + ".join(kept)} END
+            AS standing_total,
+        CASE WHEN windows.slot IS NULL THEN (asked.now_slot + {_RING}) * asked.width
+            WHEN {unmoved} THEN windows.reset_at END AS unmoved_reset_at
+    FROM asked LEFT JOIN windows ON windows.key = asked.key AND windows.period = asked.period
 ),
-verdict(allowed) AS (SELECT NOT EXISTS (SELECT 1 FROM standing WHERE total + cost > lim))
-INSERT INTO slots (key, period, slot, count, allowed, total, reset_at)
-SELECT key, period, slot, iif(allowed, cost, 0), allowed, total + iif(allowed, cost, 0),
-    (coalesce(oldest, slot) + {SLOTS + 1}) * width
+verdict(allowed) AS (SELECT NOT EXISTS (SELECT 1 FROM standing WHERE standing_total + cost > lim))
+INSERT INTO windows (key, period, slot, {_COUNTS}, allowed, total, reset_at)
+SELECT key, period, slot, {counted}, allowed, standing_total + iif(allowed, cost, 0),
+    coalesce(unmoved_reset_at, (slot - {oldest} + {_RING}) * width)
 FROM standing, verdict WHERE true
-ON CONFLICT (key, period, slot) DO UPDATE SET
-    count = count + excluded.count, allowed = excluded.allowed, total = excluded.total, reset_at = excluded.reset_at
+ON CONFLICT (key, period) DO UPDATE SET
+    slot = excluded.slot, {", ".join(f"c{j} = excluded.c{j}" for j in _COLUMNS)},
+    allowed = excluded.allowed, total = excluded.total, reset_at = excluded.reset_at
 """
 
 
 @cache
 def _give_back_statement(windows: int) -> str:
-    """Each window's cost taken back from its newest slots still counting, newest first."""
+    """Each window's cost taken back from its newest slots still counting, newest first: from each
+    column, what is left of the cost after the columns of newer slots still counting. The window's
+    ``total`` and ``reset_at`` follow its counts (the hit's statement reads them)."""
     asked = ", ".join(["(?, ?, ?, ?)"] * windows)
+    kept = [_kept("windows.slot", f"windows.c{j}", "asked.now_slot", j) for j in _COLUMNS]
+    ages = [_age("windows.slot", j) for j in _COLUMNS]
+
+    def taken(j: int) -> str:
+        newer = " + ".join(f"iif({ages[k]} < {ages[j]}, {kept[k]}, 0)" for k in _COLUMNS if k != j)
+        return f"min({kept[j]}, max(0, asked.cost - ({newer})))"
+
+    left = [f"c{j} - {taken(j)}" for j in _COLUMNS]
+    oldest = _oldest("windows.slot", left)
     return f"""
-WITH asked(key, period, now_slot, cost) AS (VALUES {asked}),
-taking AS (
-    SELECT slots.key, slots.period, slots.slot,
-        min(slots.count, max(0, asked.cost - (sum(slots.count) OVER newer - slots.count))) AS taken
-    FROM asked JOIN slots
-        ON slots.key = asked.key AND slots.period = asked.period AND slots.slot >= asked.now_slot - {SLOTS}
-    WINDOW newer AS (PARTITION BY slots.key, slots.period ORDER BY slots.slot DESC)
-)
-UPDATE slots SET count = count - taking.taken
-FROM taking
-WHERE slots.key = taking.key AND slots.period = taking.period AND slots.slot = taking.slot AND taking.taken > 0
+WITH asked(key, period, now_slot, cost) AS (VALUES {asked})
+UPDATE windows SET {", ".join(f"c{j} = {left[j]}" for j in _COLUMNS)},
+    total = total - ({" + ".join(taken(j) for j in _COLUMNS)}),
+    reset_at = (windows.slot - {oldest} + {_RING}) * (windows.period / {float(SLOTS)})
+FROM asked WHERE windows.key = asked.key AND windows.period = asked.period
 """
 
 
 _READ_ANSWERS = "DELETE FROM temp.answers RETURNING key, period, allowed, total, reset_at"
-_BATCH_END = (
-    "SELECT key, period, slot FROM slots WHERE (key, period, slot) > (?, ?, ?) ORDER BY 1, 2, 3 LIMIT 1 OFFSET ?"
-)
-_SWEEP_FROM = f"DELETE FROM slots WHERE (key, period, slot) > (?, ?, ?) AND {_STOPPED_COUNTING}"
-_SWEEP_BETWEEN = f"{_SWEEP_FROM} AND (key, period, slot) <= (?, ?, ?)"
-_SWEEP_ALL = f"DELETE FROM slots WHERE {_STOPPED_COUNTING}"
-_BEFORE_EVERY_ROW = ("", -(2**63), -(2**63))
+_READ_ANSWER = "SELECT allowed, total, reset_at FROM temp.answers WHERE key = ? AND period = ?"
+_FORGET_ANSWERS = "DELETE FROM temp.answers"
+ANSWERS_KEPT = 1000  # a thread's single hits between two clearings of its connection's answers
+_BATCH_END = "SELECT key, period FROM windows WHERE (key, period) > (?, ?) ORDER BY 1, 2 LIMIT 1 OFFSET ?"
+_SWEEP_FROM = f"DELETE FROM windows WHERE (key, period) > (?, ?) AND {_STOPPED_COUNTING}"
+_SWEEP_BETWEEN = f"{_SWEEP_FROM} AND (key, period) <= (?, ?)"
+_SWEEP_ALL = f"DELETE FROM windows WHERE {_STOPPED_COUNTING}"
+_BEFORE_EVERY_ROW = ("", -(2**63))
+_OLD_LAYOUT = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slots'"
 
 
 class SqliteWindows:
@@ -147,18 +233,43 @@ class SqliteWindows:
         self._swept_to = _BEFORE_EVERY_ROW
 
     def hit(self, key: str, limit: int, period: int) -> Hit:
-        """Count one request of ``key`` against ``limit`` per ``period`` seconds: one statement."""
-        return self.hit_all([Counted(key, limit, period)])[0]
+        """Count one request of ``key`` against ``limit`` per ``period`` seconds: one statement,
+        the upsert of the window's row."""
+        return self._hit_one(key, limit, period, 1)
+
+    def _hit_one(self, key: str, limit: int, period: int, cost: int) -> Hit:
+        """One window's hit: its answer is read by the window's key (the answer of each window this
+        connection counted in stays until it is replaced, or the answers are cleared every
+        ``ANSWERS_KEPT`` hits of the thread or by a hit of several windows)."""
+        now = time.time()
+        width = period / SLOTS  # slot_width's
+        self._write(_HIT, (key, period, math.floor(now / width), width, limit, cost))
+        local = self._local
+        try:
+            ((allowed, total, reset_at),) = local.connection.execute(_READ_ANSWER, (key, period)).fetchall()
+            local.hits += 1
+            if local.hits >= ANSWERS_KEPT:
+                local.hits = 0
+                local.connection.execute(_FORGET_ANSWERS)
+        except (sqlite3.Error, ValueError) as error:
+            raise WindowStorageError("the rate-limit windows' answers cannot be read") from error
+        if now >= self._next_sweep:
+            self._sweep_now(now)
+        return Hit(bool(allowed), total, reset_at)
 
     def hit_all(self, windows: list[Counted]) -> list[Hit]:
-        """Count one request in every window of ``windows``, or in none: one statement."""
+        """Count one request in every window of ``windows``, or in none: one statement (for one
+        window, the single hit's upsert)."""
+        if len(windows) == 1:
+            (window,) = windows
+            return [self._hit_one(window.key, window.limit, window.period, window.cost)]
         if not windows:
             return []
         now = time.time()
         asked: list[object] = []
-        for position, window in enumerate(windows):
+        for window in windows:
             width = slot_width(window.period)
-            asked += [position, window.key, window.period, math.floor(now / width), width, window.limit, window.cost]
+            asked += [window.key, window.period, math.floor(now / width), width, window.limit, window.cost]
         self._write(_hit_statement(len(windows)), asked)
         try:
             met = {
@@ -168,10 +279,13 @@ class SqliteWindows:
         except sqlite3.Error as error:
             raise WindowStorageError("the rate-limit windows' answers cannot be read") from error
         if now >= self._next_sweep:
-            self._next_sweep = now + SWEEP_INTERVAL
-            with suppress(WindowStorageError):  # the request is counted; the next sweep tries again
-                self.sweep()
+            self._sweep_now(now)
         return [met[window.key, window.period] for window in windows]
+
+    def _sweep_now(self, now: float) -> None:
+        self._next_sweep = now + SWEEP_INTERVAL
+        with suppress(WindowStorageError):  # the request is counted; the next sweep tries again
+            self.sweep()
 
     def give_back(self, key: str, period: int) -> None:
         """Take back one request of ``key`` counted in its ``period`` window: one statement."""
@@ -186,8 +300,8 @@ class SqliteWindows:
         self._write(_give_back_statement(len(windows)), asked)
 
     def sweep(self, full: bool = False) -> int:
-        """Delete the slots that stopped counting: in the next ``SWEEP_BATCH`` rows after the last
-        sweep's, or in every row if ``full``. Return how many were deleted."""
+        """Delete the windows that stopped counting: in the next ``SWEEP_BATCH`` windows (rows) after
+        the last sweep's, or in every row if ``full``. Return how many were deleted."""
         now = time.time()
         if full:
             return self._write(_SWEEP_ALL, [now])
@@ -204,7 +318,7 @@ class SqliteWindows:
     def answers(self) -> bool:
         """Whether the file can be opened and read."""
         try:
-            self._connection().execute("SELECT 1 FROM slots LIMIT 1").fetchall()
+            self._connection().execute("SELECT 1 FROM windows LIMIT 1").fetchall()
         except (sqlite3.Error, WindowStorageError):
             return False
         return True
@@ -226,12 +340,16 @@ class SqliteWindows:
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, opened in this process: one made before a ``fork`` is kept,
         unused and unclosed (closing it would touch the parent's locks)."""
-        connections: dict[int, sqlite3.Connection] | None = getattr(self._local, "connections", None)
+        local = self._local
+        if getattr(local, "pid", None) == os.getpid():
+            return local.connection  # type: ignore[no-any-return]
+        connections: dict[int, sqlite3.Connection] | None = getattr(local, "connections", None)
         if connections is None:
-            connections = self._local.connections = {}
+            connections = local.connections = {}
         connection = connections.get(os.getpid())
         if connection is None:
             connection = connections[os.getpid()] = _opened(self._path)
+        local.connection, local.pid, local.hits = connection, os.getpid(), 0
         return connection
 
 
@@ -246,6 +364,8 @@ def _opened(path: Path) -> sqlite3.Connection:
             connection.execute("PRAGMA journal_mode = WAL")
             for pragma in ("synchronous = OFF", f"max_page_count = {MAX_PAGES}", "temp_store = MEMORY"):
                 connection.execute(f"PRAGMA {pragma}")
+            if connection.execute(_OLD_LAYOUT).fetchone():  # one row per slot, before windows were rows
+                connection.execute("DROP TABLE slots")
             connection.executescript(_SCHEMA + _ANSWERS)
         except sqlite3.Error:
             connection.close()
