@@ -97,6 +97,17 @@ def _writers_queue(engine: Engine) -> _WritersQueue | None:
         return _queues[key]
 
 
+# Statements run on each thread's own SQLite connection as it is opened: TEMP tables and
+# triggers, which live per connection (quota.py's). One that cannot run there (its table is
+# not in the database yet) is left out on that connection; its caller does without.
+_OWN_CONNECTION_SETUP: list[str] = []
+
+
+def on_own_connections(*statements: str) -> None:
+    """Have ``statements`` run on each thread's own SQLite connection when it is opened."""
+    _OWN_CONNECTION_SETUP.extend(statements)
+
+
 class _OwnConnections(threading.local):
     """A thread's own SQLite connections in autocommit mode, one per engine and process."""
 
@@ -116,6 +127,9 @@ def _own_sqlite_connection(engine: Engine) -> Any:
         pooled.detach()
         connection = cast(Any, pooled.dbapi_connection)
         connection.isolation_level = None  # autocommit: the statement is its own transaction
+        for statement in _OWN_CONNECTION_SETUP:
+            with contextlib.suppress(engine.dialect.loaded_dbapi.OperationalError):
+                connection.execute(statement)
         owned = _own.by_engine[engine] = (os.getpid(), connection)
     return owned[1]
 
@@ -149,7 +163,8 @@ def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = Tru
 
     On SQLite, a writing statement that returns rows (``RETURNING``) commits only once Python
     has fetched them: it holds the write lock while this thread may wait for the interpreter
-    lock. Where that matters (on every request), write with :func:`changed` and read after.
+    lock. Where that matters (on every request), write with :func:`changed` and have a TEMP
+    trigger (:func:`on_own_connections`) note what the statement wrote, to read after.
     """
     return _run(engine, sql, params, writes)[0]
 

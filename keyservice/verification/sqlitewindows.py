@@ -220,7 +220,6 @@ _SWEEP_FROM = f"DELETE FROM windows WHERE (key, period) > (?, ?) AND {_STOPPED_C
 _SWEEP_BETWEEN = f"{_SWEEP_FROM} AND (key, period) <= (?, ?)"
 _SWEEP_ALL = f"DELETE FROM windows WHERE {_STOPPED_COUNTING}"
 _BEFORE_EVERY_ROW = ("", -(2**63))
-_OLD_LAYOUT = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slots'"
 
 
 class SqliteWindows:
@@ -364,8 +363,6 @@ def _opened(path: Path) -> sqlite3.Connection:
             connection.execute("PRAGMA journal_mode = WAL")
             for pragma in ("synchronous = OFF", f"max_page_count = {MAX_PAGES}", "temp_store = MEMORY"):
                 connection.execute(f"PRAGMA {pragma}")
-            if connection.execute(_OLD_LAYOUT).fetchone():  # one row per slot, before windows were rows
-                connection.execute("DROP TABLE slots")
             connection.executescript(_SCHEMA + _ANSWERS)
         except sqlite3.Error:
             connection.close()
