@@ -18,9 +18,9 @@ and metrics on), pinned to one half of the cores, wrk on the other (``cores.py``
   installed, the same view undecorated and under ``@require_key()`` with a valid key (goal:
   decorated >= 0.90 x undecorated).
 
-The five variants alternate round by round; each ratio is the median of the pair ratios,
-with min and max (``compare.py``). It prints figures and asserts nothing; the keys exist only
-in the temp dir.
+Each goal's pair runs back to back in alternating order, round after round; each ratio is
+the median of the pair ratios, with min and max (``compare.py``). It prints figures and
+asserts nothing; the keys exist only in the temp dir.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tests.servers import gunicorn, service_environment
 
-from .compare import Variant, measure_overhead
+from .compare import Pair, Variant, measure_pairs
 from .cores import pin_servers
 from .report import print_reproduce, report_server_log
 from .service import PROTECTED, UNPROTECTED, WORKERS, flask, plain_gunicorn, post
@@ -70,25 +70,35 @@ def main(argv: Sequence[str] | None = None) -> None:
             if post(service + PROTECTED, service_key)[0] != 200 or post(host + "/decorated", host_key)[0] != 200:
                 raise RuntimeError("a valid key was refused")
             unprotected = write_lua(tmp / "unprotected.lua")
-            comparison = measure_overhead(
+            bare_flask = Variant("bare Flask", bare + UNPROTECTED, unprotected, None)
+            undecorated = Variant("host, undecorated", host + "/plain", unprotected, None)
+            measure_pairs(
                 [
-                    Variant("bare Flask", bare + UNPROTECTED, unprotected, 1.0),
-                    Variant("service, unprotected", service + UNPROTECTED, unprotected, UNPROTECTED_GOAL),
-                    Variant(
-                        "service, valid key",
-                        service + PROTECTED,
-                        write_lua(tmp / "service.lua", service_key),
+                    Pair(
+                        Variant("service, unprotected", service + UNPROTECTED, unprotected, None),
+                        bare_flask,
+                        UNPROTECTED_GOAL,
+                    ),
+                    Pair(
+                        Variant(
+                            "service, valid key", service + PROTECTED, write_lua(tmp / "service.lua", service_key), None
+                        ),
+                        bare_flask,
                         PROTECTED_GOAL,
                     ),
-                    Variant("host, undecorated", host + "/plain", unprotected, None),
-                    Variant("host, @require_key()", host + "/decorated", write_lua(tmp / "host.lua", host_key), None),
+                    Pair(
+                        Variant(
+                            "host, @require_key()", host + "/decorated", write_lua(tmp / "host.lua", host_key), None
+                        ),
+                        undecorated,
+                        DECORATOR_GOAL,
+                    ),
                 ],
                 rounds=args.rounds,
                 seconds=args.seconds,
                 connections=args.connections,
-                title="the service and @require_key against bare Flask (ratios to bare Flask)",
+                title="the service and @require_key against bare Flask",
             )
-            comparison.report("host, @require_key()", "host, undecorated", DECORATOR_GOAL)
         finally:
             servers.close()
             for log in logs.values():

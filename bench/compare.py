@@ -1,10 +1,10 @@
-"""Variants of a request measured in alternating rounds, compared pair by pair.
+"""Variants of a request measured in alternating pairs, each compared with its reference.
 
-Each round runs every variant once, in order, then the next round in the reverse order (A B C,
-then C B A, ...), so that whatever drifts over a run (the machine's other work, caches, the
-database's size) weighs on every variant alike. A ratio is taken within each round (the pair of
-the variant's run and its reference's), and what is reported is the median of those pair
-ratios with their min and max, for req/s and for the workers' CPU time per request.
+Each pair (a variant and the variant it is judged against) runs back to back, in turn
+reference first and variant first (A B, then B A, ...), round after round, so that whatever
+drifts over a run (the machine's other work, caches, the database's size) weighs on both
+alike. A ratio is taken within each pair of runs, and what is reported is the median of
+those ratios with their min and max, for req/s and for the workers' CPU time per request.
 """
 
 from __future__ import annotations
@@ -46,57 +46,81 @@ class Spread:
         return f"{self.median:.2f} (min {self.low:.2f}, max {self.high:.2f})"
 
 
-class Comparison:
-    """The runs of every variant, round by round."""
+@dataclass(frozen=True)
+class Pair:
+    """A variant judged against a reference, with its goal for req/s (None: no goal)."""
 
-    def __init__(self, runs: dict[str, list[WrkResult]]) -> None:
+    variant: Variant
+    reference: Variant
+    goal: float | None
+
+
+class Comparison:
+    """The runs of every pair, round by round: (the variant's run, the reference's)."""
+
+    def __init__(self, runs: dict[tuple[str, str], list[tuple[WrkResult, WrkResult]]]) -> None:
         self.runs = runs
+
+    def _ratios(self, label: str, against: str, figure: str) -> Spread:
+        if (label, against) in self.runs:
+            pairs = self.runs[label, against]
+        else:  # the pair measured the other way round
+            pairs = [(reference, run) for run, reference in self.runs[against, label]]
+        return Spread.of(
+            [(getattr(run, figure) or 0.0) / (getattr(reference, figure) or 1.0) for run, reference in pairs]
+        )
 
     def throughput(self, label: str, against: str) -> Spread:
         """``label``'s req/s over ``against``'s, pair by pair."""
-        pairs = zip(self.runs[label], self.runs[against], strict=True)
-        return Spread.of([run.requests_per_sec / reference.requests_per_sec for run, reference in pairs])
+        return self._ratios(label, against, "requests_per_sec")
 
     def cpu(self, label: str, against: str) -> Spread:
         """``label``'s worker CPU time per request over ``against``'s, pair by pair."""
-        pairs = zip(self.runs[label], self.runs[against], strict=True)
-        return Spread.of([(run.cpu_us or 0.0) / (reference.cpu_us or 1.0) for run, reference in pairs])
+        return self._ratios(label, against, "cpu_us")
 
     def report(self, label: str, against: str, goal: float | None) -> Spread:
         """Print how ``label`` compares with ``against`` (and its ``goal`` for req/s); its spread."""
         throughput = self.throughput(label, against)
         judged = "no goal" if goal is None else verdict(throughput.median, goal)
         print(f"  {label} / {against}:")
-        print(f"    req/s {throughput}  over {len(self.runs[label])} pairs  ({judged})")
+        print(f"    req/s {throughput}  over {len(self.runs.get((label, against), []))} pairs  ({judged})")
         print(f"    worker CPU per request {self.cpu(label, against)}")
         return throughput
 
 
-def measure_overhead(
-    variants: Sequence[Variant], *, rounds: int, seconds: int, connections: int, title: str = "1. overhead"
-) -> Comparison:
-    """Run the variants in alternating rounds; print each run, each variant's medians, and each
-    variant against the first (the baseline). Return the runs."""
+def measure_pairs(pairs: Sequence[Pair], *, rounds: int, seconds: int, connections: int, title: str) -> Comparison:
+    """Run each pair back to back, in alternating order, ``rounds`` times; print each run, each
+    variant's medians, and each pair's ratios. Return the runs."""
     if rounds < MIN_ROUNDS:
         raise SystemExit(f"at least {MIN_ROUNDS} rounds: a median of fewer pairs says little")
     print(
-        f"\n== {title}: {rounds} rounds x ({', '.join(v.label for v in variants)}), {seconds} s each, -c{connections},"
-        " alternating order"
+        f"\n== {title}: {rounds} rounds of {len(pairs)} pairs, {seconds} s a run, -c{connections}, in alternating order"
     )
-    runs: dict[str, list[WrkResult]] = {variant.label: [] for variant in variants}
+    variants = list({variant.label: variant for pair in pairs for variant in (pair.reference, pair.variant)}.values())
     for variant in variants:  # each worker checks each key with bcrypt once, before any round
         run_wrk(variant.url, variant.lua, connections=connections, seconds=1)
+    runs: dict[tuple[str, str], list[tuple[WrkResult, WrkResult]]] = {
+        (pair.variant.label, pair.reference.label): [] for pair in pairs
+    }
+    by_variant: dict[str, list[WrkResult]] = {variant.label: [] for variant in variants}
     for round_number in range(1, rounds + 1):
-        for variant in variants if round_number % 2 else variants[::-1]:
-            result = run_wrk_balanced(variant.url, variant.lua, connections=connections, seconds=seconds)
-            runs[variant.label].append(result)
-            print(f"  round {round_number}  {variant.label:34} {result.line()}")
-            if result.non_2xx:
-                print(f"  !!! WARNING: {result.non_2xx} responses were not 2xx: this round's figure is meaningless !!!")
+        for pair in pairs:
+            measured = {}
+            for variant in (pair.reference, pair.variant) if round_number % 2 else (pair.variant, pair.reference):
+                result = run_wrk_balanced(variant.url, variant.lua, connections=connections, seconds=seconds)
+                measured[variant.label] = result
+                by_variant[variant.label].append(result)
+                print(f"  round {round_number}  {variant.label:34} {result.line()}")
+                if result.non_2xx:
+                    print(
+                        f"  !!! WARNING: {result.non_2xx} responses were not 2xx: this run's figure is meaningless !!!"
+                    )
+            runs[pair.variant.label, pair.reference.label].append(
+                (measured[pair.variant.label], measured[pair.reference.label])
+            )
 
-    heading = f"variant (median of {rounds})"
-    print(f"\n  {heading:36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'us CPU/req':>11}")
-    for label, results in runs.items():
+    print(f"\n  {'variant (median of its runs)':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'us CPU/req':>11}")
+    for label, results in by_variant.items():
         print(
             f"  {label:36} {statistics.median(r.requests_per_sec for r in results):9.1f} "
             f"{statistics.median(r.p50_ms for r in results):8.2f} "
@@ -104,7 +128,21 @@ def measure_overhead(
             f"{statistics.median(r.cpu_us or 0.0 for r in results):11.1f}"
         )
     comparison = Comparison(runs)
-    baseline = variants[0].label
-    for variant in variants[1:]:
-        comparison.report(variant.label, baseline, variant.goal)
+    for pair in pairs:
+        comparison.report(pair.variant.label, pair.reference.label, pair.goal)
     return comparison
+
+
+def measure_overhead(
+    variants: Sequence[Variant], *, rounds: int, seconds: int, connections: int, title: str = "1. overhead"
+) -> Comparison:
+    """Each variant after the first judged against the first (the baseline), in pairs
+    (:func:`measure_pairs`)."""
+    baseline, *others = variants
+    return measure_pairs(
+        [Pair(variant, baseline, variant.goal) for variant in others],
+        rounds=rounds,
+        seconds=seconds,
+        connections=connections,
+        title=title,
+    )

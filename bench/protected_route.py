@@ -61,7 +61,7 @@ from keyservice.core.crypto import BASE62, CHECKSUM_LENGTH, SECRET_LENGTH, check
 from tests.receivers import Receiver, serving, webhook_settings
 from tests.servers import gunicorn, request, service_environment
 
-from .compare import Variant, measure_overhead
+from .compare import Pair, Variant, measure_overhead, measure_pairs
 from .cores import pin_servers
 from .report import print_reproduce, report_server_log, verdict
 from .service import PROTECTED, UNPROTECTED, WORKERS, create_keys, flask, post
@@ -178,19 +178,25 @@ def measure_worker_classes(
                 if post(base + PROTECTED, valid_key)[0] != 200:
                     raise RuntimeError(f"a valid key was refused on {PROTECTED}")
             unprotected, protected = write_lua(tmp / "unprotected.lua"), write_lua(tmp / "protected.lua", valid_key)
-            comparison = measure_overhead(
+            unprotected_sync = Variant("unprotected, sync", sync + UNPROTECTED, unprotected, None)
+            unprotected_gthread = Variant("unprotected, gthread", gthread + UNPROTECTED, unprotected, None)
+            measure_pairs(
                 [
-                    Variant("unprotected, sync", sync + UNPROTECTED, unprotected, 1.0),
-                    Variant("valid key, sync", sync + PROTECTED, protected, OVERHEAD_GOAL),
-                    Variant("unprotected, gthread", gthread + UNPROTECTED, unprotected, None),
-                    Variant("valid key, gthread", gthread + PROTECTED, protected, None),
+                    Pair(
+                        Variant("valid key, sync", sync + PROTECTED, protected, None), unprotected_sync, OVERHEAD_GOAL
+                    ),
+                    Pair(unprotected_gthread, unprotected_sync, None),
+                    Pair(
+                        Variant("valid key, gthread", gthread + PROTECTED, protected, None),
+                        unprotected_gthread,
+                        OVERHEAD_GOAL,
+                    ),
                 ],
                 rounds=rounds,
                 seconds=seconds,
                 connections=connections,
-                title="1. overhead, sync workers against gthread (ratios to unprotected, sync)",
+                title="1. overhead, sync workers against gthread",
             )
-            comparison.report("valid key, gthread", "unprotected, gthread", OVERHEAD_GOAL)
     finally:
         for log in logs.values():
             report_server_log(log)

@@ -1,4 +1,4 @@
-"""Rate limits and quotas beside Flask-Limiter, in one run, as shares of a bare Flask view.
+"""Rate limits and quotas beside Flask-Limiter, in one run, each against what it is judged by.
 
 Run from the repository root (``make bench`` runs it after ``bench.scale_out``)::
 
@@ -6,22 +6,23 @@ Run from the repository root (``make bench`` runs it after ``bench.scale_out``):
 
 One run starts a throwaway Redis and PostgreSQL (durable settings: fsync on) on
 127.0.0.1 (``tests/services.py``) and six gunicorns (2 gthread workers each), all pinned to
-one half of the cores with wrk on the other (``cores.py``), and alternates ``wrk`` over:
+one half of the cores with wrk on the other (``cores.py``), and measures with ``wrk``:
 
 - a bare Flask view, and the same view behind Flask-Limiter (moving window on the
   same Redis, its headers on, keyed by the ``Authorization`` header;
   ``bench/flask_limiter_app.py``), each served as a Flask app is on its own (plain
   gunicorn, its access log on: ``service.plain_gunicorn``);
-- keyservice on SQLite with the embedded windows: ``/unprotected``, a key without
-  limits, a key with a rate limit, a key with ``remaining``;
+- keyservice on SQLite with the embedded windows: ``/unprotected``, a key with a rate
+  limit, a key with ``remaining``;
 - keyservice on SQLite with the windows in Redis: a key with a rate limit;
-- keyservice on PostgreSQL: ``/unprotected``, a key without limits and a key with ``remaining``.
+- keyservice on PostgreSQL: ``/unprotected`` and a key with ``remaining``.
 
 Every limit is far above the load: what is measured is the bookkeeping. Goals:
 keyservice's rate-limited key on Redis >= 1.5 x Flask-Limiter; on the embedded
 default, a rate-limited key >= 0.75 and a key with ``remaining`` >= 0.70 of
 keyservice's unprotected route; on PostgreSQL, a key with ``remaining`` >= 0.50
-of it. Each ratio is the median of the pair ratios of at least 5 alternating rounds, with
+of it (and, with no goal, Flask-Limiter against the bare view). Each is a pair of runs back
+to back, in alternating order, for at least 5 rounds: the median of the pair ratios, with
 min and max (``compare.py``).
 """
 
@@ -36,26 +37,20 @@ from pathlib import Path
 from tests.servers import gunicorn, service_environment
 from tests.services import postgres_server, redis_server
 
-from .compare import Variant, measure_overhead
+from .compare import Pair, Variant, measure_pairs
 from .cores import pin_servers
 from .report import print_reproduce, report_server_log
 from .scale_out import create_database
 from .service import PROTECTED, UNPROTECTED, WORKERS, create_keys, flask, plain_gunicorn
 from .wrk import write_lua
 
-# (variant, against which variant, goal)
+# (variant, against which variant, goal): each a pair of runs back to back (compare.py)
 GOALS = [
+    ("Flask-Limiter, Redis", "bare Flask view", None),  # what Flask-Limiter costs the view: no goal
     ("keyservice rate limit, Redis", "Flask-Limiter, Redis", 1.5),
     ("keyservice rate limit, embedded", "keyservice unprotected, SQLite", 0.75),
     ("keyservice remaining, embedded", "keyservice unprotected, SQLite", 0.70),
     ("keyservice remaining, PostgreSQL", "keyservice unprotected, PostgreSQL", 0.50),
-]
-
-# (variant, against the same server's key without limits)
-LIMITS_OWN_COST = [
-    ("keyservice rate limit, embedded", "keyservice valid key, SQLite"),
-    ("keyservice remaining, embedded", "keyservice valid key, SQLite"),
-    ("keyservice remaining, PostgreSQL", "keyservice valid key, PostgreSQL"),
 ]
 
 
@@ -88,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             sqlite = service_environment(f"sqlite:///{tmp / 'bench.db'}")
             flask(sqlite, "db", "upgrade")
-            valid, ratelimited, remaining = create_keys(sqlite)
+            _, ratelimited, remaining = create_keys(sqlite)
             on_postgres = service_environment(create_database(postgres, "bench"))
             flask(on_postgres, "db", "upgrade")
-            valid_on_postgres, _, remaining_on_postgres = create_keys(on_postgres)
+            _, _, remaining_on_postgres = create_keys(on_postgres)
 
             limiter_env = service_environment(f"sqlite:///{tmp / 'unused.db'}", BENCH_REDIS_URL=redis_url)
             bare = serve_flask_app("bench.flask_limiter_app:bare_app", "bare-flask")
@@ -103,58 +98,39 @@ def main(argv: list[str] | None = None) -> None:
             postgresql = serve(on_postgres, "postgresql")
 
             anonymous = write_lua(tmp / "anonymous.lua")
-            variants = [
-                Variant("bare Flask view", bare + "/bare", anonymous, None),
-                Variant("Flask-Limiter, Redis", limiter + "/limited", write_lua(tmp / "limiter.lua", "bench"), None),
-                Variant("keyservice unprotected, SQLite", embedded + UNPROTECTED, anonymous, None),
-                Variant(
-                    "keyservice valid key, SQLite", embedded + PROTECTED, write_lua(tmp / "valid.lua", valid), None
-                ),
-                Variant(
-                    "keyservice rate limit, embedded",
-                    embedded + PROTECTED,
-                    write_lua(tmp / "ratelimited.lua", ratelimited),
-                    None,
-                ),
-                Variant(
-                    "keyservice remaining, embedded",
-                    embedded + PROTECTED,
-                    write_lua(tmp / "remaining.lua", remaining),
-                    None,
-                ),
-                Variant(
-                    "keyservice rate limit, Redis",
-                    with_redis + PROTECTED,
-                    write_lua(tmp / "ratelimited.lua", ratelimited),
-                    None,
-                ),
-                Variant("keyservice unprotected, PostgreSQL", postgresql + UNPROTECTED, anonymous, None),
-                Variant(
-                    "keyservice valid key, PostgreSQL",
-                    postgresql + PROTECTED,
-                    write_lua(tmp / "valid-postgres.lua", valid_on_postgres),
-                    None,
-                ),
-                Variant(
-                    "keyservice remaining, PostgreSQL",
-                    postgresql + PROTECTED,
-                    write_lua(tmp / "remaining-postgres.lua", remaining_on_postgres),
-                    None,
-                ),
-            ]
-            comparison = measure_overhead(
-                variants,
+            ratelimited_lua = write_lua(tmp / "ratelimited.lua", ratelimited)
+            variants = {
+                variant.label: variant
+                for variant in (
+                    Variant("bare Flask view", bare + "/bare", anonymous, None),
+                    Variant(
+                        "Flask-Limiter, Redis", limiter + "/limited", write_lua(tmp / "limiter.lua", "bench"), None
+                    ),
+                    Variant("keyservice unprotected, SQLite", embedded + UNPROTECTED, anonymous, None),
+                    Variant("keyservice rate limit, embedded", embedded + PROTECTED, ratelimited_lua, None),
+                    Variant(
+                        "keyservice remaining, embedded",
+                        embedded + PROTECTED,
+                        write_lua(tmp / "remaining.lua", remaining),
+                        None,
+                    ),
+                    Variant("keyservice rate limit, Redis", with_redis + PROTECTED, ratelimited_lua, None),
+                    Variant("keyservice unprotected, PostgreSQL", postgresql + UNPROTECTED, anonymous, None),
+                    Variant(
+                        "keyservice remaining, PostgreSQL",
+                        postgresql + PROTECTED,
+                        write_lua(tmp / "remaining-postgres.lua", remaining_on_postgres),
+                        None,
+                    ),
+                )
+            }
+            measure_pairs(
+                [Pair(variants[label], variants[against], goal) for label, against, goal in GOALS],
                 rounds=args.rounds,
                 seconds=args.seconds,
                 connections=args.connections,
                 title="rate limits and quotas",
             )
-            print("\n== goals")
-            for label, against, goal in GOALS:
-                comparison.report(label, against, goal)
-            print("\n== the limits' own cost: a limited key against a key without limits, same server (no goal)")
-            for label, against in LIMITS_OWN_COST:
-                comparison.report(label, against, None)
         finally:
             for log in logs:
                 report_server_log(log)
