@@ -8,16 +8,14 @@ a pooled PostgreSQL one. Statements are
 written with ``:name`` parameters (sqlite3's own style) and rewritten once for
 drivers that want ``%(name)s`` (psycopg).
 
-SQLite lets one connection write at a time. A statement run alone, in autocommit mode,
-takes the database's write lock and lets it go inside one call into SQLite, in C, where
-the interpreter lock is released: no other worker ever waits on a thread of this one that
-waits for the interpreter. The threads of one worker (gunicorn's gthread) queue on a lock
-of the process first, so that they hand the write over at once instead of meeting
-SQLite's busy handler, which sleeps (1 ms, then longer) before it tries again. A
-transaction of several statements (:func:`transaction`) has to come back to Python between
-them while it holds the write lock, so those queue on a file lock beside the database as
-well, which the kernel hands over the moment it is free (``flock`` belongs to the open
-file, which a process's threads share: they queue on the process's lock first).
+SQLite lets one connection write at a time, and a connection that finds the
+database locked sleeps (1 ms, then longer) before it tries again: with every
+worker writing on every request, those sleeps would cost more than the writes.
+So on SQLite the workers of a machine queue for these transactions on a file
+lock beside the database, which the kernel hands over the moment it is free.
+The threads of one worker (gunicorn's gthread) queue on a lock of the process
+first: ``flock`` belongs to the open file, which they share, so it cannot keep
+them apart.
 """
 
 from __future__ import annotations
@@ -53,25 +51,25 @@ def _for_driver(sql: str) -> str:
 
 class _WritersQueue:
     """A process's place in the queue of one SQLite database's writers: a lock for its
-    threads (:attr:`threads`), then, for a transaction, the file lock for its peers."""
+    threads, then the file lock for its peers."""
 
     def __init__(self, descriptor: int) -> None:
         self._descriptor = descriptor
-        self.threads = threading.Lock()
+        self._threads = threading.Lock()
 
     def __enter__(self) -> None:
-        self.threads.acquire()
+        self._threads.acquire()
         try:
             fcntl.flock(self._descriptor, fcntl.LOCK_EX)
         except BaseException:
-            self.threads.release()
+            self._threads.release()
             raise
 
     def __exit__(self, *exc_info: object) -> None:
         try:
             fcntl.flock(self._descriptor, fcntl.LOCK_UN)
         finally:
-            self.threads.release()
+            self._threads.release()
 
 
 _queues: dict[tuple[int, str], _WritersQueue | None] = {}
@@ -97,17 +95,6 @@ def _writers_queue(engine: Engine) -> _WritersQueue | None:
         return _queues[key]
 
 
-# Statements run on each thread's own SQLite connection as it is opened: TEMP tables and
-# triggers, which live per connection (quota.py's). One that cannot run there (its table is
-# not in the database yet) is left out on that connection; its caller does without.
-_OWN_CONNECTION_SETUP: list[str] = []
-
-
-def on_own_connections(*statements: str) -> None:
-    """Have ``statements`` run on each thread's own SQLite connection when it is opened."""
-    _OWN_CONNECTION_SETUP.extend(statements)
-
-
 class _OwnConnections(threading.local):
     """A thread's own SQLite connections in autocommit mode, one per engine and process."""
 
@@ -127,9 +114,6 @@ def _own_sqlite_connection(engine: Engine) -> Any:
         pooled.detach()
         connection = cast(Any, pooled.dbapi_connection)
         connection.isolation_level = None  # autocommit: the statement is its own transaction
-        for statement in _OWN_CONNECTION_SETUP:
-            with contextlib.suppress(engine.dialect.loaded_dbapi.OperationalError):
-                connection.execute(statement)
         owned = _own.by_engine[engine] = (os.getpid(), connection)
     return owned[1]
 
@@ -142,48 +126,26 @@ def _forget_own_connection(engine: Engine) -> None:
 
 
 def writers_queue(engine: Engine) -> contextlib.AbstractContextManager[None]:
-    """This machine's place in the queue of the engine's writers, to hold with ``with`` around a
-    transaction (SQLite; elsewhere nothing)."""
+    """This machine's place in the queue of the engine's writers, to hold with ``with``
+    (SQLite; elsewhere nothing)."""
     return _writers_queue(engine) or contextlib.nullcontext()
-
-
-def _thread_queue(engine: Engine) -> contextlib.AbstractContextManager[Any]:
-    """This process's queue of the engine's writing threads (SQLite; elsewhere nothing)."""
-    queue = _writers_queue(engine)
-    return queue.threads if queue is not None else contextlib.nullcontext()
 
 
 def execute(engine: Engine, sql: str, params: dict[str, Any], writes: bool = True) -> list[tuple[Any, ...]]:
     """Run ``sql`` as a transaction of its own (autocommit: one round trip, no BEGIN or COMMIT);
-    return its rows. One that ``writes`` queues with the process's other writing threads on SQLite.
+    return its rows. One that ``writes`` queues with the other writers on SQLite.
 
     On SQLite the statement runs on the calling thread's own connection; on PostgreSQL, on
     one of the pool's. Driver errors are raised as SQLAlchemy's ``DBAPIError``, as everywhere else.
     The values are the driver's: see :func:`result_processors`.
-
-    On SQLite, a writing statement that returns rows (``RETURNING``) commits only once Python
-    has fetched them: it holds the write lock while this thread may wait for the interpreter
-    lock. Where that matters (on every request), write with :func:`changed` and have a TEMP
-    trigger (:func:`on_own_connections`) note what the statement wrote, to read after.
     """
-    return _run(engine, sql, params, writes)[0]
-
-
-def changed(engine: Engine, sql: str, params: dict[str, Any]) -> int:
-    """Run a writing ``sql`` that returns no rows, as :func:`execute` does; how many rows it
-    changed. On SQLite its write lock is taken and let go within the one call into SQLite."""
-    return _run(engine, sql, params, True)[1]
-
-
-def _run(engine: Engine, sql: str, params: dict[str, Any], writes: bool) -> tuple[list[tuple[Any, ...]], int]:
     driver_error = engine.dialect.loaded_dbapi.Error
     if engine.dialect.name == "sqlite":
         try:
             connection = _own_sqlite_connection(engine)
-            with _thread_queue(engine) if writes else contextlib.nullcontext():
-                cursor = connection.execute(sql, params)
+            with writers_queue(engine) if writes else contextlib.nullcontext():
                 # All of it: the autocommit transaction ends when the statement has run to its end.
-                return [tuple(row) for row in cursor.fetchall()], cursor.rowcount
+                return [tuple(row) for row in connection.execute(sql, params).fetchall()]
         except driver_error as error:
             _forget_own_connection(engine)  # it may be broken
             raise DBAPIError.instance(None, None, error, driver_error) from error
@@ -197,7 +159,6 @@ def _run(engine: Engine, sql: str, params: dict[str, Any], writes: bool) -> tupl
             cursor = connection.cursor()
             cursor.execute(_for_driver(sql) if engine.dialect.paramstyle in ("pyformat", "format") else sql, params)
             rows = [tuple(row) for row in cursor.fetchall()] if cursor.description is not None else []
-            count = cursor.rowcount
         finally:
             connection.autocommit = False  # as the pool hands it to everyone else
     except driver_error as error:
@@ -209,7 +170,7 @@ def _run(engine: Engine, sql: str, params: dict[str, Any], writes: bool) -> tupl
             pooled.invalidate()
         raise
     pooled.close()  # back to the pool
-    return rows, count
+    return rows
 
 
 class Transaction:

@@ -1,10 +1,8 @@
 """A key's remaining uses: one taken per valid request, in one SQL statement, refill included.
 
 A key with ``remaining`` gives one use per valid request, taken by one atomic
-conditional ``UPDATE`` run through ``rawsql.py`` (no ORM, no pool checkout):
-it never goes below zero, however many workers and threads take at once, and
-answers what it left (``RETURNING`` on PostgreSQL; on SQLite noted by a trigger of
-the connection's own and read after the commit, see ``_NOTED_LEFT``). A key
+``UPDATE ... RETURNING`` run through ``rawsql.py`` (no ORM, no pool checkout):
+it never goes below zero, however many workers and threads take at once. A key
 with a refill gets ``refill_amount`` back once per interval (at the day's or the
 month's start, UTC) in that same statement, before the use is taken. A rotated
 key's uses are its successor's (``quota_key_id``), looked up in the statement too.
@@ -77,21 +75,6 @@ def refill_boundary(now: datetime, interval: str) -> datetime:
     return day if interval == "daily" else day.replace(day=1)
 
 
-# On SQLite a use is taken by a statement that returns nothing: with RETURNING, SQLite would hold
-# its write lock until Python has fetched the row, and this thread may wait for the interpreter
-# lock meanwhile while every other worker waits for it. What the use left is noted, by a TEMP
-# trigger of the thread's own connection, in a table of that connection's, read after the commit.
-rawsql.on_own_connections(
-    "CREATE TEMP TABLE IF NOT EXISTS uses_left (remaining INTEGER)",
-    f"CREATE TEMP TRIGGER IF NOT EXISTS note_uses_left AFTER UPDATE OF remaining ON main.{ApiKey.__tablename__}"
-    " BEGIN DELETE FROM uses_left; INSERT INTO uses_left VALUES (NEW.remaining); END",
-)
-_NOTED_LEFT = "DELETE FROM temp.uses_left RETURNING remaining"
-# What is left of a key's uses (its successor's, for a rotated key), for a connection opened before
-# the key's table was made (no trigger there): read after the use, others' uses since counted too.
-_LEFT = f"SELECT remaining FROM {ApiKey.__tablename__} WHERE id = {_QUOTA_KEY}"
-
-
 def take_uses(dialect: Dialect, record: KeyRecord, cost: int) -> tuple[str, dict[str, Any]]:
     """The statement, and its parameters, that takes ``cost`` uses of ``record``'s key (a due
     refill first) and answers what is left, or no row when fewer than ``cost`` are left."""
@@ -125,15 +108,7 @@ class Quota:
         left after it (None if the key has become unlimited). A due refill comes first. A key
         out of uses is announced (see the module docstring)."""
         engine = self._engine()
-        sql, params = take_uses(engine.dialect, record, 1)
-        if engine.dialect.name == "sqlite":
-            row = None
-            if rawsql.changed(engine, sql.split(" RETURNING ", 1)[0], params):
-                row = rawsql.execute_one(engine, _NOTED_LEFT, {}, writes=False) or rawsql.execute_one(
-                    engine, _LEFT, {"key_id": record.id}, writes=False
-                )
-        else:
-            row = rawsql.execute_one(engine, sql, params)
+        row = rawsql.execute_one(engine, *take_uses(engine.dialect, record, 1))
         if row is None:
             self.announce_exhausted(record.id)
             return False, 0
