@@ -224,8 +224,12 @@ def gunicorn_workers(base: str) -> set[int]:
 
 
 def request_lines(log: Path) -> list[dict[str, Any]]:
-    """The service's JSON request lines (logger ``keyservice.request``) in a gunicorn ``log``."""
-    lines = (json.loads(line) for line in log.read_text(errors="replace").splitlines() if line.startswith("{"))
+    """The service's JSON request lines (logger ``keyservice.request``) in a gunicorn ``log``:
+    whole lines only. A worker killed while writing its line leaves it torn (the kernel may
+    stop a write between two pages), and the next line written runs on from it: of such a
+    line, only that next one is read."""
+    *whole, _being_written = log.read_text(errors="replace").split("\n")
+    lines = (json.loads(line[line.rfind('{"asctime"') :]) for line in whole if line.startswith("{"))
     return [line for line in lines if line.get("logger") == "keyservice.request"]
 
 
