@@ -61,13 +61,17 @@ class Comparison:
     def __init__(self, runs: dict[tuple[str, str], list[tuple[WrkResult, WrkResult]]]) -> None:
         self.runs = runs
 
-    def _ratios(self, label: str, against: str, figure: str) -> Spread:
+    def _pairs(self, label: str, against: str) -> list[tuple[WrkResult, WrkResult]]:
         if (label, against) in self.runs:
-            pairs = self.runs[label, against]
-        else:  # the pair measured the other way round
-            pairs = [(reference, run) for run, reference in self.runs[against, label]]
+            return self.runs[label, against]
+        return [(reference, run) for run, reference in self.runs[against, label]]  # measured the other way round
+
+    def _ratios(self, label: str, against: str, figure: str) -> Spread:
         return Spread.of(
-            [(getattr(run, figure) or 0.0) / (getattr(reference, figure) or 1.0) for run, reference in pairs]
+            [
+                (getattr(run, figure) or 0.0) / (getattr(reference, figure) or 1.0)
+                for run, reference in self._pairs(label, against)
+            ]
         )
 
     def throughput(self, label: str, against: str) -> Spread:
@@ -83,7 +87,7 @@ class Comparison:
         throughput = self.throughput(label, against)
         judged = "no goal" if goal is None else verdict(throughput.median, goal)
         print(f"  {label} / {against}:")
-        print(f"    req/s {throughput}  over {len(self.runs.get((label, against), []))} pairs  ({judged})")
+        print(f"    req/s {throughput}  over {len(self._pairs(label, against))} pairs  ({judged})")
         print(f"    worker CPU per request {self.cpu(label, against)}")
         return throughput
 

@@ -97,31 +97,27 @@ def main(argv: list[str] | None = None) -> None:
             )
             postgresql = serve(on_postgres, "postgresql")
 
-            anonymous = write_lua(tmp / "anonymous.lua")
-            ratelimited_lua = write_lua(tmp / "ratelimited.lua", ratelimited)
+            scripts = {
+                name: write_lua(tmp / f"{name}.lua", key)
+                for name, key in (
+                    ("anonymous", None),
+                    ("limiter", "bench"),
+                    ("ratelimited", ratelimited),
+                    ("remaining", remaining),
+                    ("remaining-postgres", remaining_on_postgres),
+                )
+            }
             variants = {
-                variant.label: variant
-                for variant in (
-                    Variant("bare Flask view", bare + "/bare", anonymous, None),
-                    Variant(
-                        "Flask-Limiter, Redis", limiter + "/limited", write_lua(tmp / "limiter.lua", "bench"), None
-                    ),
-                    Variant("keyservice unprotected, SQLite", embedded + UNPROTECTED, anonymous, None),
-                    Variant("keyservice rate limit, embedded", embedded + PROTECTED, ratelimited_lua, None),
-                    Variant(
-                        "keyservice remaining, embedded",
-                        embedded + PROTECTED,
-                        write_lua(tmp / "remaining.lua", remaining),
-                        None,
-                    ),
-                    Variant("keyservice rate limit, Redis", with_redis + PROTECTED, ratelimited_lua, None),
-                    Variant("keyservice unprotected, PostgreSQL", postgresql + UNPROTECTED, anonymous, None),
-                    Variant(
-                        "keyservice remaining, PostgreSQL",
-                        postgresql + PROTECTED,
-                        write_lua(tmp / "remaining-postgres.lua", remaining_on_postgres),
-                        None,
-                    ),
+                label: Variant(label, url, scripts[script], None)
+                for label, url, script in (
+                    ("bare Flask view", bare + "/bare", "anonymous"),
+                    ("Flask-Limiter, Redis", limiter + "/limited", "limiter"),
+                    ("keyservice unprotected, SQLite", embedded + UNPROTECTED, "anonymous"),
+                    ("keyservice rate limit, embedded", embedded + PROTECTED, "ratelimited"),
+                    ("keyservice remaining, embedded", embedded + PROTECTED, "remaining"),
+                    ("keyservice rate limit, Redis", with_redis + PROTECTED, "ratelimited"),
+                    ("keyservice unprotected, PostgreSQL", postgresql + UNPROTECTED, "anonymous"),
+                    ("keyservice remaining, PostgreSQL", postgresql + PROTECTED, "remaining-postgres"),
                 )
             }
             measure_pairs(

@@ -241,7 +241,7 @@ class SqliteWindows:
         connection counted in stays until it is replaced, or the answers are cleared every
         ``ANSWERS_KEPT`` hits of the thread or by a hit of several windows)."""
         now = time.time()
-        width = period / SLOTS  # slot_width's
+        width = slot_width(period)
         self._write(_HIT, (key, period, math.floor(now / width), width, limit, cost))
         local = self._local
         try:
@@ -340,16 +340,15 @@ class SqliteWindows:
         """This thread's connection, opened in this process: one made before a ``fork`` is kept,
         unused and unclosed (closing it would touch the parent's locks)."""
         local = self._local
-        if getattr(local, "pid", None) == os.getpid():
-            return local.connection  # type: ignore[no-any-return]
-        connections: dict[int, sqlite3.Connection] | None = getattr(local, "connections", None)
-        if connections is None:
-            connections = local.connections = {}
-        connection = connections.get(os.getpid())
-        if connection is None:
-            connection = connections[os.getpid()] = _opened(self._path)
-        local.connection, local.pid, local.hits = connection, os.getpid(), 0
-        return connection
+        if getattr(local, "pid", None) != os.getpid():
+            if hasattr(local, "connection"):
+                _INHERITED.append(local.connection)
+            local.connection, local.pid, local.hits = _opened(self._path), os.getpid(), 0
+        return local.connection  # type: ignore[no-any-return]
+
+
+# Connections a forked worker inherited from its parent: kept, so that none is closed here.
+_INHERITED: list[sqlite3.Connection] = []
 
 
 def _opened(path: Path) -> sqlite3.Connection:
