@@ -224,6 +224,37 @@ def test_a_flush_failing_with_an_error_of_any_kind_keeps_its_counts_and_the_thre
             assert db.session.get(ApiKey, key_id).last_used_at is not None  # type: ignore[union-attr]
 
 
+def test_a_flush_asked_for_while_the_thread_writes_returns_once_those_counts_are_written(database_url: str) -> None:
+    with migrated_app(database_url, KEYSERVICE_USAGE_FLUSH_INTERVAL=0.1) as app:
+        key_id, key = issue(app)
+        writing, release = threading.Event(), threading.Event()
+
+        def hold_the_threads_flush(connection: Connection) -> None:
+            if threading.current_thread().name == FLUSH_THREAD and not writing.is_set():
+                writing.set()
+                release.wait(10)
+
+        with app.app_context():
+            engine = db.engine
+        event.listen(engine, "begin", hold_the_threads_flush)
+        try:
+            client = app.test_client()
+            for _ in range(3):
+                assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+            wait_until(writing.is_set, 5, "the thread's flush under way")
+            asked = threading.Thread(target=flush, args=(app,))
+            asked.start()
+            asked.join(0.5)
+            assert asked.is_alive()  # the counts are the thread's, not written yet: it waits for them
+            release.set()
+            asked.join(10)
+            assert not asked.is_alive()
+            assert stored_counts(app, key_id) == {"VALID": 3}
+        finally:
+            release.set()
+            event.remove(engine, "begin", hold_the_threads_flush)
+
+
 def test_counts_from_many_threads_at_once_add_up_exactly(database_url: str) -> None:
     threads, requests = 8, 25
     with migrated_app(database_url, KEYSERVICE_USAGE_FLUSH_INTERVAL=0.1) as app:  # flushes during the load

@@ -50,6 +50,9 @@ class UsageRecorder:
         self._db = db
         self._interval = flush_interval
         self._lock = threading.Lock()
+        # One flush at a time: a flush that finds the counts taken by another still writing them
+        # waits for it, so that when it returns (flush_usage, a worker's exit) they are written.
+        self._flushing = threading.Lock()
         # Kept cheap on the request path: hours as whole hours since the epoch, times as
         # epoch seconds; made datetimes at the flush.
         self._counts: Counter[tuple[str, int, str]] = Counter()
@@ -91,21 +94,23 @@ class UsageRecorder:
             self._flusher_pid = None
 
     def flush(self) -> None:
-        """Add what this process counted to the database now; keep it for later if that fails."""
-        with self._lock:
-            counts, self._counts = self._counts, Counter()
-            last_used, self._last_used = self._last_used, {}
-        if not counts or self._engine is None:
-            return
-        try:
-            self._write(self._engine, counts, last_used)
-        except Exception as error:  # whatever it is (a full disk, a dropped connection), the counts stay
-            # The class only: the error's text holds the statement's parameters.
-            logger.warning("keyservice: usage not saved yet (%s); will retry", error_name(error))
+        """Add what this process counted to the database now (after any flush already under way);
+        keep it for later if that fails."""
+        with self._flushing:
             with self._lock:
-                self._counts.update(counts)
-                for key_id, moment in last_used.items():
-                    self._last_used[key_id] = max(moment, self._last_used.get(key_id, moment))
+                counts, self._counts = self._counts, Counter()
+                last_used, self._last_used = self._last_used, {}
+            if not counts or self._engine is None:
+                return
+            try:
+                self._write(self._engine, counts, last_used)
+            except Exception as error:  # whatever it is (a full disk, a dropped connection), the counts stay
+                # The class only: the error's text holds the statement's parameters.
+                logger.warning("keyservice: usage not saved yet (%s); will retry", error_name(error))
+                with self._lock:
+                    self._counts.update(counts)
+                    for key_id, moment in last_used.items():
+                        self._last_used[key_id] = max(moment, self._last_used.get(key_id, moment))
 
     @staticmethod
     def _write(engine: Engine, counts: Counter[tuple[str, int, str]], last_used: dict[str, float]) -> None:
