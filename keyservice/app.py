@@ -17,6 +17,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import routes
 from .core.config import config_from_environment
 from .core.errors import register_http_problem_handlers
+from .core.sqlitewal import use_wal
 from .core.state import state_of
 from .extension import KeyService
 from .requestlog import MarkedResponses, configure_logging
@@ -36,8 +37,8 @@ keyservice = KeyService()
 
 def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL lets readers (every worker's verifications) run beside a writer.
+    use_wal(dbapi_connection, timeout=5.0)
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()

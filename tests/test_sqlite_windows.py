@@ -267,6 +267,31 @@ def test_forked_workers_threads_let_exactly_the_limit_through(tmp_path: Path, re
     assert count_of(tmp_path / "windows", "roomy") == 2 * 300 * (len(requests) - 1)
 
 
+OPENER = """
+import sys, time
+from pathlib import Path
+from keyservice.verification.sqlitewindows import SqliteWindows
+folder, start, files = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+for n in range(files):
+    while time.time() < start + n * 0.1:
+        pass
+    SqliteWindows(folder / f"windows-{n}").hit("k", 1000, 3600)
+"""
+
+
+def test_workers_that_open_a_new_file_at_the_same_instant_all_count(tmp_path: Path) -> None:
+    # Workers started together open the machine's new windows file together: SQLite refuses
+    # a switch to WAL at once, without waiting, while another connection holds the file.
+    files, openers = 15, 4
+    start = str(time.time() + 1.5)
+    workers = [
+        subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), start, str(files)], cwd=REPOSITORY)
+        for _ in range(openers)
+    ]
+    assert [worker.wait(timeout=60) for worker in workers] == [0] * openers
+    assert [count_of(tmp_path / f"windows-{n}", "k") for n in range(files)] == [openers] * files
+
+
 KILLED_WORKER = """
 import sys, time
 from pathlib import Path

@@ -41,6 +41,7 @@ from contextlib import suppress
 from functools import cache
 from pathlib import Path
 
+from ..core.sqlitewal import use_wal
 from .slidingwindow import SLOTS, Counted, Hit, WindowStorageError, slot_width
 
 PAGE_SIZE = 4096
@@ -359,10 +360,12 @@ def _opened(path: Path) -> sqlite3.Connection:
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
             connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            use_wal(connection, BUSY_TIMEOUT)
             for pragma in ("synchronous = OFF", f"max_page_count = {MAX_PAGES}", "temp_store = MEMORY"):
                 connection.execute(f"PRAGMA {pragma}")
-            connection.executescript(_SCHEMA + _ANSWERS)
+            # IMMEDIATE: the write lock is waited for before the schema is read, where a
+            # reader's snapshot made stale by another opener could not become a writer.
+            connection.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT; {_ANSWERS}")
         except sqlite3.Error:
             connection.close()
             raise
