@@ -4,6 +4,7 @@ quota (on a real SQLite database); and, through an app, that a spent budget runs
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -290,6 +291,35 @@ def test_threads_taking_at_once_never_take_more_than_is_left(engine: Engine) -> 
     assert results.count((False, 0)) == 40
     with Session(engine) as session:
         assert session.scalar(sqlalchemy.select(ApiKey.remaining)) == 0
+
+
+@pytest.mark.parametrize("remaining, taken, updates", [(20, list(range(12, 20)), 2), (5, list(range(5)), 1 + 1 + 7)])
+def test_uses_asked_for_while_the_database_is_busy_are_taken_together_and_exactly(
+    engine: Engine, remaining: int, taken: list[int], updates: int
+) -> None:
+    # The first take waits for the database; the 7 that come meanwhile are one group, whose 7 uses
+    # are taken in one statement (20 left) or, fewer being left than it wants (5), each in turn.
+    record = add_key(engine, "key-a", remaining=remaining)
+    quota = quota_of(engine)
+    statements: list[str] = []
+    sqlalchemy.event.listen(engine, "connect", lambda connection, _: connection.set_trace_callback(statements.append))
+    results: list[tuple[bool, int | None]] = []
+    blocker = engine.raw_connection()
+    blocker.cursor().execute("BEGIN IMMEDIATE")  # the database's write lock, held
+    threads = [threading.Thread(target=lambda: results.append(quota.take_one(record))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    assert results == []
+    blocker.rollback()
+    blocker.close()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(left for was_taken, left in results if was_taken) == taken
+    assert results.count((False, 0)) == 8 - len(taken)
+    assert sum(statement.startswith("UPDATE") for statement in statements) == updates
+    with Session(engine) as session:
+        assert session.scalar(sqlalchemy.select(ApiKey.remaining)) == remaining - len(taken)
 
 
 # --- bcrypt, counted where the budget is spent (through an app) ---

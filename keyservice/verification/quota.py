@@ -7,6 +7,10 @@ with a refill gets ``refill_amount`` back once per interval (at the day's or the
 month's start, UTC) in that same statement, before the use is taken. A rotated
 key's uses are its successor's (``quota_key_id``), looked up in the statement too.
 
+The uses a worker's threads take of one key at the same moment are taken together,
+in one statement (``groupcommit.py``); when fewer are left than the group wants,
+each of its threads takes its own.
+
 When a key is out of uses, ``on_exhausted`` (the store's
 ``announce_usage_exhausted``) is told, in a transaction of its own, at most once a
 second per key in a worker: a flood of refusals is no flood of writes.
@@ -27,6 +31,7 @@ from sqlalchemy.orm import Session
 from ..core import rawsql
 from ..core.models import ApiKey, utcnow
 from ..core.outcomes import KeyRecord
+from .groupcommit import GroupCommit
 
 # updated_at is for changes of settings, not for uses: these leave it as it is. A rotated key's
 # uses are its successor's (quota_key_id), looked up in the same statement, never from a copy.
@@ -102,13 +107,22 @@ class Quota:
         self._on_exhausted = on_exhausted
         self._told: TTLCache[str, bool] = TTLCache(maxsize=size, ttl=1.0)
         self._lock = threading.Lock()
+        self._writes: GroupCommit[tuple[Any, ...] | None] = GroupCommit()
 
     def take_one(self, record: KeyRecord) -> tuple[bool, int | None]:
         """Atomically take one use of ``record``'s key: whether one was left, and how many are
         left after it (None if the key has become unlimited). A due refill comes first. A key
         out of uses is announced (see the module docstring)."""
         engine = self._engine()
-        row = rawsql.execute_one(engine, *take_uses(engine.dialect, record, 1))
+
+        def take(uses: int) -> tuple[Any, ...] | None:
+            return rawsql.execute_one(engine, *take_uses(engine.dialect, record, uses))
+
+        row, uses, place = self._writes.run(record.id, take)
+        if row is None and uses > 1:
+            row = take(1)  # fewer left than the group wanted: each takes its own, in turn
+        elif row is not None and row[0] is not None:
+            row = (row[0] + uses - 1 - place,)  # what was left after this caller's use
         if row is None:
             self.announce_exhausted(record.id)
             return False, 0

@@ -1,0 +1,109 @@
+"""Group commit: concurrent writes for one key run as one, each caller answered its share."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from keyservice.verification.groupcommit import GroupCommit
+
+
+def test_a_caller_alone_writes_at_once_with_a_group_of_one() -> None:
+    assert GroupCommit[str]().run("k", lambda uses: f"{uses} use") == ("1 use", 1, 0)
+
+
+def started_in_order(call: Callable[[], None], callers: int) -> list[threading.Thread]:
+    """``callers`` threads running ``call``, started one by one: the first is under way before the others come."""
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)
+    return threads
+
+
+def test_callers_that_come_while_a_write_is_under_way_share_the_next_one() -> None:
+    group: GroupCommit[int] = GroupCommit()
+    release = threading.Event()
+    writes: list[int] = []
+
+    def write(uses: int) -> int:
+        writes.append(uses)
+        release.wait(10)
+        return len(writes)
+
+    answers: list[tuple[int, int, int]] = []
+    threads = started_in_order(lambda: answers.append(group.run("k", write)), 6)
+    assert writes == [1]  # the others wait for the first, gathered
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert writes == [1, 5]
+    assert sorted(answers) == [(1, 1, 0)] + [(2, 5, place) for place in range(5)]
+
+
+def test_writes_of_other_keys_do_not_wait() -> None:
+    group: GroupCommit[int] = GroupCommit()
+    release = threading.Event()
+    held = threading.Thread(target=lambda: group.run("k", lambda uses: release.wait(10)))
+    held.start()
+    time.sleep(0.05)
+    assert group.run("other", lambda uses: uses) == (1, 1, 0)
+    release.set()
+    held.join(10)
+
+
+def test_an_error_of_the_write_reaches_every_caller_of_its_group_and_not_the_next() -> None:
+    group: GroupCommit[int] = GroupCommit()
+    release = threading.Event()
+    errors: list[str] = []
+
+    def write(uses: int) -> int:
+        release.wait(10)
+        if uses > 1:
+            raise RuntimeError("database down")
+        return uses
+
+    def call() -> None:
+        try:
+            group.run("k", write)
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    threads = started_in_order(call, 4)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert errors == ["database down"] * 3
+    assert group.run("k", lambda uses: uses) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("callers", [2, 16])
+def test_many_callers_at_once_are_each_answered_once_with_places_that_fill_their_group(callers: int) -> None:
+    group: GroupCommit[int] = GroupCommit()
+    counted = [0]
+    lock = threading.Lock()
+
+    def write(uses: int) -> int:
+        with lock:
+            counted[0] += uses
+        time.sleep(0.001)
+        return uses
+
+    answers: list[tuple[int, int, int]] = []
+    start = threading.Barrier(callers)
+
+    def call() -> None:
+        start.wait(10)
+        for _ in range(200):
+            answers.append(group.run("k", write))
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == counted[0] == callers * 200
+    assert all(answer == size and 0 <= place < size for answer, size, place in answers)
