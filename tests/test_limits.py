@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import re
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +33,8 @@ from keyservice.app import db
 from keyservice.core.config import ConfigError
 from keyservice.core.machinefiles import path_for
 from keyservice.core.models import ApiKey
-from keyservice.verification.slidingwindow import SLOTS
+from keyservice.verification.rediswindows import RedisWindows
+from keyservice.verification.slidingwindow import SLOTS, Hit
 
 from .conftest import TEST_CONFIG, migrated_app
 from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, cli_create, describe, free_port, issue, stored_windows
@@ -199,6 +202,39 @@ def test_a_rate_limited_request_is_exactly_one_redis_command(app: Flask, client:
     # Those the script runs inside Redis are marked "lua"; the app's own are what it sent.
     sent = [command["command"].split()[0] for command in commands if command["client_type"] != "lua"]
     assert sent == ["EVALSHA"] * 20
+
+
+# Holds Redis for about half a second: one script runs at a time.
+BUSY_REDIS = "local n = 0 for i = 1, tonumber(ARGV[1]) do n = n + i end return 0"
+
+
+def test_hits_counted_while_redis_is_busy_share_one_script_and_stay_exact(redis_url: str) -> None:
+    windows, blocker, key = RedisWindows(redis_url), redis.Redis.from_url(redis_url), secrets.token_hex(8)
+    assert windows.hit(f"{key}-warm", 5, 60).allowed  # the script loaded and a connection made
+    watcher, marker = redis.Redis.from_url(redis_url), redis.Redis.from_url(redis_url)
+    marker.ping()
+    hits: list[Hit] = []
+    with watcher.monitor() as monitor:
+        busy = threading.Thread(target=lambda: blocker.eval(BUSY_REDIS, 0, 20_000_000))
+        busy.start()
+        time.sleep(0.05)
+        # The first waits for Redis; the 7 that come meanwhile are one group, one script.
+        threads = [threading.Thread(target=lambda: hits.append(windows.hit(key, 5, 60))) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.02)
+        for thread in [busy, *threads]:
+            thread.join(30)
+        marker.echo("done")
+        commands = []
+        while (command := monitor.next_command())["command"] != "ECHO done":
+            commands.append(command["command"])
+    for client in (watcher, marker, blocker):
+        client.close()
+    assert [command.split()[0] for command in commands].count("EVALSHA") == 2
+    assert sorted(hit.count for hit in hits if hit.allowed) == [1, 2, 3, 4, 5]
+    assert [hit.count for hit in hits if not hit.allowed] == [5, 5, 5]
+    assert windows.hit(key, 5, 60) == Hit(False, 5, hits[0].reset_at)
 
 
 def test_a_key_without_a_rate_limit_gets_no_rate_limit_headers(app: Flask, client: FlaskClient) -> None:

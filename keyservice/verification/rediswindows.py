@@ -1,9 +1,11 @@
-"""Rate-limit windows in Redis, for many machines: one Lua script per request.
+"""Rate-limit windows in Redis, for many machines: one Lua script per hit of a window.
 
 The script is the strategy of ``slidingwindow.py``, run inside Redis so that it
 is atomic and one round trip (``EVALSHA``, through redis-py's ``register_script``):
 it reads the key's slots, forgets those that stopped counting, counts the
-request if there is room, and answers what the rate-limit headers need. A
+request if there is room, and answers what the rate-limit headers need. The
+requests a worker's threads count in one window at the same moment share one
+script (``groupcommit.py``), which counts them one after another. A
 key's window is one small hash (a field per slot that holds requests, at most
 ``SLOTS + 1``) that expires when its newest request stops counting, so nothing
 outlives its period. The time is Redis' own, the same for every machine.
@@ -16,11 +18,13 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
+from .groupcommit import GroupCommit
 from .slidingwindow import SLOTS, Counted, Hit, WindowStorageError
 
-# KEYS[1]: the window; ARGV: limit, period, slots. Returns {allowed, count, reset_at}.
+# KEYS[1]: the window; ARGV: limit, period, slots, hits. Counts the hits one after another, each if
+# there is room. Returns {how many were let through, count, reset_at}.
 _HIT = """
-local limit, period, slots = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local limit, period, slots, hits = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local width = period / slots
@@ -36,10 +40,10 @@ for i = 1, #fields, 2 do
     oldest = math.min(oldest, counted)
   end
 end
-local allowed = 0
-if count < limit then
-  allowed, count = 1, count + 1
-  redis.call('HINCRBY', KEYS[1], string.format('%d', slot), 1)
+local allowed = math.max(0, math.min(hits, limit - count))
+if allowed > 0 then
+  count = count + allowed
+  redis.call('HINCRBY', KEYS[1], string.format('%d', slot), allowed)
   redis.call('PEXPIRE', KEYS[1], math.ceil((period + width) * 1000))
 end
 return {allowed, count, tostring((oldest + slots + 1) * width)}
@@ -126,14 +130,21 @@ class RedisWindows:
         self._give_back: Script = self._client.register_script(_GIVE_BACK)
         self._hit_all: Script = self._client.register_script(_HIT_ALL)
         self._give_back_all: Script = self._client.register_script(_GIVE_BACK_ALL)
+        self._hits: GroupCommit[Any] = GroupCommit()
 
     def hit(self, key: str, limit: int, period: int) -> Hit:
-        """Count one request of ``key`` against ``limit`` per ``period`` seconds, atomically."""
+        """Count one request of ``key`` against ``limit`` per ``period`` seconds, atomically; with the
+        requests this worker's other threads count in the window at the same moment, in one script."""
+        name = _name(key, period)
         try:
-            allowed, count, reset_at = self._script(keys=[_name(key, period)], args=[limit, period, SLOTS])
+            (allowed, count, reset_at), _, place = self._hits.run(
+                (name, limit), lambda hits: self._script(keys=[name], args=[limit, period, SLOTS, hits])
+            )
         except redis.RedisError as error:
             raise WindowStorageError(type(error).__name__) from error
-        return Hit(bool(allowed), int(count), float(reset_at))
+        if place < allowed:  # the group's hits were let through in turn: this one, and those before it
+            return Hit(True, int(count) - (int(allowed) - 1 - place), float(reset_at))
+        return Hit(False, int(count), float(reset_at))
 
     def hit_all(self, windows: list[Counted]) -> list[Hit]:
         """Count one request in every window of ``windows``, or in none: one script, one round trip."""
