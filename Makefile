@@ -66,8 +66,9 @@ test-fast: $(INSTALLED)
 
 # The service and @require_key against bare Flask, the protected route on SQLite, then on
 # PostgreSQL + Redis with the growth figure, tokens against keys, rate limits and quotas beside
-# Flask-Limiter, a restart with 200 keys and a random key of 2,000, and an identity's two shared limits
-# against a key's own. Each pins its servers to one half of the cores and wrk to the other.
+# Flask-Limiter, a restart with 200 keys and a random key of 2,000, an identity's two shared limits
+# against a key's own, and what a limit costs a request in one process. Each pins its servers to one
+# half of the cores and wrk to the other.
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench.against_flask
@@ -78,6 +79,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.cold_start
 	$(BIN)/python -m bench.many_keys
 	$(BIN)/python -m bench.identities
+	$(BIN)/python -m bench.in_process
 
 # The dashboard's and the self-serve page's screenshots in docs/, renewed by their browser tests
 # (the suite itself writes only to temp dirs).
