@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from werkzeug.wrappers import Response as WerkzeugResponse
@@ -28,6 +29,10 @@ KEY_FORMAT = re.compile(r"sk_[0-9A-Za-z]{16}_[0-9A-Za-z]{38}")
 RATELIMIT_HEADERS = ("RateLimit-Policy", "RateLimit", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 T = TypeVar("T")
+
+# For a test of what does not depend on the database (a page, a log line) that needs the
+# service: run it on SQLite only.
+ON_SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -3,6 +3,9 @@
 Screenshots of the main views, at desktop and phone widths, are taken by these tests into a
 temporary folder, or into the folder ``SCREENSHOTS_DIR`` names (``make screenshots``
 renews docs/screenshots/ that way when the page changes).
+
+The page is a client of the management API, whose own tests run on both databases: its
+tests run on SQLite, and the whole flow of the first on PostgreSQL too.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Dialog, Page
 
-from .helpers import bearer, wait_until
+from .helpers import ON_SQLITE, bearer, wait_until
 from .load import outcome
 from .receivers import Receiver, serving, webhook_settings
 from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
@@ -120,6 +123,7 @@ def test_sign_in_create_use_and_revoke_a_key_from_the_page(
     assert once_refused(base, key) == (401, "REVOKED")
 
 
+@ON_SQLITE
 def test_rotate_asks_first_then_shows_the_new_key_once_and_the_old_one_stops(
     browser: Browser, service: tuple[str, KeysCli]
 ) -> None:
@@ -150,6 +154,7 @@ def test_rotate_asks_first_then_shows_the_new_key_once_and_the_old_one_stops(
     assert new_key not in page.content() and page.locator("#new-key").is_hidden()
 
 
+@ON_SQLITE
 def test_dismissing_the_confirmation_leaves_the_key_alone(browser: Browser, service: tuple[str, KeysCli]) -> None:
     base, cli = service
     _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
@@ -171,6 +176,7 @@ def test_dismissing_the_confirmation_leaves_the_key_alone(browser: Browser, serv
     assert once_refused(base, key, within=1) == (200, None)
 
 
+@ON_SQLITE
 def test_the_management_key_stays_in_the_tabs_session_storage_until_sign_out(
     browser: Browser, service: tuple[str, KeysCli]
 ) -> None:
@@ -200,8 +206,9 @@ def test_the_management_key_stays_in_the_tabs_session_storage_until_sign_out(
     assert page.locator("#sign-in").is_visible() and page.locator("#signed-in").is_hidden()
 
 
+@ON_SQLITE
 def test_without_signing_in_the_page_shows_no_key_data(
-    browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str
+    browser: Browser, screenshots: Path, service: tuple[str, KeysCli]
 ) -> None:
     base, cli = service
     cli.create_key()
@@ -209,12 +216,12 @@ def test_without_signing_in_the_page_shows_no_key_data(
     assert page.locator("#signed-in").is_hidden()
     assert page.locator("#keys tbody tr").count() == 0
     assert "acme" not in page.content()
-    if database_url.startswith("sqlite"):
-        page.screenshot(path=screenshots / "dashboard-sign-in.png")
+    page.screenshot(path=screenshots / "dashboard-sign-in.png")
 
 
+@ON_SQLITE
 def test_a_clients_management_key_sees_only_that_clients_keys(
-    browser: Browser, screenshots: Path, service: tuple[str, KeysCli], database_url: str
+    browser: Browser, screenshots: Path, service: tuple[str, KeysCli]
 ) -> None:
     base, cli = service
     environ = cli.environ
@@ -230,9 +237,8 @@ def test_a_clients_management_key_sees_only_that_clients_keys(
     assert sorted(names) == ["a-manager", "a-one", "a-two"]
     page.get_by_label("Search by name").fill("two")
     assert page.locator("#keys tbody tr:visible").count() == 1
-    if database_url.startswith("sqlite"):
-        page.get_by_label("Search by name").fill("")
-        page.screenshot(path=screenshots / "dashboard-phone.png", full_page=True)
+    page.get_by_label("Search by name").fill("")
+    page.screenshot(path=screenshots / "dashboard-phone.png", full_page=True)
 
     # Another client's keys asked for by hand: the API answers with none of them.
     page.get_by_label("Client", exact=True).fill("client-b")
@@ -241,6 +247,7 @@ def test_a_clients_management_key_sees_only_that_clients_keys(
     assert "b-one" not in page.content()
 
 
+@ON_SQLITE
 def test_api_errors_are_shown_in_words(browser: Browser, service: tuple[str, KeysCli]) -> None:
     base, cli = service
     _, reader = cli.create_key("--scope", "keys:read")
@@ -264,6 +271,7 @@ def test_api_errors_are_shown_in_words(browser: Browser, service: tuple[str, Key
     assert page.get_by_role("alert").text_content() == "Please check: scopes 2: Must be 1 to 100 of a-z 0-9 _ . : * -."
 
 
+@ON_SQLITE
 def test_an_operator_sees_a_leaked_key_and_the_webhook_endpoints_deliveries(
     browser: Browser, database_url: str, tmp_path: Path
 ) -> None:
@@ -291,6 +299,7 @@ def test_an_operator_sees_a_leaked_key_and_the_webhook_endpoints_deliveries(
             assert "key.leaked" in (delivery.text_content() or "") and "delivered" in (delivery.text_content() or "")
 
 
+@ON_SQLITE
 def test_filtering_by_a_client_shows_its_identitys_shared_limits_and_use(
     browser: Browser, service: tuple[str, KeysCli]
 ) -> None:

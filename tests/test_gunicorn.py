@@ -1,4 +1,5 @@
-"""End to end over real HTTP against gunicorn with 2 workers."""
+"""End to end over real HTTP against gunicorn with 2 workers: what depends on the database on
+both, the logs and the settings on SQLite."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import ON_SQLITE
 from .load import outcome
 from .servers import (
     Response,
@@ -79,6 +81,7 @@ def test_the_quickstart_over_http(environ: dict[str, str], tmp_path: Path) -> No
         assert {request(base + pointers[name]).status for name in ("dashboard", "openapi")} == {200}
 
 
+@ON_SQLITE
 def test_the_access_log_never_holds_a_key(environ: dict[str, str], tmp_path: Path) -> None:
     key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
     secret = key.split("_")[2]
@@ -97,6 +100,7 @@ def test_the_access_log_never_holds_a_key(environ: dict[str, str], tmp_path: Pat
     assert secret not in logged and key[:-6] not in logged
 
 
+@ON_SQLITE
 def test_gunicorn_refuses_a_wrong_setting_in_one_line(environ: dict[str, str]) -> None:
     assert refused_start({**environ, "KEYSERVICE_BCRYPT_ROUNDS": "99"}).startswith(
         "keyservice: KEYSERVICE_BCRYPT_ROUNDS"
@@ -107,6 +111,7 @@ def test_gunicorn_refuses_a_wrong_setting_in_one_line(environ: dict[str, str]) -
 FORGING_PATH = "/nothing%0A127.0.0.1%20forged%20line%1B[31m%5C%22%C3%A9"
 
 
+@ON_SQLITE
 def test_the_logs_escape_what_the_client_sent(environ: dict[str, str], tmp_path: Path) -> None:
     log = tmp_path / "gunicorn.log"
     with gunicorn({**environ, "KEYSERVICE_LOG_FORMAT": "text"}, log, access_log=True) as base:
@@ -124,6 +129,7 @@ def test_the_logs_escape_what_the_client_sent(environ: dict[str, str], tmp_path:
     assert answered and int(answered[1]) in workers, logged
 
 
+@ON_SQLITE
 def test_the_access_log_withholds_what_can_carry_a_key_whatever_its_format(
     environ: dict[str, str], tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from keyservice.core.crypto import checksum
 
+from .helpers import ON_SQLITE
 from .servers import REPO, KeysCli, flask_cli, service_environment
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 # The scan reads keys' rows as every CLI command does (tested on both databases elsewhere):
 # its ten subprocesses run on SQLite only.
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@ON_SQLITE
 def test_scan_finds_the_two_real_keys_says_which_is_live_and_exits_1(database_url: str, tmp_path: Path) -> None:
     environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4")
     assert flask_cli(environ, "db", "upgrade").returncode == 0

@@ -28,7 +28,7 @@ from keyservice.app import db
 from keyservice.management.store import put_role
 
 from .conftest import IssueKey
-from .helpers import bearer
+from .helpers import ON_SQLITE, bearer
 
 # The management table of the SPEC, and the roles routes.
 MANAGEMENT_PATHS = {
@@ -139,7 +139,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 # The document and the handlers' validation are the same on every database, and each
 # database's handling of these bodies is tested on both by the API's own tests: this minute
 # of generated requests runs on SQLite only.
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@ON_SQLITE
 @schema.parametrize()
 # Calls may run bcrypt and issue keys: no deadline, and no complaint that generation is slow.
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
