@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import bearer, wait_until, wrong_secret
+from .helpers import ON_SQLITE, bearer, wait_until, wrong_secret
 from .servers import (
     KeysCli,
     Response,
@@ -113,6 +113,7 @@ def test_known_traffic_shows_up_exactly_in_usage_metrics_and_logs(served: Served
     )
 
 
+@ON_SQLITE  # the log line does not depend on the database
 def test_one_log_line_per_request_with_its_id_key_outcome_and_client(served: Served) -> None:
     key_id, key = served.create_key()
     sent = [
