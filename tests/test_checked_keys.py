@@ -35,7 +35,6 @@ from .servers import (
     KeysCli,
     answers_by_worker,
     deployment_settings,
-    flask_cli,
     gunicorn,
     gunicorn_workers,
     labelled_metric,
@@ -84,16 +83,13 @@ def outcomes_by_worker(base: str, log: Path, key: str) -> dict[int, set[tuple[in
 
 @pytest.fixture
 def environ(database_url: str) -> dict[str, str]:
-    environ = service_environment(
+    return service_environment(
         database_url,
         KEYSERVICE_BCRYPT_ROUNDS="4",
         KEYSERVICE_PROXIES="1",
         KEYSERVICE_FAILED_VERIFY_LIMIT_PER_CLIENT="2/minute",
         KEYSERVICE_FAILED_VERIFY_LIMIT_PER_KEY="10/minute",
     )
-    migrated = flask_cli(environ, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
-    return environ
 
 
 @pytest.mark.slow

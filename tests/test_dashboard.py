@@ -33,7 +33,6 @@ PHONE = {"width": 390, "height": 844}
 @pytest.fixture
 def service(database_url: str, tmp_path: Path) -> Iterator[tuple[str, KeysCli]]:
     environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="0.5")
-    assert flask_cli(environ, "db", "upgrade").returncode == 0
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
         yield base, KeysCli(environ)
 
@@ -278,7 +277,6 @@ def test_an_operator_sees_a_leaked_key_and_the_webhook_endpoints_deliveries(
     receiver = Receiver()
     with serving(receiver):
         environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", **webhook_settings())
-        assert flask_cli(environ, "db", "upgrade").returncode == 0
         cli = KeysCli(environ)
         _, admin = cli.create_key("--scope", "keys:admin")
         assert flask_cli(environ, "webhooks", "create", receiver.url, "--event", "key.leaked").returncode == 0

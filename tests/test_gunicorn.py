@@ -29,10 +29,7 @@ pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
 @pytest.fixture
 def environ(database_url: str) -> dict[str, str]:
-    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4")
-    migrated = flask_cli(environ, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
-    return environ
+    return service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4")
 
 
 def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[str, str], tmp_path: Path) -> None:

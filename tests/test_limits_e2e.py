@@ -26,7 +26,7 @@ from keyservice.verification.slidingwindow import SLOTS
 from .conftest import database_for
 from .helpers import RATELIMIT_HEADERS, bearer
 from .load import Timed, all_at_once, hammer, header, outcome
-from .servers import KeysCli, Response, flask_cli, gunicorn, service_environment
+from .servers import KeysCli, Response, gunicorn, service_environment
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
@@ -56,8 +56,6 @@ def start_service(
     if storage == "redis":
         settings["KEYSERVICE_RATELIMIT_STORAGE_URL"] = request.getfixturevalue("redis_url")
     environ = service_environment(database_url, **settings)
-    migrated = flask_cli(environ, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
     return Service(environ, stack.enter_context(gunicorn(environ, log, workers=2)))
 
 

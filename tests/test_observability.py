@@ -58,8 +58,6 @@ def served(database_url: str, tmp_path: Path) -> Iterator[Served]:
     environ = service_environment(
         database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="0.5", KEYSERVICE_LOG_FORMAT="json"
     )
-    migrated = flask_cli(environ, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
     log = tmp_path / "gunicorn.log"
     with gunicorn(environ, log, workers=2) as base:
         yield Served(environ, base, log, database_url)
@@ -197,7 +195,6 @@ def test_no_log_line_and_no_stored_byte_holds_a_key(served: Served, request: pyt
 
 def test_a_worker_that_stops_writes_what_it_counted(database_url: str, tmp_path: Path) -> None:
     environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_USAGE_FLUSH_INTERVAL="3600")
-    assert flask_cli(environ, "db", "upgrade").returncode == 0
     cli = KeysCli(environ)
     key_id, key = cli.create_key()
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:

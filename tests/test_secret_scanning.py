@@ -141,7 +141,6 @@ def test_a_report_to_gunicorn_revokes_everywhere_within_a_second_and_sends_key_l
             KEYSERVICE_BCRYPT_ROUNDS="4",
             **webhook_settings(KEYSERVICE_SECRET_SCANNING_KEYS_URL=f"http://127.0.0.1:{server.server_address[1]}/keys"),
         )
-        assert flask_cli(environ, "db", "upgrade").returncode == 0
         created = flask_cli(environ, "webhooks", "create", receiver.url, "--event", "key.leaked")
         assert created.returncode == 0, created.stderr
         receiver.secret = created.stdout.split()[1]

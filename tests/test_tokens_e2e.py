@@ -29,10 +29,7 @@ REQUIRED = ["iss", "sub", "client_id", "aud", "iat", "exp", "jti", "scope", "ext
 
 @pytest.fixture
 def environ(database_url: str) -> dict[str, str]:
-    environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_TOKEN_LIFETIME="120")
-    migrated = flask_cli(environ, "db", "upgrade")
-    assert migrated.returncode == 0, migrated.stderr
-    return environ
+    return service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_TOKEN_LIFETIME="120")
 
 
 def issuer_of(environ: dict[str, str], base: str) -> str:
@@ -104,7 +101,6 @@ def test_a_key_traded_for_a_token_over_http_and_refused_within_a_second_of_its_r
 
 def test_tokens_signed_before_and_after_a_rotation_verify_at_every_moment(database_url: str, tmp_path: Path) -> None:
     environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", KEYSERVICE_JWKS_MAX_AGE="1")
-    assert flask_cli(environ, "db", "upgrade").returncode == 0
     _, key = KeysCli(environ).create_key()
     with gunicorn(environ, tmp_path / "gunicorn.log", workers=2) as base:
         jwks_client = jwt.PyJWKClient(base + JWKS, lifespan=1)  # a verifier honouring the max-age
