@@ -268,28 +268,37 @@ def test_forked_workers_threads_let_exactly_the_limit_through(tmp_path: Path, re
 
 
 OPENER = """
-import sys, time
+import sys, threading, time
 from pathlib import Path
 from keyservice.verification.sqlitewindows import SqliteWindows
-folder, start, files = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+folder, start, files, threads = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 for n in range(files):
-    while time.time() < start + n * 0.1:
-        pass
-    SqliteWindows(folder / f"windows-{n}").hit("k", 1000, 3600)
+    windows = SqliteWindows(folder / f"windows-{n}")
+    def hit():
+        while time.time() < start + n * 0.1:
+            pass
+        windows.hit("k", 1000, 3600)
+    hitting = [threading.Thread(target=hit) for _ in range(threads)]
+    for thread in hitting:
+        thread.start()
+    for thread in hitting:
+        thread.join()
 """
 
 
 def test_workers_that_open_a_new_file_at_the_same_instant_all_count(tmp_path: Path) -> None:
-    # Workers started together open the machine's new windows file together: SQLite refuses
-    # a switch to WAL at once, without waiting, while another connection holds the file.
-    files, openers = 15, 4
+    # Workers started together open the machine's new windows file together, each thread its
+    # own connection: a switch to WAL then failed some (SQLite answers a busy file at once
+    # there, and threads of one process met "disk I/O error" from its locks).
+    files, openers, threads = 15, 3, 6
     start = str(time.time() + 1.5)
     workers = [
-        subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), start, str(files)], cwd=REPOSITORY)
+        subprocess.Popen([sys.executable, "-c", OPENER, str(tmp_path), start, str(files), str(threads)], cwd=REPOSITORY)
         for _ in range(openers)
     ]
     assert [worker.wait(timeout=60) for worker in workers] == [0] * openers
-    assert [count_of(tmp_path / f"windows-{n}", "k") for n in range(files)] == [openers] * files
+    assert [count_of(tmp_path / f"windows-{n}", "k") for n in range(files)] == [openers * threads] * files
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".new") == []
 
 
 KILLED_WORKER = """

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -353,14 +354,14 @@ _INHERITED: list[sqlite3.Connection] = []
 
 
 def _opened(path: Path) -> sqlite3.Connection:
-    """A connection to the windows' file at ``path``, made with mode 0600 if it is new (SQLite
-    gives its ``-wal`` and ``-shm`` files the same mode), in WAL mode with no flushing."""
+    """A connection to the windows' file at ``path`` (made first if there is none: :func:`_made`),
+    in WAL mode with no flushing."""
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        if not path.exists():
+            _made(path)
         connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
-            connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-            use_wal(connection, BUSY_TIMEOUT)
+            use_wal(connection, BUSY_TIMEOUT)  # a file made here is in WAL mode already
             for pragma in ("synchronous = OFF", f"max_page_count = {MAX_PAGES}", "temp_store = MEMORY"):
                 connection.execute(f"PRAGMA {pragma}")
             # IMMEDIATE: the write lock is waited for before the schema is read, where a
@@ -372,3 +373,30 @@ def _opened(path: Path) -> sqlite3.Connection:
     except (OSError, sqlite3.Error) as error:
         raise WindowStorageError(f"the rate-limit windows' file cannot be opened ({error})") from error
     return connection
+
+
+def _made(path: Path) -> None:
+    """Make the windows' file whole (mode 0600, WAL, its tables) under a name of its own beside
+    ``path``, then link it there, unless another process or thread did first.
+
+    Workers and their threads open a new file at once: switching a file to WAL while others
+    open it fails them (SQLite answers a busy file at once there, and threads of one process
+    meet errors of its locks), so no connection ever sees the file before it is in WAL mode.
+    SQLite gives the file's ``-wal`` and ``-shm`` files its mode.
+    """
+    descriptor, made = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".new")
+    os.close(descriptor)
+    try:
+        connection = sqlite3.connect(made, isolation_level=None)
+        try:
+            connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.executescript(_SCHEMA)
+        finally:
+            connection.close()  # the last connection's close folds the WAL into the file
+        with suppress(FileExistsError):
+            os.link(made, path)
+    finally:
+        for leftover in (made, f"{made}-wal", f"{made}-shm"):
+            with suppress(FileNotFoundError):
+                os.remove(leftover)
