@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -153,3 +154,13 @@ def stored_windows(path: Path) -> int:
         timeout=30,
     )
     return int(read.stdout)
+
+
+def started_in_order(call: Callable[[], object], callers: int, gap: float = 0.02) -> list[threading.Thread]:
+    """``callers`` threads running ``call``, started ``gap`` seconds apart: each is under way
+    before the next comes."""
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+        time.sleep(gap)
+    return threads

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from keyservice.verification.groupcommit import GroupCommit
 
+from .helpers import started_in_order
+
 
 def test_a_caller_alone_writes_at_once_with_a_group_of_one() -> None:
     assert GroupCommit[str]().run("k", lambda uses: f"{uses} use") == ("1 use", 1, 0)
-
-
-def started_in_order(call: Callable[[], None], callers: int) -> list[threading.Thread]:
-    """``callers`` threads running ``call``, started one by one: the first is under way before the others come."""
-    threads = [threading.Thread(target=call) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.02)
-    return threads
 
 
 def test_callers_that_come_while_a_write_is_under_way_share_the_next_one() -> None:

@@ -37,7 +37,17 @@ from keyservice.verification.rediswindows import RedisWindows
 from keyservice.verification.slidingwindow import SLOTS, Hit
 
 from .conftest import TEST_CONFIG, migrated_app
-from .helpers import RATELIMIT_HEADERS, assert_problem, bearer, cli_create, describe, free_port, issue, stored_windows
+from .helpers import (
+    RATELIMIT_HEADERS,
+    assert_problem,
+    bearer,
+    cli_create,
+    describe,
+    free_port,
+    issue,
+    started_in_order,
+    stored_windows,
+)
 
 RATELIMIT_FIELD = re.compile(r'"default";r=(\d+);t=(\d+)')
 MANAGEMENT = ("keys:read", "keys:write", "keys:verify")
@@ -219,10 +229,7 @@ def test_hits_counted_while_redis_is_busy_share_one_script_and_stay_exact(redis_
         busy.start()
         time.sleep(0.05)
         # The first waits for Redis; the 7 that come meanwhile are one group, one script.
-        threads = [threading.Thread(target=lambda: hits.append(windows.hit(key, 5, 60))) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.02)
+        threads = started_in_order(lambda: hits.append(windows.hit(key, 5, 60)), 8)
         for thread in [busy, *threads]:
             thread.join(30)
         marker.echo("done")

@@ -9,7 +9,9 @@ import logging
 import re
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -180,6 +182,18 @@ def test_cli_usage(app: Flask, client: FlaskClient, runner: FlaskCliRunner, issu
 FLUSH_THREAD = "keyservice-usage-flush"
 
 
+@contextmanager
+def at_each_begin(app: Flask, hook: Callable[[Connection], None]) -> Iterator[None]:
+    """``hook`` called at the start of each transaction on the app's engine, while in the block."""
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "begin", hook)
+    try:
+        yield
+    finally:
+        event.remove(engine, "begin", hook)
+
+
 def stored_counts(app: Flask, key_id: str) -> Counter[str]:
     """The key's usage as the database holds it, by outcome (over every hour)."""
     with app.app_context():
@@ -206,10 +220,7 @@ def test_a_flush_failing_with_an_error_of_any_kind_keeps_its_counts_and_the_thre
                 failed.append(threading.current_thread().name)
                 raise RuntimeError("not a database error")
 
-        with app.app_context():
-            engine = db.engine
-        event.listen(engine, "begin", fail_the_first_flush)
-        try:
+        with at_each_begin(app, fail_the_first_flush):
             client = app.test_client()
             for _ in range(5):
                 assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
@@ -218,8 +229,6 @@ def test_a_flush_failing_with_an_error_of_any_kind_keeps_its_counts_and_the_thre
             for _ in range(2):  # the thread lives on
                 assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
             wait_until(lambda: stored_counts(app, key_id) == {"VALID": 7}, 5, "the next counts flushed by the thread")
-        finally:
-            event.remove(engine, "begin", fail_the_first_flush)
         with app.app_context():
             assert db.session.get(ApiKey, key_id).last_used_at is not None  # type: ignore[union-attr]
 
@@ -234,25 +243,22 @@ def test_a_flush_asked_for_while_the_thread_writes_returns_once_those_counts_are
                 writing.set()
                 release.wait(10)
 
-        with app.app_context():
-            engine = db.engine
-        event.listen(engine, "begin", hold_the_threads_flush)
-        try:
-            client = app.test_client()
-            for _ in range(3):
-                assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
-            wait_until(writing.is_set, 5, "the thread's flush under way")
-            asked = threading.Thread(target=flush, args=(app,))
-            asked.start()
-            asked.join(0.5)
-            assert asked.is_alive()  # the counts are the thread's, not written yet: it waits for them
-            release.set()
-            asked.join(10)
-            assert not asked.is_alive()
-            assert stored_counts(app, key_id) == {"VALID": 3}
-        finally:
-            release.set()
-            event.remove(engine, "begin", hold_the_threads_flush)
+        with at_each_begin(app, hold_the_threads_flush):
+            try:
+                client = app.test_client()
+                for _ in range(3):
+                    assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+                wait_until(writing.is_set, 5, "the thread's flush under way")
+                asked = threading.Thread(target=flush, args=(app,))
+                asked.start()
+                asked.join(0.5)
+                assert asked.is_alive()  # the counts are the thread's, not written yet: it waits for them
+                release.set()
+                asked.join(10)
+                assert not asked.is_alive()
+                assert stored_counts(app, key_id) == {"VALID": 3}
+            finally:
+                release.set()
 
 
 def test_counts_from_many_threads_at_once_add_up_exactly(database_url: str) -> None:

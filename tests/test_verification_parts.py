@@ -4,7 +4,6 @@ quota (on a real SQLite database); and, through an app, that a spent budget runs
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ from keyservice.verification.slidingwindow import Hit, WindowStorageError
 from keyservice.verification.sqlitewindows import SqliteWindows
 
 from .conftest import migrated_app
-from .helpers import issue, wrong_secret
+from .helpers import issue, started_in_order, wrong_secret
 
 NOON = datetime(2026, 3, 30, 12, 0, tzinfo=UTC)
 
@@ -306,10 +305,7 @@ def test_uses_asked_for_while_the_database_is_busy_are_taken_together_and_exactl
     results: list[tuple[bool, int | None]] = []
     blocker = engine.raw_connection()
     blocker.cursor().execute("BEGIN IMMEDIATE")  # the database's write lock, held
-    threads = [threading.Thread(target=lambda: results.append(quota.take_one(record))) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.05)
+    threads = started_in_order(lambda: results.append(quota.take_one(record)), 8, gap=0.05)
     assert results == []
     blocker.rollback()
     blocker.close()

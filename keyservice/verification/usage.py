@@ -97,20 +97,23 @@ class UsageRecorder:
         """Add what this process counted to the database now (after any flush already under way);
         keep it for later if that fails."""
         with self._flushing:
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            last_used, self._last_used = self._last_used, {}
+        if not counts or self._engine is None:
+            return
+        try:
+            self._write(self._engine, counts, last_used)
+        except Exception as error:  # whatever it is (a full disk, a dropped connection), the counts stay
+            # The class only: the error's text holds the statement's parameters.
+            logger.warning("keyservice: usage not saved yet (%s); will retry", error_name(error))
             with self._lock:
-                counts, self._counts = self._counts, Counter()
-                last_used, self._last_used = self._last_used, {}
-            if not counts or self._engine is None:
-                return
-            try:
-                self._write(self._engine, counts, last_used)
-            except Exception as error:  # whatever it is (a full disk, a dropped connection), the counts stay
-                # The class only: the error's text holds the statement's parameters.
-                logger.warning("keyservice: usage not saved yet (%s); will retry", error_name(error))
-                with self._lock:
-                    self._counts.update(counts)
-                    for key_id, moment in last_used.items():
-                        self._last_used[key_id] = max(moment, self._last_used.get(key_id, moment))
+                self._counts.update(counts)
+                for key_id, moment in last_used.items():
+                    self._last_used[key_id] = max(moment, self._last_used.get(key_id, moment))
 
     @staticmethod
     def _write(engine: Engine, counts: Counter[tuple[str, int, str]], last_used: dict[str, float]) -> None:
