@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Protocol
 
 import lmdb
-import redis
 
 from ..core.crypto import ID_LENGTH
 from ..core.machinefiles import path_for
@@ -116,34 +115,13 @@ class LmdbCheckedKeys:
             transaction.put(name, value)
 
 
-class RedisCheckedKeys:
-    """Entries in the Redis at ``url``, shared by every instance, each expiring on its own."""
-
-    def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-
-    def get(self, name: bytes) -> CheckedKey | None:
-        try:
-            stored = self._client.get(_redis_name(name))
-        except redis.RedisError as error:
-            logger.warning("keyservice: checked keys unreadable (%s)", type(error).__name__)
-            return None
-        if not isinstance(stored, bytes) or len(stored) != ID_LENGTH + HASH_DIGEST_BYTES:
-            return None
-        return CheckedKey(stored[:ID_LENGTH].decode(errors="replace"), stored[ID_LENGTH:])
-
-    def put(self, name: bytes, entry: CheckedKey) -> None:
-        try:
-            self._client.set(_redis_name(name), entry.key_id.encode() + entry.hash_digest, ex=ENTRY_TTL)
-        except redis.RedisError as error:
-            logger.warning("keyservice: checked keys unwritable (%s)", type(error).__name__)
-
-
-def _redis_name(name: bytes) -> str:
-    return f"keyservice:checked:{name.hex()}"
-
-
 def checked_keys_at(storage_url: str, database_url: str) -> CheckedKeys:
     """The store of the app on ``database_url``: the Redis at ``storage_url`` if set, else the
     machine's LMDB file."""
-    return RedisCheckedKeys(storage_url) if storage_url else LmdbCheckedKeys(path_for(database_url, "checked"))
+    if not storage_url:
+        return LmdbCheckedKeys(path_for(database_url, "checked"))
+    # Imported here: redis takes about 0.1 s to import, in every worker and command, and only
+    # deployments with a storage URL use it.
+    from .redischeckedkeys import RedisCheckedKeys
+
+    return RedisCheckedKeys(storage_url)

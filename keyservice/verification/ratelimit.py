@@ -16,7 +16,6 @@ from flask_sqlalchemy import SQLAlchemy
 
 from ..core.machinefiles import path_for
 from ..core.outcomes import RateLimitState
-from .rediswindows import RedisWindows
 from .slidingwindow import WindowStore
 from .sqlitewindows import SqliteWindows
 
@@ -36,12 +35,17 @@ class RateLimiter:
         if self._windows is None:
             with self._lock:
                 if self._windows is None:
-                    self._windows = (
-                        RedisWindows(self._storage_url)
-                        if self._storage_url
-                        else SqliteWindows(path_for(self._db.engine.url.render_as_string()))
-                    )
+                    self._windows = self._opened()
         return self._windows
+
+    def _opened(self) -> WindowStore:
+        if not self._storage_url:
+            return SqliteWindows(path_for(self._db.engine.url.render_as_string()))
+        # Imported here: redis takes about 0.1 s to import, in every worker and command, and only
+        # deployments with a storage URL use it.
+        from .rediswindows import RedisWindows
+
+        return RedisWindows(self._storage_url)
 
     def storage_answers(self) -> bool:
         """Whether the storage answers now (Redis: a PING)."""
