@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, Dialog, Page
 from .helpers import ON_SQLITE, bearer, wait_until
 from .load import outcome
 from .receivers import Receiver, serving, webhook_settings
-from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, flask_command, gunicorn, request, service_environment
 from .tokens import fetch_token
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
@@ -128,7 +128,7 @@ def test_rotate_asks_first_then_shows_the_new_key_once_and_the_old_one_stops(
 ) -> None:
     base, cli = service
     _, admin = cli.create_key("--scope", "keys:read", "--scope", "keys:write")
-    created = flask_cli(cli.environ, "keys", "create", "--name", "nightly job", "--client-id", "acme")
+    created = flask_command(cli.environ, "keys", "create", "--name", "nightly job", "--client-id", "acme")
     old_key = created.stdout.strip()
     assert once_refused(base, old_key, within=0) == (200, None)
     page = page_at(browser, base)
@@ -225,8 +225,8 @@ def test_a_clients_management_key_sees_only_that_clients_keys(
     base, cli = service
     environ = cli.environ
     for client, name in (("client-a", "a-one"), ("client-a", "a-two"), ("client-b", "b-one")):
-        assert flask_cli(environ, "keys", "create", "--name", name, "--client-id", client).returncode == 0
-    a_manager = flask_cli(
+        assert flask_command(environ, "keys", "create", "--name", name, "--client-id", client).returncode == 0
+    a_manager = flask_command(
         environ, "keys", "create", "--name", "a-manager", "--client-id", "client-a", "--scope", "keys:read"
     ).stdout.strip()
     page = page_at(browser, base, PHONE)
@@ -279,10 +279,10 @@ def test_an_operator_sees_a_leaked_key_and_the_webhook_endpoints_deliveries(
         environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", **webhook_settings())
         cli = KeysCli(environ)
         _, admin = cli.create_key("--scope", "keys:admin")
-        assert flask_cli(environ, "webhooks", "create", receiver.url, "--event", "key.leaked").returncode == 0
+        assert flask_command(environ, "webhooks", "create", receiver.url, "--event", "key.leaked").returncode == 0
         leaked_id, leaked = cli.create_key()
         (tmp_path / "found.env").write_text(f"KEY={leaked}\n")
-        assert flask_cli(environ, "keys", "scan", "--revoke", str(tmp_path / "found.env")).returncode == 1
+        assert flask_command(environ, "keys", "scan", "--revoke", str(tmp_path / "found.env")).returncode == 1
         with gunicorn(environ, tmp_path / "gunicorn.log", workers=1) as base:
             page = page_at(browser, base)
             sign_in(page, admin)
@@ -304,8 +304,8 @@ def test_filtering_by_a_client_shows_its_identitys_shared_limits_and_use(
     base, cli = service
     # An operator of its own client: acme's management keys would draw on acme's credits too.
     operator = ("keys", "create", "--name", "operator", "--client-id", "ops", "--scope", "keys:admin")
-    admin = flask_cli(cli.environ, *operator).stdout.strip()
-    made = flask_cli(
+    admin = flask_command(cli.environ, *operator).stdout.strip()
+    made = flask_command(
         cli.environ,
         "keys",
         "identities",

@@ -17,6 +17,7 @@ from .servers import (
     Response,
     answers_by_worker,
     flask_cli,
+    flask_command,
     gunicorn,
     gunicorn_workers,
     refused_start,
@@ -33,7 +34,7 @@ def environ(database_url: str) -> dict[str, str]:
 
 
 def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[str, str], tmp_path: Path) -> None:
-    created = flask_cli(environ, "keys", "create", "--name", "e2e", "--client-id", "acme")
+    created = flask_command(environ, "keys", "create", "--name", "e2e", "--client-id", "acme")
     key = created.stdout.strip()
     log = tmp_path / "gunicorn.log"
     with gunicorn(environ, log, workers=2) as base:
@@ -50,7 +51,7 @@ def test_revoked_key_is_refused_by_every_worker_within_a_second(environ: dict[st
                 [(200, {"protected": True, "external_client_id": "acme"})] * len(answers)
             )
 
-        revoked = flask_cli(environ, "keys", "revoke", key.split("_")[1])
+        revoked = flask_command(environ, "keys", "revoke", key.split("_")[1])
         assert revoked.returncode == 0, revoked.stderr
         one_second_later = time.monotonic() + 1.0
         while time.monotonic() < one_second_later:
@@ -80,7 +81,7 @@ def test_the_quickstart_over_http(environ: dict[str, str], tmp_path: Path) -> No
 
 @ON_SQLITE
 def test_the_access_log_never_holds_a_key(environ: dict[str, str], tmp_path: Path) -> None:
-    key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
+    key = flask_command(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
     secret = key.split("_")[2]
     mistyped = "x" if key[-1] != "x" else "y"
     log = tmp_path / "gunicorn.log"
@@ -130,7 +131,7 @@ def test_the_logs_escape_what_the_client_sent(environ: dict[str, str], tmp_path:
 def test_the_access_log_withholds_what_can_carry_a_key_whatever_its_format(
     environ: dict[str, str], tmp_path: Path
 ) -> None:
-    key = flask_cli(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
+    key = flask_command(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
     log = tmp_path / "gunicorn.log"
     every_place = "<%(r)s> <%(q)s> <%({authorization}i)s> <%({x-api-key}i)s> <%({query_string}e)s>"
     with gunicorn(environ, log, access_log=True, options=["--access-logformat", every_place]) as base:

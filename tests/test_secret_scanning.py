@@ -20,7 +20,7 @@ from .conftest import IssueKey, migrated_app
 from .helpers import bearer, outcome_of, wrong_secret
 from .load import outcome
 from .receivers import GitHubSigner, Receiver, report, serving, webhook_settings
-from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, flask_command, gunicorn, request, service_environment
 
 URL = "https://github.com/octo/repo/blob/abc/config.py"
 OTHER_PROVIDERS_TOKEN = "ghp_" + "a" * 36
@@ -141,7 +141,7 @@ def test_a_report_to_gunicorn_revokes_everywhere_within_a_second_and_sends_key_l
             KEYSERVICE_BCRYPT_ROUNDS="4",
             **webhook_settings(KEYSERVICE_SECRET_SCANNING_KEYS_URL=f"http://127.0.0.1:{server.server_address[1]}/keys"),
         )
-        created = flask_cli(environ, "webhooks", "create", receiver.url, "--event", "key.leaked")
+        created = flask_command(environ, "webhooks", "create", receiver.url, "--event", "key.leaked")
         assert created.returncode == 0, created.stderr
         receiver.secret = created.stdout.split()[1]
         key_id, key = KeysCli(environ).create_key()

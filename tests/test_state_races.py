@@ -20,7 +20,7 @@ import pytest
 
 from .helpers import bearer
 from .load import outcome, together
-from .servers import KeysCli, Response, flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, Response, flask_command, gunicorn, request, service_environment
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
 
@@ -62,7 +62,7 @@ class Service(KeysCli):
         shown = json.loads(self.call("GET", f"/keys/{key_id}").body)
         if shown["revoked_at"] is not None:
             return "revoked"
-        expired = flask_cli(self.environ, "keys", "show", key_id)
+        expired = flask_command(self.environ, "keys", "show", key_id)
         return "expired" if "expired" in expired.stdout else "active"
 
 

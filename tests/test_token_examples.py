@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import bearer, free_port
-from .servers import REPO, KeysCli, flask_cli, gunicorn, request, service_environment, stop
+from .servers import REPO, KeysCli, flask_cli, flask_command, gunicorn, request, service_environment, stop
 from .services import _wait_for_port
 from .tokens import access_token
 
@@ -65,6 +65,6 @@ def test_the_example_client_gets_a_token_and_the_example_service_verifies_it(tmp
         assert request(whoami, headers=bearer(tampered)).status == 401
         assert request(whoami, headers=bearer(key)).status == 401  # a key is no token
         # The trade-off: after a revocation keyservice refuses the token, a JWKS-only verifier takes it until exp.
-        assert flask_cli(environ, "keys", "revoke", key_id).returncode == 0
+        assert flask_command(environ, "keys", "revoke", key_id).returncode == 0
         assert request(base + "/protected-with-key", "POST", bearer(token)).status == 401
         assert request(whoami, headers=bearer(token)).status == 200

@@ -16,7 +16,7 @@ import pytest
 from .conftest import postgres_database
 from .helpers import bearer, wait_until
 from .load import together
-from .servers import KeysCli, flask_cli, gunicorn, request, service_environment
+from .servers import KeysCli, flask_command, gunicorn, request, service_environment
 from .services import PostgresServer
 from .tokens import access_token, fetch_token
 
@@ -87,7 +87,7 @@ def test_a_key_traded_for_a_token_over_http_and_refused_within_a_second_of_its_r
 
         warm = [request(base + PROTECTED, "POST", bearer(token)) for _ in range(40)]  # both workers know it
         assert {response.status for response in warm} == {200}
-        revoked = flask_cli(environ, "keys", "revoke", key_id)
+        revoked = flask_command(environ, "keys", "revoke", key_id)
         assert revoked.returncode == 0, revoked.stderr
         one_second_later = time.monotonic() + 1.0
         while time.monotonic() < one_second_later:
@@ -126,7 +126,7 @@ def test_tokens_signed_before_and_after_a_rotation_verify_at_every_moment(databa
         thread.start()
         try:
             wait_until(lambda: len(seen) >= 10, 10, "traffic before the rotation")
-            rotated = flask_cli(environ, "keys", "signing-keys", "rotate", "--delay", "2s")
+            rotated = flask_command(environ, "keys", "signing-keys", "rotate", "--delay", "2s")
             assert rotated.returncode == 0, rotated.stderr
             new_kid = rotated.stdout.split()[1].rstrip(";")
             # Past the new key's activation, once every worker has re-read the keys, every fresh

@@ -18,7 +18,7 @@ import pytest
 from .conftest import postgres_database
 from .helpers import bearer
 from .receivers import Receiver, serving, webhook_settings
-from .servers import flask_cli, gunicorn, request, service_environment
+from .servers import flask_command, gunicorn, request, service_environment
 from .services import PostgresServer
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
@@ -52,9 +52,9 @@ def test_200_events_from_2_instances_arrive_once_each_signed_despite_failures_an
     receiver = Receiver(fail_first=3)
     with serving(receiver), postgres_database(postgres) as database_url, ExitStack() as stack:
         environ = service_environment(database_url, KEYSERVICE_BCRYPT_ROUNDS="4", **webhook_settings())
-        admin = flask_cli(environ, "keys", "create", "--name", "op", "--client-id", "ops", "--scope", "keys:admin")
+        admin = flask_command(environ, "keys", "create", "--name", "op", "--client-id", "ops", "--scope", "keys:admin")
         admin_key = admin.stdout.strip()  # before the endpoint: its event is not one of the 200
-        created = flask_cli(environ, "webhooks", "create", receiver.url, "--event", "key.created")
+        created = flask_command(environ, "webhooks", "create", receiver.url, "--event", "key.created")
         assert created.returncode == 0, created.stderr
         receiver.secret = created.stdout.split()[1]
         bases = [stack.enter_context(gunicorn(environ, tmp_path / f"gunicorn-{n}.log", workers=2)) for n in (1, 2)]
