@@ -19,6 +19,7 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from prometheus_client import REGISTRY
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Connection, event, func, select
 from werkzeug.test import TestResponse
@@ -27,9 +28,10 @@ from keyservice.app import db
 from keyservice.core.models import ApiKey, KeyUsage
 from keyservice.core.state import current_state
 from keyservice.requestlog import configure_logging, log_request
+from keyservice.verification import metrics
 
 from .conftest import IssueKey, migrated_app
-from .helpers import bearer, issue, parse_time, wait_until, wrong_secret
+from .helpers import ON_SQLITE, bearer, issue, parse_time, wait_until, wrong_secret
 
 PROTECTED = "/protected-with-key"
 
@@ -315,6 +317,36 @@ def test_metrics_count_verifications_by_outcome_latency_and_refusals(
     assert metric(client, "keyservice_verification_seconds_count") - latency_before == 10
     response = client.get("/metrics")
     assert response.mimetype == "text/plain" and key not in response.get_data(as_text=True)
+
+
+@ON_SQLITE  # the metrics are the process's, whatever the database
+def test_the_latency_histogram_puts_each_verification_in_its_bucket(client: FlaskClient) -> None:
+    def buckets() -> dict[str, float]:
+        return {
+            le: metric(client, "keyservice_verification_seconds_bucket", le=le) for le in ("0.00025", "0.0005", "+Inf")
+        }
+
+    before, sum_before = buckets(), metric(client, "keyservice_verification_seconds_sum")
+    for seconds in (0.0003, 0.0005, 0.0002, 7.0):  # the bounds count values up to and including themselves
+        metrics.observe("VALID", True, seconds)
+    grown = {le: value - before[le] for le, value in buckets().items()}
+    assert grown == {"0.00025": 1, "0.0005": 3, "+Inf": 4}  # cumulative, as Prometheus reads them
+    assert metric(client, "keyservice_verification_seconds_sum") - sum_before == pytest.approx(7.001)
+
+
+@ON_SQLITE
+def test_verifications_reach_the_values_within_half_a_second_without_a_scrape(
+    client: FlaskClient, issue_key: IssueKey
+) -> None:
+    # What another worker's /metrics reads under gunicorn: the values, published by this process.
+    def published() -> float:
+        return REGISTRY.get_sample_value("keyservice_verifications_total", {"outcome": "VALID"}) or 0.0
+
+    _, key = issue_key()
+    metrics.publish()
+    before = published()
+    assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+    wait_until(lambda: published() == before + 1, 2 * metrics.PUBLISH_INTERVAL, "the verification published")
 
 
 def test_metrics_count_limit_refusals(app: Flask, client: FlaskClient, issue_key: IssueKey) -> None:

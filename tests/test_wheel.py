@@ -21,7 +21,7 @@ import pytest
 
 import keyservice
 
-from .helpers import bearer
+from .helpers import bearer, wait_until
 from .servers import REPO, request, serving
 
 pytestmark = pytest.mark.slow  # starts the service, servers or a browser
@@ -160,11 +160,18 @@ def test_a_built_wheel_installs_migrates_serves_and_issues_keys(tmp_path: Path) 
     with serving(command, environ, tmp_path / "gunicorn.log", cwd=site) as base:
         answers = [request(base + "/protected-with-key", "POST", bearer(key)) for _ in range(10)]
         refused = request(base + "/protected-with-key", "POST")
-        metrics = request(base + "/metrics").body.decode()
+        valid = 'keyservice_verifications_total{outcome="VALID"} 10.0'
+
+        def metrics_once_published() -> str:
+            text = request(base + "/metrics").body.decode()
+            return text if valid in text else ""
+
+        # Each worker publishes its verifications within half a second.
+        metrics = wait_until(metrics_once_published, 2, "both workers' verifications in /metrics")
     assert [(answered.status, json.loads(answered.body)) for answered in answers] == [
         (200, {"protected": True, "external_client_id": "acme"})
     ] * 10
     assert refused.status == 401
     # The installed settings' multiprocess metrics: both workers' verifications add up.
-    assert 'keyservice_verifications_total{outcome="VALID"} 10.0' in metrics
+    assert valid in metrics
     assert sorted(path.name for path in site.iterdir()) == ["instance"]
