@@ -22,12 +22,15 @@ T = TypeVar("T")
 class _Group(Generic[T]):
     """The threads sharing one write: how many, and the write's answer (or error) once it ends."""
 
-    __slots__ = ("after", "answer", "done", "error", "size")
+    __slots__ = ("after", "answer", "done", "error", "finished", "size")
 
     def __init__(self, after: _Group[T] | None) -> None:
         self.after = after  # the write under way when the group began: it runs after that one
         self.size = 0
-        self.done = threading.Event()
+        self.finished = False
+        # Made by the first thread that has to wait for the group, under the GroupCommit's lock:
+        # a write nobody waits for (one thread at a time) makes none.
+        self.done: threading.Event | None = None
         self.answer: T | None = None
         self.error: BaseException | None = None
 
@@ -58,7 +61,7 @@ class GroupCommit(Generic[T]):
         if first:
             self._write(key, group, write)
         else:
-            group.done.wait()
+            self._wait_for(group)
         if group.error is not None:
             raise group.error
         return group.answer, group.size, place  # type: ignore[return-value]
@@ -66,7 +69,7 @@ class GroupCommit(Generic[T]):
     def _write(self, key: Hashable, group: _Group[T], write: Callable[[int], T]) -> None:
         """As the group's first thread: wait for the write before it, close the group, write."""
         if group.after is not None:
-            group.after.done.wait()
+            self._wait_for(group.after)
             with self._lock:
                 del self._gathering[key]
                 self._under_way[key] = group
@@ -79,4 +82,17 @@ class GroupCommit(Generic[T]):
                 if self._under_way.get(key) is group:
                     del self._under_way[key]
                 group.after = None  # the chain of groups ends here
-            group.done.set()
+                group.finished = True
+                done = group.done
+            if done is not None:
+                done.set()
+
+    def _wait_for(self, group: _Group[T]) -> None:
+        """Return once ``group``'s write has ended."""
+        with self._lock:
+            if group.finished:
+                return
+            if group.done is None:
+                group.done = threading.Event()
+            done = group.done
+        done.wait()
