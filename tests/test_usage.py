@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Connection, event, func, select
 from werkzeug.test import TestResponse
@@ -141,6 +145,30 @@ def test_last_used_at_follows_valid_uses_without_touching_updated_at(
     used = parse_time(after["last_used_at"])
     assert abs((datetime.now(UTC) - used).total_seconds()) < 5
     assert after["updated_at"] == shown["updated_at"]
+
+
+def test_a_forked_child_does_not_save_its_parents_usage_again(
+    app: Flask, client: FlaskClient, issue_key: IssueKey, admin: str
+) -> None:
+    # A host app may fork after it has served requests (multiprocessing's default on Linux): the
+    # child starts with the parent's counts not yet saved, which the parent saves itself.
+    key_id, key = issue_key()
+    for _ in range(3):
+        assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            with app.app_context():
+                db.engine.dispose(close=False)  # the child's own connections, as SQLAlchemy asks of a fork
+                current_state().verifier.flush_usage()
+            status = 0
+        finally:
+            os._exit(status)
+    assert os.waitpid(child, 0)[1] == 0  # the child saved what it had
+    flush(app)
+    [hour] = usage(client, admin, key_id)["items"]
+    assert hour["counts"] == {"VALID": 3}
 
 
 @pytest.mark.parametrize(
@@ -347,6 +375,28 @@ def test_verifications_reach_the_values_within_half_a_second_without_a_scrape(
     before = published()
     assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
     wait_until(lambda: published() == before + 1, 2 * metrics.PUBLISH_INTERVAL, "the verification published")
+
+
+def test_a_forked_child_does_not_publish_its_parents_verifications_again(tmp_path: Path) -> None:
+    # Under gunicorn's multiprocess mode each process writes its own values, and /metrics adds them
+    # up: a child that published the tally it was forked with would count its parent's twice.
+    script = """
+import os
+from keyservice.verification import metrics
+metrics.observe("VALID", True, 0.001)  # the parent's, published at its exit
+child = os.fork()
+if child == 0:
+    metrics.observe("VALID", True, 0.001)  # the child's own
+    metrics.publish()
+    os._exit(0)
+os.waitpid(child, 0)
+"""
+    environ = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=environ, check=True, timeout=60)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("keyservice_verifications_total", {"outcome": "VALID"}) == 2
+    assert registry.get_sample_value("keyservice_verification_seconds_count") == 2
 
 
 def test_metrics_count_limit_refusals(app: Flask, client: FlaskClient, issue_key: IssueKey) -> None:

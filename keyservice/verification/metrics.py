@@ -89,10 +89,20 @@ class _Tally:
         self.counts: Tally[Any] = Tally()
         self.buckets = [0] * len(_UPPER_BOUNDS)
         self.seconds = 0.0
-        self.publisher_pid: int | None = None
+        self.publishing = False  # whether this process's publishing thread has started
 
 
 _tally = _Tally()
+
+
+def _forget_the_parents_tally() -> None:
+    # A forked child starts with its parent's tally, which the parent publishes itself (published
+    # from the child too, it would count twice), maybe with its lock held by a thread left behind.
+    global _tally
+    _tally = _Tally()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_tally)
 
 
 def observe(code: str, of_a_key: bool, seconds: float) -> None:
@@ -110,9 +120,9 @@ def observe(code: str, of_a_key: bool, seconds: float) -> None:
             tally.counts[_refusals["usage"]] += 1
         elif code == "UNAVAILABLE":
             tally.counts[_STORAGE_ERRORS] += 1
-        if tally.publisher_pid == os.getpid():
+        if tally.publishing:
             return
-        tally.publisher_pid = os.getpid()  # the first verification of this process (a forked worker)
+        tally.publishing = True  # the first verification of this process (a forked worker)
     threading.Thread(target=_publish_every_interval, name="keyservice-metrics", daemon=True).start()
     atexit.register(publish)
 

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ class UsageRecorder:
         self._engine: Engine | None = None
         self._flusher_pid: int | None = None
         self._stop = threading.Event()
+        _recorders.add(self)
 
     def record(self, key_id: str, outcome: str, valid: bool) -> None:
         """Count one verification of ``key_id`` (a key that exists) that ended in ``outcome``
@@ -71,6 +73,14 @@ class UsageRecorder:
                 self._last_used[key_id] = now
             if self._flusher_pid != os.getpid():  # first use in this process (a forked worker)
                 self._start(self._db.engine)
+
+    def _forget_after_fork(self) -> None:
+        # A forked child starts with its parent's counts, which the parent saves itself (saved
+        # from the child too, they would count twice), maybe with a lock held by a thread left behind.
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._counts = Counter()
+        self._last_used = {}
 
     def _start(self, engine: Engine) -> None:
         self._engine = engine
@@ -141,3 +151,14 @@ class UsageRecorder:
                         for key_id, seconds in last_used.items()
                     ],
                 )
+
+
+_recorders: weakref.WeakSet[UsageRecorder] = weakref.WeakSet()
+
+
+def _forget_the_parents_counts() -> None:
+    for recorder in _recorders:
+        recorder._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_counts)
