@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -99,3 +101,27 @@ def test_many_callers_at_once_are_each_answered_once_with_places_that_fill_their
         thread.join(60)
     assert len(answers) == counted[0] == callers * 200
     assert all(answer == size and 0 <= place < size for answer, size, place in answers)
+
+
+def test_a_forked_child_writes_though_its_parent_had_a_write_under_way() -> None:
+    # The parent's writer is a thread the child does not have: the child must not wait for it.
+    group: GroupCommit[str] = GroupCommit()
+    release = threading.Event()
+    writing = threading.Event()
+
+    def parents_write(uses: int) -> str:
+        writing.set()
+        release.wait(10)
+        return "parent"
+
+    parent = threading.Thread(target=group.run, args=("k", parents_write))
+    parent.start()
+    assert writing.wait(10)
+    child = os.fork()
+    if child == 0:
+        signal.alarm(5)  # a child that waits for the parent's write ends here, by SIGALRM
+        answered = group.run("k", lambda uses: "child") == ("child", 1, 0)
+        os._exit(0 if answered else 1)
+    release.set()
+    parent.join(10)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from ..core.forks import renew_in_forked_children
+
 T = TypeVar("T")
 
 
@@ -42,6 +44,13 @@ class GroupCommit(Generic[T]):
         self._lock = threading.Lock()
         self._gathering: dict[Hashable, _Group[T]] = {}
         self._under_way: dict[Hashable, _Group[T]] = {}
+        renew_in_forked_children(self)
+
+    def renew_after_fork(self) -> None:
+        """In a forked child: no group (their writers are the parent's threads), a new lock."""
+        self._lock = threading.Lock()
+        self._gathering = {}
+        self._under_way = {}
 
     def run(self, key: Hashable, write: Callable[[int], T]) -> tuple[T, int, int]:
         """Run ``write(n)`` once for this caller and the ``n - 1`` others of ``key`` grouped with

@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from sqlalchemy import Engine, bindparam, event, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..core.dberrors import error_name
+from ..core.forks import renew_in_forked_children
 from ..core.models import ApiKey, KeyUsage
 
 logger = logging.getLogger("keyservice.usage")
@@ -61,7 +61,7 @@ class UsageRecorder:
         self._engine: Engine | None = None
         self._flusher_pid: int | None = None
         self._stop = threading.Event()
-        _recorders.add(self)
+        renew_in_forked_children(self)
 
     def record(self, key_id: str, outcome: str, valid: bool) -> None:
         """Count one verification of ``key_id`` (a key that exists) that ended in ``outcome``
@@ -74,11 +74,12 @@ class UsageRecorder:
             if self._flusher_pid != os.getpid():  # first use in this process (a forked worker)
                 self._start(self._db.engine)
 
-    def _forget_after_fork(self) -> None:
-        # A forked child starts with its parent's counts, which the parent saves itself (saved
-        # from the child too, they would count twice), maybe with a lock held by a thread left behind.
+    def renew_after_fork(self) -> None:
+        """In a forked child: no counts (the parent saves them), new locks; the first count
+        starts the child's own flushes."""
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
+        self._stop = threading.Event()
         self._counts = Counter()
         self._last_used = {}
 
@@ -151,14 +152,3 @@ class UsageRecorder:
                         for key_id, seconds in last_used.items()
                     ],
                 )
-
-
-_recorders: weakref.WeakSet[UsageRecorder] = weakref.WeakSet()
-
-
-def _forget_the_parents_counts() -> None:
-    for recorder in _recorders:
-        recorder._forget_after_fork()
-
-
-os.register_at_fork(after_in_child=_forget_the_parents_counts)
