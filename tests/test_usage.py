@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ import pytest
 import time_machine
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, values
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Connection, event, func, select
 from werkzeug.test import TestResponse
@@ -375,6 +376,28 @@ def test_verifications_reach_the_values_within_half_a_second_without_a_scrape(
     before = published()
     assert client.post(PROTECTED, headers=bearer(key)).status_code == 200
     wait_until(lambda: published() == before + 1, 2 * metrics.PUBLISH_INTERVAL, "the verification published")
+
+
+@ON_SQLITE
+def test_a_scrape_while_the_tally_is_being_published_shows_it(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The publishing thread has taken the tally out and is writing it, slowly, when /metrics asks.
+    scraper = threading.current_thread()
+    writing = threading.Event()
+    write = values.ValueClass.inc
+
+    def slow_write(value: Any, amount: float) -> None:
+        if threading.current_thread() is not scraper:
+            writing.set()
+            time.sleep(0.3)
+        write(value, amount)
+
+    before = metric(client, "keyservice_verifications_total", outcome="MALFORMED")
+    monkeypatch.setattr(values.ValueClass, "inc", slow_write)
+    metrics.observe("MALFORMED", False, 0.001)
+    assert writing.wait(2 * metrics.PUBLISH_INTERVAL)
+    assert metric(client, "keyservice_verifications_total", outcome="MALFORMED") == before + 1
 
 
 def test_a_forked_child_does_not_publish_its_parents_verifications_again(tmp_path: Path) -> None:

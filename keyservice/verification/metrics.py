@@ -12,7 +12,8 @@ writing the Prometheus values costs a request about 17 us of CPU under gunicorn
 tally is published into the values every ``PUBLISH_INTERVAL`` seconds by a thread
 of the process, before this process answers ``/metrics``, and at its exit. So a
 scrape shows another worker's verifications at most half a second late, far
-inside any scrape interval; a worker killed outright loses that half second's.
+inside any scrape interval; a process that ends without its exit handlers (killed
+outright, or by ``os._exit`` as multiprocessing's children end) loses that half second's.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class _Tally:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        # One publication at a time, whole: a scrape or an exit that comes during another finds
+        # the tally in the values once it ends, and a fork never comes halfway through one.
+        self.publication = threading.Lock()
         self.counts: Tally[Any] = Tally()
         self.buckets = [0] * len(_UPPER_BOUNDS)
         self.seconds = 0.0
@@ -102,7 +106,11 @@ def _forget_the_parents_tally() -> None:
     _tally = _Tally()
 
 
-os.register_at_fork(after_in_child=_forget_the_parents_tally)
+os.register_at_fork(
+    before=lambda: _tally.publication.acquire(),
+    after_in_parent=lambda: _tally.publication.release(),
+    after_in_child=_forget_the_parents_tally,
+)
 
 
 def observe(code: str, of_a_key: bool, seconds: float) -> None:
@@ -139,18 +147,19 @@ def _publish_every_interval() -> None:
 def publish() -> None:
     """Add this process's tally to the Prometheus values now."""
     tally = _tally
-    with tally.lock:
-        counts, buckets, seconds = tally.counts, tally.buckets, tally.seconds
-        tally.counts, tally.buckets, tally.seconds = Tally(), [0] * len(_UPPER_BOUNDS), 0.0
-    for value, count in counts.items():
-        value.inc(count)
-    if any(buckets):
-        # The client observes one value at a time; its histogram's own bucket and sum values
-        # take a tally's whole counts at once.
-        for bucket, count in zip(_LATENCY._buckets, buckets, strict=True):
-            if count:
-                bucket.inc(count)
-        _LATENCY._sum.inc(seconds)
+    with tally.publication:
+        with tally.lock:
+            counts, buckets, seconds = tally.counts, tally.buckets, tally.seconds
+            tally.counts, tally.buckets, tally.seconds = Tally(), [0] * len(_UPPER_BOUNDS), 0.0
+        for value, count in counts.items():
+            value.inc(count)
+        if any(buckets):
+            # The client observes one value at a time; its histogram's own bucket and sum values
+            # take a tally's whole counts at once.
+            for bucket, count in zip(_LATENCY._buckets, buckets, strict=True):
+                if count:
+                    bucket.inc(count)
+            _LATENCY._sum.inc(seconds)
 
 
 def count_bcrypt_check(accepted: bool) -> None:
