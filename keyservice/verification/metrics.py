@@ -41,6 +41,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from ..core.forks import renew_in_forked_children
 from ..core.outcomes import Outcome
 
 logger = logging.getLogger("keyservice.metrics")
@@ -86,6 +87,12 @@ class _Tally:
     latency histogram's buckets and sum."""
 
     def __init__(self) -> None:
+        self.renew_after_fork()
+        renew_in_forked_children(self)
+
+    def renew_after_fork(self) -> None:
+        """Empty, with new locks and no publishing thread: as made, and in a forked child (the
+        parent publishes what it counted; its threads may have held the locks)."""
         self.lock = threading.Lock()
         # One publication at a time, whole: a scrape or an exit that comes during another finds
         # the tally in the values once it ends, and a fork never comes halfway through one.
@@ -97,20 +104,8 @@ class _Tally:
 
 
 _tally = _Tally()
-
-
-def _forget_the_parents_tally() -> None:
-    # A forked child starts with its parent's tally, which the parent publishes itself (published
-    # from the child too, it would count twice), maybe with its lock held by a thread left behind.
-    global _tally
-    _tally = _Tally()
-
-
-os.register_at_fork(
-    before=lambda: _tally.publication.acquire(),
-    after_in_parent=lambda: _tally.publication.release(),
-    after_in_child=_forget_the_parents_tally,
-)
+# Read at each fork: a forked child's tally has new locks.
+os.register_at_fork(before=lambda: _tally.publication.acquire(), after_in_parent=lambda: _tally.publication.release())
 
 
 def observe(code: str, of_a_key: bool, seconds: float) -> None:

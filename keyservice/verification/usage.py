@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -59,7 +58,7 @@ class UsageRecorder:
         self._counts: Counter[tuple[str, int, str]] = Counter()
         self._last_used: dict[str, float] = {}
         self._engine: Engine | None = None
-        self._flusher_pid: int | None = None
+        self._flushing_started = False  # this process's flushes (a forked child starts its own)
         self._stop = threading.Event()
         renew_in_forked_children(self)
 
@@ -71,7 +70,7 @@ class UsageRecorder:
             self._counts[(key_id, int(now // 3600), outcome)] += 1
             if valid:
                 self._last_used[key_id] = now
-            if self._flusher_pid != os.getpid():  # first use in this process (a forked worker)
+            if not self._flushing_started:  # first use in this process (a forked worker), or since a pause
                 self._start(self._db.engine)
 
     def renew_after_fork(self) -> None:
@@ -82,10 +81,11 @@ class UsageRecorder:
         self._stop = threading.Event()
         self._counts = Counter()
         self._last_used = {}
+        self._flushing_started = False
 
     def _start(self, engine: Engine) -> None:
         self._engine = engine
-        self._flusher_pid = os.getpid()
+        self._flushing_started = True
         self._stop = threading.Event()
         threading.Thread(target=self._run, args=(self._stop,), name="keyservice-usage-flush", daemon=True).start()
         atexit.register(self.flush)
@@ -102,7 +102,7 @@ class UsageRecorder:
         with self._lock:
             self._stop.set()
             atexit.unregister(self.flush)
-            self._flusher_pid = None
+            self._flushing_started = False
 
     def flush(self) -> None:
         """Add what this process counted to the database now (after any flush already under way);
