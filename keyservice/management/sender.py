@@ -42,6 +42,7 @@ from ..core.dberrors import error_name
 from ..core.errors import InvalidInput
 from ..core.models import WebhookDelivery, WebhookEndpoint, WebhookMessage, as_utc, utcnow
 from ..core.secretkeys import SecretKeys
+from ..core.threads import DaemonStarter
 from .addresses import check_url
 from .store import announce_expiring
 from .webhooks import decrypt_secret
@@ -130,6 +131,7 @@ class WebhookSender:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._stop = threading.Event()
+        self._starter = DaemonStarter("keyservice-webhooks", settings.webhooks_poll_interval)
 
     def ensure_started(self) -> None:
         """Start this process's thread if it has none (in an app context: it uses the app's engine)."""
@@ -139,11 +141,11 @@ class WebhookSender:
             if self._pid == os.getpid():
                 return
             engine = self._db.engine
+            stop = threading.Event()
+            if not self._starter.start(self._run, engine, stop):
+                return  # the deliveries stay due; a later request tries again
             self._pid = os.getpid()
-            self._stop = threading.Event()
-            threading.Thread(
-                target=self._run, args=(engine, self._stop), name="keyservice-webhooks", daemon=True
-            ).start()
+            self._stop = stop
             if not event.contains(engine, "engine_disposed", self._pause):
                 event.listen(engine, "engine_disposed", self._pause)
 

@@ -43,6 +43,7 @@ from prometheus_client import (
 
 from ..core.forks import renew_in_forked_children
 from ..core.outcomes import Outcome
+from ..core.threads import DaemonStarter
 
 logger = logging.getLogger("keyservice.metrics")
 
@@ -101,6 +102,7 @@ class _Tally:
         self.buckets = [0] * len(_UPPER_BOUNDS)
         self.seconds = 0.0
         self.publishing = False  # whether this process's publishing thread has started
+        self.publisher = DaemonStarter("keyservice-metrics", PUBLISH_INTERVAL)
 
 
 _tally = _Tally()
@@ -125,9 +127,11 @@ def observe(code: str, of_a_key: bool, seconds: float) -> None:
             tally.counts[_STORAGE_ERRORS] += 1
         if tally.publishing:
             return
-        tally.publishing = True  # the first verification of this process (a forked worker)
-    threading.Thread(target=_publish_every_interval, name="keyservice-metrics", daemon=True).start()
-    atexit.register(publish)
+        # The first verification of this process (a forked worker); if the thread cannot be started,
+        # scrapes still publish the tally, and a later verification tries again.
+        tally.publishing = tally.publisher.start(_publish_every_interval)
+        if tally.publishing:
+            atexit.register(publish)
 
 
 def _publish_every_interval() -> None:

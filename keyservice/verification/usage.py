@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..core.dberrors import error_name
 from ..core.forks import renew_in_forked_children
 from ..core.models import ApiKey, KeyUsage
+from ..core.threads import DaemonStarter
 
 logger = logging.getLogger("keyservice.usage")
 
@@ -60,6 +61,7 @@ class UsageRecorder:
         self._engine: Engine | None = None
         self._flushing_started = False  # this process's flushes (a forked child starts its own)
         self._stop = threading.Event()
+        self._flusher = DaemonStarter("keyservice-usage-flush", flush_interval)
         renew_in_forked_children(self)
 
     def record(self, key_id: str, outcome: str, valid: bool) -> None:
@@ -82,12 +84,15 @@ class UsageRecorder:
         self._counts = Counter()
         self._last_used = {}
         self._flushing_started = False
+        self._flusher = DaemonStarter("keyservice-usage-flush", self._interval)
 
     def _start(self, engine: Engine) -> None:
         self._engine = engine
+        stop = threading.Event()
+        if not self._flusher.start(self._run, stop):
+            return  # the counts stay counted; a later count tries again
         self._flushing_started = True
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, args=(self._stop,), name="keyservice-usage-flush", daemon=True).start()
+        self._stop = stop
         atexit.register(self.flush)
         if not event.contains(engine, "engine_disposed", self._pause):
             event.listen(engine, "engine_disposed", self._pause)
