@@ -8,7 +8,9 @@ one the document declares (status, content type and body schema).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from keyservice.app import db
 from keyservice.management.store import put_role
 
-from .conftest import IssueKey
+from .conftest import IssueKey, migrated_app
 from .helpers import ON_SQLITE, bearer
 
 # The management table of the SPEC, and the roles routes.
@@ -121,6 +123,25 @@ def test_openapi_document(app: Flask) -> None:
     schemes = document["components"]["securitySchemes"]
     assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearer"].items()
     assert {"bearer": []} in document["security"]
+
+
+@ON_SQLITE
+def test_a_new_apps_document_read_by_many_threads_at_once_is_the_same_whole_document(database_url: str) -> None:
+    # The views are documented at the first read: threads that all come first document them once.
+    with migrated_app(database_url) as app:
+        expected = app.test_client().get("/openapi.json").get_data()
+    with migrated_app(database_url) as app:
+        threads = 8
+        start = threading.Barrier(threads)
+
+        def read() -> tuple[int, bytes]:
+            start.wait()
+            response = app.test_client().get("/openapi.json")
+            return response.status_code, response.get_data()
+
+        with ThreadPoolExecutor(threads) as pool:
+            answers = list(pool.map(lambda _: read(), range(threads)))
+    assert answers == [(200, expected)] * threads
 
 
 def test_the_document_gives_each_keys_status_and_its_values(app: Flask) -> None:

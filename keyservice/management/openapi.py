@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+from apispec import APISpec
 from flask import Flask
-from flask_smorest import Api
+from flask_smorest import Api, Blueprint
 from werkzeug.exceptions import HTTPException
 
 from ..core.state import state_of
@@ -17,8 +21,39 @@ API_BLUEPRINTS = (keys_blueprint, roles_blueprint, identities_blueprint, webhook
 
 
 class _ManagementApi(Api):  # type: ignore[misc]
+    """flask-smorest's ``Api``, documenting its blueprints' views when the document is first read
+    (``/openapi.json``, ``flask openapi``) rather than when they are registered: that work (a
+    deep copy of every view's documentation) took about two thirds of ``create_app``, in every
+    gunicorn worker and every app a test makes, for a document few of them ever serve."""
+
     # Each route documents its own problem responses; no catch-all "default" of another shape.
     DEFAULT_ERROR_RESPONSE_NAME = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._undocumented: list[tuple[Blueprint, str, list[Any] | None]] = []  # read by Api.__init__
+        self._documenting = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def spec(self) -> APISpec:
+        """The OpenAPI document, with every blueprint registered so far in it."""
+        with self._documenting:
+            while self._undocumented:
+                blueprint, name, parameters = self._undocumented.pop(0)
+                blueprint.register_views_in_doc(self, self._app, self._spec, name=name, parameters=parameters)
+                self._spec.tag({"name": name, "description": blueprint.description})
+        return self._spec
+
+    @spec.setter
+    def spec(self, spec: APISpec) -> None:
+        self._spec = spec
+
+    def register_blueprint(self, blp: Blueprint, *, parameters: list[Any] | None = None, **options: Any) -> None:
+        """Register ``blp`` on the app as ``Api.register_blueprint`` does; document it later (:attr:`spec`)."""
+        name = options.get("name", blp.name)
+        self._app.extensions["flask-smorest"]["blp_name_to_api"][name] = self
+        self._app.register_blueprint(blp, **options)
+        self._undocumented.append((blp, name, parameters))
 
     def handle_http_exception(self, error: HTTPException) -> HTTPException:
         """Hand every HTTP error back to Flask, which answers it as if no handler were registered.
