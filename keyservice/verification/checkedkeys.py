@@ -33,7 +33,6 @@ from typing import Protocol
 import lmdb
 
 from ..core.crypto import ID_LENGTH
-from ..core.machinefiles import path_for
 from .lmdbfiles import SWEEP_INTERVAL, environment, sweep_expired
 
 ENTRY_TTL = 7 * 86_400
@@ -113,15 +112,3 @@ class LmdbCheckedKeys:
     def _put(self, name: bytes, value: bytes) -> None:
         with environment(self._path).begin(write=True) as transaction:
             transaction.put(name, value)
-
-
-def checked_keys_at(storage_url: str, database_url: str) -> CheckedKeys:
-    """The store of the app on ``database_url``: the Redis at ``storage_url`` if set, else the
-    machine's LMDB file."""
-    if not storage_url:
-        return LmdbCheckedKeys(path_for(database_url, "checked"))
-    # Imported here: redis takes about 0.1 s to import, in every worker and command, and only
-    # deployments with a storage URL use it.
-    from .redischeckedkeys import RedisCheckedKeys
-
-    return RedisCheckedKeys(storage_url)

@@ -68,7 +68,7 @@ from ..core.scopes import missing_scopes
 from ..core.secretkeys import Purpose, SecretKeys
 from ..core.state import current_state
 from . import metrics
-from .checkedkeys import CheckedKey, CheckedKeys, checked_keys_at, hash_digest
+from .checkedkeys import CheckedKey, CheckedKeys, LmdbCheckedKeys, hash_digest
 from .credits import Credits
 from .failedchecks import FailedCheckBudgets
 from .keyrows import KeyRows
@@ -110,6 +110,18 @@ class _Shared:
     earlier_digests: tuple[Callable[[bytes], bytes], ...]
     checked: CheckedKeys
     budgets: WindowStore
+
+
+def _checked_keys_at(storage_url: str, database_url: str) -> CheckedKeys:
+    """The checked keys of the app on ``database_url``: in the Redis at ``storage_url`` if set,
+    else in the machine's LMDB file."""
+    if not storage_url:
+        return LmdbCheckedKeys(path_for(database_url, "checked"))
+    # Imported here: redis takes about 0.1 s to import, in every worker and command, and only
+    # deployments with a storage URL use it.
+    from .redischeckedkeys import RedisCheckedKeys
+
+    return RedisCheckedKeys(storage_url)
 
 
 def _database_unavailable(error: SQLAlchemyError) -> VerificationResult:
@@ -242,7 +254,7 @@ class Verifier:
                     self._shared_stores = _Shared(
                         hmac_sha256(current),
                         tuple(hmac_sha256(name_key) for name_key in earlier),
-                        checked_keys_at(storage_url, database_url),
+                        _checked_keys_at(storage_url, database_url),
                         # The windows' Redis; on one machine a file of their own beside the windows'.
                         (
                             self._ratelimiter.windows
