@@ -39,9 +39,10 @@ class _ManagementApi(Api):  # type: ignore[misc]
         """The OpenAPI document, with every blueprint registered so far in it."""
         with self._documenting:
             while self._undocumented:
-                blueprint, name, parameters = self._undocumented.pop(0)
+                blueprint, name, parameters = self._undocumented[0]
                 blueprint.register_views_in_doc(self, self._app, self._spec, name=name, parameters=parameters)
                 self._spec.tag({"name": name, "description": blueprint.description})
+                del self._undocumented[0]  # only once documented: an error here is met again, not hidden
         return self._spec
 
     @spec.setter
