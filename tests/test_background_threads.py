@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, multiprocess
 
 from .conftest import migrated_app
 from .helpers import ON_SQLITE, bearer, issue, wait_until
@@ -24,14 +25,14 @@ from .test_usage import FLUSH_THREAD, PROTECTED, stored_counts
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
-def refusing_the_first_start(name: str) -> tuple[list[str], Callable[[threading.Thread], None]]:
-    """A ``Thread.start`` that fails the first start of a thread named ``name``, and the list
-    that names it once it has."""
+def refusing_starts(name: str, times: int = 1) -> tuple[list[str], Callable[[threading.Thread], None]]:
+    """A ``Thread.start`` that fails the first ``times`` starts of a thread named ``name``, and the
+    list that names it once for each."""
     refused: list[str] = []
     start = threading.Thread.start
 
     def start_or_refuse(thread: threading.Thread) -> None:
-        if thread.name == name and not refused:
+        if thread.name == name and len(refused) < times:
             refused.append(name)
             raise RuntimeError("can't start new thread")
         start(thread)
@@ -41,9 +42,18 @@ def refusing_the_first_start(name: str) -> tuple[list[str], Callable[[threading.
 
 def refuse_the_first_start(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
     """In this test: the first start of a thread named ``name`` fails."""
-    refused, start_or_refuse = refusing_the_first_start(name)
+    refused, start_or_refuse = refusing_starts(name)
     monkeypatch.setattr(threading.Thread, "start", start_or_refuse)
     return refused
+
+
+def run_python(script: str, environ: dict[str, str]) -> str:
+    """Run ``script`` in a new Python process at the clone's top, to its normal exit; its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=environ, cwd=REPOSITORY, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
 
 
 @ON_SQLITE
@@ -69,8 +79,8 @@ def test_a_metrics_publisher_that_cannot_start_yet_costs_no_verification() -> No
 import threading, time
 from prometheus_client import REGISTRY
 from keyservice.verification import metrics
-from tests.test_background_threads import refusing_the_first_start
-refused, threading.Thread.start = refusing_the_first_start("keyservice-metrics")
+from tests.test_background_threads import refusing_starts
+refused, threading.Thread.start = refusing_starts("keyservice-metrics")
 metrics.observe("VALID", True, 0.001)
 assert refused, "the publisher was started"
 time.sleep(metrics.PUBLISH_INTERVAL)
@@ -81,11 +91,46 @@ while REGISTRY.get_sample_value("keyservice_verifications_total", {"outcome": "V
     time.sleep(0.05)
 """
     environ = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=environ, cwd=REPOSITORY, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert "thread keyservice-metrics not started" in done.stderr
+    assert "thread keyservice-metrics not started" in run_python(script, environ)
+
+
+@ON_SQLITE
+def test_a_process_that_never_starts_its_usage_flushes_saves_its_counts_at_exit(database_url: str) -> None:
+    # A worker out of threads that exits before any retry works (gunicorn's max_requests, a restart).
+    with migrated_app(database_url) as app:
+        key_id, key = issue(app)
+    script = f"""
+import threading
+from keyservice import create_app
+from tests.conftest import TEST_CONFIG
+from tests.helpers import bearer
+from tests.servers import deployment_settings
+from tests.test_background_threads import refusing_starts
+_, threading.Thread.start = refusing_starts("{FLUSH_THREAD}", times=1000)
+url = {database_url!r}
+app = create_app({{**deployment_settings(url), **TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": url}})
+for _ in range(3):
+    assert app.test_client().post("{PROTECTED}", headers=bearer({key!r})).status_code == 200
+"""
+    assert f"thread {FLUSH_THREAD} not started" in run_python(script, dict(os.environ))
+    with migrated_app(database_url) as app:
+        assert stored_counts(app, key_id) == {"VALID": 3}
+
+
+def test_a_process_that_never_starts_its_metrics_publisher_publishes_at_exit(tmp_path: Path) -> None:
+    # Under gunicorn (multiprocess mode) a scrape publishes only the answering worker's tally.
+    script = """
+import threading
+from keyservice.verification import metrics
+from tests.test_background_threads import refusing_starts
+_, threading.Thread.start = refusing_starts("keyservice-metrics", times=1000)
+metrics.observe("VALID", True, 0.001)
+metrics.observe("VALID", True, 0.001)
+"""
+    run_python(script, {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("keyservice_verifications_total", {"outcome": "VALID"}) == 2
 
 
 @ON_SQLITE

@@ -88,6 +88,8 @@ class _Tally:
     latency histogram's buckets and sum."""
 
     def __init__(self) -> None:
+        # Whether the exit's publish is registered (a forked child inherits it: it publishes the child's tally).
+        self.published_at_exit = False
         self.renew_after_fork()
         renew_in_forked_children(self)
 
@@ -127,11 +129,12 @@ def observe(code: str, of_a_key: bool, seconds: float) -> None:
             tally.counts[_STORAGE_ERRORS] += 1
         if tally.publishing:
             return
-        # The first verification of this process (a forked worker); if the thread cannot be started,
-        # scrapes still publish the tally, and a later verification tries again.
-        tally.publishing = tally.publisher.start(_publish_every_interval)
-        if tally.publishing:
+        if not tally.published_at_exit:  # even while the thread cannot be started
+            tally.published_at_exit = True
             atexit.register(publish)
+        # The first verification of this process (a forked worker); if the thread cannot be started,
+        # scrapes and the exit still publish the tally, and a later verification tries again.
+        tally.publishing = tally.publisher.start(_publish_every_interval)
 
 
 def _publish_every_interval() -> None:

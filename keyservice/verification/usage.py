@@ -60,6 +60,8 @@ class UsageRecorder:
         self._last_used: dict[str, float] = {}
         self._engine: Engine | None = None
         self._flushing_started = False  # this process's flushes (a forked child starts its own)
+        # Whether a flush at exit is registered (a forked child inherits it: it flushes the child's counts).
+        self._flushed_at_exit = False
         self._stop = threading.Event()
         self._flusher = DaemonStarter("keyservice-usage-flush", flush_interval)
         renew_in_forked_children(self)
@@ -88,14 +90,16 @@ class UsageRecorder:
 
     def _start(self, engine: Engine) -> None:
         self._engine = engine
+        if not self._flushed_at_exit:  # even while the thread cannot be started
+            self._flushed_at_exit = True
+            atexit.register(self.flush)
+            if not event.contains(engine, "engine_disposed", self._pause):
+                event.listen(engine, "engine_disposed", self._pause)
         stop = threading.Event()
         if not self._flusher.start(self._run, stop):
-            return  # the counts stay counted; a later count tries again
+            return  # the counts stay counted (and are saved at exit); a later count tries again
         self._flushing_started = True
         self._stop = stop
-        atexit.register(self.flush)
-        if not event.contains(engine, "engine_disposed", self._pause):
-            event.listen(engine, "engine_disposed", self._pause)
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.wait(self._interval):
@@ -107,6 +111,7 @@ class UsageRecorder:
         with self._lock:
             self._stop.set()
             atexit.unregister(self.flush)
+            self._flushed_at_exit = False
             self._flushing_started = False
 
     def flush(self) -> None:
