@@ -50,20 +50,10 @@ class UsageRecorder:
     def __init__(self, db: SQLAlchemy, flush_interval: float) -> None:
         self._db = db
         self._interval = flush_interval
-        self._lock = threading.Lock()
-        # One flush at a time: a flush that finds the counts taken by another still writing them
-        # waits for it, so that when it returns (flush_usage, a worker's exit) they are written.
-        self._flushing = threading.Lock()
-        # Kept cheap on the request path: hours as whole hours since the epoch, times as
-        # epoch seconds; made datetimes at the flush.
-        self._counts: Counter[tuple[str, int, str]] = Counter()
-        self._last_used: dict[str, float] = {}
         self._engine: Engine | None = None
-        self._flushing_started = False  # this process's flushes (a forked child starts its own)
         # Whether a flush at exit is registered (a forked child inherits it: it flushes the child's counts).
         self._flushed_at_exit = False
-        self._stop = threading.Event()
-        self._flusher = DaemonStarter("keyservice-usage-flush", flush_interval)
+        self.renew_after_fork()
         renew_in_forked_children(self)
 
     def record(self, key_id: str, outcome: str, valid: bool) -> None:
@@ -78,14 +68,18 @@ class UsageRecorder:
                 self._start(self._db.engine)
 
     def renew_after_fork(self) -> None:
-        """In a forked child: no counts (the parent saves them), new locks; the first count
-        starts the child's own flushes."""
+        """No counts, new locks, no flushes yet: as made, and in a forked child (the parent saves
+        its own counts; its threads may have held the locks). The first count starts the flushes."""
         self._lock = threading.Lock()
+        # One flush at a time: a flush that finds the counts taken by another still writing them
+        # waits for it, so that when it returns (flush_usage, a worker's exit) they are written.
         self._flushing = threading.Lock()
         self._stop = threading.Event()
-        self._counts = Counter()
-        self._last_used = {}
-        self._flushing_started = False
+        # Kept cheap on the request path: hours as whole hours since the epoch, times as
+        # epoch seconds; made datetimes at the flush.
+        self._counts: Counter[tuple[str, int, str]] = Counter()
+        self._last_used: dict[str, float] = {}
+        self._flushing_started = False  # this process's flushes
         self._flusher = DaemonStarter("keyservice-usage-flush", self._interval)
 
     def _start(self, engine: Engine) -> None:
