@@ -5,6 +5,7 @@ in a clone, ``gunicorn.conf.py`` at the top is these settings (``make serve``).
 Flags on the command line (``-b``, ``-w``, ``--access-logfile``) override these.
 """
 
+import gc
 import glob
 import multiprocessing
 import os
@@ -78,6 +79,17 @@ def bind_address_url(address: Any, tls: bool) -> str | None:
     if host in ("", "0.0.0.0", "::"):
         host = socket.getfqdn()
     return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A new worker loads the app with the garbage collector paused (see :func:`post_worker_init`)."""
+    gc.disable()
+
+
+def post_worker_init(worker: Any) -> None:
+    """The app is loaded: collect garbage again. Loading it makes some 145,000 objects, nearly
+    all kept for the worker's life; the collector's passes over them took about a fifth of a worker's start."""
+    gc.enable()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -80,6 +80,15 @@ def test_the_quickstart_over_http(environ: dict[str, str], tmp_path: Path) -> No
 
 
 @ON_SQLITE
+def test_a_worker_loads_the_app_with_the_garbage_collector_paused_and_collects_after(
+    environ: dict[str, str], tmp_path: Path
+) -> None:
+    with gunicorn(environ, tmp_path / "gunicorn.log", app="tests.gc_probe:app") as base:
+        answers = [json.loads(request(base + "/").body) for _ in range(4)]
+    assert answers == [{"while_loaded": False, "now": True}] * 4
+
+
+@ON_SQLITE
 def test_the_access_log_never_holds_a_key(environ: dict[str, str], tmp_path: Path) -> None:
     key = flask_command(environ, "keys", "create", "--name", "demo", "--client-id", "acme").stdout.strip()
     secret = key.split("_")[2]
