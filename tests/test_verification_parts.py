@@ -83,6 +83,17 @@ def statements(engine: Engine) -> list[str]:
     return sent
 
 
+def test_a_full_cache_forgets_the_copy_least_recently_used(engine: Engine) -> None:
+    cache: RowCache[str] = RowCache(lambda: engine, size=2, ttl=0.5, max_age=60, clock=Clock())
+    for digest in (b"a", b"b"):
+        cache.put(digest, f"key-{digest.decode()}", (), "acme", f"row {digest.decode()}", cache.generation())
+    assert cache.get(b"a") == "row a"  # now b is the least recently used
+    cache.put(b"c", "key-c", (), "acme", "row c", cache.generation())
+    assert [cache.get(digest) for digest in (b"a", b"b", b"c")] == ["row a", None, "row c"]
+    cache.put(b"a", "key-a", (), "acme", "row a again", cache.generation())  # a copy replaced, none forgotten
+    assert [cache.get(digest) for digest in (b"a", b"c")] == ["row a again", "row c"]
+
+
 def test_a_copy_is_served_without_a_query_within_the_ttl_and_the_feed_is_read_once_after(
     engine: Engine, statements: list[str]
 ) -> None:
