@@ -51,8 +51,11 @@ def key_from_request(environ: dict[str, Any], header_environ_key: str | None) ->
 def verify_request(scopes: tuple[str, ...] = (), charge: Charge = ONE_USE) -> VerificationResult:
     """Verify the key, or the access token, of the current request against ``scopes``, charging
     its limits ``charge``."""
+    return _verify_environ(request.environ, scopes, charge)
+
+
+def _verify_environ(environ: dict[str, Any], scopes: tuple[str, ...], charge: Charge) -> VerificationResult:
     state = current_state()
-    environ = request.environ
     key = key_from_request(environ, state.settings.header_environ_key)
     if isinstance(key, Outcome):
         result = VerificationResult(key)
@@ -61,16 +64,17 @@ def verify_request(scopes: tuple[str, ...] = (), charge: Charge = ONE_USE) -> Ve
     else:
         result = state.verifier.verify(key, scopes, environ.get("REMOTE_ADDR"), charge)
     environ[KEY_ID] = result.key_id
-    environ[CODE] = result.code.value
+    environ[CODE] = result.code  # an Outcome is its code, a str
     return result
 
 
 def authenticate(scopes: tuple[str, ...], charge: Charge = ONE_USE) -> None:
     """Let the current request through only with a valid key holding ``scopes``: put its
     :class:`VerificationResult` in ``g.auth``, or raise the refusal's problem response."""
-    if request.environ["REQUEST_METHOD"] in EXEMPT_METHODS:
+    environ = request.environ
+    if environ["REQUEST_METHOD"] in EXEMPT_METHODS:
         return
-    result = verify_request(scopes, charge)
+    result = _verify_environ(environ, scopes, charge)
     if not result.valid:
         raise VerificationFailed(result)
     g.auth = result
