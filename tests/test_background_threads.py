@@ -150,3 +150,31 @@ def test_a_webhook_sender_that_cannot_start_yet_costs_no_response(
         time.sleep(0.1)  # the poll interval (0.05 s) after the failed start, a request tries again
         assert client.get("/healthz").status_code == 200
         assert len(senders()) == before + 1
+
+
+@ON_SQLITE
+def test_a_worker_forked_after_its_parent_failed_to_start_the_sender_starts_its_own_at_once(
+    database_url: str,
+) -> None:
+    # The parent's failed start would hold the child back a whole poll interval (60 s here).
+    settings = webhook_settings(KEYSERVICE_WEBHOOKS_POLL_INTERVAL="60")
+    with migrated_app(database_url, **settings):
+        pass
+    script = f"""
+import os, threading
+from keyservice import create_app
+from tests.conftest import TEST_CONFIG
+from tests.servers import deployment_settings
+from tests.test_background_threads import refusing_starts
+refused, threading.Thread.start = refusing_starts("keyservice-webhooks")
+url = {database_url!r}
+app = create_app({{**deployment_settings(url), **TEST_CONFIG, **{settings!r}, "SQLALCHEMY_DATABASE_URI": url}})
+assert app.test_client().get("/healthz").status_code == 200 and refused == ["keyservice-webhooks"]
+child = os.fork()
+if child == 0:
+    assert app.test_client().get("/healthz").status_code == 200
+    senders = [thread for thread in threading.enumerate() if thread.name == "keyservice-webhooks"]
+    os._exit(0 if len(senders) == 1 else 1)
+assert os.waitpid(child, 0)[1] == 0, "the forked child did not start its sender"
+"""
+    run_python(script, dict(os.environ))

@@ -40,6 +40,7 @@ from standardwebhooks.webhooks import Webhook
 from ..core.config import Settings
 from ..core.dberrors import error_name
 from ..core.errors import InvalidInput
+from ..core.forks import renew_in_forked_children
 from ..core.models import WebhookDelivery, WebhookEndpoint, WebhookMessage, as_utc, utcnow
 from ..core.secretkeys import SecretKeys
 from ..core.threads import DaemonStarter
@@ -128,10 +129,17 @@ class WebhookSender:
         self._settings = settings
         self._db = db
         self._secret_keys = secret_keys
+        self._pid: int | None = None  # the process whose thread runs
+        self.renew_after_fork()
+        renew_in_forked_children(self)
+
+    def renew_after_fork(self) -> None:
+        """A new lock, stop event and starter: as made, and in a forked child, which has no thread
+        yet (its parent's threads may have held the lock, and a start the parent failed does not
+        make the child wait)."""
         self._lock = threading.Lock()
-        self._pid: int | None = None
         self._stop = threading.Event()
-        self._starter = DaemonStarter("keyservice-webhooks", settings.webhooks_poll_interval)
+        self._starter = DaemonStarter("keyservice-webhooks", self._settings.webhooks_poll_interval)
 
     def ensure_started(self) -> None:
         """Start this process's thread if it has none (in an app context: it uses the app's engine)."""
