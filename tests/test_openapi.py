@@ -8,10 +8,12 @@ one the document declares (status, content type and body schema).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,6 +125,15 @@ def test_openapi_document(app: Flask) -> None:
     schemes = document["components"]["securitySchemes"]
     assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearer"].items()
     assert {"bearer": []} in document["security"]
+
+
+@ON_SQLITE
+def test_the_command_the_docs_name_writes_the_served_document(app: Flask, tmp_path: Path) -> None:
+    # docs/management-api.md: flask openapi write --config-prefix KEYSERVICE_ <file>
+    written = tmp_path / "openapi.json"
+    result = app.test_cli_runner().invoke(args=["openapi", "write", "--config-prefix", "KEYSERVICE_", str(written)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(written.read_text()) == app.test_client().get("/openapi.json").get_json()
 
 
 @ON_SQLITE
